@@ -1,0 +1,233 @@
+//! `cohort admin`: tenants, storage nodes and cluster status.
+
+use clap::{Args, Subcommand};
+use cohort_proto::v1 as pb;
+use cohort_proto::v1::admin_client::AdminClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::kv::normalize_endpoint;
+
+/// Admin commands.
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create, inspect and change tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Register and list storage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Cluster-wide state.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// Flags shared by admin commands.
+#[derive(Args)]
+pub struct Target {
+    /// Coordinator endpoint.
+    #[arg(long, env = "COHORT_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    endpoint: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Tenant commands.
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// Tenant id: [a-z0-9][a-z0-9_-]{0,62}.
+        name: String,
+        /// Replication factor N, 1..=7.
+        #[arg(long, default_value_t = 3)]
+        replication: u32,
+        /// Default read quorum R (default: a majority of N).
+        #[arg(long)]
+        read: Option<u32>,
+        /// Default write quorum W (default: a majority of N).
+        #[arg(long)]
+        write: Option<u32>,
+    },
+    /// Show a tenant.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        /// Tenant id.
+        name: String,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Change a tenant's settings if it is still at --expected-version.
+    Update {
+        #[command(flatten)]
+        target: Target,
+        /// Tenant id.
+        name: String,
+        /// The version you last read (`admin tenant get`); a stale one fails.
+        #[arg(long)]
+        expected_version: u64,
+        /// New replication factor N.
+        #[arg(long)]
+        replication: Option<u32>,
+        /// New default read quorum R.
+        #[arg(long)]
+        read: Option<u32>,
+        /// New default write quorum W.
+        #[arg(long)]
+        write: Option<u32>,
+    },
+}
+
+/// Node commands.
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Register a storage node (or update the one with this id).
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// Stable node id, as the node was started with.
+        #[arg(long)]
+        id: String,
+        /// HOST:PORT of the node's Storage API.
+        #[arg(long)]
+        address: String,
+        /// Failure zone; replicas spread over zones.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Virtual nodes (default 150); scales the node's share of keys.
+        #[arg(long)]
+        vnodes: Option<u32>,
+    },
+    /// List storage nodes.
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Cluster commands.
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, ring version and nodes.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+async fn connect(target: &Target) -> anyhow::Result<AdminClient<Channel>> {
+    let endpoint = normalize_endpoint(&target.endpoint);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {e}"))?;
+    Ok(AdminClient::new(channel))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn tenant_json(t: &pb::Tenant) -> serde_json::Value {
+    json!({"id": t.id, "replication": t.replication, "read": t.read_quorum, "write": t.write_quorum, "version": t.version})
+}
+
+fn print_tenant(t: &pb::Tenant, as_json: bool) {
+    if as_json {
+        println!("{}", tenant_json(t));
+    } else {
+        println!("{}  N={} R={} W={}  version {}", t.id, t.replication, t.read_quorum, t.write_quorum, t.version);
+    }
+}
+
+fn node_json(n: &pb::StorageNode) -> serde_json::Value {
+    json!({"id": n.id, "address": n.address, "zone": n.zone, "vnodes": n.vnodes, "state": n.state})
+}
+
+fn print_node(n: &pb::StorageNode) {
+    let zone = if n.zone.is_empty() { "-" } else { n.zone.as_str() };
+    println!("{}  {}  zone {}  vnodes {}  {}", n.id, n.address, zone, n.vnodes, n.state);
+}
+
+/// Runs an admin command.
+pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
+    match command {
+        AdminCommand::Tenant(TenantCommand::Create { target, name, replication, read, write }) => {
+            let request = pb::CreateTenantRequest {
+                id: name,
+                replication,
+                read_quorum: read.unwrap_or(0),
+                write_quorum: write.unwrap_or(0),
+            };
+            let tenant = connect(&target).await?.create_tenant(request).await.map_err(status_error)?.into_inner();
+            print_tenant(&tenant, target.json);
+        }
+        AdminCommand::Tenant(TenantCommand::Get { target, name }) => {
+            let tenant =
+                connect(&target).await?.get_tenant(pb::GetTenantRequest { id: name }).await.map_err(status_error)?;
+            print_tenant(&tenant.into_inner(), target.json);
+        }
+        AdminCommand::Tenant(TenantCommand::List { target }) => {
+            let tenants =
+                connect(&target).await?.list_tenants(pb::ListTenantsRequest {}).await.map_err(status_error)?;
+            let tenants = tenants.into_inner().tenants;
+            if target.json {
+                println!("{}", json!(tenants.iter().map(tenant_json).collect::<Vec<_>>()));
+            } else {
+                tenants.iter().for_each(|t| print_tenant(t, false));
+            }
+        }
+        AdminCommand::Tenant(TenantCommand::Update { target, name, expected_version, replication, read, write }) => {
+            let request = pb::UpdateTenantRequest {
+                id: name,
+                expected_version,
+                replication: replication.unwrap_or(0),
+                read_quorum: read.unwrap_or(0),
+                write_quorum: write.unwrap_or(0),
+            };
+            let tenant = connect(&target).await?.update_tenant(request).await.map_err(status_error)?.into_inner();
+            print_tenant(&tenant, target.json);
+        }
+        AdminCommand::Node(NodeCommand::Add { target, id, address, zone, vnodes }) => {
+            let request =
+                pb::AddNodeRequest { id, address, zone: zone.unwrap_or_default(), vnodes: vnodes.unwrap_or(0) };
+            let node = connect(&target).await?.add_node(request).await.map_err(status_error)?.into_inner();
+            if target.json { println!("{}", node_json(&node)) } else { print_node(&node) }
+        }
+        AdminCommand::Node(NodeCommand::List { target }) => {
+            let nodes = connect(&target).await?.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?;
+            let nodes = nodes.into_inner().nodes;
+            if target.json {
+                println!("{}", json!(nodes.iter().map(node_json).collect::<Vec<_>>()));
+            } else {
+                nodes.iter().for_each(print_node);
+            }
+        }
+        AdminCommand::Cluster(ClusterCommand::Status { target }) => {
+            let status =
+                connect(&target).await?.cluster_status(pb::ClusterStatusRequest {}).await.map_err(status_error)?;
+            let status = status.into_inner();
+            let leader = status.leader.unwrap_or_default();
+            if target.json {
+                let out = json!({
+                    "leader": {"id": leader.id, "generation": leader.generation},
+                    "ring_version": status.ring_version,
+                    "nodes": status.nodes.iter().map(node_json).collect::<Vec<_>>(),
+                });
+                println!("{out}");
+            } else {
+                println!("leader: {} (generation {})", leader.id, leader.generation);
+                println!("ring version: {}", status.ring_version);
+                status.nodes.iter().for_each(print_node);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! `cohort kv`: read and write keys from the command line.
+
+use std::io::Read;
+
+use anyhow::Context as _;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use cohort_client::{Client, Consistency, Context, ReadOptions, Receipt, RetryPolicy, WriteOptions};
+use serde_json::json;
+
+/// Key-value commands.
+#[derive(Subcommand)]
+pub enum KvCommand {
+    /// Write a value. Without --context this is a blind write: it replaces
+    /// nothing, and concurrent blind writes become siblings.
+    Put(PutArgs),
+    /// Read every sibling of a key and the context to write back with.
+    Get(GetArgs),
+    /// Delete a key (writes a tombstone). Pass the context of a read to
+    /// delete exactly what you read.
+    Delete(DeleteArgs),
+}
+
+/// Flags shared by every kv command.
+#[derive(Args)]
+pub struct Common {
+    /// Coordinator endpoint.
+    #[arg(long, env = "COHORT_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    pub endpoint: String,
+    /// Tenant the key belongs to.
+    #[arg(long, env = "COHORT_TENANT", default_value = "default")]
+    tenant: String,
+    /// Replicas that must answer: one, quorum, all or a number (default: the
+    /// tenant's R or W).
+    #[arg(long)]
+    consistency: Option<Consistency>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Values (and a put's VALUE) are base64 instead of UTF-8 text.
+    #[arg(long)]
+    base64: bool,
+}
+
+/// Flags of `kv put`.
+#[derive(Args)]
+pub struct PutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The key.
+    key: String,
+    /// The value; `-` reads it from standard input.
+    value: String,
+    /// Context from a previous `kv get`: the write replaces what that read saw.
+    #[arg(long)]
+    context: Option<String>,
+    /// A retry with the same key returns the first answer instead of writing again.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+/// Flags of `kv get`.
+#[derive(Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The key.
+    key: String,
+}
+
+/// Flags of `kv delete`.
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The key.
+    key: String,
+    /// Context from a previous `kv get`.
+    #[arg(long)]
+    context: Option<String>,
+    /// A retry with the same key returns the first answer.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+/// Adds `http://` when the endpoint has no scheme.
+pub fn normalize_endpoint(endpoint: &str) -> String {
+    if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") }
+}
+
+async fn connect(common: &Common) -> anyhow::Result<Client> {
+    Ok(Client::connect(normalize_endpoint(&common.endpoint)).await?.with_retry(RetryPolicy::default()))
+}
+
+fn render(value: &Bytes, base64: bool) -> anyhow::Result<String> {
+    if base64 {
+        Ok(STANDARD.encode(value))
+    } else {
+        String::from_utf8(value.to_vec()).context("a value is not UTF-8 text; use --base64")
+    }
+}
+
+fn receipt_json(receipt: &Option<Receipt>) -> serde_json::Value {
+    match receipt {
+        None => serde_json::Value::Null,
+        Some(r) => json!({
+            "replicas": r.replicas.iter().map(|a| a.node_id.clone()).collect::<Vec<_>>(),
+            "required": r.required,
+            "replication": r.replication,
+            "read_repair": r.read_repair,
+            "siblings": r.siblings,
+        }),
+    }
+}
+
+fn receipt_line(receipt: &Option<Receipt>) -> String {
+    match receipt {
+        None => String::new(),
+        Some(r) => {
+            let ids: Vec<_> = r.replicas.iter().map(|a| a.node_id.as_str()).collect();
+            format!("{} of {} replicas ({}), {} needed", ids.len(), r.replication, ids.join(", "), r.required)
+        }
+    }
+}
+
+fn write_options(
+    common: &Common,
+    context: Option<String>,
+    idempotency_key: Option<String>,
+) -> anyhow::Result<WriteOptions> {
+    let context = match context {
+        Some(text) => Context::from_base64(&text)?,
+        None => Context::empty(),
+    };
+    Ok(WriteOptions { context, consistency: common.consistency, idempotency_key })
+}
+
+/// Runs a kv command.
+pub async fn run(command: KvCommand) -> anyhow::Result<()> {
+    match command {
+        KvCommand::Put(args) => {
+            let value = if args.value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf).context("reading the value from standard input")?;
+                Bytes::from(buf)
+            } else if args.common.base64 {
+                Bytes::from(STANDARD.decode(args.value.trim()).context("VALUE is not valid base64")?)
+            } else {
+                Bytes::from(args.value)
+            };
+            let options = write_options(&args.common, args.context, args.idempotency_key)?;
+            let client = connect(&args.common).await?;
+            let result = client.put_with(&args.common.tenant, args.key, value, options).await?;
+            if args.common.json {
+                let out = json!({
+                    "context": result.context.to_base64(),
+                    "duplicate": result.duplicate,
+                    "receipt": receipt_json(&result.receipt),
+                });
+                println!("{out}");
+            } else {
+                let replay = if result.duplicate { " (replayed: this idempotency key was already used)" } else { "" };
+                println!("ok: {}{replay}", receipt_line(&result.receipt));
+                println!("context: {}", result.context.to_base64());
+            }
+        }
+        KvCommand::Get(args) => {
+            let client = connect(&args.common).await?;
+            let options = ReadOptions { consistency: args.common.consistency };
+            let result = client.get_with(&args.common.tenant, args.key, options).await?;
+            let values =
+                result.siblings.iter().map(|v| render(v, args.common.base64)).collect::<anyhow::Result<Vec<_>>>()?;
+            if args.common.json {
+                let out = json!({
+                    "found": result.found(),
+                    "siblings": values,
+                    "context": result.context.to_base64(),
+                    "receipt": receipt_json(&result.receipt),
+                });
+                println!("{out}");
+            } else {
+                if !result.found() {
+                    eprintln!("not found");
+                } else if values.len() > 1 {
+                    eprintln!("{} siblings (concurrent writes); resolve by writing back with --context", values.len());
+                }
+                for value in &values {
+                    println!("{value}");
+                }
+                eprintln!("context: {}", result.context.to_base64());
+            }
+        }
+        KvCommand::Delete(args) => {
+            let options = write_options(&args.common, args.context, args.idempotency_key)?;
+            let client = connect(&args.common).await?;
+            let result = client.delete(&args.common.tenant, args.key, options).await?;
+            if args.common.json {
+                let out = json!({
+                    "context": result.context.to_base64(),
+                    "duplicate": result.duplicate,
+                    "receipt": receipt_json(&result.receipt),
+                });
+                println!("{out}");
+            } else {
+                println!("deleted: {}", receipt_line(&result.receipt));
+            }
+        }
+    }
+    Ok(())
+}

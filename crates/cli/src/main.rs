@@ -1,0 +1,69 @@
+//! `cohort`: one binary for every Cohort role and for its users.
+//!
+//! The binary is a thin shell: it parses flags, loads settings and calls the
+//! node, coordinator and client libraries. See `cohort --help`.
+
+mod admin;
+mod dev;
+mod kv;
+mod servers;
+mod settings;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Cohort: a Dynamo-style replicated key-value cluster.
+#[derive(Parser)]
+#[command(name = "cohort", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole cluster in one process: a coordinator and three storage
+    /// nodes, with embedded metadata, under one data directory.
+    Dev(dev::DevArgs),
+    /// Run a storage node.
+    Node(servers::NodeArgs),
+    /// Run a coordinator.
+    Coordinator(servers::CoordinatorArgs),
+    /// Read and write keys.
+    #[command(subcommand)]
+    Kv(kv::KvCommand),
+    /// Manage tenants, storage nodes and the cluster.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Node(args) => servers::run_node(args).await,
+            Command::Coordinator(args) => servers::run_coordinator(args).await,
+            Command::Kv(command) => kv::run(command).await,
+            Command::Admin(command) => admin::run(command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the chain of causes, outermost first.
+            let reason = error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The quorum write and read paths, and read repair.
+//!
+//! **Write.** The coordinator sends the write to the first replica of the
+//! key's preference list (the *coordinating replica*), naming the others as
+//! peers. That node issues the new version from its own state, makes it
+//! durable and sends it to the peers in parallel, and answers once W
+//! replicas hold it. If the coordinating replica is unreachable, the next one
+//! in the list takes the role.
+//!
+//! **Read.** The coordinator asks all N replicas, answers after R of them,
+//! and merges their sibling sets. Every replica whose state differs from the
+//! merged one is sent the merged state (read repair): in the background by
+//! default, or before answering when configured.
+//!
+//! What to repair is decided by the pure functions [`merge_answers`] and
+//! [`stale_replicas`]; the async code gathers answers and carries it out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cohort_node::peers::PeerPool;
+use cohort_proto::v1::{CoordinateRequest, MergeRequest, Peer, ReadRequest};
+use cohort_ring::{Consistency, SiblingSet};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::oneshot;
+
+use crate::config::{CoordinatorConfig, ReadRepairMode};
+use crate::error::KvError;
+use crate::metadata::Tenant;
+use crate::topology::{Replica, Topology};
+
+/// The result of an acknowledged write.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    /// The key's state on the coordinating replica after the write.
+    pub state: SiblingSet,
+    /// Replicas that acknowledged durably before the answer.
+    pub acked: Vec<String>,
+    /// Replicas the write needed.
+    pub required: u8,
+    /// The tenant's replication factor.
+    pub replication: u8,
+}
+
+/// The result of a successful read.
+#[derive(Debug, Clone)]
+pub struct ReadOutcome {
+    /// The merge of the states the answering replicas returned.
+    pub state: SiblingSet,
+    /// Replicas whose answers were merged.
+    pub answered: Vec<String>,
+    /// Replicas the read needed.
+    pub required: u8,
+    /// The tenant's replication factor.
+    pub replication: u8,
+    /// Whether some replica differed from the merged state and is (or was)
+    /// being repaired.
+    pub repair: bool,
+}
+
+/// Drives replicas for key-value requests.
+pub struct KvEngine {
+    topology: Arc<Topology>,
+    peers: Arc<PeerPool>,
+    node_timeout: Duration,
+    request_timeout: Duration,
+    read_repair: ReadRepairMode,
+}
+
+/// The merge of every answered state.
+pub fn merge_answers<'a>(answers: impl IntoIterator<Item = &'a SiblingSet>) -> SiblingSet {
+    answers.into_iter().fold(SiblingSet::new(), |mut merged, state| {
+        merged.sync(state);
+        merged
+    })
+}
+
+/// The replicas whose answered state differs from `merged`.
+pub fn stale_replicas<'a>(answers: &'a [(Replica, SiblingSet)], merged: &SiblingSet) -> Vec<&'a Replica> {
+    answers.iter().filter(|(_, state)| state != merged).map(|(replica, _)| replica).collect()
+}
+
+fn invalid(e: impl std::fmt::Display) -> KvError {
+    KvError::InvalidArgument(e.to_string())
+}
+
+impl KvEngine {
+    /// An engine over the given topology and node clients.
+    pub fn new(topology: Arc<Topology>, peers: Arc<PeerPool>, config: &CoordinatorConfig) -> Self {
+        KvEngine {
+            topology,
+            peers,
+            node_timeout: Duration::from_millis(config.node_timeout_ms),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            read_repair: config.read_repair,
+        }
+    }
+
+    /// Writes `value` (a tombstone when `None`) under `key` with the encoded
+    /// causal `context`, and waits for the write quorum.
+    pub async fn write(
+        &self,
+        tenant: &Tenant,
+        key: Bytes,
+        value: Option<Bytes>,
+        context: Bytes,
+        level: Option<Consistency>,
+    ) -> Result<WriteOutcome, KvError> {
+        let replication = tenant.replication.n();
+        let required = tenant.replication.write_quorum(level).map_err(invalid)?;
+        let replicas = self.topology.current().replicas(&tenant.id, &key, replication.into());
+        if replicas.len() < required.into() {
+            return Err(KvError::unavailable(
+                "write",
+                0,
+                required.into(),
+                &[format!("only {} storage nodes are on the ring", replicas.len())],
+            ));
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let mut reasons = Vec::new();
+        for (index, coordinator) in replicas.iter().enumerate() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(KvError::DeadlineExceeded(format!(
+                    "write did not complete within {} ms; {}",
+                    self.request_timeout.as_millis(),
+                    reasons.join("; ")
+                )));
+            }
+            let peers = replicas
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != index)
+                .map(|(_, r)| Peer { id: r.id.clone(), address: r.address.clone() })
+                .collect();
+            let request = CoordinateRequest {
+                tenant: tenant.id.clone(),
+                key: key.clone(),
+                context: context.clone(),
+                value: value.clone(),
+                peers,
+                write_quorum: required.into(),
+                timeout_ms: self.node_timeout.as_millis() as u32,
+            };
+            let mut client = self.peers.client(&coordinator.address).map_err(|s| KvError::Internal(s.to_string()))?;
+            // The coordinating replica itself waits up to node_timeout for peers.
+            let attempt = remaining.min(self.node_timeout * 2);
+            match tokio::time::timeout(attempt, client.coordinate(request)).await {
+                Ok(Ok(response)) => {
+                    let response = response.into_inner();
+                    let state = SiblingSet::decode(&response.state).map_err(|e| {
+                        KvError::Internal(format!("node {} sent an unreadable state: {e}", coordinator.id))
+                    })?;
+                    if response.acked.len() >= required.into() {
+                        return Ok(WriteOutcome { state, acked: response.acked, required, replication });
+                    }
+                    let reasons: Vec<String> =
+                        response.failures.iter().map(|f| format!("{}: {}", f.node_id, f.reason)).collect();
+                    return Err(KvError::unavailable("write", response.acked.len(), required.into(), &reasons));
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                    return Err(KvError::InvalidArgument(status.message().to_string()));
+                }
+                Ok(Err(status)) => {
+                    reasons.push(format!("{}: {:?}: {}", coordinator.id, status.code(), status.message()));
+                }
+                Err(_) => {
+                    reasons.push(format!("{}: no answer within {} ms", coordinator.id, attempt.as_millis()));
+                }
+            }
+        }
+        Err(KvError::unavailable("write", 0, required.into(), &reasons))
+    }
+
+    /// Reads `key` from the replicas and merges what R of them hold.
+    pub async fn read(&self, tenant: &Tenant, key: Bytes, level: Option<Consistency>) -> Result<ReadOutcome, KvError> {
+        let replication = tenant.replication.n();
+        let required = tenant.replication.read_quorum(level).map_err(invalid)?;
+        let replicas = self.topology.current().replicas(&tenant.id, &key, replication.into());
+        if replicas.len() < required.into() {
+            return Err(KvError::unavailable(
+                "read",
+                0,
+                required.into(),
+                &[format!("only {} storage nodes are on the ring", replicas.len())],
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        let round = ReadRound {
+            tenant: tenant.id.clone(),
+            key,
+            replicas,
+            required: required.into(),
+            replication,
+            peers: self.peers.clone(),
+            node_timeout: self.node_timeout,
+            mode: self.read_repair,
+        };
+        tokio::spawn(round.run(reply));
+        answer.await.map_err(|_| KvError::Internal("read task ended without an answer".into()))?
+    }
+}
+
+/// One read: asks every replica, answers after `required`, then repairs.
+struct ReadRound {
+    tenant: String,
+    key: Bytes,
+    replicas: Vec<Replica>,
+    required: usize,
+    replication: u8,
+    peers: Arc<PeerPool>,
+    node_timeout: Duration,
+    mode: ReadRepairMode,
+}
+
+type Reply = oneshot::Sender<Result<ReadOutcome, KvError>>;
+
+impl ReadRound {
+    async fn run(self, reply: Reply) {
+        let mut reply = Some(reply);
+        let mut pending: FuturesUnordered<_> = self
+            .replicas
+            .iter()
+            .map(|replica| {
+                let client = self.peers.client(&replica.address);
+                let request = ReadRequest { tenant: self.tenant.clone(), key: self.key.clone() };
+                let timeout = self.node_timeout;
+                async move {
+                    let result = match client {
+                        Err(status) => Err(status.message().to_string()),
+                        Ok(mut client) => match tokio::time::timeout(timeout, client.read(request)).await {
+                            Ok(Ok(response)) => SiblingSet::decode(&response.into_inner().state)
+                                .map_err(|e| format!("unreadable state: {e}")),
+                            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                        },
+                    };
+                    (replica.clone(), result)
+                }
+            })
+            .collect();
+
+        let mut answers: Vec<(Replica, SiblingSet)> = Vec::new();
+        let mut failures: Vec<String> = Vec::new();
+        let max_failures = self.replicas.len() - self.required;
+        while let Some((replica, result)) = pending.next().await {
+            match result {
+                Ok(state) => answers.push((replica, state)),
+                Err(reason) => failures.push(format!("{}: {reason}", replica.id)),
+            }
+            if self.mode == ReadRepairMode::Background && reply.is_some() {
+                if answers.len() >= self.required {
+                    let outcome = self.outcome(&answers);
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                } else if failures.len() > max_failures
+                    && let Some(reply) = reply.take()
+                {
+                    let _ = reply.send(Err(KvError::unavailable("read", answers.len(), self.required, &failures)));
+                }
+            }
+        }
+        drop(pending);
+
+        let merged = merge_answers(answers.iter().map(|(_, s)| s));
+        let stale = stale_replicas(&answers, &merged);
+        let repaired = !stale.is_empty();
+        if repaired {
+            self.repair(&stale, &merged).await;
+        }
+        if let Some(reply) = reply.take() {
+            let result = if answers.len() >= self.required {
+                let mut outcome = self.outcome(&answers);
+                outcome.repair = repaired;
+                Ok(outcome)
+            } else {
+                Err(KvError::unavailable("read", answers.len(), self.required, &failures))
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    fn outcome(&self, answers: &[(Replica, SiblingSet)]) -> ReadOutcome {
+        let state = merge_answers(answers.iter().map(|(_, s)| s));
+        let repair = !stale_replicas(answers, &state).is_empty();
+        ReadOutcome {
+            answered: answers.iter().map(|(r, _)| r.id.clone()).collect(),
+            state,
+            required: self.required as u8,
+            replication: self.replication,
+            repair,
+        }
+    }
+
+    /// Sends `merged` to every stale replica and waits for their answers.
+    async fn repair(&self, stale: &[&Replica], merged: &SiblingSet) {
+        let encoded = Bytes::from(merged.encode());
+        let sends = stale.iter().map(|replica| {
+            let request = MergeRequest { tenant: self.tenant.clone(), key: self.key.clone(), state: encoded.clone() };
+            let client = self.peers.client(&replica.address);
+            let timeout = self.node_timeout;
+            async move {
+                let ok = match client {
+                    Ok(mut client) => matches!(tokio::time::timeout(timeout, client.merge(request)).await, Ok(Ok(_))),
+                    Err(_) => false,
+                };
+                if !ok {
+                    tracing::debug!(node = %replica.id, "read repair failed");
+                }
+                metrics::counter!("cohort_read_repairs_total", "result" => if ok { "ok" } else { "failed" })
+                    .increment(1);
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_ring::{Actor, VersionVector};
+
+    fn replica(id: &str) -> Replica {
+        Replica { id: id.into(), address: format!("{id}:1") }
+    }
+
+    #[test]
+    fn stale_replicas_are_those_that_differ_from_the_merge() {
+        let mut newer = SiblingSet::new();
+        newer.update(&VersionVector::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"v")));
+        let answers =
+            vec![(replica("a"), newer.clone()), (replica("b"), SiblingSet::new()), (replica("c"), newer.clone())];
+        let merged = merge_answers(answers.iter().map(|(_, s)| s));
+        assert_eq!(merged, newer);
+        let stale: Vec<_> = stale_replicas(&answers, &merged).into_iter().map(|r| r.id.clone()).collect();
+        assert_eq!(stale, ["b"]);
+    }
+
+    #[test]
+    fn concurrent_answers_merge_into_siblings() {
+        let mut left = SiblingSet::new();
+        left.update(&VersionVector::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"l")));
+        let mut right = SiblingSet::new();
+        right.update(&VersionVector::new(), &Actor::new("n2.1"), Some(Bytes::from_static(b"r")));
+        let answers = vec![(replica("a"), left), (replica("b"), right)];
+        let merged = merge_answers(answers.iter().map(|(_, s)| s));
+        assert_eq!(merged.values().count(), 2);
+        assert_eq!(stale_replicas(&answers, &merged).len(), 2);
+    }
+}

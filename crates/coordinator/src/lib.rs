@@ -1,0 +1,41 @@
+//! The Cohort coordinator.
+//!
+//! A coordinator holds no data of its own. For every request it looks up the
+//! tenant, finds the key's preference list on the ring, and drives the
+//! replicas: writes go through a coordinating replica that issues the new
+//! version and replicates it; reads ask all N replicas, answer after R, merge
+//! the siblings and repair replicas that differ.
+//!
+//! - [`config`]: the coordinator's settings.
+//! - [`validate`]: input limits and identifier rules, checked before anything
+//!   is stored.
+//! - [`metadata`]: the metadata store contract (tenants, nodes, ring version)
+//!   and its embedded implementation.
+//! - [`idempotency`]: the idempotency record contract and its embedded
+//!   implementation.
+//! - [`topology`]: the current ring and node addresses, refreshed from metadata.
+//! - [`tenants`]: the tenant cache.
+//! - [`kv`]: the quorum write and read paths, and read repair.
+//! - [`service`]: the public gRPC services; conversion between wire and domain
+//!   types happens only here.
+//! - [`server`]: wiring — serve on a bound listener until shutdown.
+//! - [`local`]: an in-process cluster of nodes and coordinators (dev, tests).
+//!
+//! **Architecture invariant:** the coordinator never issues a dot or keeps a
+//! clock of its own; versions are created only by storage nodes.
+
+pub mod config;
+pub mod error;
+pub mod idempotency;
+pub mod kv;
+pub mod local;
+pub mod metadata;
+pub mod server;
+pub mod service;
+pub mod tenants;
+pub mod topology;
+pub mod validate;
+
+pub use config::{CoordinatorConfig, ReadRepairMode};
+pub use error::KvError;
+pub use server::{Coordinator, serve};

@@ -1,0 +1,276 @@
+//! An in-process cluster: storage nodes and coordinators on loopback ports,
+//! speaking the same gRPC as separate processes do.
+//!
+//! `cohort dev` runs one; the integration tests run many, stopping and
+//! restarting nodes under them. Everything lives under one data directory:
+//! `metadata/`, `idempotency/` and `node-<i>/`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cohort_node::{Durability, NodeConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::CoordinatorConfig;
+use crate::idempotency::embedded::EmbeddedIdempotency;
+use crate::metadata::embedded::EmbeddedMetadata;
+use crate::metadata::{MetadataError, MetadataStore, NodeRecord, NodeState};
+use crate::server::{Coordinator, serve};
+use crate::service::DEFAULT_REPLICATION;
+
+/// How to start a local cluster.
+#[derive(Debug, Clone)]
+pub struct LocalClusterOptions {
+    /// Where all state lives.
+    pub data_dir: PathBuf,
+    /// Number of storage nodes.
+    pub nodes: usize,
+    /// Address of the coordinator's public API (port 0 for any free port).
+    pub listen: SocketAddr,
+    /// Node durability mode.
+    pub durability: Durability,
+    /// Coordinator settings; `listen`, `data_dir` are taken from above.
+    pub coordinator: CoordinatorConfig,
+    /// Tenant created (N = 3) on first start; `None` for none.
+    pub default_tenant: Option<String>,
+}
+
+impl LocalClusterOptions {
+    /// Three nodes, a coordinator on an ephemeral port, a `default` tenant.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        LocalClusterOptions {
+            data_dir: data_dir.into(),
+            nodes: 3,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            durability: Durability::Fsync,
+            coordinator: CoordinatorConfig::default(),
+            default_tenant: Some("default".into()),
+        }
+    }
+}
+
+/// Why a local cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalClusterError {
+    /// Binding a port failed.
+    #[error("cannot bind {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// A store could not be opened.
+    #[error("{0}")]
+    Store(String),
+    /// Metadata failed.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// A node failed to start.
+    #[error("node {0} failed to start: {1}")]
+    Node(String, String),
+}
+
+struct RunningNode {
+    address: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), cohort_node::server::ServeError>>,
+}
+
+/// A running coordinator inside a local cluster.
+pub struct LocalCoordinator {
+    /// Its shared state.
+    pub coordinator: Arc<Coordinator>,
+    /// Where its public API listens.
+    pub address: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl LocalCoordinator {
+    /// `http://host:port` of the public API.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops it gracefully.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// A cluster running inside this process.
+pub struct LocalCluster {
+    options: LocalClusterOptions,
+    /// The shared metadata store.
+    pub metadata: Arc<EmbeddedMetadata>,
+    /// The shared idempotency store.
+    pub idempotency: Arc<EmbeddedIdempotency>,
+    nodes: Vec<Option<RunningNode>>,
+    /// The first coordinator.
+    pub coordinator: LocalCoordinator,
+}
+
+/// The id of node number `index` (from 0): `node-1`, `node-2`, …
+pub fn node_id(index: usize) -> String {
+    format!("node-{}", index + 1)
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, LocalClusterError> {
+    TcpListener::bind(address).await.map_err(|e| LocalClusterError::Bind(address, e))
+}
+
+async fn start_node(
+    dir: &Path,
+    index: usize,
+    durability: Durability,
+    metadata: &dyn MetadataStore,
+) -> Result<RunningNode, LocalClusterError> {
+    let id = node_id(index);
+    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let address = listener.local_addr().map_err(|e| LocalClusterError::Node(id.clone(), e.to_string()))?;
+    let mut config = NodeConfig::new(&id, dir.join(&id));
+    config.durability = durability;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let task = tokio::spawn(cohort_node::serve(
+        config,
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        move |_| {
+            let _ = ready_tx.send(());
+        },
+    ));
+    if ready_rx.await.is_err() {
+        let reason = match task.await {
+            Ok(Err(e)) => e.to_string(),
+            other => format!("{other:?}"),
+        };
+        return Err(LocalClusterError::Node(id, reason));
+    }
+    metadata
+        .upsert_node(NodeRecord { id, address: address.to_string(), zone: None, vnodes: 150, state: NodeState::Active })
+        .await?;
+    Ok(RunningNode { address, stop, task })
+}
+
+impl LocalCluster {
+    /// Starts the nodes, registers them, creates the default tenant if it is
+    /// missing, and starts one coordinator.
+    pub async fn start(options: LocalClusterOptions) -> Result<Self, LocalClusterError> {
+        let metadata = Arc::new(EmbeddedMetadata::open(&options.data_dir.join("metadata"))?);
+        let idempotency = Arc::new(
+            EmbeddedIdempotency::open(&options.data_dir.join("idempotency"))
+                .map_err(|e| LocalClusterError::Store(e.to_string()))?,
+        );
+        let mut nodes = Vec::with_capacity(options.nodes);
+        for index in 0..options.nodes {
+            nodes.push(Some(start_node(&options.data_dir, index, options.durability, metadata.as_ref()).await?));
+        }
+        if let Some(tenant) = &options.default_tenant {
+            match metadata.get_tenant(tenant).await {
+                Ok(_) => {}
+                Err(MetadataError::TenantNotFound(_)) => {
+                    let n = DEFAULT_REPLICATION.min(options.nodes.max(1) as u32);
+                    let replication = cohort_ring::ReplicationConfig::majority(n)
+                        .map_err(|e| LocalClusterError::Store(e.to_string()))?;
+                    metadata.create_tenant(tenant, replication).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let cluster = LocalCluster {
+            coordinator: Self::launch_coordinator(&options, options.listen, &metadata, &idempotency, 1).await?,
+            options,
+            metadata,
+            idempotency,
+            nodes,
+        };
+        cluster.coordinator.coordinator.topology.refresh().await?;
+        Ok(cluster)
+    }
+
+    async fn launch_coordinator(
+        options: &LocalClusterOptions,
+        listen: SocketAddr,
+        metadata: &Arc<EmbeddedMetadata>,
+        idempotency: &Arc<EmbeddedIdempotency>,
+        number: usize,
+    ) -> Result<LocalCoordinator, LocalClusterError> {
+        let listener = bind(listen).await?;
+        let address = listener.local_addr().map_err(|e| LocalClusterError::Bind(listen, e))?;
+        let mut config = options.coordinator.clone();
+        config.id = format!("coordinator-{number}");
+        config.listen = address.to_string();
+        config.data_dir = options.data_dir.clone();
+        let coordinator = Coordinator::new(config, metadata.clone(), idempotency.clone()).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(coordinator.clone(), listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(LocalCoordinator { coordinator, address, stop, task })
+    }
+
+    /// `http://host:port` of the first coordinator.
+    pub fn endpoint(&self) -> String {
+        self.coordinator.endpoint()
+    }
+
+    /// Starts another coordinator over the same metadata and idempotency
+    /// stores, on an ephemeral port.
+    pub async fn add_coordinator(&self) -> Result<LocalCoordinator, LocalClusterError> {
+        let number = next_extra_coordinator();
+        Self::launch_coordinator(
+            &self.options,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &self.metadata,
+            &self.idempotency,
+            number,
+        )
+        .await
+    }
+
+    /// The Storage API address of node `index`, if it is running.
+    pub fn node_address(&self, index: usize) -> Option<SocketAddr> {
+        self.nodes.get(index).and_then(|n| n.as_ref()).map(|n| n.address)
+    }
+
+    /// Number of nodes, running or stopped.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Stops node `index` gracefully and waits until its store is closed.
+    pub async fn stop_node(&mut self, index: usize) {
+        if let Some(node) = self.nodes.get_mut(index).and_then(Option::take) {
+            let _ = node.stop.send(());
+            let _ = node.task.await;
+        }
+    }
+
+    /// Starts node `index` again on its data directory (on a new port) and
+    /// makes the coordinators route to it.
+    pub async fn restart_node(&mut self, index: usize) -> Result<(), LocalClusterError> {
+        self.stop_node(index).await;
+        let node = start_node(&self.options.data_dir, index, self.options.durability, self.metadata.as_ref()).await?;
+        self.nodes[index] = Some(node);
+        self.coordinator.coordinator.topology.refresh().await?;
+        Ok(())
+    }
+
+    /// Stops every node and the first coordinator.
+    pub async fn shutdown(mut self) {
+        for index in 0..self.nodes.len() {
+            self.stop_node(index).await;
+        }
+        self.coordinator.stop().await;
+    }
+}
+
+/// Distinct numbers for extra coordinators' ids within one process.
+fn next_extra_coordinator() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    2 + NEXT.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,51 @@
+//! The behaviour every [`MetadataStore`] implementation must show.
+//!
+//! One suite, run unchanged against each implementation, so that the
+//! embedded store used in development behaves like the production one.
+
+use cohort_ring::ReplicationConfig;
+
+use super::{MetadataError, MetadataStore, NodeRecord, NodeState};
+
+/// Runs the contract against an empty store; panics on the first violation.
+pub async fn run(store: &dyn MetadataStore) {
+    let three = ReplicationConfig::majority(3).unwrap();
+    let created = store.create_tenant("alpha", three).await.unwrap();
+    assert_eq!(created.version, 1);
+    assert_eq!(store.create_tenant("alpha", three).await, Err(MetadataError::TenantExists("alpha".into())));
+    assert_eq!(store.get_tenant("alpha").await.unwrap(), created);
+    assert_eq!(store.get_tenant("nope").await, Err(MetadataError::TenantNotFound("nope".into())));
+
+    let five = ReplicationConfig::new(5, 2, 4).unwrap();
+    let updated = store.update_tenant("alpha", 1, five).await.unwrap();
+    assert_eq!((updated.version, updated.replication), (2, five));
+    assert_eq!(
+        store.update_tenant("alpha", 1, three).await,
+        Err(MetadataError::VersionConflict { id: "alpha".into(), expected: 1, actual: 2 })
+    );
+    assert_eq!(store.get_tenant("alpha").await.unwrap(), updated, "a failed update changes nothing");
+    assert!(matches!(store.update_tenant("nope", 1, three).await, Err(MetadataError::TenantNotFound(_))));
+
+    store.create_tenant("beta", three).await.unwrap();
+    let ids: Vec<_> = store.list_tenants().await.unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["alpha", "beta"]);
+
+    let v0 = store.ring_version().await.unwrap();
+    let node = NodeRecord {
+        id: "n2".into(),
+        address: "127.0.0.1:1".into(),
+        zone: None,
+        vnodes: 150,
+        state: NodeState::Active,
+    };
+    store.upsert_node(node.clone()).await.unwrap();
+    let v1 = store.ring_version().await.unwrap();
+    assert!(v1 > v0, "adding a node bumps the ring version");
+    store.upsert_node(node.clone()).await.unwrap();
+    assert_eq!(store.ring_version().await.unwrap(), v1, "an identical upsert is not a change");
+    store.upsert_node(NodeRecord { address: "127.0.0.1:2".into(), ..node.clone() }).await.unwrap();
+    assert!(store.ring_version().await.unwrap() > v1, "a moved node bumps the ring version");
+    store.upsert_node(NodeRecord { id: "n1".into(), ..node }).await.unwrap();
+    let nodes: Vec<_> = store.list_nodes().await.unwrap().into_iter().map(|n| (n.id, n.address)).collect();
+    assert_eq!(nodes, [("n1".into(), "127.0.0.1:1".into()), ("n2".into(), "127.0.0.1:2".into())]);
+}

@@ -1,0 +1,202 @@
+//! Metadata in one JSON file, rewritten atomically on every change.
+//!
+//! Each change is written to a temporary file, synced, renamed over the old
+//! file and the directory synced, and only then applied in memory — so what a
+//! caller was told succeeded survives a crash, and a failed write changes
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use cohort_ring::ReplicationConfig;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tonic::async_trait;
+
+use super::{MetadataError, MetadataStore, NodeRecord, Tenant};
+
+/// Current file format; older formats, when there are any, are upgraded on load.
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TenantRow {
+    id: String,
+    replication: u32,
+    read_quorum: u32,
+    write_quorum: u32,
+    version: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    format: u32,
+    ring_version: u64,
+    tenants: BTreeMap<String, TenantRow>,
+    nodes: BTreeMap<String, NodeRecord>,
+}
+
+/// The embedded, file-backed metadata store.
+pub struct EmbeddedMetadata {
+    path: PathBuf,
+    /// A tokio mutex: held across the file write so changes apply in order.
+    state: Mutex<State>,
+}
+
+fn row_to_tenant(row: &TenantRow) -> Result<Tenant, MetadataError> {
+    let replication = ReplicationConfig::new(row.replication, row.read_quorum, row.write_quorum)
+        .map_err(|e| MetadataError::Unavailable(format!("stored tenant {:?} is invalid: {e}", row.id)))?;
+    Ok(Tenant { id: row.id.clone(), replication, version: row.version })
+}
+
+fn tenant_to_row(tenant: &Tenant) -> TenantRow {
+    TenantRow {
+        id: tenant.id.clone(),
+        replication: tenant.replication.n().into(),
+        read_quorum: tenant.replication.r().into(),
+        write_quorum: tenant.replication.w().into(),
+        version: tenant.version,
+    }
+}
+
+impl EmbeddedMetadata {
+    /// Opens the store in `dir` (file `metadata.json`), creating it if needed.
+    pub fn open(dir: &Path) -> Result<Self, MetadataError> {
+        std::fs::create_dir_all(dir).map_err(|e| MetadataError::Unavailable(format!("{}: {e}", dir.display())))?;
+        let path = dir.join("metadata.json");
+        let state = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let state: State = serde_json::from_slice(&bytes)
+                    .map_err(|e| MetadataError::Unavailable(format!("{} is unreadable: {e}", path.display())))?;
+                if state.format != FORMAT {
+                    return Err(MetadataError::Unavailable(format!(
+                        "{} has format {}, this build reads {FORMAT}",
+                        path.display(),
+                        state.format
+                    )));
+                }
+                state
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State { format: FORMAT, ..State::default() },
+            Err(e) => return Err(MetadataError::Unavailable(format!("{}: {e}", path.display()))),
+        };
+        Ok(EmbeddedMetadata { path, state: Mutex::new(state) })
+    }
+
+    /// Writes `state` durably in place of the current file.
+    fn persist(&self, state: &State) -> Result<(), MetadataError> {
+        let fail = |e: std::io::Error| MetadataError::Unavailable(format!("writing {}: {e}", self.path.display()));
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| MetadataError::Unavailable(e.to_string()))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+        file.write_all(&bytes).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
+        std::fs::rename(&tmp, &self.path).map_err(fail)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to a copy of the state, persists it, then installs it.
+    async fn change<T>(&self, change: impl FnOnce(&mut State) -> Result<T, MetadataError>) -> Result<T, MetadataError> {
+        let mut guard = self.state.lock().await;
+        let mut next = guard.clone();
+        let out = change(&mut next)?;
+        let path_state = next.clone();
+        tokio::task::block_in_place(|| self.persist(&path_state))?;
+        *guard = next;
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl MetadataStore for EmbeddedMetadata {
+    async fn create_tenant(&self, id: &str, replication: ReplicationConfig) -> Result<Tenant, MetadataError> {
+        self.change(|state| {
+            if state.tenants.contains_key(id) {
+                return Err(MetadataError::TenantExists(id.to_string()));
+            }
+            let tenant = Tenant { id: id.to_string(), replication, version: 1 };
+            state.tenants.insert(id.to_string(), tenant_to_row(&tenant));
+            Ok(tenant)
+        })
+        .await
+    }
+
+    async fn get_tenant(&self, id: &str) -> Result<Tenant, MetadataError> {
+        let state = self.state.lock().await;
+        state.tenants.get(id).map(row_to_tenant).unwrap_or_else(|| Err(MetadataError::TenantNotFound(id.to_string())))
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, MetadataError> {
+        self.state.lock().await.tenants.values().map(row_to_tenant).collect()
+    }
+
+    async fn update_tenant(
+        &self,
+        id: &str,
+        expected_version: u64,
+        replication: ReplicationConfig,
+    ) -> Result<Tenant, MetadataError> {
+        self.change(|state| {
+            let row = state.tenants.get_mut(id).ok_or_else(|| MetadataError::TenantNotFound(id.to_string()))?;
+            if row.version != expected_version {
+                return Err(MetadataError::VersionConflict {
+                    id: id.to_string(),
+                    expected: expected_version,
+                    actual: row.version,
+                });
+            }
+            let tenant = Tenant { id: id.to_string(), replication, version: row.version + 1 };
+            *row = tenant_to_row(&tenant);
+            Ok(tenant)
+        })
+        .await
+    }
+
+    async fn upsert_node(&self, node: NodeRecord) -> Result<NodeRecord, MetadataError> {
+        self.change(|state| {
+            if state.nodes.get(&node.id) != Some(&node) {
+                state.nodes.insert(node.id.clone(), node.clone());
+                state.ring_version += 1;
+            }
+            Ok(node)
+        })
+        .await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, MetadataError> {
+        Ok(self.state.lock().await.nodes.values().cloned().collect())
+    }
+
+    async fn ring_version(&self) -> Result<u64, MetadataError> {
+        Ok(self.state.lock().await.ring_version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn passes_the_contract_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedMetadata::open(dir.path()).unwrap();
+        super::super::contract::run(&store).await;
+        let tenants = store.list_tenants().await.unwrap();
+        let version = store.ring_version().await.unwrap();
+        drop(store);
+        let reopened = EmbeddedMetadata::open(dir.path()).unwrap();
+        assert_eq!(reopened.list_tenants().await.unwrap(), tenants);
+        assert_eq!(reopened.ring_version().await.unwrap(), version);
+    }
+
+    #[test]
+    fn unknown_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("metadata.json"), br#"{"format":99,"ring_version":0,"tenants":{},"nodes":{}}"#)
+            .unwrap();
+        assert!(matches!(EmbeddedMetadata::open(dir.path()), Err(MetadataError::Unavailable(_))));
+    }
+}

@@ -1,0 +1,113 @@
+//! Cluster metadata: tenants, storage nodes and the ring version.
+//!
+//! [`MetadataStore`] is the contract; [`embedded::EmbeddedMetadata`] keeps it
+//! in one JSON file for the dev cluster and single-coordinator setups.
+//! Every implementation must pass the shared behaviour suite in
+//! [`contract`].
+
+pub mod contract;
+pub mod embedded;
+
+use cohort_ring::{NodeSpec, ReplicationConfig};
+use serde::{Deserialize, Serialize};
+use tonic::async_trait;
+
+/// A tenant: its replication settings and optimistic-locking version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// The tenant id.
+    pub id: String,
+    /// N, R and W.
+    pub replication: ReplicationConfig,
+    /// Starts at 1; every update bumps it.
+    pub version: u64,
+}
+
+/// A registered storage node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Stable node id.
+    pub id: String,
+    /// `host:port` of its Storage gRPC API.
+    pub address: String,
+    /// Failure zone, if zones are used.
+    pub zone: Option<String>,
+    /// Virtual nodes on the ring.
+    pub vnodes: u32,
+    /// Lifecycle state; `active` nodes are on the ring.
+    pub state: NodeState,
+}
+
+impl NodeRecord {
+    /// The ring's view of this node.
+    pub fn spec(&self) -> NodeSpec {
+        NodeSpec { id: self.id.clone(), zone: self.zone.clone(), vnodes: self.vnodes }
+    }
+}
+
+/// Lifecycle of a storage node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// On the ring, serving its ranges.
+    Active,
+}
+
+impl NodeState {
+    /// The state's name as shown to operators.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Active => "active",
+        }
+    }
+}
+
+/// Why a metadata operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    /// No such tenant.
+    #[error("tenant {0:?} not found")]
+    TenantNotFound(String),
+    /// The tenant exists already.
+    #[error("tenant {0:?} already exists")]
+    TenantExists(String),
+    /// Optimistic locking failed.
+    #[error("tenant {id:?} is at version {actual}, not the expected {expected}")]
+    VersionConflict {
+        /// The tenant.
+        id: String,
+        /// The version the caller expected.
+        expected: u64,
+        /// The version stored.
+        actual: u64,
+    },
+    /// The store could not be read or written.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where tenants, nodes and the ring version live.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Creates a tenant at version 1.
+    async fn create_tenant(&self, id: &str, replication: ReplicationConfig) -> Result<Tenant, MetadataError>;
+    /// Reads a tenant.
+    async fn get_tenant(&self, id: &str) -> Result<Tenant, MetadataError>;
+    /// Lists every tenant, ordered by id.
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, MetadataError>;
+    /// Replaces a tenant's replication settings if it is still at
+    /// `expected_version`; bumps the version.
+    async fn update_tenant(
+        &self,
+        id: &str,
+        expected_version: u64,
+        replication: ReplicationConfig,
+    ) -> Result<Tenant, MetadataError>;
+    /// Registers a node or replaces the record with the same id; bumps the
+    /// ring version when placement (zone, vnodes, state) or address changed.
+    async fn upsert_node(&self, node: NodeRecord) -> Result<NodeRecord, MetadataError>;
+    /// Lists every node, ordered by id.
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, MetadataError>;
+    /// The ring version: changes whenever the node set changes.
+    async fn ring_version(&self) -> Result<u64, MetadataError>;
+}

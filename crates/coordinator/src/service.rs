@@ -1,0 +1,504 @@
+//! The public gRPC services: `KeyValue` and `Admin`.
+//!
+//! This is the only place where wire types meet domain types: requests are
+//! validated while they are converted, and [`KvError`] becomes a gRPC status
+//! exactly once, on the way out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cohort_node::config::valid_node_id;
+use cohort_proto::v1 as pb;
+use cohort_proto::v1::admin_server::Admin;
+use cohort_proto::v1::key_value_server::KeyValue;
+use cohort_ring::{CausalContext, Consistency, ReplicationConfig, SiblingSet, ring::MAX_VNODES};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use crate::error::KvError;
+use crate::idempotency::{Claim, Fingerprint};
+use crate::kv::{ReadOutcome, WriteOutcome};
+use crate::metadata::{MetadataError, NodeRecord, NodeState, Tenant};
+use crate::server::Coordinator;
+use crate::validate;
+
+/// How often a request waits on a twin still in flight before looking again.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
+
+/// The public key-value service.
+#[derive(Clone)]
+pub struct KvService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl KvService {
+    /// The service over `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        KvService { coordinator }
+    }
+}
+
+/// The admin service.
+#[derive(Clone)]
+pub struct AdminService {
+    coordinator: Arc<Coordinator>,
+}
+
+impl AdminService {
+    /// The service over `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        AdminService { coordinator }
+    }
+}
+
+fn metadata_error(error: MetadataError) -> KvError {
+    match error {
+        MetadataError::TenantNotFound(id) => KvError::TenantNotFound(id),
+        MetadataError::TenantExists(id) => KvError::AlreadyExists(format!("tenant {id:?} already exists")),
+        conflict @ MetadataError::VersionConflict { .. } => KvError::FailedPrecondition(conflict.to_string()),
+        MetadataError::Unavailable(reason) => KvError::DependencyUnavailable(reason),
+    }
+}
+
+/// The consistency level a request asked for; `None` means the tenant default.
+fn level_from(consistency: Option<pb::Consistency>) -> Result<Option<Consistency>, KvError> {
+    use pb::consistency::Kind;
+    let Some(kind) = consistency.and_then(|c| c.kind) else { return Ok(None) };
+    match kind {
+        Kind::Level(level) => match pb::Level::try_from(level) {
+            Ok(pb::Level::Unspecified) => Ok(None),
+            Ok(pb::Level::One) => Ok(Some(Consistency::One)),
+            Ok(pb::Level::Quorum) => Ok(Some(Consistency::Quorum)),
+            Ok(pb::Level::All) => Ok(Some(Consistency::All)),
+            Err(_) => Err(KvError::InvalidArgument(format!("unknown consistency level {level}"))),
+        },
+        Kind::Replicas(count) => u8::try_from(count)
+            .ok()
+            .filter(|c| *c >= 1)
+            .map(|c| Some(Consistency::Count(c)))
+            .ok_or_else(|| KvError::InvalidArgument(format!("consistency of {count} replicas is not 1..=7"))),
+    }
+}
+
+fn record(op: &'static str, started: Instant, result: &Result<impl Sized, KvError>) {
+    let status = match result {
+        Ok(_) => "ok",
+        Err(error) => error.label(),
+    };
+    metrics::counter!("cohort_requests_total", "op" => op, "status" => status).increment(1);
+    metrics::histogram!("cohort_request_duration_seconds", "op" => op).record(started.elapsed().as_secs_f64());
+    if let Err(KvError::Unavailable { .. }) = result {
+        metrics::counter!("cohort_quorum_failures_total", "op" => op).increment(1);
+    }
+}
+
+/// A write as the KeyValue service receives it, before validation.
+struct WriteInput {
+    op: &'static str,
+    tenant: String,
+    key: Bytes,
+    value: Option<Bytes>,
+    context: Bytes,
+    consistency: Option<pb::Consistency>,
+    idempotency_key: String,
+}
+
+fn fingerprint(input: &WriteInput, level: Option<Consistency>) -> Fingerprint {
+    let mut hash = Sha256::new();
+    for part in [input.op.as_bytes(), input.tenant.as_bytes(), &input.key, &input.context] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    match &input.value {
+        Some(value) => {
+            hash.update([1]);
+            hash.update((value.len() as u64).to_be_bytes());
+            hash.update(value);
+        }
+        None => hash.update([0]),
+    }
+    hash.update(level.map(|l| l.to_string()).unwrap_or_default().as_bytes());
+    hash.finalize().into()
+}
+
+fn write_receipt(outcome: &WriteOutcome) -> pb::Receipt {
+    pb::Receipt {
+        replicas: outcome
+            .acked
+            .iter()
+            .map(|id| pb::ReplicaAck { node_id: id.clone(), role: pb::ReplicaRole::Primary.into() })
+            .collect(),
+        required: outcome.required.into(),
+        replication: outcome.replication.into(),
+        read_repair: false,
+        siblings: outcome.state.values().count() as u32,
+        hint_stored: false,
+    }
+}
+
+fn context_of(state: &SiblingSet) -> Bytes {
+    Bytes::from(CausalContext(state.clock().clone()).encode())
+}
+
+impl KvService {
+    async fn write(&self, input: WriteInput) -> Result<pb::PutResponse, KvError> {
+        let c = &self.coordinator;
+        let limits = &c.config.limits;
+        validate::tenant_id(&input.tenant)?;
+        validate::key(&input.key, limits)?;
+        if let Some(value) = &input.value {
+            validate::value(value, limits)?;
+        }
+        validate::idempotency_key(&input.idempotency_key, limits)?;
+        let level = level_from(input.consistency)?;
+        CausalContext::decode(&input.context)
+            .map_err(|e| KvError::InvalidArgument(format!("causal context is invalid: {e}")))?;
+        let tenant = c.tenants.get(&input.tenant).await?;
+        tenant.replication.write_quorum(level).map_err(|e| KvError::InvalidArgument(e.to_string()))?;
+
+        if input.idempotency_key.is_empty() {
+            return self.execute(&tenant, input, level).await;
+        }
+        let fingerprint = fingerprint(&input, level);
+        let (tenant_id, idem) = (input.tenant.clone(), input.idempotency_key.clone());
+        let deadline = Instant::now() + Duration::from_millis(c.config.request_timeout_ms);
+        loop {
+            let claim = c
+                .idempotency
+                .claim(&tenant_id, &idem, &fingerprint)
+                .await
+                .map_err(|e| KvError::DependencyUnavailable(e.to_string()))?;
+            match claim {
+                Claim::Claimed => break,
+                Claim::Done(stored) => {
+                    metrics::counter!("cohort_idempotent_replays_total").increment(1);
+                    let mut response = pb::PutResponse::decode(stored.as_slice())
+                        .map_err(|e| KvError::Internal(format!("stored idempotent response unreadable: {e}")))?;
+                    response.duplicate = true;
+                    return Ok(response);
+                }
+                Claim::Conflict => {
+                    return Err(KvError::FailedPrecondition(format!(
+                        "idempotency key {idem:?} was already used with a different request"
+                    )));
+                }
+                Claim::InFlight if Instant::now() < deadline => tokio::time::sleep(IN_FLIGHT_POLL).await,
+                Claim::InFlight => {
+                    return Err(KvError::DeadlineExceeded(format!(
+                        "a request with idempotency key {idem:?} is still in flight"
+                    )));
+                }
+            }
+        }
+        let result = self.execute(&tenant, input, level).await;
+        match &result {
+            Ok(response) => {
+                let ttl = Duration::from_secs(c.config.idempotency_ttl_secs);
+                if let Err(error) =
+                    c.idempotency.complete(&tenant_id, &idem, &fingerprint, &response.encode_to_vec(), ttl).await
+                {
+                    tracing::warn!(%error, "could not record an idempotent response; a retry may apply again");
+                }
+            }
+            Err(_) => {
+                if let Err(error) = c.idempotency.release(&tenant_id, &idem, &fingerprint).await {
+                    tracing::warn!(%error, "could not release an idempotency claim");
+                }
+            }
+        }
+        result
+    }
+
+    async fn execute(
+        &self,
+        tenant: &Tenant,
+        input: WriteInput,
+        level: Option<Consistency>,
+    ) -> Result<pb::PutResponse, KvError> {
+        let outcome = self.coordinator.engine.write(tenant, input.key, input.value, input.context, level).await?;
+        Ok(pb::PutResponse {
+            context: context_of(&outcome.state),
+            receipt: Some(write_receipt(&outcome)),
+            duplicate: false,
+        })
+    }
+
+    async fn read(&self, request: pb::GetRequest) -> Result<pb::GetResponse, KvError> {
+        let c = &self.coordinator;
+        validate::tenant_id(&request.tenant)?;
+        validate::key(&request.key, &c.config.limits)?;
+        let level = level_from(request.consistency)?;
+        let tenant = c.tenants.get(&request.tenant).await?;
+        let ReadOutcome { state, answered, required, replication, repair } =
+            c.engine.read(&tenant, request.key, level).await?;
+        // A retried write that reached different coordinating replicas can
+        // leave two siblings with equal bytes; they are one value to a reader.
+        let mut siblings: Vec<Bytes> = Vec::new();
+        for value in state.values() {
+            if !siblings.contains(value) {
+                siblings.push(value.clone());
+            }
+        }
+        metrics::histogram!("cohort_siblings_seen").record(siblings.len() as f64);
+        Ok(pb::GetResponse {
+            found: !siblings.is_empty(),
+            context: context_of(&state),
+            receipt: Some(pb::Receipt {
+                replicas: answered
+                    .into_iter()
+                    .map(|node_id| pb::ReplicaAck { node_id, role: pb::ReplicaRole::Primary.into() })
+                    .collect(),
+                required: required.into(),
+                replication: replication.into(),
+                read_repair: repair,
+                siblings: siblings.len() as u32,
+                hint_stored: false,
+            }),
+            siblings,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl KeyValue for KvService {
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let started = Instant::now();
+        let r = request.into_inner();
+        let input = WriteInput {
+            op: "put",
+            tenant: r.tenant,
+            key: r.key,
+            value: Some(r.value),
+            context: r.context,
+            consistency: r.consistency,
+            idempotency_key: r.idempotency_key,
+        };
+        let result = self.write(input).await;
+        record("put", started, &result);
+        Ok(Response::new(result?))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let started = Instant::now();
+        let result = self.read(request.into_inner()).await;
+        record("get", started, &result);
+        Ok(Response::new(result?))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let started = Instant::now();
+        let r = request.into_inner();
+        let input = WriteInput {
+            op: "delete",
+            tenant: r.tenant,
+            key: r.key,
+            value: None,
+            context: r.context,
+            consistency: r.consistency,
+            idempotency_key: r.idempotency_key,
+        };
+        let result = self.write(input).await;
+        record("delete", started, &result);
+        let response = result?;
+        Ok(Response::new(pb::DeleteResponse {
+            context: response.context,
+            receipt: response.receipt,
+            duplicate: response.duplicate,
+        }))
+    }
+}
+
+fn tenant_to_pb(tenant: &Tenant) -> pb::Tenant {
+    pb::Tenant {
+        id: tenant.id.clone(),
+        replication: tenant.replication.n().into(),
+        read_quorum: tenant.replication.r().into(),
+        write_quorum: tenant.replication.w().into(),
+        version: tenant.version,
+    }
+}
+
+fn node_to_pb(node: &NodeRecord) -> pb::StorageNode {
+    pb::StorageNode {
+        id: node.id.clone(),
+        address: node.address.clone(),
+        zone: node.zone.clone().unwrap_or_default(),
+        vnodes: node.vnodes,
+        state: node.state.as_str().into(),
+    }
+}
+
+/// Default replication factor of a new tenant.
+pub const DEFAULT_REPLICATION: u32 = 3;
+
+/// Builds a validated replication config; zero quorums mean a majority.
+fn replication_from(n: u32, r: u32, w: u32) -> Result<ReplicationConfig, KvError> {
+    let majority = n / 2 + 1;
+    let pick = |q: u32| if q == 0 { majority } else { q };
+    ReplicationConfig::new(n, pick(r), pick(w)).map_err(|e| KvError::InvalidArgument(e.to_string()))
+}
+
+/// Whether `address` looks like `host:port`.
+fn valid_address(address: &str) -> bool {
+    match address.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+impl AdminService {
+    async fn create_tenant(&self, r: pb::CreateTenantRequest) -> Result<pb::Tenant, KvError> {
+        validate::tenant_id(&r.id)?;
+        let n = if r.replication == 0 { DEFAULT_REPLICATION } else { r.replication };
+        let replication = replication_from(n, r.read_quorum, r.write_quorum)?;
+        let tenant = self.coordinator.metadata.create_tenant(&r.id, replication).await.map_err(metadata_error)?;
+        tracing::info!(tenant = %tenant.id, n, "tenant created");
+        Ok(tenant_to_pb(&tenant))
+    }
+
+    async fn update_tenant(&self, r: pb::UpdateTenantRequest) -> Result<pb::Tenant, KvError> {
+        validate::tenant_id(&r.id)?;
+        let c = &self.coordinator;
+        let current = c.metadata.get_tenant(&r.id).await.map_err(metadata_error)?;
+        let keep = |new: u32, old: u8| if new == 0 { u32::from(old) } else { new };
+        let n = keep(r.replication, current.replication.n());
+        let (read, write) = if r.replication != 0 && r.read_quorum == 0 && r.write_quorum == 0 {
+            (0, 0) // a new N with no quorums given: majorities of the new N
+        } else {
+            (keep(r.read_quorum, current.replication.r()), keep(r.write_quorum, current.replication.w()))
+        };
+        let replication = replication_from(n, read, write)?;
+        let updated = c.metadata.update_tenant(&r.id, r.expected_version, replication).await.map_err(metadata_error)?;
+        c.tenants.invalidate(&r.id);
+        Ok(tenant_to_pb(&updated))
+    }
+
+    async fn add_node(&self, r: pb::AddNodeRequest) -> Result<pb::StorageNode, KvError> {
+        if !valid_node_id(&r.id) {
+            return Err(KvError::InvalidArgument(format!(
+                "node id {:?} is invalid: expected 1-64 characters from [A-Za-z0-9_.-]",
+                r.id
+            )));
+        }
+        if !valid_address(&r.address) {
+            return Err(KvError::InvalidArgument(format!("node address {:?} is not host:port", r.address)));
+        }
+        let vnodes = if r.vnodes == 0 { cohort_ring::ring::DEFAULT_VNODES } else { r.vnodes };
+        if vnodes > MAX_VNODES {
+            return Err(KvError::InvalidArgument(format!("vnodes {vnodes} exceeds the limit {MAX_VNODES}")));
+        }
+        let node = NodeRecord {
+            id: r.id,
+            address: r.address,
+            zone: Some(r.zone).filter(|z| !z.is_empty()),
+            vnodes,
+            state: NodeState::Active,
+        };
+        let c = &self.coordinator;
+        let node = c.metadata.upsert_node(node).await.map_err(metadata_error)?;
+        c.topology.refresh().await.map_err(metadata_error)?;
+        tracing::info!(node = %node.id, address = %node.address, "storage node registered");
+        Ok(node_to_pb(&node))
+    }
+}
+
+fn finish<T>(op: &'static str, started: Instant, result: Result<T, KvError>) -> Result<Response<T>, Status> {
+    record(op, started, &result);
+    Ok(Response::new(result?))
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_tenant(&self, request: Request<pb::CreateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let started = Instant::now();
+        finish("create_tenant", started, AdminService::create_tenant(self, request.into_inner()).await)
+    }
+
+    async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let started = Instant::now();
+        let id = request.into_inner().id;
+        let result = match validate::tenant_id(&id) {
+            Ok(()) => self.coordinator.metadata.get_tenant(&id).await.map(|t| tenant_to_pb(&t)).map_err(metadata_error),
+            Err(e) => Err(e),
+        };
+        finish("get_tenant", started, result)
+    }
+
+    async fn list_tenants(
+        &self,
+        _request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let started = Instant::now();
+        let result = self.coordinator.metadata.list_tenants().await.map_err(metadata_error);
+        let result =
+            result.map(|tenants| pb::ListTenantsResponse { tenants: tenants.iter().map(tenant_to_pb).collect() });
+        finish("list_tenants", started, result)
+    }
+
+    async fn update_tenant(&self, request: Request<pb::UpdateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+        let started = Instant::now();
+        finish("update_tenant", started, AdminService::update_tenant(self, request.into_inner()).await)
+    }
+
+    async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Result<Response<pb::StorageNode>, Status> {
+        let started = Instant::now();
+        finish("add_node", started, AdminService::add_node(self, request.into_inner()).await)
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let started = Instant::now();
+        let result = self.coordinator.metadata.list_nodes().await.map_err(metadata_error);
+        let result = result.map(|nodes| pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect() });
+        finish("list_nodes", started, result)
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let started = Instant::now();
+        let c = &self.coordinator;
+        let result = c.metadata.list_nodes().await.map_err(metadata_error).map(|nodes| pb::ClusterStatusResponse {
+            // With embedded metadata there is exactly one coordinator, and it leads.
+            leader: Some(pb::Leader { id: c.config.id.clone(), generation: 1 }),
+            ring_version: c.topology.current().version,
+            nodes: nodes.iter().map(node_to_pb).collect(),
+        });
+        finish("cluster_status", started, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consistency_conversion_rejects_nonsense() {
+        use pb::consistency::Kind;
+        let with = |kind| Some(pb::Consistency { kind: Some(kind) });
+        assert_eq!(level_from(None), Ok(None));
+        assert_eq!(level_from(with(Kind::Level(pb::Level::Quorum.into()))), Ok(Some(Consistency::Quorum)));
+        assert_eq!(level_from(with(Kind::Replicas(2))), Ok(Some(Consistency::Count(2))));
+        assert!(level_from(with(Kind::Level(42))).is_err());
+        assert!(level_from(with(Kind::Replicas(0))).is_err());
+        assert!(level_from(with(Kind::Replicas(300))).is_err());
+    }
+
+    #[test]
+    fn addresses_and_replication() {
+        assert!(valid_address("127.0.0.1:7001"));
+        assert!(valid_address("node-1.cohort:7001"));
+        assert!(!valid_address("127.0.0.1"));
+        assert!(!valid_address(":7001"));
+        assert!(!valid_address("h:0"));
+        let r = replication_from(5, 0, 0).unwrap();
+        assert_eq!((r.n(), r.r(), r.w()), (5, 3, 3));
+        assert!(replication_from(8, 0, 0).is_err());
+        assert!(replication_from(3, 4, 0).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! Running a storage node: open the store, serve gRPC until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohort_proto::v1::storage_server::StorageServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::NodeConfig;
+use crate::peers::{MAX_MESSAGE_BYTES, PeerPool};
+use crate::service::StorageService;
+use crate::store::{Store, StoreError};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration was rejected.
+    #[error("invalid node configuration: {0}")]
+    Config(String),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// What a running node exposes to the process that embeds it.
+#[derive(Clone)]
+pub struct NodeHandle {
+    /// The node's store, for direct inspection in tests and tools.
+    pub store: Arc<Store>,
+}
+
+/// Serves a storage node on `listener` until `shutdown` completes, then
+/// closes the store. `on_ready` receives a handle once the store is open.
+pub async fn serve(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(NodeHandle),
+) -> Result<(), ServeError> {
+    config.validate().map_err(ServeError::Config)?;
+    let store = Arc::new(Store::open(&config.data_dir, &config.id, config.durability)?);
+    let peer_timeout = Duration::from_millis(config.peer_timeout_ms);
+    let peers = Arc::new(PeerPool::new(peer_timeout));
+    let service = StorageService::new(&config.id, store.clone(), peers, peer_timeout);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<StorageServer<StorageService>>().await;
+    let watched = store.clone();
+    let health_watch = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if watched.is_poisoned() {
+                health.set_not_serving::<StorageServer<StorageService>>().await;
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                return;
+            }
+        }
+    });
+
+    on_ready(NodeHandle { store: store.clone() });
+    tracing::info!(node = %config.id, actor = %store.actor(), address = ?listener.local_addr().ok(), "storage node serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            StorageServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    health_watch.abort();
+    let _ = health_watch.await;
+    // Background replication tasks may still hold the store briefly; close it
+    // when this was the last handle so the directory can be reopened.
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close().await,
+        Err(store) => drop(store),
+    }
+    tracing::info!(node = %config.id, "storage node stopped");
+    result.map_err(ServeError::from)
+}

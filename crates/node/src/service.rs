@@ -1,0 +1,146 @@
+//! The internal `Storage` gRPC service.
+//!
+//! The write path for a new version runs here, on the *coordinating replica*
+//! (the first reachable node of the key's preference list): the node issues
+//! the dot from its own state, appends it, and in parallel makes it durable
+//! locally and sends the resulting sibling set to the other replicas. It
+//! answers as soon as `write_quorum` replicas (itself included) hold the
+//! version durably; the remaining sends finish in the background.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_proto::v1::storage_server::Storage;
+use cohort_proto::v1::{
+    CoordinateRequest, CoordinateResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PeerFailure,
+    ReadRequest, ReadResponse,
+};
+use cohort_ring::{CausalContext, SiblingSet};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::peers::PeerPool;
+use crate::store::{Store, StoreError};
+
+/// Longest tenant id, which the storage key encoding relies on.
+const MAX_TENANT_BYTES: usize = 63;
+
+/// The storage node's gRPC service.
+#[derive(Clone)]
+pub struct StorageService {
+    node_id: Arc<str>,
+    store: Arc<Store>,
+    peers: Arc<PeerPool>,
+    peer_timeout: Duration,
+}
+
+impl StorageService {
+    /// A service over `store`, reaching other replicas through `peers`.
+    pub fn new(node_id: &str, store: Arc<Store>, peers: Arc<PeerPool>, peer_timeout: Duration) -> Self {
+        StorageService { node_id: node_id.into(), store, peers, peer_timeout }
+    }
+}
+
+fn status_from(error: StoreError) -> Status {
+    match error {
+        StoreError::Corrupt(e) => Status::data_loss(format!("stored state unreadable: {e}")),
+        forged @ StoreError::ForgedContext { .. } => Status::invalid_argument(forged.to_string()),
+        StoreError::Poisoned | StoreError::Engine(_) | StoreError::Closed => Status::unavailable(error.to_string()),
+    }
+}
+
+fn check_target(tenant: &str, key: &[u8]) -> Result<(), Status> {
+    if tenant.is_empty() || tenant.len() > MAX_TENANT_BYTES {
+        return Err(Status::invalid_argument(format!("tenant id must be 1..={MAX_TENANT_BYTES} bytes")));
+    }
+    if key.is_empty() {
+        return Err(Status::invalid_argument("key must not be empty"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Storage for StorageService {
+    async fn coordinate(&self, request: Request<CoordinateRequest>) -> Result<Response<CoordinateResponse>, Status> {
+        let request = request.into_inner();
+        check_target(&request.tenant, &request.key)?;
+        let context = CausalContext::decode(&request.context)
+            .map_err(|e| Status::invalid_argument(format!("causal context is invalid: {e}")))?;
+        let needed = (request.write_quorum.max(1) as usize).min(request.peers.len() + 1);
+        let timeout = match request.timeout_ms {
+            0 => self.peer_timeout,
+            ms => Duration::from_millis(ms.into()),
+        };
+
+        let state =
+            self.store.stage_update(&request.tenant, &request.key, &context.0, request.value).map_err(status_from)?;
+        let encoded = Bytes::from(state.encode());
+
+        let (acks, mut results) = mpsc::channel::<(String, Result<(), String>)>(request.peers.len() + 1);
+        {
+            let store = self.store.clone();
+            let acks = acks.clone();
+            let id = self.node_id.to_string();
+            tokio::spawn(async move {
+                let result = store.durable().await.map_err(|e| e.to_string());
+                let _ = acks.send((id, result)).await;
+            });
+        }
+        for peer in request.peers {
+            let acks = acks.clone();
+            let merge =
+                MergeRequest { tenant: request.tenant.clone(), key: request.key.clone(), state: encoded.clone() };
+            let client = self.peers.client(&peer.address);
+            tokio::spawn(async move {
+                let result = match client {
+                    Err(status) => Err(status.message().to_string()),
+                    Ok(mut client) => match tokio::time::timeout(timeout, client.merge(merge)).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                    },
+                };
+                let _ = acks.send((peer.id, result)).await;
+            });
+        }
+        drop(acks);
+
+        let mut response = CoordinateResponse { state: encoded, acked: Vec::new(), failures: Vec::new() };
+        while let Some((node_id, result)) = results.recv().await {
+            match result {
+                Ok(()) => response.acked.push(node_id),
+                Err(reason) => response.failures.push(PeerFailure { node_id, reason }),
+            }
+            if response.acked.len() >= needed {
+                break;
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn merge(&self, request: Request<MergeRequest>) -> Result<Response<MergeResponse>, Status> {
+        let request = request.into_inner();
+        check_target(&request.tenant, &request.key)?;
+        let incoming = SiblingSet::decode(&request.state)
+            .map_err(|e| Status::invalid_argument(format!("sibling set is invalid: {e}")))?;
+        self.store.merge(&request.tenant, &request.key, &incoming).await.map_err(status_from)?;
+        Ok(Response::new(MergeResponse {}))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        let request = request.into_inner();
+        check_target(&request.tenant, &request.key)?;
+        let state = self.store.read(&request.tenant, &request.key).map_err(status_from)?;
+        let state = if state.is_empty() { Bytes::new() } else { Bytes::from(state.encode()) };
+        Ok(Response::new(ReadResponse { state }))
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Ok(Response::new(InfoResponse {
+            node_id: self.node_id.to_string(),
+            actor: self.store.actor().to_string(),
+            incarnation: self.store.incarnation(),
+        }))
+    }
+}

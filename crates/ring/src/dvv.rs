@@ -1,0 +1,547 @@
+//! Dotted version vectors: how Cohort keeps concurrent writes.
+//!
+//! A key's state is a [`SiblingSet`]: a version vector (`clock`) summarising
+//! every write the state has seen, and the siblings — writes none of the
+//! others supersede — each tagged with its [`Dot`] (the actor that issued it
+//! and that actor's counter). A sibling holds a value or a tombstone.
+//!
+//! New versions are issued by a *replica* of the key with
+//! [`SiblingSet::update`]: siblings covered by the writer's causal context are
+//! replaced, the rest are kept as siblings of the new one. Replicas exchange
+//! whole states and combine them with [`SiblingSet::sync`].
+//!
+//! # Laws
+//!
+//! For well-formed states (every sibling's dot covered by its own clock, and a
+//! dot always naming the same value — which holds when only replicas issue
+//! dots, each from its own durable state), `sync` is
+//!
+//! - commutative: `a.sync(b) == b.sync(a)`,
+//! - associative: `(a.sync(b)).sync(c) == a.sync(b.sync(c))`,
+//! - idempotent: `a.sync(a) == a`,
+//!
+//! so replicas converge whatever order states arrive in, however often.
+//! These laws are property-tested in `tests/dvv_laws.rs`.
+//!
+//! # Formats
+//!
+//! Both the stored sibling set and the client's causal context start with a
+//! format byte (currently `1`); decoders reject formats they do not know.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+
+/// The identity that issues dots: a storage node incarnation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The actor with this name.
+    pub fn new(name: impl Into<String>) -> Self {
+        Actor(name.into())
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One write event: the `counter`-th write issued by `actor` for a key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dot {
+    /// Who issued the write.
+    pub actor: Actor,
+    /// The actor's counter for the key, starting at 1.
+    pub counter: u64,
+}
+
+/// A version vector: for each actor, how many of its writes have been seen.
+///
+/// Counters are contiguous per actor, so `{a: 3}` means dots `a:1..=3`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct VersionVector(BTreeMap<Actor, u64>);
+
+impl VersionVector {
+    /// The empty vector: nothing seen (a blind write's context).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many of `actor`'s writes are covered.
+    pub fn get(&self, actor: &Actor) -> u64 {
+        self.0.get(actor).copied().unwrap_or(0)
+    }
+
+    /// Whether `dot` is covered.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.get(&dot.actor) >= dot.counter
+    }
+
+    /// Raises each counter to the maximum of both vectors.
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (actor, &counter) in &other.0 {
+            let entry = self.0.entry(actor.clone()).or_insert(0);
+            *entry = (*entry).max(counter);
+        }
+    }
+
+    /// Whether `self` has seen everything `other` has (`self >= other`).
+    pub fn descends(&self, other: &VersionVector) -> bool {
+        other.0.iter().all(|(actor, &counter)| self.get(actor) >= counter)
+    }
+
+    /// Whether neither vector descends from the other.
+    pub fn concurrent(&self, other: &VersionVector) -> bool {
+        !self.descends(other) && !other.descends(self)
+    }
+
+    /// Whether nothing is covered.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `(actor, counter)` entries, ordered by actor.
+    pub fn iter(&self) -> impl Iterator<Item = (&Actor, u64)> {
+        self.0.iter().map(|(a, c)| (a, *c))
+    }
+
+    fn bump(&mut self, actor: &Actor) -> u64 {
+        let entry = self.0.entry(actor.clone()).or_insert(0);
+        *entry += 1;
+        *entry
+    }
+
+    fn insert(&mut self, actor: Actor, counter: u64) {
+        if counter > 0 {
+            self.0.insert(actor, counter);
+        }
+    }
+}
+
+/// One surviving write: its dot and its value, or `None` for a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sibling {
+    /// The write event that produced this sibling.
+    pub dot: Dot,
+    /// The value, or `None` when the write was a delete.
+    pub value: Option<Bytes>,
+}
+
+/// The replicated state of one key: a clock and the concurrent siblings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiblingSet {
+    clock: VersionVector,
+    /// Sorted by dot; canonical so that equal states compare equal.
+    siblings: Vec<Sibling>,
+}
+
+impl SiblingSet {
+    /// The state of a key never written.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything this state has seen; handed to clients as their context.
+    pub fn clock(&self) -> &VersionVector {
+        &self.clock
+    }
+
+    /// All siblings, tombstones included, ordered by dot.
+    pub fn siblings(&self) -> &[Sibling] {
+        &self.siblings
+    }
+
+    /// The values of the live (non-tombstone) siblings, ordered by dot.
+    pub fn values(&self) -> impl Iterator<Item = &Bytes> {
+        self.siblings.iter().filter_map(|s| s.value.as_ref())
+    }
+
+    /// Whether any sibling holds a value (the key reads as found).
+    pub fn has_values(&self) -> bool {
+        self.siblings.iter().any(|s| s.value.is_some())
+    }
+
+    /// Whether this is the state of a key never written.
+    pub fn is_empty(&self) -> bool {
+        self.clock.is_empty() && self.siblings.is_empty()
+    }
+
+    /// Issues a new version at `actor`, which must be a replica of the key
+    /// acting on its own durable state.
+    ///
+    /// Siblings covered by `context` (what the writer had read) are replaced;
+    /// siblings the writer had not seen stay as siblings of the new version.
+    /// `value` of `None` writes a tombstone. Returns the new dot.
+    ///
+    /// # Panics
+    ///
+    /// If `actor`'s counter (in the state or in `context`) is already
+    /// `u64::MAX`, so no new dot can be issued. Honest counting never gets
+    /// there; only a forged context can. The state is left untouched.
+    pub fn update(&mut self, context: &VersionVector, actor: &Actor, value: Option<Bytes>) -> Dot {
+        // Checked before anything changes: the counter must not wrap to 0,
+        // which would store a state that `decode` rejects ("zero counter").
+        assert!(self.clock.get(actor).max(context.get(actor)) < u64::MAX, "dot counter of actor {actor} is exhausted");
+        self.siblings.retain(|s| !context.covers(&s.dot));
+        self.clock.merge(context);
+        let counter = self.clock.bump(actor);
+        let dot = Dot { actor: actor.clone(), counter };
+        let position = self.siblings.partition_point(|s| s.dot < dot);
+        self.siblings.insert(position, Sibling { dot: dot.clone(), value });
+        dot
+    }
+
+    /// Merges `other` into `self` (DVV sync).
+    ///
+    /// A sibling survives if the other side also has it, or if the other side
+    /// has not seen it; a sibling one side has seen but no longer holds was
+    /// superseded there and is dropped.
+    pub fn sync(&mut self, other: &SiblingSet) {
+        let mut merged = Vec::with_capacity(self.siblings.len() + other.siblings.len());
+        let (mut i, mut j) = (0, 0);
+        let (a, b) = (&self.siblings, &other.siblings);
+        while i < a.len() || j < b.len() {
+            let order = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) => x.dot.cmp(&y.dot),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, _) => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Equal => {
+                    merged.push(a[i].clone());
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    if !other.clock.covers(&a[i].dot) {
+                        merged.push(a[i].clone());
+                    }
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    if !self.clock.covers(&b[j].dot) {
+                        merged.push(b[j].clone());
+                    }
+                    j += 1;
+                }
+            }
+        }
+        self.siblings = merged;
+        self.clock.merge(&other.clock);
+    }
+
+    /// `a` synced with `b`, leaving both untouched.
+    pub fn merged(a: &SiblingSet, b: &SiblingSet) -> SiblingSet {
+        let mut out = a.clone();
+        out.sync(b);
+        out
+    }
+
+    /// Serialises the state for disk and for the wire between nodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            16 + self.siblings.iter().map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 8).sum::<usize>(),
+        );
+        out.push(FORMAT_V1);
+        let actors: Vec<&Actor> = self.clock.0.keys().collect();
+        encode_clock(&self.clock, &mut out);
+        put_varint(&mut out, self.siblings.len() as u64);
+        for sibling in &self.siblings {
+            let index =
+                actors.binary_search(&&sibling.dot.actor).expect("well-formed: every dot is covered by the clock");
+            put_varint(&mut out, index as u64);
+            put_varint(&mut out, sibling.dot.counter);
+            match &sibling.value {
+                None => out.push(0),
+                Some(value) => {
+                    out.push(1);
+                    put_varint(&mut out, value.len() as u64);
+                    out.extend_from_slice(value);
+                }
+            }
+        }
+        out
+    }
+
+    /// Parses a state written by [`SiblingSet::encode`], checking that it is
+    /// well-formed.
+    pub fn decode(bytes: &[u8]) -> Result<SiblingSet, DecodeError> {
+        let mut reader = Reader::new(bytes);
+        match reader.byte()? {
+            FORMAT_V1 => {}
+            other => return Err(DecodeError::UnknownFormat(other)),
+        }
+        let clock = decode_clock(&mut reader)?;
+        let actors: Vec<&Actor> = clock.0.keys().collect();
+        let count = reader.varint()?;
+        let mut siblings = Vec::with_capacity(count.min(1024) as usize);
+        for _ in 0..count {
+            let index = reader.varint()? as usize;
+            let actor = actors.get(index).ok_or(DecodeError::Malformed("sibling actor index out of range"))?;
+            let counter = reader.varint()?;
+            let dot = Dot { actor: (*actor).clone(), counter };
+            if counter == 0 || !clock.covers(&dot) {
+                return Err(DecodeError::Malformed("sibling dot not covered by the clock"));
+            }
+            let value = match reader.byte()? {
+                0 => None,
+                1 => {
+                    let len = reader.varint()? as usize;
+                    Some(Bytes::copy_from_slice(reader.take(len)?))
+                }
+                _ => return Err(DecodeError::Malformed("unknown sibling kind")),
+            };
+            if siblings.last().is_some_and(|s: &Sibling| s.dot >= dot) {
+                return Err(DecodeError::Malformed("siblings out of order"));
+            }
+            siblings.push(Sibling { dot, value });
+        }
+        reader.finish()?;
+        Ok(SiblingSet { clock, siblings })
+    }
+}
+
+const FORMAT_V1: u8 = 1;
+
+/// A client's causal context: the clock of the state it read, as an opaque
+/// token. Sending it back with a write replaces exactly what was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CausalContext(pub VersionVector);
+
+impl CausalContext {
+    /// Encodes the context as opaque bytes with a format byte. The empty
+    /// context encodes to no bytes at all, so a blind write sends nothing.
+    pub fn encode(&self) -> Vec<u8> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        let mut out = vec![FORMAT_V1];
+        encode_clock(&self.0, &mut out);
+        out
+    }
+
+    /// Parses a token made by [`CausalContext::encode`]; no bytes is the
+    /// empty context.
+    pub fn decode(bytes: &[u8]) -> Result<CausalContext, DecodeError> {
+        if bytes.is_empty() {
+            return Ok(CausalContext::default());
+        }
+        let mut reader = Reader::new(bytes);
+        match reader.byte()? {
+            FORMAT_V1 => {}
+            other => return Err(DecodeError::UnknownFormat(other)),
+        }
+        let clock = decode_clock(&mut reader)?;
+        reader.finish()?;
+        Ok(CausalContext(clock))
+    }
+}
+
+/// Why bytes could not be read back as a sibling set or context.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The format byte names a format this build does not know.
+    #[error("unknown format version {0}")]
+    UnknownFormat(u8),
+    /// The input ended early.
+    #[error("truncated input")]
+    Truncated,
+    /// The input is structurally wrong.
+    #[error("malformed input: {0}")]
+    Malformed(&'static str),
+}
+
+const MAX_ACTOR_LEN: usize = 255;
+
+fn encode_clock(clock: &VersionVector, out: &mut Vec<u8>) {
+    put_varint(out, clock.0.len() as u64);
+    for (actor, counter) in &clock.0 {
+        put_varint(out, actor.0.len() as u64);
+        out.extend_from_slice(actor.0.as_bytes());
+        put_varint(out, *counter);
+    }
+}
+
+fn decode_clock(reader: &mut Reader<'_>) -> Result<VersionVector, DecodeError> {
+    let count = reader.varint()?;
+    let mut clock = VersionVector::new();
+    let mut previous: Option<Actor> = None;
+    for _ in 0..count {
+        let len = reader.varint()? as usize;
+        if len == 0 || len > MAX_ACTOR_LEN {
+            return Err(DecodeError::Malformed("actor name length"));
+        }
+        let name =
+            std::str::from_utf8(reader.take(len)?).map_err(|_| DecodeError::Malformed("actor name is not UTF-8"))?;
+        let actor = Actor::new(name);
+        let counter = reader.varint()?;
+        if counter == 0 {
+            return Err(DecodeError::Malformed("zero counter"));
+        }
+        if previous.as_ref().is_some_and(|p| *p >= actor) {
+            return Err(DecodeError::Malformed("clock actors out of order"));
+        }
+        previous = Some(actor.clone());
+        clock.insert(actor, counter);
+    }
+    Ok(clock)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let (&first, rest) = self.bytes.split_first().ok_or(DecodeError::Truncated)?;
+        self.bytes = rest;
+        Ok(first)
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.len() < len {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::Malformed("varint too long"))
+    }
+
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.bytes.is_empty() { Ok(()) } else { Err(DecodeError::Malformed("trailing bytes")) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a() -> Actor {
+        Actor::new("a")
+    }
+    fn b() -> Actor {
+        Actor::new("b")
+    }
+
+    #[test]
+    fn blind_writes_become_siblings() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"1")));
+        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"2")));
+        assert_eq!(s.values().count(), 2);
+    }
+
+    #[test]
+    fn write_with_context_replaces_what_was_read() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"1")));
+        s.update(&VersionVector::new(), &b(), Some(Bytes::from_static(b"2")));
+        let read = s.clock().clone();
+        s.update(&read, &a(), Some(Bytes::from_static(b"3")));
+        assert_eq!(s.values().cloned().collect::<Vec<_>>(), vec![Bytes::from_static(b"3")]);
+    }
+
+    #[test]
+    fn sync_drops_superseded_and_keeps_concurrent() {
+        let mut base = SiblingSet::new();
+        base.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"v1")));
+        let mut left = base.clone();
+        let mut right = base.clone();
+        left.update(&base.clock().clone(), &a(), Some(Bytes::from_static(b"left")));
+        right.update(&base.clock().clone(), &b(), Some(Bytes::from_static(b"right")));
+        let merged = SiblingSet::merged(&left, &right);
+        let values: Vec<_> = merged.values().cloned().collect();
+        assert_eq!(values, vec![Bytes::from_static(b"left"), Bytes::from_static(b"right")]);
+        assert_eq!(SiblingSet::merged(&merged, &base), merged);
+    }
+
+    #[test]
+    fn tombstones_hide_values_but_keep_the_clock() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"v")));
+        let ctx = s.clock().clone();
+        s.update(&ctx, &a(), None);
+        assert!(!s.has_values());
+        assert_eq!(s.siblings().len(), 1);
+        assert_eq!(s.clock().get(&a()), 2);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_rejects_garbage() {
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"x")));
+        s.update(&VersionVector::new(), &b(), None);
+        assert_eq!(SiblingSet::decode(&s.encode()), Ok(s.clone()));
+        assert_eq!(SiblingSet::decode(&[]), Err(DecodeError::Truncated));
+        assert_eq!(SiblingSet::decode(&[9]), Err(DecodeError::UnknownFormat(9)));
+        let mut trailing = s.encode();
+        trailing.push(0);
+        assert!(SiblingSet::decode(&trailing).is_err());
+        let ctx = CausalContext(s.clock().clone());
+        assert_eq!(CausalContext::decode(&ctx.encode()), Ok(ctx));
+        assert_eq!(CausalContext::decode(&[]), Ok(CausalContext::default()));
+        assert!(CausalContext::decode(b"\x01\x05").is_err());
+    }
+
+    /// A context claiming the actor's last possible counter must not wrap the
+    /// counter to 0 (which in release builds stored an undecodable state).
+    #[test]
+    fn exhausted_counter_is_refused_without_corrupting_the_state() {
+        let mut ctx =
+            CausalContext::decode(&[1, 1, 1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
+                .unwrap();
+        assert_eq!(ctx.0.get(&a()), u64::MAX);
+        let mut s = SiblingSet::new();
+        s.update(&VersionVector::new(), &b(), Some(Bytes::from_static(b"v")));
+        let before = s.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.update(&ctx.0, &a(), None)));
+        assert!(result.is_err());
+        assert_eq!(s, before);
+        // One below the limit still works and round-trips.
+        ctx = CausalContext::decode(&[1, 1, 1, b'a', 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
+            .unwrap();
+        let dot = s.update(&ctx.0, &a(), None);
+        assert_eq!(dot.counter, u64::MAX);
+        assert_eq!(SiblingSet::decode(&s.encode()), Ok(s));
+    }
+
+    /// Format 1 as written by the first release; must stay readable.
+    #[test]
+    fn format_1_fixture_still_decodes() {
+        // clock {a: 2, b: 1}; siblings a:2 = "hi", b:1 = tombstone
+        let fixture = [1, 2, 1, b'a', 2, 1, b'b', 1, 2, 0, 2, 1, 2, b'h', b'i', 1, 1, 0];
+        let s = SiblingSet::decode(&fixture).unwrap();
+        assert_eq!(s.clock().get(&a()), 2);
+        assert_eq!(s.clock().get(&b()), 1);
+        assert_eq!(s.values().cloned().collect::<Vec<_>>(), vec![Bytes::from_static(b"hi")]);
+        assert_eq!(s.encode(), fixture);
+    }
+}

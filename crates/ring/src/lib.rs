@@ -1,0 +1,26 @@
+//! Pure placement and versioning logic for Cohort.
+//!
+//! This crate decides *where* a key lives and *how* its versions relate, and
+//! nothing else: it performs no I/O, spawns no tasks and knows nothing of
+//! tokio, files or sockets, so every decision it makes can be tested alone.
+//!
+//! - [`token`]: the 64-bit ring position of a `(tenant, key)` pair.
+//! - [`ring`]: the consistent-hash ring with virtual nodes, preference and
+//!   fallback lists.
+//! - [`quorum`]: consistency levels and the arithmetic that turns them into
+//!   replica counts.
+//! - [`dvv`]: dotted version vectors — sibling sets, their merge (sync) and
+//!   the causal context handed to clients.
+//!
+//! **Architecture invariant:** this crate never depends on an async runtime or
+//! touches the network or the disk.
+
+pub mod dvv;
+pub mod quorum;
+pub mod ring;
+pub mod token;
+
+pub use dvv::{Actor, CausalContext, DecodeError, Dot, Sibling, SiblingSet, VersionVector};
+pub use quorum::{Consistency, QuorumError, ReplicationConfig};
+pub use ring::{NodeId, NodeSpec, Ring, RingError};
+pub use token::{Token, token_for};
