@@ -1,1 +1,146 @@
-//! placeholder
+//! Shared harness for Cohort's cluster-level tests.
+//!
+//! Each test starts a [`TestCluster`]: real storage nodes and coordinators
+//! serving gRPC on 127.0.0.1 ephemeral ports inside the test process, under a
+//! temporary directory. Tests talk to it through the public SDK, and inspect
+//! single replicas through the nodes' internal Storage API.
+//!
+//! Waiting is done by polling observable state with a deadline
+//! ([`eventually`]), never by sleeping for a guessed duration.
+
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cohort_client::{Client, RetryPolicy};
+use cohort_coordinator::local::{LocalCluster, LocalClusterOptions};
+use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};
+use cohort_node::Durability;
+use cohort_proto::v1::ReadRequest;
+use cohort_proto::v1::storage_client::StorageClient;
+use cohort_ring::SiblingSet;
+
+/// Tenant every test cluster starts with (N=3, R=2, W=2).
+pub const TENANT: &str = "default";
+
+/// A local cluster that owns its temporary directory.
+pub struct TestCluster {
+    cluster: LocalCluster,
+    _dir: tempfile::TempDir,
+}
+
+impl Deref for TestCluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
+    }
+}
+
+/// Coordinator settings for tests: short timeouts so that a stopped node
+/// fails requests quickly.
+pub fn test_config(read_repair: ReadRepairMode) -> CoordinatorConfig {
+    CoordinatorConfig {
+        node_timeout_ms: 2_000,
+        request_timeout_ms: 5_000,
+        read_repair,
+        ring_refresh_ms: 200,
+        ..CoordinatorConfig::default()
+    }
+}
+
+impl TestCluster {
+    /// Three nodes, one coordinator, background read repair.
+    pub async fn start() -> TestCluster {
+        Self::start_with(3, ReadRepairMode::Background).await
+    }
+
+    /// `nodes` nodes and one coordinator with the given read-repair mode.
+    pub async fn start_with(nodes: usize, read_repair: ReadRepairMode) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut options = LocalClusterOptions::new(dir.path());
+        options.nodes = nodes;
+        // Flush durability: these tests stop nodes gracefully; the fsync path
+        // is exercised by the kill -9 tests of the real binary.
+        options.durability = Durability::Flush;
+        options.coordinator = test_config(read_repair);
+        let cluster = LocalCluster::start(options).await.expect("cluster starts");
+        TestCluster { cluster, _dir: dir }
+    }
+
+    /// Stops every node and the coordinator, then removes the directory.
+    pub async fn shutdown(self) {
+        self.cluster.shutdown().await;
+    }
+
+    /// A client of the first coordinator that never retries, so every
+    /// failure is visible to the test.
+    pub async fn client(&self) -> Client {
+        client_for(&self.endpoint()).await
+    }
+
+    /// The state node `index` holds for `key`, read through its Storage API.
+    pub async fn replica_state(&self, index: usize, key: &str) -> SiblingSet {
+        let address = self.node_address(index).expect("node is running");
+        let mut client = StorageClient::connect(format!("http://{address}")).await.expect("connect to node");
+        let request = ReadRequest { tenant: TENANT.into(), key: Bytes::copy_from_slice(key.as_bytes()) };
+        let state = client.read(request).await.expect("replica read").into_inner().state;
+        if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodable state") }
+    }
+
+    /// The states of every running node for `key`.
+    pub async fn replica_states(&self, key: &str) -> Vec<SiblingSet> {
+        let mut states = Vec::new();
+        for index in 0..self.node_count() {
+            if self.node_address(index).is_some() {
+                states.push(self.replica_state(index, key).await);
+            }
+        }
+        states
+    }
+}
+
+/// A client of `endpoint` without retries.
+pub async fn client_for(endpoint: &str) -> Client {
+    Client::connect(endpoint)
+        .await
+        .expect("connect to coordinator")
+        .with_retry(RetryPolicy { max_attempts: 1, ..RetryPolicy::default() })
+}
+
+/// Values of the live siblings of `state`, as strings, sorted.
+pub fn values_of(state: &SiblingSet) -> Vec<String> {
+    let mut values: Vec<String> = state.values().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    values.sort();
+    values
+}
+
+/// Sorted string values of a read.
+pub fn strings(siblings: &[Bytes]) -> Vec<String> {
+    let mut values: Vec<String> = siblings.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+    values.sort();
+    values
+}
+
+/// Polls `check` until it returns true, failing the test after `deadline`.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        if check().await {
+            return;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for: {what}");
+    }
+}

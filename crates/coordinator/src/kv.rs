@@ -82,6 +82,14 @@ pub fn stale_replicas<'a>(answers: &'a [(Replica, SiblingSet)], merged: &Sibling
     answers.iter().filter(|(_, state)| state != merged).map(|(replica, _)| replica).collect()
 }
 
+/// A replica's answer: no bytes means the key was never written there.
+fn decode_state(bytes: &[u8]) -> Result<SiblingSet, String> {
+    if bytes.is_empty() {
+        return Ok(SiblingSet::new());
+    }
+    SiblingSet::decode(bytes).map_err(|e| format!("unreadable state: {e}"))
+}
+
 fn invalid(e: impl std::fmt::Display) -> KvError {
     KvError::InvalidArgument(e.to_string())
 }
@@ -232,8 +240,7 @@ impl ReadRound {
                     let result = match client {
                         Err(status) => Err(status.message().to_string()),
                         Ok(mut client) => match tokio::time::timeout(timeout, client.read(request)).await {
-                            Ok(Ok(response)) => SiblingSet::decode(&response.into_inner().state)
-                                .map_err(|e| format!("unreadable state: {e}")),
+                            Ok(Ok(response)) => decode_state(&response.into_inner().state),
                             Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
                             Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
                         },
@@ -245,23 +252,19 @@ impl ReadRound {
 
         let mut answers: Vec<(Replica, SiblingSet)> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
-        let max_failures = self.replicas.len() - self.required;
         while let Some((replica, result)) = pending.next().await {
             match result {
                 Ok(state) => answers.push((replica, state)),
                 Err(reason) => failures.push(format!("{}: {reason}", replica.id)),
             }
-            if self.mode == ReadRepairMode::Background && reply.is_some() {
-                if answers.len() >= self.required {
-                    let outcome = self.outcome(&answers);
-                    if let Some(reply) = reply.take() {
-                        let _ = reply.send(Ok(outcome));
-                    }
-                } else if failures.len() > max_failures
-                    && let Some(reply) = reply.take()
-                {
-                    let _ = reply.send(Err(KvError::unavailable("read", answers.len(), self.required, &failures)));
-                }
+            // Answer as soon as R replicas have; a failure waits for every
+            // replica (each bounded by the node timeout), so that it reports
+            // exactly how many answered.
+            if self.mode == ReadRepairMode::Background
+                && answers.len() >= self.required
+                && let Some(reply) = reply.take()
+            {
+                let _ = reply.send(Ok(self.outcome(&answers)));
             }
         }
         drop(pending);

@@ -1,0 +1,218 @@
+//! Invariant 7 (DESIGN.md §5): bad input never panics a process and never
+//! changes stored data. Every bad input gets its documented status code.
+
+use bytes::Bytes;
+use cohort_proto::v1 as pb;
+use cohort_proto::v1::admin_client::AdminClient;
+use cohort_proto::v1::key_value_client::KeyValueClient;
+use cohort_tests::{TENANT, TestCluster};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn put(tenant: &str, key: &[u8], value: Vec<u8>) -> pb::PutRequest {
+    pb::PutRequest {
+        tenant: tenant.into(),
+        key: Bytes::copy_from_slice(key),
+        value: value.into(),
+        ..Default::default()
+    }
+}
+
+fn level(level: i32) -> Option<pb::Consistency> {
+    Some(pb::Consistency { kind: Some(pb::consistency::Kind::Level(level)) })
+}
+
+fn replicas(count: u32) -> Option<pb::Consistency> {
+    Some(pb::Consistency { kind: Some(pb::consistency::Kind::Replicas(count)) })
+}
+
+async fn kv(cluster: &TestCluster) -> KeyValueClient<Channel> {
+    KeyValueClient::connect(cluster.endpoint()).await.expect("connect").max_encoding_message_size(64 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_writes_and_reads_get_their_status_and_store_nothing() {
+    let cluster = TestCluster::start().await;
+    let mut client = kv(&cluster).await;
+    let cases: Vec<(&str, pb::PutRequest, Code)> = vec![
+        ("empty key", put(TENANT, b"", b"v".to_vec()), Code::InvalidArgument),
+        ("oversize key", put(TENANT, &[b'k'; 1025], b"v".to_vec()), Code::InvalidArgument),
+        ("oversize value", put(TENANT, b"victim", vec![0; 1024 * 1024 + 1]), Code::InvalidArgument),
+        ("bad tenant id", put("Not_Valid", b"victim", b"v".to_vec()), Code::InvalidArgument),
+        ("tenant id too long", put(&"t".repeat(64), b"victim", b"v".to_vec()), Code::InvalidArgument),
+        ("unknown tenant", put("nobody", b"victim", b"v".to_vec()), Code::NotFound),
+        (
+            "unknown level",
+            pb::PutRequest { consistency: level(99), ..put(TENANT, b"victim", b"v".to_vec()) },
+            Code::InvalidArgument,
+        ),
+        (
+            "zero replicas",
+            pb::PutRequest { consistency: replicas(0), ..put(TENANT, b"victim", b"v".to_vec()) },
+            Code::InvalidArgument,
+        ),
+        (
+            "more replicas than N",
+            pb::PutRequest { consistency: replicas(4), ..put(TENANT, b"victim", b"v".to_vec()) },
+            Code::InvalidArgument,
+        ),
+        (
+            "garbage context",
+            pb::PutRequest { context: Bytes::from_static(b"\x01\xff\xff"), ..put(TENANT, b"victim", b"v".to_vec()) },
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown context format",
+            pb::PutRequest { context: Bytes::from_static(b"\x09abc"), ..put(TENANT, b"victim", b"v".to_vec()) },
+            Code::InvalidArgument,
+        ),
+        (
+            "oversize idempotency key",
+            pb::PutRequest { idempotency_key: "i".repeat(129), ..put(TENANT, b"victim", b"v".to_vec()) },
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, request, code) in cases {
+        let status = client.put(request).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+        assert!(!status.message().is_empty(), "{what}: the error says why");
+    }
+
+    let get = |tenant: &str, key: &[u8], consistency| pb::GetRequest {
+        tenant: tenant.into(),
+        key: Bytes::copy_from_slice(key),
+        consistency,
+    };
+    let reads = vec![
+        ("empty key", get(TENANT, b"", None), Code::InvalidArgument),
+        ("oversize key", get(TENANT, &[b'k'; 1025], None), Code::InvalidArgument),
+        ("bad tenant", get("UPPER", b"k", None), Code::InvalidArgument),
+        ("unknown tenant", get("nobody", b"k", None), Code::NotFound),
+        ("bad level", get(TENANT, b"k", level(-1)), Code::InvalidArgument),
+        ("too many replicas", get(TENANT, b"k", replicas(7)), Code::InvalidArgument),
+    ];
+    for (what, request, code) in reads {
+        let status = client.get(request).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+    }
+    let delete = pb::DeleteRequest { tenant: TENANT.into(), key: Bytes::new(), ..Default::default() };
+    assert_eq!(client.delete(delete).await.expect_err("empty key").code(), Code::InvalidArgument);
+
+    for state in cluster.replica_states("victim").await {
+        assert!(state.is_empty(), "a rejected write stored something: {state:?}");
+    }
+    // The cluster still serves good requests.
+    client.put(put(TENANT, b"victim", b"fine".to_vec())).await.expect("a good write after bad ones");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_context_is_refused() {
+    let cluster = TestCluster::start().await;
+    let mut client = kv(&cluster).await;
+    client.put(put(TENANT, b"k", b"v".to_vec())).await.expect("write");
+    let read = client.get(pb::GetRequest { tenant: TENANT.into(), key: Bytes::from_static(b"k"), consistency: None });
+    let context = read.await.expect("read").into_inner().context;
+    // Claim a billion writes by every actor the real context names.
+    let mut clock = cohort_ring::CausalContext::decode(&context).expect("context").0;
+    let mut forged = cohort_ring::VersionVector::new();
+    for (actor, _) in clock.iter() {
+        let mut state = cohort_ring::SiblingSet::new();
+        for _ in 0..3 {
+            state.update(&cohort_ring::VersionVector::new(), actor, None);
+        }
+        forged.merge(state.clock());
+    }
+    clock.merge(&forged);
+    let request = pb::PutRequest {
+        context: cohort_ring::CausalContext(clock).encode().into(),
+        ..put(TENANT, b"k", b"w".to_vec())
+    };
+    let status = client.put(request).await.expect_err("forged context");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_admin_requests_get_their_status_and_change_nothing() {
+    let cluster = TestCluster::start().await;
+    let mut admin = AdminClient::connect(cluster.endpoint()).await.expect("connect");
+    let create = |id: &str, replication, read_quorum, write_quorum| pb::CreateTenantRequest {
+        id: id.into(),
+        replication,
+        read_quorum,
+        write_quorum,
+    };
+    let cases = vec![
+        ("bad id", create("Bad Id", 3, 0, 0), Code::InvalidArgument),
+        ("replication 8", create("t8", 8, 0, 0), Code::InvalidArgument),
+        ("read quorum above N", create("tr", 3, 4, 0), Code::InvalidArgument),
+        ("write quorum above N", create("tw", 3, 0, 4), Code::InvalidArgument),
+        ("exists", create(TENANT, 3, 0, 0), Code::AlreadyExists),
+    ];
+    for (what, request, code) in cases {
+        let status = admin.create_tenant(request).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {}", status.message());
+    }
+    let tenants = admin.list_tenants(pb::ListTenantsRequest {}).await.expect("list").into_inner().tenants;
+    assert_eq!(tenants.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), [TENANT], "nothing was created");
+
+    let tenant = admin.get_tenant(pb::GetTenantRequest { id: TENANT.into() }).await.expect("get").into_inner();
+    let stale = pb::UpdateTenantRequest {
+        id: TENANT.into(),
+        expected_version: tenant.version + 7,
+        replication: 1,
+        ..Default::default()
+    };
+    let status = admin.update_tenant(stale).await.expect_err("stale version");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    let missing = pb::UpdateTenantRequest { id: "nobody".into(), expected_version: 1, ..Default::default() };
+    assert_eq!(admin.update_tenant(missing).await.expect_err("unknown").code(), Code::NotFound);
+    let unchanged = admin.get_tenant(pb::GetTenantRequest { id: TENANT.into() }).await.expect("get").into_inner();
+    assert_eq!(unchanged, tenant, "failed updates changed nothing");
+
+    let node = |id: &str, address: &str, vnodes| pb::AddNodeRequest {
+        id: id.into(),
+        address: address.into(),
+        zone: String::new(),
+        vnodes,
+    };
+    for (what, request) in [
+        ("no port", node("n9", "127.0.0.1", 0)),
+        ("bad id", node("n 9", "127.0.0.1:1", 0)),
+        ("too many vnodes", node("n9", "127.0.0.1:1", 100_000)),
+    ] {
+        let status = admin.add_node(request).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {}", status.message());
+    }
+    let nodes = admin.list_nodes(pb::ListNodesRequest {}).await.expect("list").into_inner().nodes;
+    assert_eq!(nodes.len(), 3, "no node was added");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_as_context_never_break_the_server() {
+    let cluster = TestCluster::start().await;
+    let mut client = kv(&cluster).await;
+    // A fixed pseudo-random sequence (xorshift), so failures replay.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..200 {
+        let len = (next() % 40) as usize;
+        let mut context: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if round % 2 == 0 && !context.is_empty() {
+            context[0] = 1; // the real format byte, so decoding goes deeper
+        }
+        let request = pb::PutRequest { context: context.into(), ..put(TENANT, b"fuzz", b"v".to_vec()) };
+        if let Err(status) = client.put(request).await {
+            assert_eq!(status.code(), Code::InvalidArgument, "round {round}: {}", status.message());
+        }
+    }
+    client.put(put(TENANT, b"after", b"v".to_vec())).await.expect("still serving");
+    cluster.shutdown().await;
+}
