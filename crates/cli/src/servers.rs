@@ -41,7 +41,7 @@ pub struct NodeArgs {
 
 /// Settings of a node process.
 #[derive(Debug, Serialize, Deserialize)]
-struct NodeSettings {
+pub(crate) struct NodeSettings {
     id: String,
     data_dir: PathBuf,
     listen: String,
