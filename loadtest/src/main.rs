@@ -3,14 +3,19 @@
 //!
 //! Closed loop: `--concurrency` workers each keep one operation in flight.
 //! Latency is measured per operation with HdrHistogram (microseconds).
+//!
+//! Updates carry the latest context seen for their key (from any worker's
+//! read or write), as an application overwriting a value would: a blind
+//! write never replaces anything, so blind updates would pile up siblings.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use cohort_client::{Client, Consistency, ReadOptions, RetryPolicy, WriteOptions};
+use cohort_client::{Client, Consistency, Context, ReadOptions, RetryPolicy, WriteOptions};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
@@ -77,28 +82,37 @@ async fn main() -> anyhow::Result<()> {
     let write_options = WriteOptions { consistency: args.consistency, ..Default::default() };
     let read_options = ReadOptions { consistency: args.consistency };
 
+    let contexts: Arc<Mutex<HashMap<u64, Context>>> = Arc::default();
     for index in 0..args.records {
-        client.put_with(&args.tenant, key_of(index), value.clone(), write_options.clone()).await?;
+        let written = client.put_with(&args.tenant, key_of(index), value.clone(), write_options.clone()).await?;
+        contexts.lock().expect("context map").insert(index, written.context);
     }
 
     let issued = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, issued, value) = (client.clone(), issued.clone(), value.clone());
+        let (client, issued, value, contexts) = (client.clone(), issued.clone(), value.clone(), contexts.clone());
         let (tenant, write_options, read_options) = (args.tenant.clone(), write_options.clone(), read_options.clone());
         let (operations, records, read_fraction) = (args.operations, args.records, args.read_fraction);
         workers.push(tokio::spawn(async move {
             let mut stats = Stats::new();
             while issued.fetch_add(1, Ordering::Relaxed) < operations {
-                let key = key_of(rand::random_range(0..records));
+                let index = rand::random_range(0..records);
+                let key = key_of(index);
                 let read = rand::random::<f64>() < read_fraction;
                 let begin = Instant::now();
-                let ok = if read {
-                    client.get_with(&tenant, key, read_options.clone()).await.is_ok()
+                let context = if read {
+                    client.get_with(&tenant, key, read_options.clone()).await.map(|r| r.context)
                 } else {
-                    client.put_with(&tenant, key, value.clone(), write_options.clone()).await.is_ok()
+                    let context = contexts.lock().expect("context map").get(&index).cloned().unwrap_or_default();
+                    let options = WriteOptions { context, ..write_options.clone() };
+                    client.put_with(&tenant, key, value.clone(), options).await.map(|w| w.context)
                 };
+                let ok = context.is_ok();
+                if let Ok(context) = context {
+                    contexts.lock().expect("context map").insert(index, context);
+                }
                 let micros = begin.elapsed().as_micros().max(1) as u64;
                 match (ok, read) {
                     (false, _) => stats.errors += 1,

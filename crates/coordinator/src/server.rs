@@ -8,7 +8,6 @@ use cohort_node::peers::PeerPool;
 use cohort_proto::v1::admin_server::AdminServer;
 use cohort_proto::v1::key_value_server::KeyValueServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::CoordinatorConfig;
 use crate::idempotency::IdempotencyStore;
@@ -78,7 +77,7 @@ pub async fn serve(
             KeyValueServer::new(KvService::new(coordinator.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(AdminServer::new(AdminService::new(coordinator.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(cohort_node::server::incoming(listener), shutdown)
         .await;
     refresher.abort();
     tracing::info!(id = %coordinator.config.id, "coordinator stopped");
