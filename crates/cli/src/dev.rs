@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use clap::Args;
 use cohort_coordinator::local::{LocalCluster, LocalClusterOptions};
-use cohort_coordinator::metadata::MetadataStore;
 use cohort_node::Durability;
 
 use crate::telemetry;
@@ -43,7 +42,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     options.coordinator.metrics_listen = args.metrics_listen.clone();
     let cluster = LocalCluster::start(options).await?;
     let ready = cluster.coordinator.coordinator.clone();
-    let metrics = telemetry::serve_http(&args.metrics_listen, Arc::new(move || ready.is_ready())).await?;
+    let metrics = telemetry::serve_http(&args.metrics_listen, Arc::new(move || ready.readiness())).await?;
     let tenant = cluster.metadata.get_tenant("default").await?;
     let r = tenant.replication;
     println!("cohort dev cluster ready");

@@ -4,9 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use cohort_coordinator::CoordinatorConfig;
+use cohort_coordinator::idempotency::IdempotencyStore;
 use cohort_coordinator::idempotency::embedded::EmbeddedIdempotency;
+use cohort_coordinator::idempotency::redis::RedisIdempotency;
+use cohort_coordinator::metadata::MetadataStore;
 use cohort_coordinator::metadata::embedded::EmbeddedMetadata;
+use cohort_coordinator::metadata::postgres::PostgresMetadata;
+use cohort_coordinator::{CoordinatorConfig, Readiness};
 use cohort_node::{Durability, NodeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -88,7 +92,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let metrics = if s.metrics_listen.is_empty() {
         None
     } else {
-        Some(telemetry::serve_http(&s.metrics_listen, Arc::new(|| true)).await?)
+        Some(telemetry::serve_http(&s.metrics_listen, Arc::new(|| Readiness::Ready)).await?)
     };
     cohort_node::serve(config, listener, telemetry::shutdown_signal(), move |_| {
         println!("cohort node {} listening on {address}", s.id);
@@ -119,6 +123,39 @@ pub struct CoordinatorArgs {
     /// Directory of the embedded metadata and idempotency stores.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// PostgreSQL URL for shared metadata (tenants, nodes, leader lease);
+    /// without it, metadata is embedded under --data-dir.
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// Redis URL for shared idempotency records; without it, they are
+    /// embedded under --data-dir.
+    #[arg(long)]
+    redis_url: Option<String>,
+}
+
+/// Retries `connect` with exponential backoff (capped at 10 s) until it
+/// succeeds or the process is asked to stop.
+async fn with_backoff<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    mut connect: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let mut delay = std::time::Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match connect().await {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                tracing::error!(%error, attempt, retry_in_ms = delay.as_millis() as u64, "{what} unreachable");
+                eprintln!("{what} unreachable (attempt {attempt}): {error}; retrying in {:.1}s", delay.as_secs_f64());
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("stopped while waiting for {what}"),
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+        attempt += 1;
+    }
 }
 
 /// Runs a coordinator until SIGINT or SIGTERM.
@@ -129,11 +166,32 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         ("listen", args.listen.map(|v| json!(v))),
         ("metrics_listen", args.metrics_listen.map(|v| json!(v))),
         ("data_dir", args.data_dir.map(|v| json!(v))),
+        ("postgres_url", args.postgres_url.map(|v| json!(v))),
+        ("redis_url", args.redis_url.map(|v| json!(v))),
     ]);
     let config: CoordinatorConfig = settings::load(CoordinatorConfig::default(), args.config.as_deref(), overrides)?;
     config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let metadata = Arc::new(EmbeddedMetadata::open(&config.data_dir.join("metadata"))?);
-    let idempotency = Arc::new(EmbeddedIdempotency::open(&config.data_dir.join("idempotency"))?);
+    let metadata: Arc<dyn MetadataStore> = if config.postgres_url.is_empty() {
+        Arc::new(EmbeddedMetadata::open(&config.data_dir.join("metadata"))?)
+    } else {
+        let store = with_backoff("PostgreSQL", || {
+            PostgresMetadata::connect(&config.postgres_url, &config.postgres_schema, config.postgres_pool_size)
+        })
+        .await?;
+        Arc::new(store)
+    };
+    let idempotency: Arc<dyn IdempotencyStore> = if config.redis_url.is_empty() {
+        Arc::new(EmbeddedIdempotency::open(&config.data_dir.join("idempotency"))?)
+    } else {
+        let in_flight = std::time::Duration::from_millis(config.idempotency_in_flight_ms);
+        let store =
+            with_backoff("Redis", || RedisIdempotency::connect(&config.redis_url, &config.redis_prefix, in_flight))
+                .await?;
+        Arc::new(store)
+    };
+    if config.postgres_url.is_empty() != config.redis_url.is_empty() {
+        tracing::warn!("only one of postgres_url and redis_url is set: this coordinator cannot share its cluster");
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.listen))?;
@@ -142,7 +200,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let coordinator = cohort_coordinator::server::Coordinator::new(config.clone(), metadata, idempotency).await?;
     if !config.metrics_listen.is_empty() {
         let ready = coordinator.clone();
-        let metrics = telemetry::serve_http(&config.metrics_listen, Arc::new(move || ready.is_ready())).await?;
+        let metrics = telemetry::serve_http(&config.metrics_listen, Arc::new(move || ready.readiness())).await?;
         println!("metrics on http://{metrics}/metrics");
     }
     println!("cohort coordinator {} listening on {address}", config.id);

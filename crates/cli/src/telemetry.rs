@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use cohort_coordinator::Readiness;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -37,27 +38,29 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 /// Serves `/metrics` (Prometheus text), `/health/live` (the process runs) and
-/// `/health/ready` (`ready()` says it can serve) on `address`, in the
-/// background. Returns the bound address.
-pub async fn serve_http(address: &str, ready: Arc<dyn Fn() -> bool + Send + Sync>) -> anyhow::Result<SocketAddr> {
+/// `/health/ready` on `address`, in the background. Readiness answers 200
+/// `ready`, 200 `degraded: …` (serving, with a dependency down) or 503.
+/// Returns the bound address.
+pub async fn serve_http(address: &str, ready: Arc<dyn Fn() -> Readiness + Send + Sync>) -> anyhow::Result<SocketAddr> {
     let handle = prometheus();
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind the metrics address {address}: {e}"))?;
     let bound = listener.local_addr()?;
-    let app =
-        Router::new()
-            .route("/metrics", get(move || std::future::ready(handle.render())))
-            .route("/health/live", get(|| async { "ok" }))
-            .route(
-                "/health/ready",
-                get(move || {
-                    let ready = ready();
-                    async move {
-                        if ready { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
-                    }
-                }),
-            );
+    let app = Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route("/health/live", get(|| async { "ok" }))
+        .route(
+            "/health/ready",
+            get(move || {
+                let answer = match ready() {
+                    Readiness::Ready => (StatusCode::OK, "ready".to_string()),
+                    Readiness::Degraded(why) => (StatusCode::OK, format!("degraded: {why}")),
+                    Readiness::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+                };
+                std::future::ready(answer)
+            }),
+        );
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "metrics endpoint failed");

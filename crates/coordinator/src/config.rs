@@ -17,6 +17,19 @@ pub enum ReadRepairMode {
     Sync,
 }
 
+/// What a write carrying an idempotency key does when the idempotency store
+/// cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdempotencyFallback {
+    /// Refuse the write with Unavailable: a retry can never apply twice.
+    #[default]
+    Reject,
+    /// Apply the write without deduplication and count it
+    /// (`cohort_idempotency_bypassed_total`): availability over exactly-once.
+    Proceed,
+}
+
 /// Limits on client input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -59,6 +72,27 @@ pub struct CoordinatorConfig {
     pub ring_refresh_ms: u64,
     /// Seconds an idempotency record is kept.
     pub idempotency_ttl_secs: u64,
+    /// Milliseconds an in-flight idempotency claim lasts if its coordinator
+    /// dies before finishing the write.
+    pub idempotency_in_flight_ms: u64,
+    /// What to do with idempotent writes when the idempotency store is down.
+    pub idempotency_unavailable: IdempotencyFallback,
+    /// PostgreSQL URL of the shared metadata store; empty keeps metadata in
+    /// an embedded store under `data_dir` (one coordinator only).
+    pub postgres_url: String,
+    /// Schema holding Cohort's tables.
+    pub postgres_schema: String,
+    /// Connections in the PostgreSQL pool.
+    pub postgres_pool_size: usize,
+    /// Redis URL of the shared idempotency store; empty keeps records in an
+    /// embedded store under `data_dir` (one coordinator only).
+    pub redis_url: String,
+    /// Prefix of every Redis key Cohort writes.
+    pub redis_prefix: String,
+    /// Milliseconds a leader lease lasts; renewed every third of it.
+    pub leader_lease_ms: u64,
+    /// Milliseconds between the leader's reachability probes of nodes.
+    pub node_probe_ms: u64,
     /// Input limits.
     pub limits: Limits,
 }
@@ -76,6 +110,15 @@ impl Default for CoordinatorConfig {
             tenant_cache_ttl_ms: 5_000,
             ring_refresh_ms: 5_000,
             idempotency_ttl_secs: 24 * 60 * 60,
+            idempotency_in_flight_ms: 60_000,
+            idempotency_unavailable: IdempotencyFallback::Reject,
+            postgres_url: String::new(),
+            postgres_schema: "cohort".into(),
+            postgres_pool_size: 8,
+            redis_url: String::new(),
+            redis_prefix: "cohort:idem:".into(),
+            leader_lease_ms: 10_000,
+            node_probe_ms: 2_000,
             limits: Limits::default(),
         }
     }
@@ -92,6 +135,10 @@ impl CoordinatorConfig {
             ("node_timeout_ms", self.node_timeout_ms),
             ("ring_refresh_ms", self.ring_refresh_ms),
             ("idempotency_ttl_secs", self.idempotency_ttl_secs),
+            ("idempotency_in_flight_ms", self.idempotency_in_flight_ms),
+            ("leader_lease_ms", self.leader_lease_ms),
+            ("node_probe_ms", self.node_probe_ms),
+            ("postgres_pool_size", self.postgres_pool_size as u64),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be positive, got 0"));
@@ -102,6 +149,12 @@ impl CoordinatorConfig {
                 "node_timeout_ms ({}) must not exceed request_timeout_ms ({})",
                 self.node_timeout_ms, self.request_timeout_ms
             ));
+        }
+        if self.leader_lease_ms < 300 {
+            return Err(format!("leader_lease_ms must be at least 300, got {}", self.leader_lease_ms));
+        }
+        if !crate::metadata::postgres::valid_schema(&self.postgres_schema) {
+            return Err(format!("postgres_schema {:?} must be a lowercase identifier", self.postgres_schema));
         }
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_key_bytes > 64 * 1024 {

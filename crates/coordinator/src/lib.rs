@@ -19,6 +19,8 @@
 //! - [`service`]: the public gRPC services; conversion between wire and domain
 //!   types happens only here.
 //! - [`server`]: wiring — serve on a bound listener until shutdown.
+//! - [`leader`]: leader election over the metadata lease; [`probe`]: the
+//!   leader's node reachability probe.
 //! - [`local`]: an in-process cluster of nodes and coordinators (dev, tests).
 //!
 //! **Architecture invariant:** the coordinator never issues a dot or keeps a
@@ -28,14 +30,16 @@ pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod kv;
+pub mod leader;
 pub mod local;
 pub mod metadata;
+pub mod probe;
 pub mod server;
 pub mod service;
 pub mod tenants;
 pub mod topology;
 pub mod validate;
 
-pub use config::{CoordinatorConfig, ReadRepairMode};
+pub use config::{CoordinatorConfig, IdempotencyFallback, ReadRepairMode};
 pub use error::KvError;
-pub use server::{Coordinator, serve};
+pub use server::{Coordinator, Readiness, serve};

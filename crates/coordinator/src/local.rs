@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::config::CoordinatorConfig;
+use crate::idempotency::IdempotencyStore;
 use crate::idempotency::embedded::EmbeddedIdempotency;
 use crate::metadata::embedded::EmbeddedMetadata;
 use crate::metadata::{MetadataError, MetadataStore, NodeRecord, NodeState};
@@ -91,9 +92,17 @@ impl LocalCoordinator {
         format!("http://{}", self.address)
     }
 
-    /// Stops it gracefully.
+    /// Stops it gracefully: in-flight requests finish and it gives up the
+    /// leader lease if it holds it.
     pub async fn stop(self) {
         let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+
+    /// Stops it abruptly, as a crash would: connections drop and the leader
+    /// lease is left to expire.
+    pub async fn kill(self) {
+        self.task.abort();
         let _ = self.task.await;
     }
 }
@@ -102,9 +111,9 @@ impl LocalCoordinator {
 pub struct LocalCluster {
     options: LocalClusterOptions,
     /// The shared metadata store.
-    pub metadata: Arc<EmbeddedMetadata>,
+    pub metadata: Arc<dyn MetadataStore>,
     /// The shared idempotency store.
-    pub idempotency: Arc<EmbeddedIdempotency>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
     nodes: Vec<Option<RunningNode>>,
     /// The first coordinator.
     pub coordinator: LocalCoordinator,
@@ -164,6 +173,16 @@ impl LocalCluster {
             EmbeddedIdempotency::open(&options.data_dir.join("idempotency"))
                 .map_err(|e| LocalClusterError::Store(e.to_string()))?,
         );
+        Self::start_with_stores(options, metadata, idempotency).await
+    }
+
+    /// Like [`LocalCluster::start`], over the given (e.g. PostgreSQL and
+    /// Redis) stores.
+    pub async fn start_with_stores(
+        options: LocalClusterOptions,
+        metadata: Arc<dyn MetadataStore>,
+        idempotency: Arc<dyn IdempotencyStore>,
+    ) -> Result<Self, LocalClusterError> {
         let mut nodes = Vec::with_capacity(options.nodes);
         for index in 0..options.nodes {
             nodes.push(Some(start_node(&options.data_dir, index, options.durability, metadata.as_ref()).await?));
@@ -194,8 +213,8 @@ impl LocalCluster {
     async fn launch_coordinator(
         options: &LocalClusterOptions,
         listen: SocketAddr,
-        metadata: &Arc<EmbeddedMetadata>,
-        idempotency: &Arc<EmbeddedIdempotency>,
+        metadata: &Arc<dyn MetadataStore>,
+        idempotency: &Arc<dyn IdempotencyStore>,
         number: usize,
     ) -> Result<LocalCoordinator, LocalClusterError> {
         let listener = bind(listen).await?;

@@ -2,17 +2,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cohort_node::peers::PeerPool;
 use cohort_proto::v1::admin_server::AdminServer;
 use cohort_proto::v1::key_value_server::KeyValueServer;
 use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::CoordinatorConfig;
 use crate::idempotency::IdempotencyStore;
 use crate::kv::KvEngine;
-use crate::metadata::{MetadataError, MetadataStore};
+use crate::leader::{self, LeaderState};
+use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
 use crate::service::{AdminService, KvService};
 use crate::tenants::TenantCache;
 use crate::topology::Topology;
@@ -35,6 +39,22 @@ pub struct Coordinator {
     pub topology: Arc<Topology>,
     /// The quorum read and write paths.
     pub engine: KvEngine,
+    /// Clients of the storage nodes.
+    pub peers: Arc<PeerPool>,
+    leadership: watch::Sender<LeaderState>,
+    metadata_up: AtomicBool,
+}
+
+/// Whether a coordinator can serve, for `/health/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Everything it depends on answers.
+    Ready,
+    /// It serves key-value traffic from cached tenants and the last ring,
+    /// but metadata is unreachable: admin changes fail.
+    Degraded(String),
+    /// It cannot route requests.
+    NotReady(String),
 }
 
 impl Coordinator {
@@ -47,15 +67,118 @@ impl Coordinator {
         config.validate().map_err(|e| MetadataError::Unavailable(format!("invalid coordinator configuration: {e}")))?;
         let topology = Arc::new(Topology::load(metadata.clone()).await?);
         let peers = Arc::new(PeerPool::new(Duration::from_millis(config.node_timeout_ms)));
-        let engine = KvEngine::new(topology.clone(), peers, &config);
+        let engine = KvEngine::new(topology.clone(), peers.clone(), &config);
         let tenants = TenantCache::new(metadata.clone(), Duration::from_millis(config.tenant_cache_ttl_ms));
-        Ok(Arc::new(Coordinator { config, metadata, idempotency, tenants, topology, engine }))
+        let (leadership, _) = watch::channel(LeaderState::default());
+        Ok(Arc::new(Coordinator {
+            config,
+            metadata,
+            idempotency,
+            tenants,
+            topology,
+            engine,
+            peers,
+            leadership,
+            metadata_up: AtomicBool::new(true),
+        }))
     }
 
-    /// Whether the coordinator can route requests (some node is on the ring).
-    pub fn is_ready(&self) -> bool {
-        !self.topology.current().ring.is_empty()
+    /// Whether this coordinator leads, and under which generation.
+    pub fn leadership(&self) -> LeaderState {
+        *self.leadership.borrow()
     }
+
+    /// Waits until this coordinator's leadership satisfies `condition`.
+    pub async fn wait_for_leadership(&self, condition: impl Fn(&LeaderState) -> bool) -> LeaderState {
+        let mut watch = self.leadership.subscribe();
+        *watch.wait_for(|s| condition(s)).await.expect("the sender lives in self")
+    }
+
+    /// Whether the coordinator can serve.
+    pub fn readiness(&self) -> Readiness {
+        if self.topology.current().ring.is_empty() {
+            return Readiness::NotReady("no storage nodes are registered".into());
+        }
+        if !self.metadata_up.load(Ordering::Relaxed) {
+            return Readiness::Degraded("metadata store unreachable; serving cached tenants and the last ring".into());
+        }
+        Readiness::Ready
+    }
+
+    /// Whether the coordinator can route requests (ready or degraded).
+    pub fn is_ready(&self) -> bool {
+        !matches!(self.readiness(), Readiness::NotReady(_))
+    }
+
+    fn set_metadata_up(&self, up: bool) {
+        if self.metadata_up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!("metadata store reachable again");
+            } else {
+                tracing::warn!("metadata store unreachable; serving cached tenants and the last ring");
+            }
+        }
+        metrics::gauge!("cohort_metadata_up").set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// Aborts its task when dropped, so background work dies with the server
+/// future even when that future is dropped rather than shut down.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Polls the ring version; tracks whether metadata answers.
+async fn refresh_ring(coordinator: Arc<Coordinator>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(coordinator.config.ring_refresh_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match coordinator.topology.refresh().await {
+            Ok(_) => coordinator.set_metadata_up(true),
+            Err(error) => {
+                tracing::debug!(%error, "ring refresh failed");
+                coordinator.set_metadata_up(false);
+            }
+        }
+    }
+}
+
+/// Applies changes announced by other coordinators.
+async fn follow_changes(coordinator: Arc<Coordinator>, mut changes: broadcast::Receiver<MetadataChange>) {
+    loop {
+        match changes.recv().await {
+            Ok(MetadataChange::Tenant(id)) => coordinator.tenants.invalidate(&id),
+            Ok(MetadataChange::Ring) => {
+                if let Err(error) = coordinator.topology.refresh().await {
+                    tracing::debug!(%error, "ring refresh after a change notice failed");
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                coordinator.tenants.clear();
+                let _ = coordinator.topology.refresh().await;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The jobs only the leader runs.
+fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
+    let coordinator = coordinator.clone();
+    Arc::new(move |_generation| {
+        let probe = crate::probe::run(
+            coordinator.topology.clone(),
+            coordinator.peers.clone(),
+            Duration::from_millis(coordinator.config.node_probe_ms),
+            Duration::from_millis(coordinator.config.node_timeout_ms),
+        );
+        vec![tokio::spawn(probe)]
+    })
 }
 
 /// Serves the public API of `coordinator` on `listener` until `shutdown`
@@ -65,8 +188,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let refresher =
-        coordinator.topology.clone().spawn_refresher(Duration::from_millis(coordinator.config.ring_refresh_ms));
+    let mut background = vec![AbortOnDrop(tokio::spawn(refresh_ring(coordinator.clone())))];
+    if let Some(changes) = coordinator.metadata.changes() {
+        background.push(AbortOnDrop(tokio::spawn(follow_changes(coordinator.clone(), changes))));
+    }
+    let (stop_election, stopped) = watch::channel(false);
+    let mut election = AbortOnDrop(tokio::spawn(leader::run(
+        coordinator.metadata.clone(),
+        coordinator.config.id.clone(),
+        Duration::from_millis(coordinator.config.leader_lease_ms),
+        coordinator.leadership.clone(),
+        leader_jobs(&coordinator),
+        stopped,
+    )));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KeyValueServer<KvService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
@@ -79,7 +213,10 @@ pub async fn serve(
         .add_service(AdminServer::new(AdminService::new(coordinator.clone())))
         .serve_with_incoming_shutdown(cohort_node::server::incoming(listener), shutdown)
         .await;
-    refresher.abort();
+    // Give the lease up so another coordinator leads at once.
+    let _ = stop_election.send(true);
+    let _ = (&mut election.0).await;
+    drop(background);
     tracing::info!(id = %coordinator.config.id, "coordinator stopped");
     result
 }

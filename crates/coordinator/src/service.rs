@@ -17,6 +17,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use crate::config::IdempotencyFallback;
 use crate::error::KvError;
 use crate::idempotency::{Claim, Fingerprint};
 use crate::kv::{ReadOutcome, WriteOutcome};
@@ -165,11 +166,21 @@ impl KvService {
         let (tenant_id, idem) = (input.tenant.clone(), input.idempotency_key.clone());
         let deadline = Instant::now() + Duration::from_millis(c.config.request_timeout_ms);
         loop {
-            let claim = c
-                .idempotency
-                .claim(&tenant_id, &idem, &fingerprint)
-                .await
-                .map_err(|e| KvError::DependencyUnavailable(e.to_string()))?;
+            let claim = match c.idempotency.claim(&tenant_id, &idem, &fingerprint).await {
+                Ok(claim) => claim,
+                Err(error) => match c.config.idempotency_unavailable {
+                    IdempotencyFallback::Reject => {
+                        return Err(KvError::DependencyUnavailable(format!(
+                            "{error}; writes with an idempotency key are refused until it is back"
+                        )));
+                    }
+                    IdempotencyFallback::Proceed => {
+                        tracing::warn!(%error, "idempotency store unreachable; writing without deduplication");
+                        metrics::counter!("cohort_idempotency_bypassed_total").increment(1);
+                        return self.execute(&tenant, input, level).await;
+                    }
+                },
+            };
             match claim {
                 Claim::Claimed => break,
                 Claim::Done(stored) => {
@@ -463,12 +474,20 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let started = Instant::now();
         let c = &self.coordinator;
-        let result = c.metadata.list_nodes().await.map_err(metadata_error).map(|nodes| pb::ClusterStatusResponse {
-            // With embedded metadata there is exactly one coordinator, and it leads.
-            leader: Some(pb::Leader { id: c.config.id.clone(), generation: 1 }),
-            ring_version: c.topology.current().version,
-            nodes: nodes.iter().map(node_to_pb).collect(),
-        });
+        let result = async {
+            let nodes = c.metadata.list_nodes().await.map_err(metadata_error)?;
+            let lease = c.metadata.current_lease().await.map_err(metadata_error)?;
+            Ok(pb::ClusterStatusResponse {
+                // An expired lease names no leader, but keeps its generation.
+                leader: lease.map(|l| pb::Leader {
+                    id: if l.live { l.holder } else { String::new() },
+                    generation: l.generation,
+                }),
+                ring_version: c.topology.current().version,
+                nodes: nodes.iter().map(node_to_pb).collect(),
+            })
+        }
+        .await;
         finish("cluster_status", started, result)
     }
 }

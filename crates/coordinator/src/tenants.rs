@@ -58,6 +58,11 @@ impl TenantCache {
         }
     }
 
+    /// Forgets every tenant (after missed change notices).
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Forgets `id`, so the next request reads it again.
     pub fn invalidate(&self, id: &str) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(id);

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use cohort_ring::{Ring, token_for};
 
@@ -84,19 +83,5 @@ impl Topology {
         metrics::gauge!("cohort_ring_version").set(placement.version as f64);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = placement;
         Ok(true)
-    }
-
-    /// Polls the ring version every `interval` until the task is aborted.
-    pub fn spawn_refresher(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(error) = self.refresh().await {
-                    tracing::warn!(%error, "ring refresh failed; serving the last known ring");
-                }
-            }
-        })
     }
 }

@@ -7,9 +7,16 @@
 //! with a different fingerprint is rejected. When the first attempt
 //! completes, its response is recorded for the TTL; when it fails, the claim
 //! is released so that a retry may try again.
+//!
+//! Two stores: [`embedded::EmbeddedIdempotency`] keeps claims in the process
+//! and responses in a local fjall keyspace, for a single coordinator;
+//! [`redis::RedisIdempotency`] keeps both in Redis, shared by every
+//! coordinator that uses the same server. [`contract::run`] is the behaviour
+//! both must show.
 
 pub mod contract;
 pub mod embedded;
+pub mod redis;
 
 use std::time::Duration;
 

@@ -3,9 +3,14 @@
 //! One suite, run unchanged against each implementation, so that the
 //! embedded store used in development behaves like the production one.
 
+use std::time::Duration;
+
 use cohort_ring::ReplicationConfig;
 
 use super::{MetadataError, MetadataStore, NodeRecord, NodeState};
+
+/// Lease length used by the contract: long enough never to lapse mid-test.
+const LONG: Duration = Duration::from_secs(60);
 
 /// Runs the contract against an empty store; panics on the first violation.
 pub async fn run(store: &dyn MetadataStore) {
@@ -48,4 +53,46 @@ pub async fn run(store: &dyn MetadataStore) {
     store.upsert_node(NodeRecord { id: "n1".into(), ..node }).await.unwrap();
     let nodes: Vec<_> = store.list_nodes().await.unwrap().into_iter().map(|n| (n.id, n.address)).collect();
     assert_eq!(nodes, [("n1".into(), "127.0.0.1:1".into()), ("n2".into(), "127.0.0.1:2".into())]);
+
+    leases(store).await;
+}
+
+/// The leader lease: one holder at a time, a generation that increases on
+/// every change of hands, and renewals that keep it.
+async fn leases(store: &dyn MetadataStore) {
+    assert_eq!(store.current_lease().await.unwrap(), None, "nobody held the lease yet");
+    let first = store.acquire_lease("c1", LONG).await.unwrap().expect("a free lease is taken");
+    assert_eq!(store.acquire_lease("c2", LONG).await.unwrap(), None, "a live lease is not taken over");
+    assert_eq!(store.acquire_lease("c1", LONG).await.unwrap(), Some(first), "a renewal keeps the generation");
+    let lease = store.current_lease().await.unwrap().expect("held");
+    assert_eq!((lease.holder.as_str(), lease.generation, lease.live), ("c1", first, true));
+
+    store.release_lease("c2").await.unwrap();
+    assert_eq!(store.acquire_lease("c2", LONG).await.unwrap(), None, "only the holder can release");
+    store.release_lease("c1").await.unwrap();
+    assert!(!store.current_lease().await.unwrap().expect("record kept").live);
+    let second = store.acquire_lease("c2", LONG).await.unwrap().expect("a released lease is taken");
+    assert!(second > first, "a new holder gets a new generation ({second} > {first})");
+
+    // An expired lease is taken over, and its old holder cannot renew it.
+    let short = store.acquire_lease("c2", Duration::from_millis(1)).await.unwrap();
+    assert_eq!(short, Some(second));
+    let expired = wait_until_expired(store).await;
+    assert!(!expired.live);
+    let third = store.acquire_lease("c3", LONG).await.unwrap().expect("an expired lease is taken");
+    assert!(third > second);
+    assert_eq!(store.acquire_lease("c2", LONG).await.unwrap(), None, "the old holder lost it");
+}
+
+/// Polls until the stored lease has expired (it was taken for 1 ms).
+async fn wait_until_expired(store: &dyn MetadataStore) -> super::Lease {
+    let mut poll = tokio::time::interval(Duration::from_millis(5));
+    for _ in 0..400 {
+        poll.tick().await;
+        let lease = store.current_lease().await.unwrap().expect("held");
+        if !lease.live {
+            return lease;
+        }
+    }
+    panic!("a 1 ms lease did not expire within 2 s");
 }

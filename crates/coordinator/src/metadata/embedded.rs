@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cohort_ring::ReplicationConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tonic::async_trait;
 
-use super::{MetadataError, MetadataStore, NodeRecord, Tenant};
+use super::{Lease, MetadataError, MetadataStore, NodeRecord, Tenant};
 
 /// Current file format; older formats, when there are any, are upgraded on load.
 const FORMAT: u32 = 1;
@@ -29,11 +30,25 @@ struct TenantRow {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LeaseRow {
+    holder: Option<String>,
+    generation: u64,
+    /// Milliseconds since the Unix epoch.
+    expires_at_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct State {
     format: u32,
     ring_version: u64,
     tenants: BTreeMap<String, TenantRow>,
     nodes: BTreeMap<String, NodeRecord>,
+    #[serde(default)]
+    lease: LeaseRow,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The embedded, file-backed metadata store.
@@ -172,6 +187,44 @@ impl MetadataStore for EmbeddedMetadata {
 
     async fn ring_version(&self) -> Result<u64, MetadataError> {
         Ok(self.state.lock().await.ring_version)
+    }
+
+    async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Option<u64>, MetadataError> {
+        self.change(|state| {
+            let now = now_ms();
+            let lease = &mut state.lease;
+            let mine = lease.holder.as_deref() == Some(holder);
+            let live = now < lease.expires_at_ms;
+            if live && !mine && lease.holder.is_some() {
+                return Ok(None);
+            }
+            if !(mine && live) {
+                lease.generation += 1;
+            }
+            lease.holder = Some(holder.to_string());
+            lease.expires_at_ms = now + ttl.as_millis() as u64;
+            Ok(Some(lease.generation))
+        })
+        .await
+    }
+
+    async fn release_lease(&self, holder: &str) -> Result<(), MetadataError> {
+        self.change(|state| {
+            if state.lease.holder.as_deref() == Some(holder) {
+                state.lease.expires_at_ms = 0;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn current_lease(&self) -> Result<Option<Lease>, MetadataError> {
+        let state = self.state.lock().await;
+        Ok(state.lease.holder.as_ref().map(|holder| Lease {
+            holder: holder.clone(),
+            generation: state.lease.generation,
+            live: now_ms() < state.lease.expires_at_ms,
+        }))
     }
 }
 

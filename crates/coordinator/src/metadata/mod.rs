@@ -1,12 +1,17 @@
 //! Cluster metadata: tenants, storage nodes and the ring version.
 //!
 //! [`MetadataStore`] is the contract; [`embedded::EmbeddedMetadata`] keeps it
-//! in one JSON file for the dev cluster and single-coordinator setups.
+//! in one JSON file for the dev cluster and single-coordinator setups, and
+//! [`postgres::PostgresMetadata`] in PostgreSQL, shared by any number of
+//! coordinators.
 //! Every implementation must pass the shared behaviour suite in
 //! [`contract`].
 
 pub mod contract;
 pub mod embedded;
+pub mod postgres;
+
+use std::time::Duration;
 
 use cohort_ring::{NodeSpec, ReplicationConfig};
 use serde::{Deserialize, Serialize};
@@ -86,7 +91,28 @@ pub enum MetadataError {
     Unavailable(String),
 }
 
-/// Where tenants, nodes and the ring version live.
+/// The leader lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The coordinator holding (or last holding) the lease.
+    pub holder: String,
+    /// Increases every time the lease changes hands or lapses; the fencing
+    /// token of leader-only work.
+    pub generation: u64,
+    /// Whether the lease had not expired when it was read.
+    pub live: bool,
+}
+
+/// A change made through any coordinator, announced to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataChange {
+    /// The node set changed; rebuild the ring.
+    Ring,
+    /// A tenant changed; drop it from caches.
+    Tenant(String),
+}
+
+/// Where tenants, nodes, the ring version and the leader lease live.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Creates a tenant at version 1.
@@ -110,4 +136,21 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, MetadataError>;
     /// The ring version: changes whenever the node set changes.
     async fn ring_version(&self) -> Result<u64, MetadataError>;
+
+    /// Takes or renews the leader lease for `holder` for `ttl`. Returns the
+    /// generation when `holder` holds the lease afterwards, `None` when
+    /// another holder's lease is still live. The generation stays the same
+    /// while one holder renews in time and increases otherwise.
+    async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Option<u64>, MetadataError>;
+    /// Gives the lease up at once if `holder` has it, so another coordinator
+    /// can take over without waiting for it to expire.
+    async fn release_lease(&self, holder: &str) -> Result<(), MetadataError>;
+    /// The lease as stored, if anyone ever held it.
+    async fn current_lease(&self) -> Result<Option<Lease>, MetadataError>;
+
+    /// Changes made by other coordinators, when the store can announce them
+    /// (PostgreSQL LISTEN/NOTIFY). `None` means: poll.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<MetadataChange>> {
+        None
+    }
 }
