@@ -10,11 +10,14 @@
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_client::{Client, RetryPolicy};
+use cohort_coordinator::idempotency::redis::RedisIdempotency;
 use cohort_coordinator::local::{LocalCluster, LocalClusterOptions};
+use cohort_coordinator::metadata::postgres::{PostgresMetadata, testing};
 use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};
 use cohort_node::Durability;
 use cohort_proto::v1::ReadRequest;
@@ -40,6 +43,22 @@ impl Deref for TestCluster {
 impl DerefMut for TestCluster {
     fn deref_mut(&mut self) -> &mut LocalCluster {
         &mut self.cluster
+    }
+}
+
+/// The PostgreSQL schema of a shared-store cluster, dropped by
+/// [`SharedStores::drop_schema`] at the end of a test.
+pub struct SharedStores {
+    /// The schema holding this cluster's tables.
+    pub schema: String,
+    /// The PostgreSQL URL.
+    pub postgres: String,
+}
+
+impl SharedStores {
+    /// Drops the test schema.
+    pub async fn drop_schema(self) {
+        testing::drop_schema(&self.schema).await;
     }
 }
 
@@ -77,6 +96,30 @@ impl TestCluster {
     /// Stops every node and the coordinator, then removes the directory.
     pub async fn shutdown(self) {
         self.cluster.shutdown().await;
+    }
+
+    /// Three nodes and one coordinator over PostgreSQL metadata (a fresh
+    /// schema) and Redis idempotency records (a fresh key prefix), the way
+    /// a production cluster runs. Fails loudly when either is unreachable.
+    pub async fn start_shared(config: CoordinatorConfig) -> (TestCluster, SharedStores) {
+        let schema = testing::unique_schema("cluster");
+        let postgres = testing::url();
+        let metadata = PostgresMetadata::connect(&postgres, &schema, 4).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL for tests is unreachable at {postgres} (set COHORT_TEST_POSTGRES_URL): {e}")
+        });
+        let redis = std::env::var("COHORT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let prefix = format!("{schema}:");
+        let idempotency = RedisIdempotency::connect(&redis, &prefix, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("Redis for tests is unreachable at {redis} (set COHORT_TEST_REDIS_URL): {e}"));
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut options = LocalClusterOptions::new(dir.path());
+        options.durability = Durability::Flush;
+        options.coordinator = config;
+        let cluster = LocalCluster::start_with_stores(options, Arc::new(metadata), Arc::new(idempotency))
+            .await
+            .expect("cluster starts");
+        (TestCluster { cluster, _dir: dir }, SharedStores { schema, postgres })
     }
 
     /// A client of the first coordinator that never retries, so every
