@@ -115,6 +115,10 @@ pub struct LocalCluster {
     /// The shared idempotency store.
     pub idempotency: Arc<dyn IdempotencyStore>,
     nodes: Vec<Option<RunningNode>>,
+    /// Where each node listened last, so a restart binds the same port.
+    listen: Vec<SocketAddr>,
+    /// Addresses nodes are registered under instead of their own (a proxy).
+    routes: Vec<Option<String>>,
     /// The first coordinator.
     pub coordinator: LocalCoordinator,
 }
@@ -133,9 +137,11 @@ async fn start_node(
     index: usize,
     durability: Durability,
     metadata: &dyn MetadataStore,
+    listen: SocketAddr,
+    registered: Option<&str>,
 ) -> Result<RunningNode, LocalClusterError> {
     let id = node_id(index);
-    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let listener = bind(listen).await?;
     let address = listener.local_addr().map_err(|e| LocalClusterError::Node(id.clone(), e.to_string()))?;
     let mut config = NodeConfig::new(&id, dir.join(&id));
     config.durability = durability;
@@ -158,8 +164,9 @@ async fn start_node(
         };
         return Err(LocalClusterError::Node(id, reason));
     }
+    let registered = registered.map_or_else(|| address.to_string(), str::to_string);
     metadata
-        .upsert_node(NodeRecord { id, address: address.to_string(), zone: None, vnodes: 150, state: NodeState::Active })
+        .upsert_node(NodeRecord { id, address: registered, zone: None, vnodes: 150, state: NodeState::Active })
         .await?;
     Ok(RunningNode { address, stop, task })
 }
@@ -184,9 +191,14 @@ impl LocalCluster {
         idempotency: Arc<dyn IdempotencyStore>,
     ) -> Result<Self, LocalClusterError> {
         let mut nodes = Vec::with_capacity(options.nodes);
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         for index in 0..options.nodes {
-            nodes.push(Some(start_node(&options.data_dir, index, options.durability, metadata.as_ref()).await?));
+            let node =
+                start_node(&options.data_dir, index, options.durability, metadata.as_ref(), any_port, None).await?;
+            nodes.push(Some(node));
         }
+        let listen = nodes.iter().flatten().map(|n| n.address).collect();
+        let routes = vec![None; options.nodes];
         if let Some(tenant) = &options.default_tenant {
             match metadata.get_tenant(tenant).await {
                 Ok(_) => {}
@@ -205,6 +217,8 @@ impl LocalCluster {
             metadata,
             idempotency,
             nodes,
+            listen,
+            routes,
         };
         cluster.coordinator.coordinator.topology.refresh().await?;
         Ok(cluster)
@@ -268,12 +282,37 @@ impl LocalCluster {
         }
     }
 
-    /// Starts node `index` again on its data directory (on a new port) and
-    /// makes the coordinators route to it.
+    /// Starts node `index` again on its data directory and port.
     pub async fn restart_node(&mut self, index: usize) -> Result<(), LocalClusterError> {
         self.stop_node(index).await;
-        let node = start_node(&self.options.data_dir, index, self.options.durability, self.metadata.as_ref()).await?;
+        let node = start_node(
+            &self.options.data_dir,
+            index,
+            self.options.durability,
+            self.metadata.as_ref(),
+            self.listen[index],
+            self.routes[index].as_deref(),
+        )
+        .await?;
         self.nodes[index] = Some(node);
+        self.coordinator.coordinator.topology.refresh().await?;
+        Ok(())
+    }
+
+    /// Registers node `index` under `address` (e.g. a proxy in front of it)
+    /// instead of its own, now and after restarts. Coordinators pick the
+    /// change up from metadata; the first one at once.
+    pub async fn route_node_through(&mut self, index: usize, address: String) -> Result<(), LocalClusterError> {
+        self.metadata
+            .upsert_node(NodeRecord {
+                id: node_id(index),
+                address: address.clone(),
+                zone: None,
+                vnodes: 150,
+                state: NodeState::Active,
+            })
+            .await?;
+        self.routes[index] = Some(address);
         self.coordinator.coordinator.topology.refresh().await?;
         Ok(())
     }
