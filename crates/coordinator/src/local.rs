@@ -72,6 +72,7 @@ pub enum LocalClusterError {
 
 struct RunningNode {
     address: SocketAddr,
+    handle: cohort_node::NodeHandle,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), cohort_node::server::ServeError>>,
 }
@@ -146,29 +147,32 @@ async fn start_node(
     let mut config = NodeConfig::new(&id, dir.join(&id));
     config.durability = durability;
     let (stop, stopped) = oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = oneshot::channel();
+    let (ready_tx, ready_rx) = oneshot::channel::<cohort_node::NodeHandle>();
     let task = tokio::spawn(cohort_node::serve(
         config,
         listener,
         async move {
             let _ = stopped.await;
         },
-        move |_| {
-            let _ = ready_tx.send(());
+        move |handle| {
+            let _ = ready_tx.send(handle);
         },
     ));
-    if ready_rx.await.is_err() {
-        let reason = match task.await {
-            Ok(Err(e)) => e.to_string(),
-            other => format!("{other:?}"),
-        };
-        return Err(LocalClusterError::Node(id, reason));
-    }
+    let handle = match ready_rx.await {
+        Ok(handle) => handle,
+        Err(_) => {
+            let reason = match task.await {
+                Ok(Err(e)) => e.to_string(),
+                other => format!("{other:?}"),
+            };
+            return Err(LocalClusterError::Node(id, reason));
+        }
+    };
     let registered = registered.map_or_else(|| address.to_string(), str::to_string);
     metadata
         .upsert_node(NodeRecord { id, address: registered, zone: None, vnodes: 150, state: NodeState::Active })
         .await?;
-    Ok(RunningNode { address, stop, task })
+    Ok(RunningNode { address, handle, stop, task })
 }
 
 impl LocalCluster {
@@ -267,6 +271,11 @@ impl LocalCluster {
     /// The Storage API address of node `index`, if it is running.
     pub fn node_address(&self, index: usize) -> Option<SocketAddr> {
         self.nodes.get(index).and_then(|n| n.as_ref()).map(|n| n.address)
+    }
+
+    /// The store of node `index`, if it is running (for fault injection).
+    pub fn node_store(&self, index: usize) -> Option<std::sync::Arc<cohort_node::Store>> {
+        self.nodes.get(index).and_then(|n| n.as_ref()).and_then(|n| n.handle.store())
     }
 
     /// Number of nodes, running or stopped.

@@ -1,7 +1,7 @@
 //! Running a storage node: open the store, serve gRPC until shutdown.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cohort_proto::v1::storage_server::StorageServer;
@@ -30,8 +30,17 @@ pub enum ServeError {
 /// What a running node exposes to the process that embeds it.
 #[derive(Clone)]
 pub struct NodeHandle {
-    /// The node's store, for direct inspection in tests and tools.
-    pub store: Arc<Store>,
+    /// Weak, so that holding a handle never keeps a stopped node's store
+    /// (and its directory lock) alive.
+    store: Weak<Store>,
+}
+
+impl NodeHandle {
+    /// The node's store while the node runs, for inspection and fault
+    /// injection in tests and tools.
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.store.upgrade()
+    }
 }
 
 /// Serves a storage node on `listener` until `shutdown` completes, then
@@ -63,7 +72,7 @@ pub async fn serve(
         }
     });
 
-    on_ready(NodeHandle { store: store.clone() });
+    on_ready(NodeHandle { store: Arc::downgrade(&store) });
     tracing::info!(node = %config.id, actor = %store.actor(), address = ?listener.local_addr().ok(), "storage node serving");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)

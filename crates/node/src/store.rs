@@ -77,6 +77,7 @@ pub struct Store {
     commits: mpsc::UnboundedSender<Waiter>,
     committer: tokio::task::JoinHandle<()>,
     poisoned: Arc<AtomicBool>,
+    failing_disk: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -99,8 +100,9 @@ impl Store {
         db.persist(PersistMode::SyncAll)?;
 
         let poisoned = Arc::new(AtomicBool::new(false));
+        let failing_disk = Arc::new(AtomicBool::new(false));
         let (commits, queue) = mpsc::unbounded_channel();
-        let committer = tokio::spawn(group_commit(db, durability, queue, poisoned.clone()));
+        let committer = tokio::spawn(group_commit(db, durability, queue, poisoned.clone(), failing_disk.clone()));
         Ok(Store {
             data,
             actor: Actor::new(format!("{node_id}.{incarnation}")),
@@ -109,6 +111,7 @@ impl Store {
             commits,
             committer,
             poisoned,
+            failing_disk,
         })
     }
 
@@ -120,6 +123,12 @@ impl Store {
     /// How many times this store has been opened, this time included.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// Fault injection: from now on every journal sync fails as a dying
+    /// disk's would (an I/O error), which poisons the store. For fault tests.
+    pub fn inject_disk_failure(&self) {
+        self.failing_disk.store(true, Ordering::Release);
     }
 
     /// Whether a durability failure has poisoned the store.
@@ -238,6 +247,7 @@ async fn group_commit(
     durability: Durability,
     mut queue: mpsc::UnboundedReceiver<Waiter>,
     poisoned: Arc<AtomicBool>,
+    failing_disk: Arc<AtomicBool>,
 ) {
     let mode = match durability {
         Durability::Fsync => PersistMode::SyncData,
@@ -247,10 +257,16 @@ async fn group_commit(
     while queue.recv_many(&mut batch, 4096).await > 0 {
         let db2 = db.clone();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || db2.persist(mode))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| format!("{e:?}")));
+        let failing = failing_disk.load(Ordering::Acquire);
+        let result = tokio::task::spawn_blocking(move || {
+            if failing {
+                return Err(fjall::Error::Io(std::io::Error::other("injected disk failure")));
+            }
+            db2.persist(mode)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| format!("{e:?}")));
         metrics::histogram!("cohort_node_group_commit_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("cohort_node_group_commit_batch").record(batch.len() as f64);
         if let Err(reason) = &result {
@@ -297,6 +313,19 @@ mod tests {
         let err = store.stage_update("t", b"k", forged.clock(), Some(Bytes::from_static(b"v"))).unwrap_err();
         assert!(matches!(err, StoreError::ForgedContext { claimed: 1, issued: 0, .. }), "{err}");
         assert!(store.read("t", b"k").unwrap().is_empty(), "nothing stored");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_is_never_acknowledged_and_poisons_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        store.inject_disk_failure();
+        store.stage_update("t", b"k", &VersionVector::new(), Some(Bytes::from_static(b"v"))).unwrap();
+        assert!(store.durable().await.is_err(), "the write is not acknowledged");
+        assert!(store.is_poisoned());
+        let refused = store.stage_update("t", b"k2", &VersionVector::new(), None);
+        assert!(matches!(refused, Err(StoreError::Poisoned)), "later writes are refused");
         store.close().await;
     }
 
