@@ -9,6 +9,7 @@
 //! ([`eventually`]), never by sleeping for a guessed duration.
 
 pub mod proxy;
+pub mod workload;
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -84,13 +85,18 @@ impl TestCluster {
 
     /// `nodes` nodes and one coordinator with the given read-repair mode.
     pub async fn start_with(nodes: usize, read_repair: ReadRepairMode) -> TestCluster {
+        Self::start_with_config(nodes, test_config(read_repair)).await
+    }
+
+    /// `nodes` nodes and one coordinator with the given settings.
+    pub async fn start_with_config(nodes: usize, config: CoordinatorConfig) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut options = LocalClusterOptions::new(dir.path());
         options.nodes = nodes;
         // Flush durability: these tests stop nodes gracefully; the fsync path
         // is exercised by the kill -9 tests of the real binary.
         options.durability = Durability::Flush;
-        options.coordinator = test_config(read_repair);
+        options.coordinator = config;
         let cluster = LocalCluster::start(options).await.expect("cluster starts");
         TestCluster { cluster, _dir: dir }
     }

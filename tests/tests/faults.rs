@@ -1,0 +1,244 @@
+//! Seeded fault scenarios (DESIGN.md §5, invariants 1–4): clients run a
+//! recorded workload while a fault schedule crashes, freezes, partitions or
+//! flaps storage nodes through fault-injecting proxies; then every fault is
+//! healed, every key is read at `all` (repairing replicas), and the history
+//! is audited: no acknowledged write lost, no phantom, no resurrection, and
+//! every replica identical.
+//!
+//! The seed derives the workload and the fault schedule. CI runs a few seeds
+//! per scenario; to replay one or soak many:
+//!
+//! ```sh
+//! COHORT_FAULT_SEED=7 cargo test -p cohort-tests --test faults -- paused_replica
+//! COHORT_FAULT_SEEDS=1-200 cargo test --release -p cohort-tests --test faults
+//! ```
+
+use std::time::Duration;
+
+use cohort_client::Client;
+use cohort_coordinator::local::LocalCoordinator;
+use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};
+use cohort_tests::proxy::{Fault, FaultProxy};
+use cohort_tests::workload::{self, Recorder, Workload};
+use cohort_tests::{TENANT, TestCluster, client_for, test_config};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Seeds to run: `COHORT_FAULT_SEED=N`, `COHORT_FAULT_SEEDS=A-B`, or the
+/// CI default.
+fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("COHORT_FAULT_SEED") {
+        return vec![seed.parse().expect("COHORT_FAULT_SEED is a number")];
+    }
+    if let Ok(range) = std::env::var("COHORT_FAULT_SEEDS") {
+        let (a, b) = range.split_once('-').expect("COHORT_FAULT_SEEDS is A-B");
+        return (a.parse().expect("number")..=b.parse().expect("number")).collect();
+    }
+    vec![1, 2]
+}
+
+/// Prints the command that replays a failing seed.
+struct Replay {
+    scenario: &'static str,
+    seed: u64,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "replay with: COHORT_FAULT_SEED={} cargo test -p cohort-tests --test faults -- {}",
+                self.seed, self.scenario
+            );
+        }
+    }
+}
+
+fn fault_config() -> CoordinatorConfig {
+    CoordinatorConfig {
+        node_timeout_ms: 300,
+        request_timeout_ms: 3_000,
+        ring_refresh_ms: 200,
+        ..test_config(ReadRepairMode::Sync)
+    }
+}
+
+/// A cluster whose nodes are all reached through fault proxies.
+struct Env {
+    cluster: TestCluster,
+    proxies: Vec<FaultProxy>,
+    extra: Option<LocalCoordinator>,
+    clients: Vec<Client>,
+    recorder: Recorder,
+    workload: Workload,
+    rng: StdRng,
+}
+
+impl Env {
+    async fn start(seed: u64, coordinators: usize, blind_only: bool) -> Env {
+        Self::start_workload(
+            seed,
+            coordinators,
+            Workload { seed, clients: 4, keys: 5, ops_per_client: 40, blind_only, chains: false },
+        )
+        .await
+    }
+
+    async fn start_workload(seed: u64, coordinators: usize, workload: Workload) -> Env {
+        let mut cluster = TestCluster::start_with_config(3, fault_config()).await;
+        let mut proxies = Vec::new();
+        for index in 0..3 {
+            let proxy = FaultProxy::start(cluster.node_address(index).expect("node runs")).await;
+            cluster.route_node_through(index, proxy.address().to_string()).await.expect("route through proxy");
+            proxies.push(proxy);
+        }
+        let mut clients = vec![cluster.client().await];
+        let mut extra = None;
+        if coordinators > 1 {
+            let second = cluster.add_coordinator().await.expect("second coordinator");
+            clients.push(client_for(&second.endpoint()).await);
+            extra = Some(second);
+        }
+        Env {
+            cluster,
+            proxies,
+            extra,
+            clients,
+            recorder: Recorder::default(),
+            workload,
+            rng: StdRng::seed_from_u64(seed ^ 0x5eed),
+        }
+    }
+
+    fn total_ops(&self) -> u64 {
+        u64::from(self.workload.clients * self.workload.ops_per_client)
+    }
+
+    /// Waits until `fraction` of the workload has completed.
+    async fn at(&self, fraction: f64) {
+        let target = (self.total_ops() as f64 * fraction) as u64;
+        self.recorder.wait_for(target, Duration::from_secs(120)).await;
+    }
+
+    /// Heals every proxy, waits for the clients, audits, and shuts down.
+    async fn finish(self, clients: Vec<tokio::task::JoinHandle<()>>) -> cohort_checker::Summary {
+        for proxy in &self.proxies {
+            proxy.set(Fault::None);
+        }
+        for client in clients {
+            client.await.expect("client task");
+        }
+        let history = self.recorder.history();
+        let verdict = workload::final_audit(&self.cluster, &self.clients[0], &history).await;
+        println!("seed {}: {}", self.workload.seed, verdict.summary());
+        assert!(verdict.is_ok(), "{verdict}");
+        assert!(verdict.summary().acknowledged_writes > 0, "the workload acknowledged nothing: {}", verdict.summary());
+        if let Some(second) = self.extra {
+            second.stop().await;
+        }
+        self.cluster.shutdown().await;
+        verdict.summary()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_replica_under_quorum_writes() {
+    for seed in seeds() {
+        let _replay = Replay { scenario: "crashed_replica_under_quorum_writes", seed };
+        let mut env = Env::start(seed, 1, false).await;
+        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let victim = env.rng.random_range(0..3);
+        env.at(0.25).await;
+        env.cluster.stop_node(victim).await;
+        env.at(0.75).await;
+        env.cluster.restart_node(victim).await.expect("restart");
+        env.finish(clients).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_replica() {
+    for seed in seeds() {
+        let _replay = Replay { scenario: "paused_replica", seed };
+        let mut env = Env::start(seed, 1, false).await;
+        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let victim = env.rng.random_range(0..3);
+        env.at(0.25).await;
+        env.proxies[victim].set(Fault::Blackhole);
+        env.at(0.75).await;
+        env.proxies[victim].set(Fault::None);
+        env.finish(clients).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_from_one_node_then_two() {
+    for seed in seeds() {
+        let _replay = Replay { scenario: "partitioned_from_one_node_then_two", seed };
+        let mut env = Env::start(seed, 1, false).await;
+        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let first = env.rng.random_range(0..3);
+        let second = (first + 1 + env.rng.random_range(0..2)) % 3;
+        env.at(0.2).await;
+        env.proxies[first].set(Fault::Blackhole);
+        env.at(0.5).await;
+        env.proxies[second].set(Fault::Blackhole);
+        // With two of three replicas cut off, a quorum write must fail and
+        // say how many answered; it must not succeed.
+        let error = env.clients[0].put(TENANT, "probe", "p").await.expect_err("no write quorum");
+        assert_eq!(error.code(), Some(tonic::Code::Unavailable), "{error}");
+        assert!(error.to_string().contains("of 2 replicas needed"), "{error}");
+        env.at(0.7).await;
+        env.proxies[first].set(Fault::None);
+        env.proxies[second].set(Fault::None);
+        env.finish(clients).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_node() {
+    for seed in seeds() {
+        let _replay = Replay { scenario: "flapping_node", seed };
+        let mut env = Env::start(seed, 1, false).await;
+        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let victim = env.rng.random_range(0..3);
+        for step in 1..8 {
+            env.at(f64::from(step) / 9.0).await;
+            let fault = if step % 2 == 1 { Fault::Reset } else { Fault::None };
+            env.proxies[victim].set(fault);
+        }
+        env.finish(clients).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_blind_writes_through_two_coordinators_during_a_partition() {
+    for seed in seeds() {
+        let _replay = Replay { scenario: "concurrent_blind_writes_through_two_coordinators_during_a_partition", seed };
+        let mut env = Env::start(seed, 2, true).await;
+        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let victim = env.rng.random_range(0..3);
+        env.at(0.25).await;
+        env.proxies[victim].set(Fault::Blackhole);
+        env.at(0.75).await;
+        env.proxies[victim].set(Fault::None);
+        env.finish(clients).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_chains_survive_a_crashed_replica() {
+    for seed in seeds() {
+        let _replay = Replay { scenario: "causal_chains_survive_a_crashed_replica", seed };
+        let workload = Workload { seed, clients: 3, keys: 2, ops_per_client: 40, blind_only: false, chains: true };
+        let mut env = Env::start_workload(seed, 1, workload).await;
+        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let victim = env.rng.random_range(0..3);
+        env.at(0.3).await;
+        env.cluster.stop_node(victim).await;
+        env.at(0.7).await;
+        env.cluster.restart_node(victim).await.expect("restart");
+        let checked = env.finish(clients).await;
+        assert!(checked.chains_checked > 0, "no key qualified as a causal chain: {checked}");
+    }
+}
