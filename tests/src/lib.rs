@@ -8,8 +8,8 @@
 //! Waiting is done by polling observable state with a deadline
 //! ([`eventually`]), never by sleeping for a guessed duration.
 
+pub mod audit;
 pub mod proxy;
-pub mod workload;
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};

@@ -18,8 +18,8 @@ use std::time::Duration;
 use cohort_client::Client;
 use cohort_coordinator::local::LocalCoordinator;
 use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};
+use cohort_tests::audit::{self, Recorder, Workload};
 use cohort_tests::proxy::{Fault, FaultProxy};
-use cohort_tests::workload::{self, Recorder, Workload};
 use cohort_tests::{TENANT, TestCluster, client_for, test_config};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -72,6 +72,7 @@ struct Env {
     recorder: Recorder,
     workload: Workload,
     rng: StdRng,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Env {
@@ -107,6 +108,7 @@ impl Env {
             recorder: Recorder::default(),
             workload,
             rng: StdRng::seed_from_u64(seed ^ 0x5eed),
+            stop: Default::default(),
         }
     }
 
@@ -129,7 +131,7 @@ impl Env {
             client.await.expect("client task");
         }
         let history = self.recorder.history();
-        let verdict = workload::final_audit(&self.cluster, &self.clients[0], &history).await;
+        let verdict = audit::final_audit(&self.cluster, &self.clients[0], &history).await;
         println!("seed {}: {}", self.workload.seed, verdict.summary());
         assert!(verdict.is_ok(), "{verdict}");
         assert!(verdict.summary().acknowledged_writes > 0, "the workload acknowledged nothing: {}", verdict.summary());
@@ -146,7 +148,7 @@ async fn crashed_replica_under_quorum_writes() {
     for seed in seeds() {
         let _replay = Replay { scenario: "crashed_replica_under_quorum_writes", seed };
         let mut env = Env::start(seed, 1, false).await;
-        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
         let victim = env.rng.random_range(0..3);
         env.at(0.25).await;
         env.cluster.stop_node(victim).await;
@@ -161,7 +163,7 @@ async fn paused_replica() {
     for seed in seeds() {
         let _replay = Replay { scenario: "paused_replica", seed };
         let mut env = Env::start(seed, 1, false).await;
-        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
         let victim = env.rng.random_range(0..3);
         env.at(0.25).await;
         env.proxies[victim].set(Fault::Blackhole);
@@ -176,7 +178,7 @@ async fn partitioned_from_one_node_then_two() {
     for seed in seeds() {
         let _replay = Replay { scenario: "partitioned_from_one_node_then_two", seed };
         let mut env = Env::start(seed, 1, false).await;
-        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
         let first = env.rng.random_range(0..3);
         let second = (first + 1 + env.rng.random_range(0..2)) % 3;
         env.at(0.2).await;
@@ -200,7 +202,7 @@ async fn flapping_node() {
     for seed in seeds() {
         let _replay = Replay { scenario: "flapping_node", seed };
         let mut env = Env::start(seed, 1, false).await;
-        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
         let victim = env.rng.random_range(0..3);
         for step in 1..8 {
             env.at(f64::from(step) / 9.0).await;
@@ -216,7 +218,7 @@ async fn concurrent_blind_writes_through_two_coordinators_during_a_partition() {
     for seed in seeds() {
         let _replay = Replay { scenario: "concurrent_blind_writes_through_two_coordinators_during_a_partition", seed };
         let mut env = Env::start(seed, 2, true).await;
-        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
         let victim = env.rng.random_range(0..3);
         env.at(0.25).await;
         env.proxies[victim].set(Fault::Blackhole);
@@ -232,7 +234,7 @@ async fn causal_chains_survive_a_crashed_replica() {
         let _replay = Replay { scenario: "causal_chains_survive_a_crashed_replica", seed };
         let workload = Workload { seed, clients: 3, keys: 2, ops_per_client: 40, blind_only: false, chains: true };
         let mut env = Env::start_workload(seed, 1, workload).await;
-        let clients = workload::start(env.workload, &env.clients, &env.recorder);
+        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
         let victim = env.rng.random_range(0..3);
         env.at(0.3).await;
         env.cluster.stop_node(victim).await;

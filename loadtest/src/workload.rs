@@ -1,5 +1,6 @@
-//! Seeded client workloads that record a history, and the audit that ends a
-//! fault scenario.
+//! Seeded client workloads that record a history for the checkers in
+//! `cohort-checker`: used by `cohort-loadtest verify` against any cluster and
+//! by the fault scenarios of the test suite.
 //!
 //! Each client picks keys and actions from its own seeded generator: reads,
 //! blind writes, read-modify-writes carrying the context of its last read of
@@ -15,12 +16,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cohort_checker::{FinalState, History, OpKind, Outcome, ReplicaState, ReplicaStates, Verdict};
-use cohort_client::{Client, Consistency, Context, ReadOptions, WriteOptions};
+use cohort_checker::{History, OpKind, Outcome};
+use cohort_client::{Client, Context, WriteOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-use crate::{TENANT, TestCluster, values_of};
 
 /// What the clients of one scenario do.
 #[derive(Debug, Clone, Copy)]
@@ -55,11 +54,15 @@ impl Recorder {
         self.completed.load(Ordering::Relaxed)
     }
 
-    /// Waits until `count` operations have completed (polling; bounded by
-    /// `deadline` so a stalled workload fails the test instead of hanging).
+    /// Waits until `count` operations have completed, polling; panics after
+    /// `deadline` so a stalled workload fails instead of hanging.
     pub async fn wait_for(&self, count: u64, deadline: Duration) {
-        crate::eventually(&format!("{count} operations completed"), deadline, || async { self.completed() >= count })
-            .await;
+        let start = std::time::Instant::now();
+        let mut poll = tokio::time::interval(Duration::from_millis(10));
+        while self.completed() < count {
+            assert!(start.elapsed() < deadline, "{count} operations did not complete within {deadline:?}");
+            poll.tick().await;
+        }
     }
 
     /// The history recorded so far.
@@ -79,11 +82,22 @@ fn strings(values: &[bytes::Bytes]) -> Vec<String> {
     values.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect()
 }
 
-/// Runs client `id` of `workload` against `client`, recording into `recorder`.
-pub async fn run_client(id: u32, workload: Workload, client: Client, recorder: Recorder) {
+/// Runs client `id` of `workload` against `client` in `tenant`, recording
+/// into `recorder`. Stops early when `stop` returns true.
+pub async fn run_client(
+    id: u32,
+    workload: Workload,
+    tenant: String,
+    client: Client,
+    recorder: Recorder,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut rng = StdRng::seed_from_u64(workload.seed.wrapping_mul(1_000_003).wrapping_add(id.into()));
     let mut last_read: HashMap<String, (Vec<String>, Context)> = HashMap::new();
     for n in 0..workload.ops_per_client {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let (key, roll) = if workload.chains {
             // Read, then write with that read's context, on the client's own key.
             (format!("c{id}-k{}", (n / 2) % workload.keys), if n % 2 == 0 { 0 } else { 70 })
@@ -93,7 +107,7 @@ pub async fn run_client(id: u32, workload: Workload, client: Client, recorder: R
         let value = format!("s{}-c{id}-{n}", workload.seed);
         if roll < 40 {
             let handle = recorder.history.lock().expect("history").invoke(id, key.clone(), OpKind::Read);
-            let outcome = match client.get(TENANT, key.clone()).await {
+            let outcome = match client.get(&tenant, key.clone()).await {
                 Ok(read) => {
                     let values = strings(&read.siblings);
                     last_read.insert(key, (values.clone(), read.context));
@@ -110,9 +124,9 @@ pub async fn run_client(id: u32, workload: Workload, client: Client, recorder: R
             let handle = recorder.history.lock().expect("history").invoke(id, key.clone(), kind);
             let options = WriteOptions { context, ..Default::default() };
             let result = if delete {
-                client.delete(TENANT, key.clone(), options).await
+                client.delete(&tenant, key.clone(), options).await
             } else {
-                client.put_with(TENANT, key.clone(), value, options).await
+                client.put_with(&tenant, key.clone(), value, options).await
             };
             let outcome = match result {
                 Ok(_) => Outcome::ok(),
@@ -124,54 +138,36 @@ pub async fn run_client(id: u32, workload: Workload, client: Client, recorder: R
     }
 }
 
-/// Starts every client of `workload`, round-robin over `clients`.
-pub fn start(workload: Workload, clients: &[Client], recorder: &Recorder) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts every client of `workload` in `tenant`, round-robin over
+/// `clients`; setting `stop` ends them early.
+pub fn start(
+    workload: Workload,
+    tenant: &str,
+    clients: &[Client],
+    recorder: &Recorder,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..workload.clients)
         .map(|id| {
             let client = clients[id as usize % clients.len()].clone();
-            tokio::spawn(run_client(id, workload, client, recorder.clone()))
+            tokio::spawn(run_client(id, workload, tenant.to_string(), client, recorder.clone(), stop.clone()))
         })
         .collect()
 }
 
-/// After faults healed: reads every key at `all` (the cluster must run with
-/// synchronous read repair, so these reads repair every replica), reads every
-/// replica directly, and audits the history. Writes abandoned by timeouts
-/// may still land late, so the passes repeat until two in a row see the same
-/// replica states (at most five).
-pub async fn final_audit(cluster: &TestCluster, client: &Client, history: &History) -> Verdict {
-    let all = ReadOptions { consistency: Some(Consistency::All) };
-    let mut previous: Option<ReplicaStates> = None;
-    let mut final_state = FinalState::new();
-    let mut replicas = ReplicaStates::new();
+/// Reads every key the history touched at consistency `all`: the final state
+/// the checkers compare the history with.
+pub async fn read_final_state(
+    client: &Client,
+    tenant: &str,
+    history: &History,
+) -> Result<cohort_checker::FinalState, cohort_client::Error> {
+    let all = cohort_client::ReadOptions { consistency: Some(cohort_client::Consistency::All) };
     let keys: std::collections::BTreeSet<String> = history.ops().iter().map(|op| op.key.clone()).collect();
-    for _pass in 0..5 {
-        final_state = FinalState::new();
-        replicas = ReplicaStates::new();
-        for key in &keys {
-            let key = key.clone();
-            let read =
-                client.get_with(TENANT, key.clone(), all.clone()).await.expect("final read at ALL after healing");
-            final_state.insert(key.clone(), strings(&read.siblings));
-            let mut states = Vec::new();
-            for index in 0..cluster.node_count() {
-                let state = cluster.replica_state(index, &key).await;
-                states.push(ReplicaState::from((format!("node-{}", index + 1), values_of(&state), state.encode())));
-            }
-            replicas.insert(key, states);
-        }
-        let settled = previous.as_ref().is_some_and(|p| same_states(p, &replicas));
-        if settled {
-            break;
-        }
-        previous = Some(replicas.clone());
+    let mut state = cohort_checker::FinalState::new();
+    for key in keys {
+        let read = client.get_with(tenant, key.clone(), all.clone()).await?;
+        state.insert(key, strings(&read.siblings));
     }
-    cohort_checker::audit(history, &final_state, Some(&replicas))
-}
-
-fn same_states(a: &ReplicaStates, b: &ReplicaStates) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
-            ka == kb && va.len() == vb.len() && va.iter().zip(vb).all(|(x, y)| x.state == y.state)
-        })
+    Ok(state)
 }

@@ -1,0 +1,118 @@
+//! `cohort-loadtest verify`: record a workload's history against any
+//! endpoint and audit it with the checkers of `cohort-checker`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use cohort_client::{Client, RetryPolicy};
+use cohort_loadtest::workload::{self, Recorder, Workload};
+
+/// Flags of `verify`.
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Coordinator endpoints; clients are spread over them.
+    #[arg(long, default_value = "http://127.0.0.1:7070", value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// Tenant to write into (use a scratch tenant: keys are overwritten).
+    #[arg(long, default_value = "default")]
+    tenant: String,
+    /// How long to run, e.g. 30s or 2m; the run also ends after
+    /// --operations per client.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Operations per client at most.
+    #[arg(long, default_value_t = 1_000_000)]
+    operations: u32,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: u32,
+    /// Distinct keys; few keys mean many conflicts.
+    #[arg(long, default_value_t = 20)]
+    keys: u32,
+    /// Seeds the workload (keys, actions), so a run can be repeated.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Each client owns its keys and chains read → write with context, so
+    /// causality is checked on every key.
+    #[arg(long)]
+    chains: bool,
+    /// Write the recorded history here, as JSON lines.
+    #[arg(long)]
+    history: Option<std::path::PathBuf>,
+}
+
+/// Parses `500ms`, `30s`, `2m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.find(|c: char| c.is_ascii_alphabetic()).map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}; use ms, s, m or h")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(format!("{text:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Runs the workload, audits the history, prints the verdict.
+pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
+    let mut clients = Vec::new();
+    for endpoint in &args.endpoint {
+        let client = Client::connect(endpoint.clone()).await?;
+        clients.push(client.with_retry(RetryPolicy { max_attempts: 1, ..Default::default() }));
+    }
+    let workload = Workload {
+        seed: args.seed,
+        clients: args.clients,
+        keys: args.keys,
+        ops_per_client: args.operations,
+        blind_only: false,
+        chains: args.chains,
+    };
+    let recorder = Recorder::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks = workload::start(workload, &args.tenant, &clients, &recorder, &stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while started.elapsed() < args.duration && !tasks.iter().all(|t| t.is_finished()) {
+        tick.tick().await;
+        eprint!("\r{} operations, {:.0}s", recorder.completed(), started.elapsed().as_secs_f64());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    eprintln!("\r{} operations in {:.1}s; auditing", recorder.completed(), started.elapsed().as_secs_f64());
+    let history = recorder.history();
+    if let Some(path) = &args.history {
+        history.write_json_lines(std::io::BufWriter::new(std::fs::File::create(path)?))?;
+    }
+    let final_state = workload::read_final_state(&clients[0], &args.tenant, &history)
+        .await
+        .map_err(|e| anyhow::anyhow!("final read at ALL failed (heal every fault before the run ends): {e}"))?;
+    let verdict = cohort_checker::audit(&history, &final_state, None);
+    println!("{verdict}");
+    if verdict.is_ok() { Ok(()) } else { anyhow::bail!("the history violates Cohort's guarantees") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3 days").is_err());
+    }
+}
