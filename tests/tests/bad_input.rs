@@ -166,7 +166,18 @@ async fn bad_admin_requests_get_their_status_and_change_nothing() {
     };
     let status = admin.update_tenant(stale).await.expect_err("stale version");
     assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
-    let missing = pb::UpdateTenantRequest { id: "nobody".into(), expected_version: 1, ..Default::default() };
+    // Changing N would need a data migration: refused, nothing changes.
+    let grow = pb::UpdateTenantRequest {
+        id: TENANT.into(),
+        expected_version: tenant.version,
+        replication: 5,
+        ..Default::default()
+    };
+    assert_eq!(admin.update_tenant(grow).await.expect_err("N change").code(), Code::FailedPrecondition);
+    let empty = pb::UpdateTenantRequest { id: TENANT.into(), expected_version: tenant.version, ..Default::default() };
+    assert_eq!(admin.update_tenant(empty).await.expect_err("nothing to change").code(), Code::InvalidArgument);
+    let missing =
+        pb::UpdateTenantRequest { id: "nobody".into(), expected_version: 1, read_quorum: 1, ..Default::default() };
     assert_eq!(admin.update_tenant(missing).await.expect_err("unknown").code(), Code::NotFound);
     let unchanged = admin.get_tenant(pb::GetTenantRequest { id: TENANT.into() }).await.expect("get").into_inner();
     assert_eq!(unchanged, tenant, "failed updates changed nothing");

@@ -127,7 +127,7 @@ async fn connect(target: &Target) -> anyhow::Result<AdminClient<Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {e}"))?;
+        .map_err(|e| anyhow::Error::new(e).context(format!("cannot connect to {endpoint}")))?;
     Ok(AdminClient::new(channel))
 }
 

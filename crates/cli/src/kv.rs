@@ -141,14 +141,18 @@ fn write_options(
 pub async fn run(command: KvCommand) -> anyhow::Result<()> {
     match command {
         KvCommand::Put(args) => {
-            let value = if args.value == "-" {
+            let raw = if args.value == "-" {
                 let mut buf = Vec::new();
                 std::io::stdin().read_to_end(&mut buf).context("reading the value from standard input")?;
-                Bytes::from(buf)
-            } else if args.common.base64 {
-                Bytes::from(STANDARD.decode(args.value.trim()).context("VALUE is not valid base64")?)
+                buf
             } else {
-                Bytes::from(args.value)
+                args.value.into_bytes()
+            };
+            let value = if args.common.base64 {
+                let text = std::str::from_utf8(&raw).context("VALUE is not valid base64")?;
+                Bytes::from(STANDARD.decode(text.trim()).context("VALUE is not valid base64")?)
+            } else {
+                Bytes::from(raw)
             };
             let options = write_options(&args.common, args.context, args.idempotency_key)?;
             let client = connect(&args.common).await?;
@@ -189,7 +193,9 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
                 for value in &values {
                     println!("{value}");
                 }
-                eprintln!("context: {}", result.context.to_base64());
+                if !result.context.is_empty() {
+                    eprintln!("context: {}", result.context.to_base64());
+                }
             }
         }
         KvCommand::Delete(args) => {

@@ -61,7 +61,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line: the chain of causes, outermost first.
-            let reason = error.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ");
+            // Transport errors repeat themselves down the chain: keep each
+            // message once.
+            let mut parts: Vec<String> = Vec::new();
+            for cause in error.chain().map(ToString::to_string) {
+                if !parts.iter().any(|p| p.contains(&cause)) {
+                    parts.push(cause);
+                }
+            }
+            let reason = parts.join(": ");
             eprintln!("error: {reason}");
             ExitCode::FAILURE
         }

@@ -89,12 +89,22 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(&s.listen).await.map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", s.listen))?;
     let address = listener.local_addr()?;
     telemetry::prometheus();
+    let node: Arc<std::sync::OnceLock<cohort_node::NodeHandle>> = Arc::default();
     let metrics = if s.metrics_listen.is_empty() {
         None
     } else {
-        Some(telemetry::serve_http(&s.metrics_listen, Arc::new(|| Readiness::Ready)).await?)
+        let node = node.clone();
+        let ready = move || match node.get().and_then(|n| n.store()) {
+            Some(store) if store.is_poisoned() => {
+                Readiness::NotReady("storage failed a sync; writes are refused".into())
+            }
+            Some(_) => Readiness::Ready,
+            None => Readiness::NotReady("store not open".into()),
+        };
+        Some(telemetry::serve_http(&s.metrics_listen, Arc::new(ready)).await?)
     };
-    cohort_node::serve(config, listener, telemetry::shutdown_signal(), move |_| {
+    cohort_node::serve(config, listener, telemetry::shutdown_signal(), move |handle| {
+        let _ = node.set(handle);
         println!("cohort node {} listening on {address}", s.id);
         if let Some(metrics) = metrics {
             println!("metrics on http://{metrics}/metrics");

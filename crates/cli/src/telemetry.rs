@@ -48,7 +48,16 @@ pub async fn serve_http(address: &str, ready: Arc<dyn Fn() -> Readiness + Send +
         .map_err(|e| anyhow::anyhow!("cannot bind the metrics address {address}: {e}"))?;
     let bound = listener.local_addr()?;
     let app = Router::new()
-        .route("/metrics", get(move || std::future::ready(handle.render())))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = handle.render();
+                std::future::ready((
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    body,
+                ))
+            }),
+        )
         .route("/health/live", get(|| async { "ok" }))
         .route(
             "/health/ready",

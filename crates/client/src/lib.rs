@@ -40,7 +40,7 @@ pub use cohort_proto::v1::{Receipt, ReplicaAck};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The endpoint is malformed or could not be reached.
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}")]
     Connect {
         /// The endpoint asked for.
         endpoint: String,

@@ -373,14 +373,23 @@ impl AdminService {
         validate::tenant_id(&r.id)?;
         let c = &self.coordinator;
         let current = c.metadata.get_tenant(&r.id).await.map_err(metadata_error)?;
+        if r.replication == 0 && r.read_quorum == 0 && r.write_quorum == 0 {
+            return Err(KvError::InvalidArgument("nothing to change: give a new read or write quorum".into()));
+        }
+        let n = current.replication.n();
+        if r.replication != 0 && r.replication != u32::from(n) {
+            // Existing keys live on the first N nodes of their preference
+            // lists; a larger N would make quorums count replicas that hold
+            // nothing yet, and hide acknowledged writes until repaired.
+            return Err(KvError::FailedPrecondition(format!(
+                "tenant {:?} has replication factor {n}; changing it needs a data migration, which is not supported",
+                r.id
+            )));
+        }
         let keep = |new: u32, old: u8| if new == 0 { u32::from(old) } else { new };
-        let n = keep(r.replication, current.replication.n());
-        let (read, write) = if r.replication != 0 && r.read_quorum == 0 && r.write_quorum == 0 {
-            (0, 0) // a new N with no quorums given: majorities of the new N
-        } else {
-            (keep(r.read_quorum, current.replication.r()), keep(r.write_quorum, current.replication.w()))
-        };
-        let replication = replication_from(n, read, write)?;
+        let (read, write) =
+            (keep(r.read_quorum, current.replication.r()), keep(r.write_quorum, current.replication.w()));
+        let replication = replication_from(n.into(), read, write)?;
         let updated = c.metadata.update_tenant(&r.id, r.expected_version, replication).await.map_err(metadata_error)?;
         c.tenants.invalidate(&r.id);
         Ok(tenant_to_pb(&updated))

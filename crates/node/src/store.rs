@@ -86,7 +86,12 @@ impl Store {
     /// inside a tokio runtime.
     pub fn open(dir: &Path, node_id: &str, durability: Durability) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Engine(format!("create {}: {e}", dir.display())))?;
-        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        let db = Database::builder(dir).manual_journal_persist(true).open().map_err(|e| match e {
+            fjall::Error::Locked => {
+                StoreError::Engine(format!("data directory {} is in use by another process", dir.display()))
+            }
+            other => other.into(),
+        })?;
         let data = db.keyspace("sibling_sets", KeyspaceCreateOptions::default)?;
         let meta = db.keyspace("node_meta", KeyspaceCreateOptions::default)?;
         let previous = match meta.get(INCARNATION_KEY)? {

@@ -43,7 +43,12 @@ impl EmbeddedIdempotency {
     /// Opens the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, IdempotencyError> {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
-        let db = Database::builder(dir).open().map_err(|e| unavailable(format!("{e:?}")))?;
+        let db = Database::builder(dir).open().map_err(|e| match e {
+            fjall::Error::Locked => {
+                unavailable(format!("data directory {} is in use by another process", dir.display()))
+            }
+            other => unavailable(format!("{other:?}")),
+        })?;
         let done =
             db.keyspace("idempotency", KeyspaceCreateOptions::default).map_err(|e| unavailable(format!("{e:?}")))?;
         Ok(EmbeddedIdempotency { db, done, in_flight: Mutex::new(HashMap::new()) })

@@ -1,0 +1,65 @@
+//! `cohort node` and `cohort coordinator` as separate processes, the way an
+//! operator runs them (DESIGN.md §2 and "Observability and configuration"):
+//! the coordinator reports not-ready until a storage node is registered,
+//! both roles serve health and metrics over HTTP, both exit with status 0 on
+//! SIGTERM, and a coordinator restarted on its data directory still knows
+//! its nodes and tenants.
+
+#![allow(missing_docs)]
+
+mod common;
+
+use common::{Proc, http_get, run, start_coordinator};
+
+fn cli(endpoint: &str, args: &[&str]) -> common::Output {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["--endpoint", endpoint]);
+    run(&all)
+}
+
+#[test]
+fn readiness_follows_registration_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = dir.path().join("node-1");
+    let args = ["node", "--id", "node-1", "--data-dir", node_dir.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    let mut node = Proc::spawn("cohort node node-1", &[&args[..], &["--metrics-listen", "127.0.0.1:0"]].concat(), &[]);
+    let address = node.wait_for_line("cohort node node-1 listening on ").trim().to_string();
+    let node_metrics = node.wait_for_line("metrics on http://");
+    let node_metrics = node_metrics.trim().strip_suffix("/metrics").expect("a /metrics URL").to_string();
+    assert_eq!(http_get(&node_metrics, "/health/live"), (200, "ok".to_string()));
+    assert_eq!(http_get(&node_metrics, "/health/ready").0, 200);
+    assert_eq!(http_get(&node_metrics, "/metrics").0, 200);
+
+    let coordinator_dir = dir.path().join("coordinator");
+    let mut coordinator = start_coordinator(&coordinator_dir, &[]);
+    let (status, body) = http_get(&coordinator.metrics, "/health/ready");
+    assert_eq!(status, 503, "no storage node is registered yet: {body}");
+    assert!(body.starts_with("not ready"), "{body}");
+    assert_eq!(http_get(&coordinator.metrics, "/health/live"), (200, "ok".to_string()));
+
+    let added =
+        cli(&coordinator.endpoint, &["admin", "node", "add", "--id", "node-1", "--address", &address, "--json"]);
+    let added = added.json();
+    assert_eq!((added["id"].as_str(), added["address"].as_str()), (Some("node-1"), Some(address.as_str())));
+    // `node add` refreshes the ring at once: ready without waiting.
+    assert_eq!(http_get(&coordinator.metrics, "/health/ready"), (200, "ready".to_string()));
+
+    let created = cli(&coordinator.endpoint, &["admin", "tenant", "create", "solo", "--replication", "1"]);
+    assert!(created.success(), "{created:?}");
+    let put = cli(&coordinator.endpoint, &["kv", "put", "--tenant", "solo", "k", "v"]);
+    assert!(put.success(), "{put:?}");
+
+    let status = coordinator.proc.terminate();
+    assert!(status.success(), "coordinator exit on SIGTERM: {status}");
+
+    // Embedded metadata survives: the new coordinator knows node-1 and the tenant.
+    let mut coordinator = start_coordinator(&coordinator_dir, &[]);
+    assert_eq!(http_get(&coordinator.metrics, "/health/ready"), (200, "ready".to_string()));
+    let read = cli(&coordinator.endpoint, &["kv", "get", "--tenant", "solo", "k", "--json"]).json();
+    assert_eq!(read["siblings"], serde_json::json!(["v"]), "{read}");
+
+    let status = node.terminate();
+    assert!(status.success(), "node exit on SIGTERM: {status}");
+    let status = coordinator.proc.terminate();
+    assert!(status.success(), "coordinator exit on SIGTERM: {status}");
+}
