@@ -76,15 +76,6 @@ struct Env {
 }
 
 impl Env {
-    async fn start(seed: u64, coordinators: usize, blind_only: bool) -> Env {
-        Self::start_workload(
-            seed,
-            coordinators,
-            Workload { seed, clients: 4, keys: 5, ops_per_client: 40, blind_only, chains: false },
-        )
-        .await
-    }
-
     async fn start_workload(seed: u64, coordinators: usize, workload: Workload) -> Env {
         let mut cluster = TestCluster::start_with_config(3, fault_config()).await;
         let mut proxies = Vec::new();
@@ -143,42 +134,81 @@ impl Env {
     }
 }
 
+/// A fault that holds one node for the middle of a run.
+#[derive(Clone, Copy)]
+enum Window {
+    /// The node's process stops (connections refused), then restarts on
+    /// its data directory.
+    Crash,
+    /// The node's links go silent (as a paused process's or a partition's),
+    /// then heal.
+    Freeze,
+}
+
+impl Env {
+    fn start_clients(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        audit::start(self.workload, TENANT, &self.clients, &self.recorder, &self.stop)
+    }
+
+    async fn inject(&mut self, victim: usize, window: Window) {
+        match window {
+            Window::Crash => self.cluster.stop_node(victim).await,
+            Window::Freeze => self.proxies[victim].set(Fault::Blackhole),
+        }
+    }
+
+    async fn heal(&mut self, victim: usize, window: Window) {
+        match window {
+            Window::Crash => self.cluster.restart_node(victim).await.expect("restart"),
+            Window::Freeze => self.proxies[victim].set(Fault::None),
+        }
+    }
+}
+
+/// Runs `workload(seed)` on every seed while `window` holds a seeded node
+/// from `from` to `to` (fractions of the run), then audits.
+async fn fault_window(
+    scenario: &'static str,
+    coordinators: usize,
+    workload: impl Fn(u64) -> Workload,
+    window: Window,
+    (from, to): (f64, f64),
+) -> Vec<cohort_checker::Summary> {
+    let mut summaries = Vec::new();
+    for seed in seeds() {
+        let _replay = Replay { scenario, seed };
+        let mut env = Env::start_workload(seed, coordinators, workload(seed)).await;
+        let clients = env.start_clients();
+        let victim = env.rng.random_range(0..3);
+        env.at(from).await;
+        env.inject(victim, window).await;
+        env.at(to).await;
+        env.heal(victim, window).await;
+        summaries.push(env.finish(clients).await);
+    }
+    summaries
+}
+
+fn mixed(seed: u64) -> Workload {
+    Workload { seed, clients: 4, keys: 5, ops_per_client: 40, blind_only: false, chains: false }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_replica_under_quorum_writes() {
-    for seed in seeds() {
-        let _replay = Replay { scenario: "crashed_replica_under_quorum_writes", seed };
-        let mut env = Env::start(seed, 1, false).await;
-        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
-        let victim = env.rng.random_range(0..3);
-        env.at(0.25).await;
-        env.cluster.stop_node(victim).await;
-        env.at(0.75).await;
-        env.cluster.restart_node(victim).await.expect("restart");
-        env.finish(clients).await;
-    }
+    fault_window("crashed_replica_under_quorum_writes", 1, mixed, Window::Crash, (0.25, 0.75)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_replica() {
-    for seed in seeds() {
-        let _replay = Replay { scenario: "paused_replica", seed };
-        let mut env = Env::start(seed, 1, false).await;
-        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
-        let victim = env.rng.random_range(0..3);
-        env.at(0.25).await;
-        env.proxies[victim].set(Fault::Blackhole);
-        env.at(0.75).await;
-        env.proxies[victim].set(Fault::None);
-        env.finish(clients).await;
-    }
+    fault_window("paused_replica", 1, mixed, Window::Freeze, (0.25, 0.75)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_from_one_node_then_two() {
     for seed in seeds() {
         let _replay = Replay { scenario: "partitioned_from_one_node_then_two", seed };
-        let mut env = Env::start(seed, 1, false).await;
-        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
+        let mut env = Env::start_workload(seed, 1, mixed(seed)).await;
+        let clients = env.start_clients();
         let first = env.rng.random_range(0..3);
         let second = (first + 1 + env.rng.random_range(0..2)) % 3;
         env.at(0.2).await;
@@ -201,8 +231,8 @@ async fn partitioned_from_one_node_then_two() {
 async fn flapping_node() {
     for seed in seeds() {
         let _replay = Replay { scenario: "flapping_node", seed };
-        let mut env = Env::start(seed, 1, false).await;
-        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
+        let mut env = Env::start_workload(seed, 1, mixed(seed)).await;
+        let clients = env.start_clients();
         let victim = env.rng.random_range(0..3);
         for step in 1..8 {
             env.at(f64::from(step) / 9.0).await;
@@ -215,32 +245,16 @@ async fn flapping_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_blind_writes_through_two_coordinators_during_a_partition() {
-    for seed in seeds() {
-        let _replay = Replay { scenario: "concurrent_blind_writes_through_two_coordinators_during_a_partition", seed };
-        let mut env = Env::start(seed, 2, true).await;
-        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
-        let victim = env.rng.random_range(0..3);
-        env.at(0.25).await;
-        env.proxies[victim].set(Fault::Blackhole);
-        env.at(0.75).await;
-        env.proxies[victim].set(Fault::None);
-        env.finish(clients).await;
-    }
+    let blind = |seed| Workload { blind_only: true, ..mixed(seed) };
+    let scenario = "concurrent_blind_writes_through_two_coordinators_during_a_partition";
+    fault_window(scenario, 2, blind, Window::Freeze, (0.25, 0.75)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn causal_chains_survive_a_crashed_replica() {
-    for seed in seeds() {
-        let _replay = Replay { scenario: "causal_chains_survive_a_crashed_replica", seed };
-        let workload = Workload { seed, clients: 3, keys: 2, ops_per_client: 40, blind_only: false, chains: true };
-        let mut env = Env::start_workload(seed, 1, workload).await;
-        let clients = audit::start(env.workload, TENANT, &env.clients, &env.recorder, &env.stop);
-        let victim = env.rng.random_range(0..3);
-        env.at(0.3).await;
-        env.cluster.stop_node(victim).await;
-        env.at(0.7).await;
-        env.cluster.restart_node(victim).await.expect("restart");
-        let checked = env.finish(clients).await;
-        assert!(checked.chains_checked > 0, "no key qualified as a causal chain: {checked}");
+    let chains = |seed| Workload { seed, clients: 3, keys: 2, ops_per_client: 40, blind_only: false, chains: true };
+    let summaries = fault_window("causal_chains_survive_a_crashed_replica", 1, chains, Window::Crash, (0.3, 0.7)).await;
+    for summary in summaries {
+        assert!(summary.chains_checked > 0, "no key qualified as a causal chain: {summary}");
     }
 }

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use cohort_client::{Client, Consistency, Context, ReadOptions, Receipt, RetryPolicy, WriteOptions};
+use cohort_client::{Client, Consistency, Context, ReadOptions, Receipt, RetryPolicy, WriteOptions, WriteResult};
 use serde_json::json;
 
 /// Key-value commands.
@@ -137,6 +137,22 @@ fn write_options(
     Ok(WriteOptions { context, consistency: common.consistency, idempotency_key })
 }
 
+/// Prints the answer to a put or delete.
+fn print_write(verb: &str, result: &WriteResult, as_json: bool) {
+    if as_json {
+        let out = json!({
+            "context": result.context.to_base64(),
+            "duplicate": result.duplicate,
+            "receipt": receipt_json(&result.receipt),
+        });
+        println!("{out}");
+    } else {
+        let replay = if result.duplicate { " (replayed: this idempotency key was already used)" } else { "" };
+        println!("{verb}: {}{replay}", receipt_line(&result.receipt));
+        println!("context: {}", result.context.to_base64());
+    }
+}
+
 /// Runs a kv command.
 pub async fn run(command: KvCommand) -> anyhow::Result<()> {
     match command {
@@ -157,18 +173,7 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             let options = write_options(&args.common, args.context, args.idempotency_key)?;
             let client = connect(&args.common).await?;
             let result = client.put_with(&args.common.tenant, args.key, value, options).await?;
-            if args.common.json {
-                let out = json!({
-                    "context": result.context.to_base64(),
-                    "duplicate": result.duplicate,
-                    "receipt": receipt_json(&result.receipt),
-                });
-                println!("{out}");
-            } else {
-                let replay = if result.duplicate { " (replayed: this idempotency key was already used)" } else { "" };
-                println!("ok: {}{replay}", receipt_line(&result.receipt));
-                println!("context: {}", result.context.to_base64());
-            }
+            print_write("ok", &result, args.common.json);
         }
         KvCommand::Get(args) => {
             let client = connect(&args.common).await?;
@@ -202,16 +207,7 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             let options = write_options(&args.common, args.context, args.idempotency_key)?;
             let client = connect(&args.common).await?;
             let result = client.delete(&args.common.tenant, args.key, options).await?;
-            if args.common.json {
-                let out = json!({
-                    "context": result.context.to_base64(),
-                    "duplicate": result.duplicate,
-                    "receipt": receipt_json(&result.receipt),
-                });
-                println!("{out}");
-            } else {
-                println!("deleted: {}", receipt_line(&result.receipt));
-            }
+            print_write("deleted", &result, args.common.json);
         }
     }
     Ok(())

@@ -98,30 +98,47 @@ impl Proc {
     /// Waits (up to [`DEADLINE`]) for a stdout line starting with `prefix`,
     /// skipping other lines, and returns the rest of that line.
     pub fn wait_for_line(&mut self, prefix: &str) -> String {
+        self.try_wait_for_line(prefix).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`Proc::wait_for_line`], reporting a timeout or an early exit as an
+    /// error instead of panicking (e.g. a restart that cannot bind its port).
+    pub fn try_wait_for_line(&mut self, prefix: &str) -> Result<String, String> {
         let deadline = Instant::now() + DEADLINE;
         let mut skipped = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => match line.strip_prefix(prefix) {
-                    Some(rest) => return rest.to_string(),
+                    Some(rest) => return Ok(rest.to_string()),
                     None => skipped.push(line),
                 },
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{}: no line starting with {prefix:?} within {DEADLINE:?}; stdout so far: {skipped:?}; stderr:\n{}",
-                    self.name,
-                    self.stderr_tail()
-                ),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "{}: no line starting with {prefix:?} within {DEADLINE:?}; stdout so far: {skipped:?}; \
+                         stderr:\n{}",
+                        self.name,
+                        self.stderr_tail()
+                    ));
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                    panic!(
+                    return Err(format!(
                         "{}: exited ({status:?}) before printing {prefix:?}; stdout: {skipped:?}; stderr:\n{}",
                         self.name,
                         self.stderr_tail()
-                    )
+                    ));
                 }
             }
         }
+    }
+
+    /// Sends `signal` (a name for kill(1): `STOP`, `CONT`, `KILL`, …) to the
+    /// process without waiting for it.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("run kill(1)");
+        assert!(sent.success(), "kill -{signal} {pid} ({}) failed", self.name);
     }
 
     /// Kills the process with SIGKILL, as a crash would, and reaps it.
@@ -272,11 +289,18 @@ pub fn start_dev(data_dir: &Path) -> Dev {
 /// Starts `cohort node` with id `id` on `data_dir` and returns it with the
 /// address of its Storage API.
 pub fn start_node(id: &str, data_dir: &Path) -> (Proc, String) {
+    try_start_node(id, data_dir, "127.0.0.1:0").unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Starts `cohort node` with id `id` on `data_dir` listening on `listen`
+/// (`127.0.0.1:0` for an ephemeral port); an error when it exits before it
+/// listens, e.g. because the port is still taken.
+pub fn try_start_node(id: &str, data_dir: &Path, listen: &str) -> Result<(Proc, String), String> {
     let dir = data_dir.to_str().expect("UTF-8 path");
-    let args = ["node", "--id", id, "--data-dir", dir, "--listen", "127.0.0.1:0"];
+    let args = ["node", "--id", id, "--data-dir", dir, "--listen", listen];
     let mut proc = Proc::spawn(&format!("cohort node {id}"), &args, &[]);
-    let address = proc.wait_for_line(&format!("cohort node {id} listening on ")).trim().to_string();
-    (proc, address)
+    let address = proc.try_wait_for_line(&format!("cohort node {id} listening on "))?.trim().to_string();
+    Ok((proc, address))
 }
 
 /// A running `cohort coordinator`.
@@ -291,23 +315,36 @@ pub struct Coordinator {
 
 /// Starts `cohort coordinator` with embedded stores under `data_dir`.
 pub fn start_coordinator(data_dir: &Path, env: &[(&str, &str)]) -> Coordinator {
+    try_start_coordinator(data_dir, "127.0.0.1:0", &[], env).unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Starts `cohort coordinator` with embedded stores under `data_dir`, its API
+/// on `listen`, and `extra` flags (e.g. `--config FILE`); an error when it
+/// exits before it listens.
+pub fn try_start_coordinator(
+    data_dir: &Path,
+    listen: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Coordinator, String> {
     let dir = data_dir.to_str().expect("UTF-8 path");
-    let args = [
+    let mut args = vec![
         "coordinator",
         "--id",
         "coordinator-1",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--metrics-listen",
         "127.0.0.1:0",
         "--data-dir",
         dir,
     ];
+    args.extend_from_slice(extra);
     let mut proc = Proc::spawn("cohort coordinator", &args, env);
-    let metrics = proc.wait_for_line("metrics on http://");
+    let metrics = proc.try_wait_for_line("metrics on http://")?;
     let metrics = metrics.trim().strip_suffix("/metrics").expect("metrics URL ends in /metrics").to_string();
-    let address = proc.wait_for_line("cohort coordinator coordinator-1 listening on ").trim().to_string();
-    Coordinator { proc, endpoint: format!("http://{address}"), metrics }
+    let address = proc.try_wait_for_line("cohort coordinator coordinator-1 listening on ")?.trim().to_string();
+    Ok(Coordinator { proc, endpoint: format!("http://{address}"), metrics })
 }
 
 /// A plain HTTP/1.0 GET of `path` on `address`: the status code and body.
