@@ -21,8 +21,11 @@
 //! you read. Writes without a context are *blind*: they never overwrite, and
 //! concurrent blind writes are all kept as siblings.
 //!
-//! Writes are retried on transient failures (`Unavailable`) with exponential
-//! backoff, always under one idempotency key, so a retry never applies twice.
+//! Transient failures (`Unavailable`) are retried with exponential backoff.
+//! A write is retried only when no replica applied it, always under one
+//! idempotency key, so a retry never applies twice; a write whose outcome is
+//! unknown (it reached some replicas, or no answer came) is returned to the
+//! caller.
 
 use std::time::Duration;
 
@@ -235,8 +238,13 @@ impl RetryPolicy {
         base.mul_f64(1.0 - jitter)
     }
 
-    fn retryable(code: tonic::Code) -> bool {
-        matches!(code, tonic::Code::Unavailable)
+    /// Reads are retried on `Unavailable`. Writes only when the server says
+    /// no replica applied them: a write that reached some replica but not a
+    /// quorum, or whose outcome is unknown, is returned to the caller, since
+    /// repeating it would create a second version of the same value.
+    fn retryable(status: &tonic::Status, write: bool) -> bool {
+        status.code() == tonic::Code::Unavailable
+            && !(write && status.metadata().get("cohort-outcome").is_some_and(|v| v == "unknown"))
     }
 }
 
@@ -315,7 +323,7 @@ impl Client {
             idempotency_key,
         };
         let response = self
-            .with_retries(|mut kv| {
+            .with_retries(true, |mut kv| {
                 let request = request.clone();
                 async move { kv.put(request).await }
             })
@@ -341,7 +349,7 @@ impl Client {
             consistency: consistency_to_pb(options.consistency),
         };
         let response = self
-            .with_retries(|mut kv| {
+            .with_retries(false, |mut kv| {
                 let request = request.clone();
                 async move { kv.get(request).await }
             })
@@ -366,7 +374,7 @@ impl Client {
             idempotency_key,
         };
         let response = self
-            .with_retries(|mut kv| {
+            .with_retries(true, |mut kv| {
                 let request = request.clone();
                 async move { kv.delete(request).await }
             })
@@ -399,7 +407,7 @@ impl Client {
         }
     }
 
-    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    async fn with_retries<T, F, Fut>(&self, write: bool, mut call: F) -> Result<T, Error>
     where
         F: FnMut(KeyValueClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -408,7 +416,7 @@ impl Client {
         loop {
             match call(self.kv.clone()).await {
                 Ok(response) => return Ok(response.into_inner()),
-                Err(status) if attempt < self.retry.max_attempts && RetryPolicy::retryable(status.code()) => {
+                Err(status) if attempt < self.retry.max_attempts && RetryPolicy::retryable(&status, write) => {
                     attempt += 1;
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
                 }

@@ -3,6 +3,10 @@
 
 use tonic::Status;
 
+/// Response metadata set on a failed write that some replica may have
+/// applied (`unknown`): retrying it blindly could apply it twice.
+pub const OUTCOME_HEADER: &str = "cohort-outcome";
+
 /// Why a key-value or admin request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
@@ -73,6 +77,12 @@ impl From<KvError> for Status {
             KvError::InvalidArgument(_) => Status::invalid_argument(message),
             KvError::TenantNotFound(_) | KvError::NotFound(_) => Status::not_found(message),
             KvError::AlreadyExists(_) => Status::already_exists(message),
+            KvError::Unavailable { what: "write", got, .. } if got > 0 => {
+                // Some replica holds the write: a retry must not apply it again.
+                let mut status = Status::unavailable(message);
+                status.metadata_mut().insert(OUTCOME_HEADER, tonic::metadata::MetadataValue::from_static("unknown"));
+                status
+            }
             KvError::Unavailable { .. } | KvError::DependencyUnavailable(_) => Status::unavailable(message),
             KvError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             KvError::FailedPrecondition(_) => Status::failed_precondition(message),

@@ -4,8 +4,12 @@
 //! key's preference list (the *coordinating replica*), naming the others as
 //! peers. That node issues the new version from its own state, makes it
 //! durable and sends it to the peers in parallel, and answers once W
-//! replicas hold it. If the coordinating replica is unreachable, the next one
-//! in the list takes the role.
+//! replicas hold it. If the coordinating replica certainly did not act on
+//! the request (it could not be reached, or refused it), the next one in the
+//! list takes the role. If it may have acted (no answer in time, a broken
+//! connection), the write fails as outcome-unknown (`DeadlineExceeded`)
+//! rather than being applied a second time under another dot; the replica
+//! is then passed over as coordinator for a few node timeouts.
 //!
 //! **Read.** The coordinator asks all N replicas, answers after R of them,
 //! and merges their sibling sets. Every replica whose state differs from the
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_node::peers::PeerPool;
+use cohort_node::peers::{NodeError, PeerPool};
 use cohort_proto::v1::{CoordinateRequest, MergeRequest, Peer, ReadRequest};
 use cohort_ring::{Consistency, SiblingSet};
 use futures::StreamExt;
@@ -60,10 +64,36 @@ pub struct ReadOutcome {
     pub repair: bool,
 }
 
+/// How long (in node timeouts) a replica that failed to coordinate a write
+/// is passed over as coordinating replica.
+const SUSPECT_TIMEOUTS: u32 = 5;
+
+/// Replicas that recently failed a call, and until when writes should pass
+/// them over as coordinating replica.
+#[derive(Default)]
+struct Suspects {
+    /// A std mutex: never held across an await.
+    until: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+impl Suspects {
+    fn add(&self, node: &str, node_timeout: Duration) {
+        let until = Instant::now() + node_timeout * SUSPECT_TIMEOUTS;
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), until);
+    }
+
+    fn contains(&self, node: &str) -> bool {
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).get(node).is_some_and(|until| *until > Instant::now())
+    }
+}
+
 /// Drives replicas for key-value requests.
 pub struct KvEngine {
     topology: Arc<Topology>,
     peers: Arc<PeerPool>,
+    /// Replicas that recently failed to coordinate a write, and until when
+    /// to pass them over. A std mutex: never held across an await.
+    suspects: Arc<Suspects>,
     node_timeout: Duration,
     request_timeout: Duration,
     read_repair: ReadRepairMode,
@@ -100,6 +130,7 @@ impl KvEngine {
         KvEngine {
             topology,
             peers,
+            suspects: Arc::new(Suspects::default()),
             node_timeout: Duration::from_millis(config.node_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             read_repair: config.read_repair,
@@ -129,14 +160,11 @@ impl KvEngine {
         }
         let deadline = Instant::now() + self.request_timeout;
         let mut reasons = Vec::new();
-        for (index, coordinator) in replicas.iter().enumerate() {
+        for index in self.coordinator_order(&replicas) {
+            let coordinator = &replicas[index];
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(KvError::DeadlineExceeded(format!(
-                    "write did not complete within {} ms; {}",
-                    self.request_timeout.as_millis(),
-                    reasons.join("; ")
-                )));
+                break;
             }
             let peers = replicas
                 .iter()
@@ -153,34 +181,66 @@ impl KvEngine {
                 write_quorum: required.into(),
                 timeout_ms: self.node_timeout.as_millis() as u32,
             };
-            let mut client = self.peers.client(&coordinator.address).map_err(|s| KvError::Internal(s.to_string()))?;
+            let client = self.peers.node(&coordinator.address).map_err(|s| KvError::Internal(s.to_string()))?;
             // The coordinating replica itself waits up to node_timeout for peers.
             let attempt = remaining.min(self.node_timeout * 2);
             match tokio::time::timeout(attempt, client.coordinate(request)).await {
                 Ok(Ok(response)) => {
-                    let response = response.into_inner();
                     let state = SiblingSet::decode(&response.state).map_err(|e| {
                         KvError::Internal(format!("node {} sent an unreadable state: {e}", coordinator.id))
                     })?;
                     if response.acked.len() >= required.into() {
                         return Ok(WriteOutcome { state, acked: response.acked, required, replication });
                     }
+                    for failure in &response.failures {
+                        self.suspects.add(&failure.node_id, self.node_timeout);
+                    }
                     let reasons: Vec<String> =
                         response.failures.iter().map(|f| format!("{}: {}", f.node_id, f.reason)).collect();
                     return Err(KvError::unavailable("write", response.acked.len(), required.into(), &reasons));
                 }
-                Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                Ok(Err(NodeError::Rejected(status))) if status.code() == tonic::Code::InvalidArgument => {
                     return Err(KvError::InvalidArgument(status.message().to_string()));
                 }
-                Ok(Err(status)) => {
+                // The node certainly did nothing: the next replica may
+                // coordinate instead.
+                Ok(Err(error)) if error.certainly_not_applied() => {
+                    let status = error.status();
+                    self.suspects.add(&coordinator.id, self.node_timeout);
                     reasons.push(format!("{}: {:?}: {}", coordinator.id, status.code(), status.message()));
                 }
+                // The node may have applied the write. Asking another replica
+                // would apply it a second time under another dot, and a value
+                // its writer later replaced could then come back: the outcome
+                // is unknown and the client decides.
+                Ok(Err(error)) => {
+                    self.suspects.add(&coordinator.id, self.node_timeout);
+                    return Err(KvError::DeadlineExceeded(format!(
+                        "write outcome unknown: the connection to coordinating replica {} broke ({}); the write may have been applied",
+                        coordinator.id,
+                        error.status().message()
+                    )));
+                }
                 Err(_) => {
-                    reasons.push(format!("{}: no answer within {} ms", coordinator.id, attempt.as_millis()));
+                    self.suspects.add(&coordinator.id, self.node_timeout);
+                    return Err(KvError::DeadlineExceeded(format!(
+                        "write outcome unknown: coordinating replica {} did not answer within {} ms; the write may have been applied",
+                        coordinator.id,
+                        attempt.as_millis()
+                    )));
                 }
             }
         }
         Err(KvError::unavailable("write", 0, required.into(), &reasons))
+    }
+
+    /// The order in which replicas are asked to coordinate a write: the
+    /// preference list, with recently failed replicas moved to the end.
+    fn coordinator_order(&self, replicas: &[Replica]) -> Vec<usize> {
+        let (mut healthy, doubtful): (Vec<usize>, Vec<usize>) =
+            (0..replicas.len()).partition(|&i| !self.suspects.contains(&replicas[i].id));
+        healthy.extend(doubtful);
+        healthy
     }
 
     /// Reads `key` from the replicas and merges what R of them hold.
@@ -206,6 +266,7 @@ impl KvEngine {
             peers: self.peers.clone(),
             node_timeout: self.node_timeout,
             mode: self.read_repair,
+            suspects: self.suspects.clone(),
         };
         tokio::spawn(round.run(reply));
         answer.await.map_err(|_| KvError::Internal("read task ended without an answer".into()))?
@@ -222,6 +283,7 @@ struct ReadRound {
     peers: Arc<PeerPool>,
     node_timeout: Duration,
     mode: ReadRepairMode,
+    suspects: Arc<Suspects>,
 }
 
 type Reply = oneshot::Sender<Result<ReadOutcome, KvError>>;
@@ -233,14 +295,14 @@ impl ReadRound {
             .replicas
             .iter()
             .map(|replica| {
-                let client = self.peers.client(&replica.address);
+                let client = self.peers.node(&replica.address);
                 let request = ReadRequest { tenant: self.tenant.clone(), key: self.key.clone() };
                 let timeout = self.node_timeout;
                 async move {
                     let result = match client {
                         Err(status) => Err(status.message().to_string()),
-                        Ok(mut client) => match tokio::time::timeout(timeout, client.read(request)).await {
-                            Ok(Ok(response)) => decode_state(&response.into_inner().state),
+                        Ok(client) => match tokio::time::timeout(timeout, client.read(request)).await {
+                            Ok(Ok(response)) => decode_state(&response.state),
                             Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
                             Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
                         },
@@ -255,7 +317,10 @@ impl ReadRound {
         while let Some((replica, result)) = pending.next().await {
             match result {
                 Ok(state) => answers.push((replica, state)),
-                Err(reason) => failures.push(format!("{}: {reason}", replica.id)),
+                Err(reason) => {
+                    self.suspects.add(&replica.id, self.node_timeout);
+                    failures.push(format!("{}: {reason}", replica.id));
+                }
             }
             // Answer as soon as R replicas have; a failure waits for every
             // replica (each bounded by the node timeout), so that it reports
@@ -304,11 +369,11 @@ impl ReadRound {
         let encoded = Bytes::from(merged.encode());
         let sends = stale.iter().map(|replica| {
             let request = MergeRequest { tenant: self.tenant.clone(), key: self.key.clone(), state: encoded.clone() };
-            let client = self.peers.client(&replica.address);
+            let client = self.peers.node(&replica.address);
             let timeout = self.node_timeout;
             async move {
                 let ok = match client {
-                    Ok(mut client) => matches!(tokio::time::timeout(timeout, client.merge(request)).await, Ok(Ok(_))),
+                    Ok(client) => matches!(tokio::time::timeout(timeout, client.merge(request)).await, Ok(Ok(_))),
                     Err(_) => false,
                 };
                 if !ok {

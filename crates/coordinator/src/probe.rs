@@ -19,11 +19,11 @@ pub async fn run(topology: Arc<Topology>, peers: Arc<PeerPool>, interval: Durati
         tick.tick().await;
         let placement = topology.current();
         let probes = placement.ring.nodes().iter().map(|node| {
-            let client = placement.address(&node.id).map(|address| peers.client(address));
+            let client = placement.address(&node.id).map(|address| peers.node(address));
             async move {
                 let up = match client {
-                    Some(Ok(mut client)) => {
-                        matches!(tokio::time::timeout(timeout, client.info(InfoRequest {})).await, Ok(Ok(_)))
+                    Some(Ok(client)) => {
+                        matches!(tokio::time::timeout(timeout, client.raw().info(InfoRequest {})).await, Ok(Ok(_)))
                     }
                     _ => false,
                 };

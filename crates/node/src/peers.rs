@@ -1,50 +1,257 @@
-//! A cache of gRPC clients to storage nodes, keyed by address.
+//! Clients of storage nodes, shared by coordinators and nodes.
 //!
-//! One lazily connected HTTP/2 channel per address is enough: tonic
-//! multiplexes concurrent calls over it. Coordinators and nodes share this
-//! type.
+//! Every call to a node — read, merge, coordinate — travels on one
+//! long-lived bidirectional `Pipeline` stream per node, tagged with an id;
+//! answers come back on the same stream in completion order. A message on
+//! an open stream costs a few bytes of framing, where a unary call costs a
+//! new HTTP/2 stream with headers, so the per-operation cost of the replica
+//! fan-out drops, and concurrent operations to one node share frames and
+//! system calls. If the stream breaks, every call waiting on it fails with
+//! `Unavailable` and the next call opens a new one.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cohort_proto::v1::pipeline_request::Op;
+use cohort_proto::v1::pipeline_response::Result as Answer;
 use cohort_proto::v1::storage_client::StorageClient;
+use cohort_proto::v1::{
+    CoordinateRequest, CoordinateResponse, MergeRequest, MergeResponse, PipelineRequest, PipelineResponse, ReadRequest,
+    ReadResponse,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest message accepted on the internal API (a sibling set with many
 /// large siblings can exceed tonic's 4 MiB default).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Lazily connected clients to storage nodes.
+/// HTTP/2 flow-control windows: one stream carries many operations, so its
+/// window must hold many values in flight at once.
+pub const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+/// See [`STREAM_WINDOW_BYTES`].
+pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+
+/// Lazily connected clients to storage nodes, keyed by address.
 #[derive(Debug)]
 pub struct PeerPool {
     /// A std mutex: held only to look up or insert, never across an await.
-    clients: Mutex<HashMap<String, StorageClient<Channel>>>,
+    nodes: Mutex<HashMap<String, NodeClient>>,
     connect_timeout: Duration,
 }
 
 impl PeerPool {
     /// An empty pool whose connections give up after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Self {
-        PeerPool { clients: Mutex::new(HashMap::new()), connect_timeout }
+        PeerPool { nodes: Mutex::new(HashMap::new()), connect_timeout }
     }
 
     /// The client for `address` (`host:port`), created on first use.
-    pub fn client(&self, address: &str) -> Result<StorageClient<Channel>, tonic::Status> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(client) = clients.get(address) {
-            return Ok(client.clone());
+    pub fn node(&self, address: &str) -> Result<NodeClient, Status> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(node) = nodes.get(address) {
+            return Ok(node.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| tonic::Status::invalid_argument(format!("bad node address {address:?}: {e}")))?
+            .map_err(|e| Status::invalid_argument(format!("bad node address {address:?}: {e}")))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let client = StorageClient::new(endpoint.connect_lazy())
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let raw = StorageClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        clients.insert(address.to_string(), client.clone());
-        Ok(client)
+        let node = NodeClient { raw, session: Arc::new(tokio::sync::Mutex::new(None)) };
+        nodes.insert(address.to_string(), node.clone());
+        Ok(node)
+    }
+}
+
+/// A client of one storage node.
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    raw: StorageClient<Channel>,
+    /// The open pipeline, if any. A tokio mutex: opening a stream awaits the
+    /// node's answer, and concurrent callers must share one stream.
+    session: Arc<tokio::sync::Mutex<Option<Arc<Session>>>>,
+}
+
+/// Why a call to a node failed, and whether the node may have acted on it.
+#[derive(Debug, Clone)]
+pub enum NodeError {
+    /// The request never left this process (no connection): the node did
+    /// nothing.
+    NotSent(Status),
+    /// The node answered with this error: it refused the operation.
+    Rejected(Status),
+    /// The request was sent but no answer came (the stream broke): the node
+    /// may or may not have acted on it.
+    Lost(Status),
+}
+
+impl NodeError {
+    /// The status, whatever the case.
+    pub fn status(&self) -> &Status {
+        match self {
+            NodeError::NotSent(s) | NodeError::Rejected(s) | NodeError::Lost(s) => s,
+        }
+    }
+
+    /// Whether the node certainly did not act on the request.
+    pub fn certainly_not_applied(&self) -> bool {
+        matches!(self, NodeError::NotSent(_) | NodeError::Rejected(_))
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(error: NodeError) -> Status {
+        match error {
+            NodeError::NotSent(s) | NodeError::Rejected(s) | NodeError::Lost(s) => s,
+        }
+    }
+}
+
+/// One open pipeline stream and the calls waiting on it.
+#[derive(Debug)]
+struct Session {
+    requests: mpsc::Sender<PipelineRequest>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Result<Answer, NodeError>>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Session {
+    /// Fails every waiting call; the session is not used again.
+    fn close(&self, reason: &str) {
+        self.closed.store(true, Ordering::Release);
+        let waiting: Vec<_> = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (_, reply) in waiting {
+            let _ = reply.send(Err(NodeError::Lost(Status::unavailable(reason.to_string()))));
+        }
+    }
+}
+
+/// Removes a call's entry when the caller stops waiting (timeout, drop).
+struct Waiting<'a> {
+    session: &'a Session,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.session.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+fn unexpected(what: &str) -> NodeError {
+    NodeError::Rejected(Status::internal(format!("node answered a {what} with another kind of result")))
+}
+
+impl NodeClient {
+    /// The unary client, for calls that are not pipelined (`Info`).
+    pub fn raw(&self) -> StorageClient<Channel> {
+        self.raw.clone()
+    }
+
+    /// Reads a key's local state on the node.
+    pub async fn read(&self, request: ReadRequest) -> Result<ReadResponse, Status> {
+        match self.call(Op::Read(request)).await? {
+            Answer::Read(response) => Ok(response),
+            _ => Err(unexpected("read").into()),
+        }
+    }
+
+    /// Merges a state into the node's and waits until it is durable.
+    pub async fn merge(&self, request: MergeRequest) -> Result<MergeResponse, Status> {
+        match self.call(Op::Merge(request)).await? {
+            Answer::Merge(response) => Ok(response),
+            _ => Err(unexpected("merge").into()),
+        }
+    }
+
+    /// Asks the node to coordinate a write as the key's coordinating replica.
+    /// The error says whether the node may have applied it.
+    pub async fn coordinate(&self, request: CoordinateRequest) -> Result<CoordinateResponse, NodeError> {
+        match self.call(Op::Coordinate(request)).await? {
+            Answer::Coordinate(response) => Ok(response),
+            _ => Err(unexpected("coordinate")),
+        }
+    }
+
+    async fn call(&self, op: Op) -> Result<Answer, NodeError> {
+        let session = self.session().await.map_err(NodeError::NotSent)?;
+        let id = session.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        session.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
+        let _waiting = Waiting { session: &session, id };
+        if session.requests.send(PipelineRequest { id, op: Some(op) }).await.is_err() {
+            session.close("pipeline to node closed");
+            return Err(NodeError::NotSent(Status::unavailable("pipeline to node closed")));
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Lost(Status::unavailable("pipeline to node closed"))),
+        }
+    }
+
+    /// The open session, or a new one.
+    async fn session(&self) -> Result<Arc<Session>, Status> {
+        let mut current = self.session.lock().await;
+        if let Some(session) = current.as_ref()
+            && !session.closed.load(Ordering::Acquire)
+        {
+            return Ok(session.clone());
+        }
+        let (requests, outbound) = mpsc::channel(4096);
+        let mut raw = self.raw.clone();
+        let inbound = raw.pipeline(ReceiverStream::new(outbound)).await?.into_inner();
+        let session = Arc::new(Session {
+            requests,
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        tokio::spawn(dispatch(inbound, Arc::downgrade(&session)));
+        *current = Some(session.clone());
+        Ok(session)
+    }
+}
+
+/// Hands each answer to the call waiting for it; closes the session when
+/// the stream ends or fails.
+async fn dispatch(mut inbound: tonic::Streaming<PipelineResponse>, session: std::sync::Weak<Session>) {
+    loop {
+        let message = inbound.message().await;
+        let Some(session) = session.upgrade() else { return };
+        match message {
+            Ok(Some(PipelineResponse { id, result })) => {
+                let reply = session.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                if let Some(reply) = reply {
+                    let result = match result {
+                        Some(Answer::Error(error)) => {
+                            Err(NodeError::Rejected(Status::new(error.code.into(), error.message)))
+                        }
+                        Some(answer) => Ok(answer),
+                        None => Err(NodeError::Lost(Status::internal("node sent an empty pipeline answer"))),
+                    };
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(None) => {
+                session.close("node closed the pipeline");
+                return;
+            }
+            Err(status) => {
+                session.close(&format!("pipeline to node failed: {}", status.message()));
+                return;
+            }
+        }
     }
 }

@@ -55,7 +55,12 @@ pub async fn serve(
     let store = Arc::new(Store::open(&config.data_dir, &config.id, config.durability)?);
     let peer_timeout = Duration::from_millis(config.peer_timeout_ms);
     let peers = Arc::new(PeerPool::new(peer_timeout));
-    let service = StorageService::new(&config.id, store.clone(), peers, peer_timeout);
+    let (stop_pipelines, stopping) = tokio::sync::watch::channel(false);
+    let service = StorageService::new(&config.id, store.clone(), peers, peer_timeout, stopping);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_pipelines.send(true);
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<StorageServer<StorageService>>().await;
@@ -75,6 +80,8 @@ pub async fn serve(
     on_ready(NodeHandle { store: Arc::downgrade(&store) });
     tracing::info!(node = %config.id, actor = %store.actor(), address = ?listener.local_addr().ok(), "storage node serving");
     let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(crate::peers::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::peers::CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
         .add_service(
             StorageServer::new(service)

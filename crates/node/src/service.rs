@@ -11,14 +11,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cohort_proto::v1::pipeline_request::Op;
+use cohort_proto::v1::pipeline_response::Result as Answer;
 use cohort_proto::v1::storage_server::Storage;
 use cohort_proto::v1::{
     CoordinateRequest, CoordinateResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PeerFailure,
-    ReadRequest, ReadResponse,
+    PipelineError, PipelineRequest, PipelineResponse, ReadRequest, ReadResponse,
 };
 use cohort_ring::{CausalContext, SiblingSet};
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::peers::PeerPool;
 use crate::store::{Store, StoreError};
@@ -33,12 +36,23 @@ pub struct StorageService {
     store: Arc<Store>,
     peers: Arc<PeerPool>,
     peer_timeout: Duration,
+    /// Turns true when the server starts shutting down: open pipelines stop
+    /// taking requests and end once their operations have answered, so
+    /// graceful shutdown does not wait on streams that never end.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl StorageService {
-    /// A service over `store`, reaching other replicas through `peers`.
-    pub fn new(node_id: &str, store: Arc<Store>, peers: Arc<PeerPool>, peer_timeout: Duration) -> Self {
-        StorageService { node_id: node_id.into(), store, peers, peer_timeout }
+    /// A service over `store`, reaching other replicas through `peers`;
+    /// `stopping` turns true when the server shuts down.
+    pub fn new(
+        node_id: &str,
+        store: Arc<Store>,
+        peers: Arc<PeerPool>,
+        peer_timeout: Duration,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        StorageService { node_id: node_id.into(), store, peers, peer_timeout, stopping }
     }
 }
 
@@ -60,8 +74,54 @@ fn check_target(tenant: &str, key: &[u8]) -> Result<(), Status> {
     Ok(())
 }
 
+impl StorageService {
+    /// Runs one pipelined operation as its unary call would.
+    async fn run(&self, op: Option<Op>) -> Answer {
+        let result = match op {
+            Some(Op::Read(request)) => self.read(Request::new(request)).await.map(|r| Answer::Read(r.into_inner())),
+            Some(Op::Merge(request)) => self.merge(Request::new(request)).await.map(|r| Answer::Merge(r.into_inner())),
+            Some(Op::Coordinate(request)) => {
+                self.coordinate(Request::new(request)).await.map(|r| Answer::Coordinate(r.into_inner()))
+            }
+            None => Err(Status::invalid_argument("pipeline request without an operation")),
+        };
+        result.unwrap_or_else(|status| {
+            Answer::Error(PipelineError { code: status.code() as i32, message: status.message().to_string() })
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Storage for StorageService {
+    type PipelineStream = ReceiverStream<Result<PipelineResponse, Status>>;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (answers, stream) = mpsc::channel(4096);
+        let service = self.clone();
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            // Each operation runs on its own task, so a slow one (a write
+            // waiting for its peers) never holds up the others.
+            loop {
+                let request = tokio::select! {
+                    request = inbound.message() => request,
+                    _ = stopping.wait_for(|stop| *stop) => break,
+                };
+                let Ok(Some(PipelineRequest { id, op })) = request else { break };
+                let (service, answers) = (service.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let result = service.run(op).await;
+                    let _ = answers.send(Ok(PipelineResponse { id, result: Some(result) })).await;
+                });
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
     async fn coordinate(&self, request: Request<CoordinateRequest>) -> Result<Response<CoordinateResponse>, Status> {
         let request = request.into_inner();
         check_target(&request.tenant, &request.key)?;
@@ -91,11 +151,11 @@ impl Storage for StorageService {
             let acks = acks.clone();
             let merge =
                 MergeRequest { tenant: request.tenant.clone(), key: request.key.clone(), state: encoded.clone() };
-            let client = self.peers.client(&peer.address);
+            let client = self.peers.node(&peer.address);
             tokio::spawn(async move {
                 let result = match client {
                     Err(status) => Err(status.message().to_string()),
-                    Ok(mut client) => match tokio::time::timeout(timeout, client.merge(merge)).await {
+                    Ok(client) => match tokio::time::timeout(timeout, client.merge(merge)).await {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
                         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),

@@ -1,0 +1,49 @@
+//! The pipelined client against a real node: answers reach their callers,
+//! concurrent calls share one stream, and a stopped node fails calls fast.
+
+#![allow(missing_docs)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_node::peers::PeerPool;
+use cohort_node::{NodeConfig, serve};
+use cohort_proto::v1::{CoordinateRequest, ReadRequest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_calls_reach_a_node_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        NodeConfig::new("n1", dir.path()),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+        |_| {},
+    ));
+    let pool = PeerPool::new(Duration::from_secs(2));
+    let node = pool.node(&address).unwrap();
+    let read = |key: &'static str| ReadRequest { tenant: "t".into(), key: Bytes::from_static(key.as_bytes()) };
+    let first = tokio::time::timeout(Duration::from_secs(10), node.read(read("k"))).await.expect("answer in time");
+    assert!(first.expect("read").state.is_empty());
+    let write = CoordinateRequest {
+        tenant: "t".into(),
+        key: Bytes::from_static(b"k"),
+        value: Some(Bytes::from_static(b"v")),
+        write_quorum: 1,
+        ..Default::default()
+    };
+    let written = tokio::time::timeout(Duration::from_secs(10), node.coordinate(write)).await.expect("in time");
+    assert_eq!(written.expect("coordinate").acked, ["n1"]);
+    let reads = (0..64).map(|_| node.read(read("k")));
+    for answer in futures::future::join_all(reads).await {
+        assert!(!answer.expect("read").state.is_empty());
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(10), node.read(read("k"))).await.expect("fails in time");
+    assert_eq!(error.expect_err("node stopped").code(), tonic::Code::Unavailable);
+}
