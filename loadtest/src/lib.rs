@@ -1,5 +1,13 @@
 //! Cohort's load and verification harness, as a library: the recorded
 //! workload shared by `cohort-loadtest verify` and the fault scenarios of the
-//! test suite.
+//! test suite, the YCSB key and operation generators of `cohort-loadtest run`,
+//! and the no-op gRPC service of `cohort-loadtest noop-server`.
 
+pub mod generator;
 pub mod workload;
+
+/// `cohort.loadtest.v1`: a gRPC service that does nothing (`proto/noop.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod noop {
+    tonic::include_proto!("cohort.loadtest.v1");
+}
