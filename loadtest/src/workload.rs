@@ -171,3 +171,36 @@ pub async fn read_final_state(
     }
     Ok(state)
 }
+
+/// Seeds for seeded fault scenarios: `COHORT_FAULT_SEED=N` replays one,
+/// `COHORT_FAULT_SEEDS=A-B` soaks a range, otherwise the CI default (1 and 2).
+pub fn fault_seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("COHORT_FAULT_SEED") {
+        return vec![seed.parse().expect("COHORT_FAULT_SEED is a number")];
+    }
+    if let Ok(range) = std::env::var("COHORT_FAULT_SEEDS") {
+        let (a, b) = range.split_once('-').expect("COHORT_FAULT_SEEDS is A-B");
+        return (a.parse().expect("number")..=b.parse().expect("number")).collect();
+    }
+    vec![1, 2]
+}
+
+/// Prints the command that replays a scenario's seed if the scenario panics
+/// while this guard lives.
+pub struct Replay {
+    /// `cargo test` arguments that select the test binary, e.g.
+    /// `-p cohort-tests --test faults`.
+    pub target: &'static str,
+    /// The test's name.
+    pub scenario: &'static str,
+    /// The seed being run.
+    pub seed: u64,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("replay with: COHORT_FAULT_SEED={} cargo test {} -- {}", self.seed, self.target, self.scenario);
+        }
+    }
+}

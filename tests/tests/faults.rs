@@ -24,34 +24,12 @@ use cohort_tests::{TENANT, TestCluster, client_for, test_config};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// Seeds to run: `COHORT_FAULT_SEED=N`, `COHORT_FAULT_SEEDS=A-B`, or the
-/// CI default.
 fn seeds() -> Vec<u64> {
-    if let Ok(seed) = std::env::var("COHORT_FAULT_SEED") {
-        return vec![seed.parse().expect("COHORT_FAULT_SEED is a number")];
-    }
-    if let Ok(range) = std::env::var("COHORT_FAULT_SEEDS") {
-        let (a, b) = range.split_once('-').expect("COHORT_FAULT_SEEDS is A-B");
-        return (a.parse().expect("number")..=b.parse().expect("number")).collect();
-    }
-    vec![1, 2]
+    cohort_loadtest::workload::fault_seeds()
 }
 
-/// Prints the command that replays a failing seed.
-struct Replay {
-    scenario: &'static str,
-    seed: u64,
-}
-
-impl Drop for Replay {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "replay with: COHORT_FAULT_SEED={} cargo test -p cohort-tests --test faults -- {}",
-                self.seed, self.scenario
-            );
-        }
-    }
+fn replay(scenario: &'static str, seed: u64) -> cohort_loadtest::workload::Replay {
+    cohort_loadtest::workload::Replay { target: "-p cohort-tests --test faults", scenario, seed }
 }
 
 fn fault_config() -> CoordinatorConfig {
@@ -176,7 +154,7 @@ async fn fault_window(
 ) -> Vec<cohort_checker::Summary> {
     let mut summaries = Vec::new();
     for seed in seeds() {
-        let _replay = Replay { scenario, seed };
+        let _replay = replay(scenario, seed);
         let mut env = Env::start_workload(seed, coordinators, workload(seed)).await;
         let clients = env.start_clients();
         let victim = env.rng.random_range(0..3);
@@ -206,7 +184,7 @@ async fn paused_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_from_one_node_then_two() {
     for seed in seeds() {
-        let _replay = Replay { scenario: "partitioned_from_one_node_then_two", seed };
+        let _replay = replay("partitioned_from_one_node_then_two", seed);
         let mut env = Env::start_workload(seed, 1, mixed(seed)).await;
         let clients = env.start_clients();
         let first = env.rng.random_range(0..3);
@@ -241,7 +219,7 @@ async fn partitioned_from_one_node_then_two() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_node() {
     for seed in seeds() {
-        let _replay = Replay { scenario: "flapping_node", seed };
+        let _replay = replay("flapping_node", seed);
         let mut env = Env::start_workload(seed, 1, mixed(seed)).await;
         let clients = env.start_clients();
         let victim = env.rng.random_range(0..3);

@@ -55,34 +55,12 @@ read_repair = "sync"
 ring_refresh_ms = 200
 "#;
 
-/// Seeds to run: `COHORT_FAULT_SEED=N`, `COHORT_FAULT_SEEDS=A-B`, or the
-/// CI default.
 fn seeds() -> Vec<u64> {
-    if let Ok(seed) = std::env::var("COHORT_FAULT_SEED") {
-        return vec![seed.parse().expect("COHORT_FAULT_SEED is a number")];
-    }
-    if let Ok(range) = std::env::var("COHORT_FAULT_SEEDS") {
-        let (a, b) = range.split_once('-').expect("COHORT_FAULT_SEEDS is A-B");
-        return (a.parse().expect("number")..=b.parse().expect("number")).collect();
-    }
-    vec![1, 2]
+    cohort_loadtest::workload::fault_seeds()
 }
 
-/// Prints the command that replays a failing seed.
-struct Replay {
-    scenario: &'static str,
-    seed: u64,
-}
-
-impl Drop for Replay {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "replay with: COHORT_FAULT_SEED={} cargo test -p cohort-cli --test process_faults -- {}",
-                self.seed, self.scenario
-            );
-        }
-    }
+fn replay(scenario: &'static str, seed: u64) -> cohort_loadtest::workload::Replay {
+    cohort_loadtest::workload::Replay { target: "-p cohort-cli --test process_faults", scenario, seed }
 }
 
 /// Runs blocking process management (spawning, waiting for a line, reaping,
@@ -371,7 +349,7 @@ async fn wait_until_stopped(proc: &Proc, stopped: bool) {
 async fn paused_node_process() {
     const SCENARIO: &str = "paused_node_process";
     for seed in seeds() {
-        let _replay = Replay { scenario: SCENARIO, seed };
+        let _replay = replay(SCENARIO, seed);
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
         let cluster = blocking(Cluster::start);
         let client = client_for(&cluster.endpoint()).await;
@@ -440,7 +418,7 @@ async fn probe_writer(client: Client, seed: u64, writer: u32, stop: Arc<AtomicBo
 async fn node_killed_mid_group_commit() {
     const SCENARIO: &str = "node_killed_mid_group_commit";
     for seed in seeds() {
-        let _replay = Replay { scenario: SCENARIO, seed };
+        let _replay = replay(SCENARIO, seed);
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
         let mut cluster = blocking(Cluster::start);
         let client = client_for(&cluster.endpoint()).await;
@@ -513,7 +491,7 @@ async fn node_killed_mid_group_commit() {
 async fn coordinator_killed_and_restarted() {
     const SCENARIO: &str = "coordinator_killed_and_restarted";
     for seed in seeds() {
-        let _replay = Replay { scenario: SCENARIO, seed };
+        let _replay = replay(SCENARIO, seed);
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
         let mut cluster = blocking(Cluster::start);
         let client = client_for(&cluster.endpoint()).await;
