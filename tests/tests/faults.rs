@@ -185,6 +185,24 @@ async fn paused_replica() {
 async fn partitioned_from_one_node_then_two() {
     for seed in seeds() {
         let _replay = replay("partitioned_from_one_node_then_two", seed);
+        partition_one_then_two(seed).await;
+    }
+}
+
+/// Regression: with this seed, a write whose coordinating replica timed out
+/// was re-sent to the next replica and stored under a second dot; the value,
+/// later replaced through one dot, came back through the other ("revived").
+/// Writes that may have applied are no longer re-sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_timed_out_write_applied_twice_revives_a_replaced_value() {
+    let _replay = replay("regression_timed_out_write_applied_twice_revives_a_replaced_value", 26);
+    partition_one_then_two(26).await;
+}
+
+/// Cuts one replica off at 20% of the run, a second at 50%, heals both at
+/// 70%, and audits.
+async fn partition_one_then_two(seed: u64) {
+    {
         let mut env = Env::start_workload(seed, 1, mixed(seed)).await;
         let clients = env.start_clients();
         let first = env.rng.random_range(0..3);
