@@ -128,12 +128,17 @@ struct Session {
 }
 
 impl Session {
-    /// Fails every waiting call; the session is not used again.
-    fn close(&self, reason: &str) {
+    /// Fails every waiting call; the session is not used again. `ended`
+    /// says the node closed the stream in order: it stops taking requests
+    /// and answers every one it took before ending, so a call still waiting
+    /// then was never acted on. Otherwise the stream broke and a waiting
+    /// call may or may not have been.
+    fn close(&self, reason: &str, ended: bool) {
         self.closed.store(true, Ordering::Release);
         let waiting: Vec<_> = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (_, reply) in waiting {
-            let _ = reply.send(Err(NodeError::Lost(Status::unavailable(reason.to_string()))));
+            let status = Status::unavailable(reason.to_string());
+            let _ = reply.send(Err(if ended { NodeError::NotSent(status) } else { NodeError::Lost(status) }));
         }
     }
 }
@@ -192,7 +197,7 @@ impl NodeClient {
         session.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
         let _waiting = Waiting { session: &session, id };
         if session.requests.send(PipelineRequest { id, op: Some(op) }).await.is_err() {
-            session.close("pipeline to node closed");
+            session.close("pipeline to node closed", false);
             return Err(NodeError::NotSent(Status::unavailable("pipeline to node closed")));
         }
         match answer.await {
@@ -245,11 +250,11 @@ async fn dispatch(mut inbound: tonic::Streaming<PipelineResponse>, session: std:
                 }
             }
             Ok(None) => {
-                session.close("node closed the pipeline");
+                session.close("node closed the pipeline", true);
                 return;
             }
             Err(status) => {
-                session.close(&format!("pipeline to node failed: {}", status.message()));
+                session.close(&format!("pipeline to node failed: {}", status.message()), false);
                 return;
             }
         }

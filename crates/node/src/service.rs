@@ -105,7 +105,10 @@ impl Storage for StorageService {
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             // Each operation runs on its own task, so a slow one (a write
-            // waiting for its peers) never holds up the others.
+            // waiting for its peers) never holds up the others. The answer
+            // stream ends only after every operation taken has answered
+            // (each holds a sender), which tells clients that a request
+            // still unanswered then was never acted on.
             loop {
                 let request = tokio::select! {
                     request = inbound.message() => request,
