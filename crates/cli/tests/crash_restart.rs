@@ -177,13 +177,12 @@ async fn acknowledged_writes_survive_kill_9_and_are_read_at_all_replicas() {
     let all = ReadOptions { consistency: Some(Consistency::All) };
     // Wait until all three replicas answer again.
     let deadline = Instant::now() + DEADLINE;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
     loop {
+        poll.tick().await;
         match client.get_with(TENANT, acked[0].key.clone(), all.clone()).await {
             Ok(_) => break,
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("waiting for R=3 reads: {error}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(error) if Instant::now() < deadline => eprintln!("waiting for R=3 reads: {error}"),
             Err(error) => panic!("R=3 reads still fail after {DEADLINE:?}: {error}"),
         }
     }
