@@ -1,7 +1,7 @@
 //! Compiles `proto/noop.proto` with protox (pure Rust; no `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
     let files = ["noop.proto"];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
