@@ -35,18 +35,11 @@ pub async fn final_audit(cluster: &TestCluster, client: &Client, history: &Histo
             }
             replicas.insert(key, states);
         }
-        let settled = previous.as_ref().is_some_and(|p| same_states(p, &replicas));
+        let settled = previous.as_ref().is_some_and(|p| cohort_checker::same_replica_states(p, &replicas));
         if settled {
             break;
         }
         previous = Some(replicas.clone());
     }
     cohort_checker::audit(history, &final_state, Some(&replicas))
-}
-
-fn same_states(a: &ReplicaStates, b: &ReplicaStates) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
-            ka == kb && va.len() == vb.len() && va.iter().zip(vb).all(|(x, y)| x.state == y.state)
-        })
 }

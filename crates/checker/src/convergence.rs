@@ -78,6 +78,15 @@ impl ConvergenceReport {
     }
 }
 
+/// Whether two snapshots hold the same keys with byte-equal replica states:
+/// repeated snapshots that agree mean late writes have stopped landing.
+pub fn same_replica_states(a: &ReplicaStates, b: &ReplicaStates) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
+            ka == kb && va.len() == vb.len() && va.iter().zip(vb).all(|(x, y)| x.state == y.state)
+        })
+}
+
 /// Invariant 3 (replicas converge): for every key, all replicas' encoded
 /// states are byte-equal. A key with zero or one replica listed passes
 /// vacuously.

@@ -106,7 +106,9 @@ mod phantom;
 mod verdict;
 
 pub use causal::{CausalReport, CausalViolation, CausalViolationKind, SkipReason, SkippedKey, check_causal_chains};
-pub use convergence::{ConvergenceReport, DivergentKey, ReplicaState, ReplicaStates, ReplicaView, check_convergence};
+pub use convergence::{
+    ConvergenceReport, DivergentKey, ReplicaState, ReplicaStates, ReplicaView, check_convergence, same_replica_states,
+};
 pub use history::{
     FinalState, History, HistoryError, HistoryReport, JsonLinesError, Op, OpHandle, OpKind, Outcome, Value,
     check_history,

@@ -22,7 +22,7 @@ use cohort_client::{Client, Consistency, ReadOptions};
 use cohort_proto::v1::ReadRequest;
 use cohort_proto::v1::storage_client::StorageClient;
 use cohort_ring::SiblingSet;
-use common::{Coordinator, DEADLINE, Proc, run, start_coordinator, start_node};
+use common::{Coordinator, DEADLINE, Proc, admin, node_id, start_coordinator, start_node};
 use tokio::sync::watch;
 
 const TENANT: &str = "app";
@@ -49,18 +49,6 @@ struct Cluster {
     nodes: Vec<Option<Proc>>,
     coordinator: Coordinator,
     dir: tempfile::TempDir,
-}
-
-fn node_id(index: usize) -> String {
-    format!("node-{}", index + 1)
-}
-
-fn admin(endpoint: &str, args: &[&str]) {
-    let mut all = vec!["admin"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--endpoint", endpoint]);
-    let output = run(&all);
-    assert!(output.success(), "cohort {all:?} failed: {output:?}");
 }
 
 fn node_dir(dir: &Path, index: usize) -> std::path::PathBuf {

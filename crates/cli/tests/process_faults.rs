@@ -34,7 +34,7 @@ use cohort_loadtest::workload::{Recorder, Workload, start};
 use cohort_proto::v1::ReadRequest;
 use cohort_proto::v1::storage_client::StorageClient;
 use cohort_ring::SiblingSet;
-use common::{Coordinator, DEADLINE, Proc, run, try_start_coordinator, try_start_node};
+use common::{Coordinator, DEADLINE, Proc, admin, node_id, try_start_coordinator, try_start_node};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
@@ -67,18 +67,6 @@ fn replay(scenario: &'static str, seed: u64) -> cohort_loadtest::workload::Repla
 /// CLI commands) without stalling the runtime's other tasks.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
-}
-
-fn node_id(index: usize) -> String {
-    format!("node-{}", index + 1)
-}
-
-fn admin(endpoint: &str, args: &[&str]) {
-    let mut all = vec!["admin"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--endpoint", endpoint]);
-    let output = run(&all);
-    assert!(output.success(), "cohort {all:?} failed: {output:?}");
 }
 
 /// Three node processes and a coordinator process. Field order matters: the
@@ -297,19 +285,12 @@ async fn final_audit(cluster: &Cluster, client: &Client, history: &History) -> V
             }
             replicas.insert(key.clone(), states);
         }
-        if previous.as_ref().is_some_and(|p| same_states(p, &replicas)) {
+        if previous.as_ref().is_some_and(|p| cohort_checker::same_replica_states(p, &replicas)) {
             break;
         }
         previous = Some(replicas.clone());
     }
     cohort_checker::audit(history, &final_state, Some(&replicas))
-}
-
-fn same_states(a: &ReplicaStates, b: &ReplicaStates) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
-            ka == kb && va.len() == vb.len() && va.iter().zip(vb).all(|(x, y)| x.state == y.state)
-        })
 }
 
 /// Audits `history` on `cluster` and asserts a clean verdict with at least

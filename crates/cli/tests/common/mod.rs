@@ -154,20 +154,19 @@ impl Proc {
         let pid = self.pid().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill(1)");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + DEADLINE;
-        let child = self.child.as_mut().expect("process is running");
-        loop {
-            if let Some(status) = child.try_wait().expect("query the child's status") {
-                self.child = None;
-                return status;
+        // The child's exit is the event: a thread waits on it and the test
+        // waits for that thread, at most DEADLINE.
+        let mut child = self.child.take().expect("process is running");
+        let (exited, exit) = channel();
+        std::thread::spawn(move || {
+            let _ = exited.send(child.wait().expect("wait for the child"));
+        });
+        match exit.recv_timeout(DEADLINE) {
+            Ok(status) => status,
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                panic!("{} did not exit within {DEADLINE:?} of SIGTERM; stderr:\n{}", self.name, self.stderr_tail());
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {DEADLINE:?} of SIGTERM; stderr:\n{}",
-                self.name,
-                self.stderr_tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -219,6 +218,20 @@ impl Output {
 }
 
 /// Runs `cohort <args>` to completion (up to [`DEADLINE`]).
+/// The id of node number `index` (from 0): `node-1`, `node-2`, …
+pub fn node_id(index: usize) -> String {
+    format!("node-{}", index + 1)
+}
+
+/// Runs `cohort admin ARGS --endpoint ENDPOINT` and asserts it succeeded.
+pub fn admin(endpoint: &str, args: &[&str]) {
+    let mut all = vec!["admin"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--endpoint", endpoint]);
+    let output = run(&all);
+    assert!(output.success(), "cohort {all:?} failed: {output:?}");
+}
+
 pub fn run(args: &[&str]) -> Output {
     run_with_stdin(args, None)
 }
