@@ -1,6 +1,6 @@
 //! `cohort-loadtest`: drive a Cohort cluster (or etcd, or a no-op gRPC
 //! server) with YCSB workloads and measure it (`run`), serve the no-op
-//! service (`noop-server`), or record a workload's history and audit it
+//! service (`noop-server`), summarise runs (`report`), or record a workload's history and audit it
 //! (`verify`).
 
 use clap::{Parser, Subcommand};
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod noop_server;
 mod report;
 mod run;
+mod summary;
 mod target;
 mod verify;
 
@@ -25,6 +26,9 @@ enum Command {
     /// open loop; prints throughput and latency percentiles per operation type, optionally as JSON and an
     /// SVG latency plot.
     Run(Box<run::RunArgs>),
+    /// Summarise a directory of `run --json` reports (as `compare.sh` writes them) into a Markdown report
+    /// with medians, ratios to etcd and to the no-op ceiling, the performance targets, and a latency plot.
+    Report(summary::ReportArgs),
     /// Serve a gRPC call that does nothing, for `run --target noop://ADDR`: the transport's ceiling.
     NoopServer(noop_server::NoopServerArgs),
     /// Run a recorded workload with unique values for a while, then audit
@@ -39,6 +43,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(*args).await,
+        Command::Report(args) => summary::run(args),
         Command::NoopServer(args) => noop_server::run(args).await,
         Command::Verify(args) => verify::run(args).await,
     }

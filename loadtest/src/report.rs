@@ -117,6 +117,15 @@ impl Stats {
     pub fn in_order(&self) -> impl Iterator<Item = (&'static str, &OpStats)> {
         OP_NAMES.iter().filter_map(|name| self.ops.get(name).map(|op| (*name, op)))
     }
+
+    /// Latency of every successful operation, whatever its type.
+    pub fn all_latency(&self) -> Histogram<u64> {
+        let mut all = histogram();
+        for op in self.ops.values() {
+            all.add(&op.latency).expect("same histogram bounds");
+        }
+        all
+    }
 }
 
 /// The run's description, for the report's header and JSON.
@@ -143,6 +152,8 @@ pub struct RunInfo {
     pub consistency: Option<String>,
     /// `--tenant` (Cohort only).
     pub tenant: String,
+    /// `--label`: the name of the system under test in comparisons.
+    pub label: String,
 }
 
 fn percentiles(h: &Histogram<u64>) -> [(&'static str, u64); 5] {
@@ -167,7 +178,15 @@ pub fn to_json(info: &RunInfo, stats: &Stats, elapsed: Duration) -> Value {
         }
         operations.insert(name.to_string(), entry);
     }
+    let all = stats.all_latency();
+    let curve: Vec<Value> = (0..=CURVE_STEPS)
+        .map(|step| {
+            let x = MAX_NINES * f64::from(step) / f64::from(CURVE_STEPS);
+            json!([x, if all.is_empty() { 0 } else { all.value_at_quantile(nines(x)) }])
+        })
+        .collect();
     let mut report = json!({
+        "label": info.label,
         "target": info.target,
         "workload": info.workload,
         "distribution": info.distribution,
@@ -184,6 +203,8 @@ pub fn to_json(info: &RunInfo, stats: &Stats, elapsed: Duration) -> Value {
         "count": stats.successes(),
         "errors": stats.errors(),
         "operations": operations,
+        "all": Value::Object(percentiles(&all).into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()),
+        "curve_us": curve,
     });
     if info.rate.is_some() {
         let mut delay = serde_json::Map::new();
@@ -260,13 +281,20 @@ fn format_micros(us: u64) -> String {
     }
 }
 
+/// Points of `curve_us` in the JSON: the latency of all operations at
+/// `x = 0, 0.05, … 4` on the [`nines`] axis.
+const CURVE_STEPS: u32 = 80;
+
+/// The plots' x axis ends at p99.99.
+pub const MAX_NINES: f64 = 4.0;
+
 /// Percentile on the plot's x axis: x = -log10(1 - p), so 0 → p0, 1 → p90,
 /// 2 → p99, 3 → p99.9, 4 → p99.99.
-fn nines(x: f64) -> f64 {
+pub fn nines(x: f64) -> f64 {
     1.0 - 10f64.powf(-x)
 }
 
-fn nines_label(x: f64) -> String {
+pub fn nines_label(x: f64) -> String {
     let percent = nines(x) * 100.0;
     let text = format!("{percent:.4}");
     let text = text.trim_end_matches('0').trim_end_matches('.');
@@ -277,7 +305,6 @@ fn nines_label(x: f64) -> String {
 pub fn plot(path: &Path, info: &RunInfo, stats: &Stats) -> anyhow::Result<()> {
     use plotters::prelude::*;
 
-    const MAX_NINES: f64 = 4.0;
     let series: Vec<(&str, &Histogram<u64>)> =
         stats.in_order().filter(|(_, op)| !op.latency.is_empty()).map(|(name, op)| (name, &op.latency)).collect();
     let top_ms =
@@ -377,6 +404,7 @@ mod tests {
             warmup: Duration::ZERO,
             consistency: None,
             tenant: "default".into(),
+            label: "noop".into(),
         };
         let dir = tempfile::tempdir().expect("temporary directory");
         let path = dir.path().join("latency.svg");

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::report::{self, RunInfo, Stats};
-use crate::target::{OpError, Target, TargetOptions, TargetSpec, key_of};
+use crate::target::{OpError, Target, TargetOptions, TargetSpec};
 use crate::verify::parse_duration;
 
 /// Why `--workload e` is refused.
@@ -128,6 +128,10 @@ pub struct RunArgs {
     /// Records loaded before the run (keys user000000000000…).
     #[arg(long, default_value_t = 1000)]
     records: u64,
+    /// Records are keyed PREFIX000000000000…: a fresh prefix gives a run records of its own (Cohort keeps
+    /// the loads of earlier runs as siblings of blind writes, since the load phase writes without a context).
+    #[arg(long, default_value = "user")]
+    key_prefix: String,
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -160,6 +164,9 @@ pub struct RunArgs {
     /// Draw a latency-percentile plot to FILE.svg.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Name of the system under test in the JSON, for `cohort-loadtest report` [default: the target's scheme].
+    #[arg(long)]
+    label: Option<String>,
     /// Cohort tenant to write into (keys user… are overwritten).
     #[arg(long, default_value = "default")]
     tenant: String,
@@ -299,8 +306,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let distribution = args.distribution.unwrap_or_else(|| args.workload.default_distribution());
 
-    let options =
-        TargetOptions { tenant: args.tenant.clone(), consistency: args.consistency, value_size: args.value_size };
+    anyhow::ensure!(!args.key_prefix.is_empty(), "--key-prefix must not be empty");
+    let options = TargetOptions {
+        tenant: args.tenant.clone(),
+        consistency: args.consistency,
+        value_size: args.value_size,
+        key_prefix: args.key_prefix.clone(),
+    };
     let target = Target::connect(&args.target, &options).await?;
     let space = Arc::new(KeySpace::new(args.records));
     let ctx = Ctx {
@@ -340,6 +352,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         consistency: args.consistency.map(|c| format!("{c:?}").to_lowercase()),
         tenant: args.tenant.clone(),
+        label: args.label.clone().unwrap_or_else(|| args.target.scheme_name().into()),
     };
     print!("{}", report::to_text(&info, &stats, elapsed));
     if let Some(path) = &args.json {
@@ -371,7 +384,7 @@ async fn load(ctx: &Ctx, records: u64) -> anyhow::Result<()> {
                     return Ok(());
                 }
                 if let Err(error) = execute_timed(&target, OpKind::Insert, index).await {
-                    let key = String::from_utf8_lossy(&key_of(index)).into_owned();
+                    let key = String::from_utf8_lossy(&target.key(index)).into_owned();
                     anyhow::bail!("loading record {key} failed: {}: {}", error.code, error.message);
                 }
                 bar.inc(1);

@@ -57,14 +57,20 @@ impl FromStr for TargetSpec {
     }
 }
 
-impl fmt::Display for TargetSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.scheme {
+impl TargetSpec {
+    /// `cohort`, `etcd` or `noop`.
+    pub fn scheme_name(&self) -> &'static str {
+        match self.scheme {
             Scheme::Cohort => "cohort",
             Scheme::Etcd => "etcd",
             Scheme::Noop => "noop",
-        };
-        write!(f, "{scheme}://{}", self.endpoints.join(","))
+        }
+    }
+}
+
+impl fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme_name(), self.endpoints.join(","))
     }
 }
 
@@ -117,10 +123,18 @@ pub struct TargetOptions {
     pub consistency: Option<Consistency>,
     /// Bytes per value.
     pub value_size: usize,
+    /// Records are keyed `{key_prefix}{index:012}`.
+    pub key_prefix: String,
 }
 
 /// A connected target; cheap to share behind an `Arc`.
-pub enum Target {
+pub struct Target {
+    backend: Backend,
+    key_prefix: String,
+}
+
+/// The system behind a [`Target`].
+enum Backend {
     /// Cohort, through the SDK.
     Cohort(Box<CohortTarget>),
     /// The no-op service.
@@ -150,8 +164,8 @@ pub struct CohortTarget {
 }
 
 /// The key of record `index`.
-pub fn key_of(index: u64) -> Bytes {
-    Bytes::from(format!("user{index:012}"))
+pub fn key_of(prefix: &str, index: u64) -> Bytes {
+    Bytes::from(format!("{prefix}{index:012}"))
 }
 
 fn value_of(size: usize) -> Bytes {
@@ -162,12 +176,12 @@ impl Target {
     /// Connects to `spec`.
     pub async fn connect(spec: &TargetSpec, options: &TargetOptions) -> anyhow::Result<Arc<Self>> {
         let value = value_of(options.value_size);
-        let target = match spec.scheme {
+        let backend = match spec.scheme {
             Scheme::Cohort => {
                 let client = Client::connect(format!("http://{}", spec.endpoints[0]))
                     .await?
                     .with_retry(RetryPolicy { max_attempts: 1, ..Default::default() });
-                Target::Cohort(Box::new(CohortTarget {
+                Backend::Cohort(Box::new(CohortTarget {
                     client,
                     tenant: options.tenant.clone(),
                     read: ReadOptions { consistency: options.consistency },
@@ -184,15 +198,20 @@ impl Target {
                     .connect()
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot connect to {endpoint}: {e}"))?;
-                Target::Noop { client: NoopClient::new(channel), value }
+                Backend::Noop { client: NoopClient::new(channel), value }
             }
             Scheme::Etcd => Self::connect_etcd(spec, options, value).await?,
         };
-        Ok(Arc::new(target))
+        Ok(Arc::new(Target { backend, key_prefix: options.key_prefix.clone() }))
+    }
+
+    /// The key of record `index`.
+    pub fn key(&self, index: u64) -> Bytes {
+        key_of(&self.key_prefix, index)
     }
 
     #[cfg(not(feature = "etcd"))]
-    async fn connect_etcd(_: &TargetSpec, _: &TargetOptions, _: Bytes) -> anyhow::Result<Self> {
+    async fn connect_etcd(_: &TargetSpec, _: &TargetOptions, _: Bytes) -> anyhow::Result<Backend> {
         anyhow::bail!(
             "this cohort-loadtest was built without etcd support: rebuild it with `--features etcd`, e.g. \
              `cargo build --release -p cohort-loadtest --features etcd` (etcd-client's build script needs protoc: \
@@ -201,7 +220,7 @@ impl Target {
     }
 
     #[cfg(feature = "etcd")]
-    async fn connect_etcd(spec: &TargetSpec, options: &TargetOptions, value: Bytes) -> anyhow::Result<Self> {
+    async fn connect_etcd(spec: &TargetSpec, options: &TargetOptions, value: Bytes) -> anyhow::Result<Backend> {
         let connect = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
         let client = etcd_client::Client::connect(&spec.endpoints, Some(connect))
             .await
@@ -209,40 +228,40 @@ impl Target {
         // `one` reads any member's copy (serializable); anything else is
         // etcd's default, a linearizable read through the leader.
         let serializable = matches!(options.consistency, Some(Consistency::One));
-        Ok(Target::Etcd(Box::new(EtcdTarget { kv: client.kv_client(), serializable, value })))
+        Ok(Backend::Etcd(Box::new(EtcdTarget { kv: client.kv_client(), serializable, value })))
     }
 
     /// Whether records must be loaded before the run (not for noop).
     pub fn needs_load(&self) -> bool {
-        !matches!(self, Target::Noop { .. })
+        !matches!(self.backend, Backend::Noop { .. })
     }
 
     /// The name an operation of `kind` is reported under.
     pub fn report_name(&self, kind: OpKind) -> &'static str {
-        match self {
-            Target::Noop { .. } => "noop",
+        match self.backend {
+            Backend::Noop { .. } => "noop",
             _ => kind.name(),
         }
     }
 
     /// Performs one operation of `kind` on record `index`.
     pub async fn execute(&self, kind: OpKind, index: u64) -> Result<(), OpError> {
-        match self {
-            Target::Cohort(cohort) => cohort.execute(kind, index).await,
-            Target::Noop { client, value } => {
+        let key = self.key(index);
+        match &self.backend {
+            Backend::Cohort(cohort) => cohort.execute(kind, index, key).await,
+            Backend::Noop { client, value } => {
                 let value = if matches!(kind, OpKind::Read) { Bytes::new() } else { value.clone() };
-                client.clone().call(NoopRequest { key: key_of(index), value }).await?;
+                client.clone().call(NoopRequest { key, value }).await?;
                 Ok(())
             }
             #[cfg(feature = "etcd")]
-            Target::Etcd(etcd) => etcd.execute(kind, index).await,
+            Backend::Etcd(etcd) => etcd.execute(kind, key).await,
         }
     }
 }
 
 impl CohortTarget {
-    async fn execute(&self, kind: OpKind, index: u64) -> Result<(), OpError> {
-        let key = key_of(index);
+    async fn execute(&self, kind: OpKind, index: u64, key: Bytes) -> Result<(), OpError> {
         let context = match kind {
             OpKind::Read => self.client.get_with(&self.tenant, key, self.read.clone()).await?.context,
             OpKind::Update | OpKind::Insert => {
@@ -281,24 +300,24 @@ pub struct EtcdTarget {
 
 #[cfg(feature = "etcd")]
 impl EtcdTarget {
-    async fn get(&self, index: u64) -> Result<(), OpError> {
+    async fn get(&self, key: &Bytes) -> Result<(), OpError> {
         let options = self.serializable.then(|| etcd_client::GetOptions::new().with_serializable());
-        self.kv.clone().get(key_of(index).to_vec(), options).await?;
+        self.kv.clone().get(key.to_vec(), options).await?;
         Ok(())
     }
 
-    async fn put(&self, index: u64) -> Result<(), OpError> {
-        self.kv.clone().put(key_of(index).to_vec(), self.value.to_vec(), None).await?;
+    async fn put(&self, key: &Bytes) -> Result<(), OpError> {
+        self.kv.clone().put(key.to_vec(), self.value.to_vec(), None).await?;
         Ok(())
     }
 
-    async fn execute(&self, kind: OpKind, index: u64) -> Result<(), OpError> {
+    async fn execute(&self, kind: OpKind, key: Bytes) -> Result<(), OpError> {
         match kind {
-            OpKind::Read => self.get(index).await,
-            OpKind::Update | OpKind::Insert => self.put(index).await,
+            OpKind::Read => self.get(&key).await,
+            OpKind::Update | OpKind::Insert => self.put(&key).await,
             OpKind::ReadModifyWrite => {
-                self.get(index).await?;
-                self.put(index).await
+                self.get(&key).await?;
+                self.put(&key).await
             }
         }
     }

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# Cohort beside a 3-member etcd cluster and the no-op gRPC ceiling, on this
+# machine, in one run. Writes loadtest/results/REPORT.md, latency.svg and the
+# raw JSON of every run under loadtest/results/raw/.
+#
+#   loadtest/compare.sh [--runs N] [--duration 5s] [--warmup 1s] [--records N]
+#                       [--workloads "a b c f"] [--concurrency "1 16 64"]
+#                       [--out DIR] [--quick]
+#
+# Systems: etcd (3 members, default linearizable reads), cohort-dev (`cohort
+# dev`: three storage nodes and a coordinator in one process), cohort-procs
+# (a `cohort coordinator` and three `cohort node` processes), and noop (a
+# unary tonic call that does nothing). Every cell (workload × concurrency) is
+# run against each system in turn, the order rotating from one repeat to the
+# next; then an open loop of workload A at half of cohort-dev's median peak
+# runs against each. Every load run is bounded by --duration; everything
+# listens on 127.0.0.1 only; the processes started here are stopped by PID on
+# exit. Needs etcd (Debian package etcd-server) and protoc (protobuf-compiler,
+# for the etcd client): both are installed with apt-get when missing.
+set -euo pipefail
+
+RUNS=3
+DURATION=5s
+WARMUP=1s
+RECORDS=1000
+WORKLOADS="a b c f"
+CONCURRENCY="1 16 64"
+OPEN_SLOTS=1024
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT="$ROOT/loadtest/results"
+
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) RUNS=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --warmup) WARMUP=$2; shift 2 ;;
+        --records) RECORDS=$2; shift 2 ;;
+        --workloads) WORKLOADS=$2; shift 2 ;;
+        --concurrency) CONCURRENCY=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --quick) RUNS=1; DURATION=2s; WARMUP=0s; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+case "$RUNS" in ''|*[!0-9]*|0) echo "--runs must be a positive number" >&2; exit 2 ;; esac
+
+log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# --- tools ---------------------------------------------------------------
+install_packages() {
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    log "installing $*"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null \
+        || { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }
+}
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v curl >/dev/null || missing+=(curl)
+[ ${#missing[@]} -eq 0 ] || install_packages "${missing[@]}"
+
+log "building (release)"
+(cd "$ROOT" && cargo build --release -q -p cohort-cli -p cohort-loadtest --features cohort-loadtest/etcd)
+COHORT="$ROOT/target/release/cohort"
+LOADTEST="$ROOT/target/release/cohort-loadtest"
+
+# --- processes -----------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/cohort-compare.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME COMMAND…: runs COMMAND in the background, logging to $WORK/NAME.log.
+start() {
+    local name=$1; shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+}
+
+# wait_line NAME PATTERN: the first line of NAME's log matching PATTERN (30 s at most).
+wait_line() {
+    local line
+    for _ in $(seq 300); do
+        line=$(grep -m1 -E "$2" "$WORK/$1.log" || true)
+        if [ -n "$line" ]; then echo "$line"; return 0; fi
+        sleep 0.1
+    done
+    echo "$1 did not print /$2/ within 30 s; its log:" >&2
+    tail -20 "$WORK/$1.log" >&2
+    return 1
+}
+
+# wait_http URL: until URL answers 2xx (30 s at most).
+wait_http() {
+    for _ in $(seq 300); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$1 did not answer within 30 s" >&2
+    return 1
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# free_ports N FROM: N free ports at or above FROM.
+free_ports() {
+    local wanted=$1 port=$2 found=()
+    while [ ${#found[@]} -lt "$wanted" ]; do
+        port_free "$port" && found+=("$port")
+        port=$((port + 1))
+        [ "$port" -lt 65000 ] || { echo "no free ports" >&2; return 1; }
+    done
+    echo "${found[@]}"
+}
+
+# etcd: three members on 127.0.0.1.
+read -r -a ETCD_PORTS <<<"$(free_ports 6 32379)"
+CLUSTER=""
+for i in 1 2 3; do
+    CLUSTER+="${CLUSTER:+,}m$i=http://127.0.0.1:${ETCD_PORTS[$((i + 2))]}"
+done
+ETCD_ENDPOINTS=""
+for i in 1 2 3; do
+    client=${ETCD_PORTS[$((i - 1))]} peer=${ETCD_PORTS[$((i + 2))]}
+    start "etcd$i" etcd --name "m$i" --data-dir "$WORK/etcd$i" \
+        --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "$CLUSTER" --initial-cluster-token cohort-compare --initial-cluster-state new \
+        --logger zap --log-level warn
+    ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}127.0.0.1:$client"
+done
+for i in 1 2 3; do wait_http "http://127.0.0.1:${ETCD_PORTS[$((i - 1))]}/health"; done
+log "etcd: $ETCD_ENDPOINTS"
+
+# cohort-dev: the whole cluster in one process.
+start dev "$COHORT" dev --data-dir "$WORK/dev" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+DEV=$(wait_line dev '^  API:' | awk '{print $2}')
+DEV_METRICS=$(wait_line dev '^  metrics:' | awk '{print $2}')
+wait_http "${DEV_METRICS%/metrics}/health/ready"
+log "cohort-dev: $DEV"
+
+# cohort-procs: a coordinator and three storage nodes, each its own process.
+NODES=()
+for i in 1 2 3; do
+    start "node$i" "$COHORT" node --id "node-$i" --data-dir "$WORK/node$i" --listen 127.0.0.1:0
+    NODES+=("$(wait_line "node$i" 'listening on' | awk '{print $NF}')")
+done
+start coordinator "$COHORT" coordinator --id coordinator-1 --data-dir "$WORK/coordinator" \
+    --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+PROCS_METRICS=$(wait_line coordinator '^metrics on ' | awk '{print $3}')
+PROCS="http://$(wait_line coordinator 'listening on' | awk '{print $NF}')"
+for i in 1 2 3; do
+    "$COHORT" admin node add --id "node-$i" --address "${NODES[$((i - 1))]}" --endpoint "$PROCS" >/dev/null
+done
+wait_http "${PROCS_METRICS%/metrics}/health/ready"
+log "cohort-procs: $PROCS (nodes ${NODES[*]})"
+
+# Both Cohort clusters: a tenant with N=3, R=2, W=2 (quorum).
+for endpoint in "$DEV" "$PROCS"; do
+    "$COHORT" admin tenant create bench --replication 3 --read 2 --write 2 --endpoint "$endpoint" >/dev/null
+done
+
+start noop "$LOADTEST" noop-server --listen 127.0.0.1:0
+NOOP=$(wait_line noop 'listening on' | awk '{print $NF}')
+log "noop: $NOOP"
+
+declare -A TARGETS=(
+    [etcd]="etcd://$ETCD_ENDPOINTS"
+    [cohort-dev]="cohort://${DEV#http://}"
+    [cohort-procs]="cohort://${PROCS#http://}"
+    [noop]="noop://$NOOP"
+)
+SYSTEMS=(etcd cohort-dev cohort-procs)
+
+# --- runs ----------------------------------------------------------------
+RAW="$OUT/raw"
+mkdir -p "$RAW"
+rm -f "$RAW"/*.json
+
+# measure LABEL FILE ARGS…: one bounded load run, its JSON in $RAW/FILE.json.
+measure() {
+    local label=$1 file=$2; shift 2
+    log "$file"
+    "$LOADTEST" run --target "${TARGETS[$label]}" --label "$label" --tenant bench --records "$RECORDS" \
+        --key-prefix "$file-" --duration "$DURATION" --warmup "$WARMUP" --json "$RAW/$file.json" "$@" \
+        >"$WORK/last-run.txt" 2>&1 || { cat "$WORK/last-run.txt" >&2; return 1; }
+}
+
+STARTED=$(date -u +"%Y-%m-%d %H:%M UTC")
+for run in $(seq "$RUNS"); do
+    # Rotate the order of the systems from one repeat to the next.
+    shift_by=$(((run - 1) % ${#SYSTEMS[@]}))
+    order=("${SYSTEMS[@]:$shift_by}" "${SYSTEMS[@]:0:$shift_by}")
+    for c in $CONCURRENCY; do
+        measure noop "noop-c$c-r$run" --workload a --concurrency "$c"
+    done
+    for w in $WORKLOADS; do
+        for c in $CONCURRENCY; do
+            for system in "${order[@]}"; do
+                measure "$system" "$system-$w-c$c-r$run" --workload "$w" --concurrency "$c"
+            done
+        done
+    done
+done
+
+if [[ " $WORKLOADS " == *" a "* ]]; then
+    RATE=$("$LOADTEST" report --results "$RAW" --print-half-peak cohort-dev)
+    log "open loop at $RATE ops/s (half of cohort-dev's median peak on workload a)"
+    for run in $(seq "$RUNS"); do
+        for system in "${SYSTEMS[@]}"; do
+            measure "$system" "$system-open-r$run" --workload a --rate "$RATE" --concurrency "$OPEN_SLOTS"
+        done
+    done
+fi
+
+# --- report --------------------------------------------------------------
+{
+    echo "Measured by \`loadtest/compare.sh --runs $RUNS --duration $DURATION --warmup $WARMUP\` on $STARTED,"
+    echo "commit \`$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)\`."
+    echo
+    echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/^Mem:/ {print $2}') GiB;"
+    echo "  client and every server share it."
+    echo "- etcd $(etcd --version | awk '/etcd Version/ {print $3}'), 3 members on 127.0.0.1, default (linearizable) reads."
+    echo "- Cohort: tenant \`bench\`, N=3, R=2, W=2, fsync durability; \`cohort-dev\` is \`cohort dev\` (all in one"
+    echo "  process), \`cohort-procs\` a \`cohort coordinator\` and three \`cohort node\` processes."
+    echo "- Every run: $RECORDS records of 100 B loaded first, YCSB key choice zipfian, then $WARMUP of warmup and"
+    echo "  $DURATION measured. Open loop: workload A at half of cohort-dev's median peak, at most $OPEN_SLOTS in flight."
+} >"$WORK/preamble.md"
+"$LOADTEST" report --results "$RAW" --output "$OUT/REPORT.md" --plot "$OUT/latency.svg" --preamble "$WORK/preamble.md"
+log "done: $OUT/REPORT.md"
