@@ -260,6 +260,12 @@ async fn group_commit(
     };
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 4096).await > 0 {
+        // Let the tasks that are ready run first: under load some of them
+        // are about to stage a write, and one sync then covers theirs too.
+        tokio::task::yield_now().await;
+        while let Ok(waiter) = queue.try_recv() {
+            batch.push(waiter);
+        }
         let db2 = db.clone();
         let started = std::time::Instant::now();
         let failing = failing_disk.load(Ordering::Acquire);
