@@ -154,15 +154,13 @@ fn summarise(runs: &[Run]) -> Vec<Cell> {
             let first = group[0];
             let pick = |f: &dyn Fn(&Run) -> f64| median(group.iter().map(|r| f(r)).collect());
             let ops_per_sec = pick(&|r| r.ops_per_sec);
-            let all =
-                Latency { p50: pick(&|r| r.all.p50), p99: pick(&|r| r.all.p99), p999: pick(&|r| r.all.p999) };
+            let all = Latency { p50: pick(&|r| r.all.p50), p99: pick(&|r| r.all.p99), p999: pick(&|r| r.all.p999) };
             let ops = first
                 .ops
                 .keys()
                 .map(|name| {
-                    let of = |f: fn(&Latency) -> f64| {
-                        median(group.iter().filter_map(|r| r.ops.get(name).map(f)).collect())
-                    };
+                    let of =
+                        |f: fn(&Latency) -> f64| median(group.iter().filter_map(|r| r.ops.get(name).map(f)).collect());
                     (name.clone(), Latency { p50: of(|l| l.p50), p99: of(|l| l.p99), p999: of(|l| l.p999) })
                 })
                 .collect();
@@ -221,7 +219,9 @@ struct Cells<'a>(&'a [Cell]);
 
 impl<'a> Cells<'a> {
     fn closed(&self, label: &str, workload: &str, concurrency: u64) -> Option<&'a Cell> {
-        self.0.iter().find(|c| c.rate.is_none() && c.label == label && c.workload == workload && c.concurrency == concurrency)
+        self.0
+            .iter()
+            .find(|c| c.rate.is_none() && c.label == label && c.workload == workload && c.concurrency == concurrency)
     }
 
     /// The no-op ceiling at `concurrency` (its workload does not matter).
@@ -423,7 +423,8 @@ fn draw(path: &Path, cells: &[Cell]) -> anyhow::Result<()> {
     let error = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot draw {}: {e}", path.display());
     let lookup = Cells(cells);
     let top = lookup.max_concurrency("a").unwrap_or(0);
-    let closed: Vec<&Cell> = cells.iter().filter(|c| c.rate.is_none() && c.workload == "a" && c.concurrency == top).collect();
+    let closed: Vec<&Cell> =
+        cells.iter().filter(|c| c.rate.is_none() && c.workload == "a" && c.concurrency == top).collect();
     let open: Vec<&Cell> = cells.iter().filter(|c| c.rate.is_some()).collect();
     let root = SVGBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| error(&e))?;
@@ -432,11 +433,7 @@ fn draw(path: &Path, cells: &[Cell]) -> anyhow::Result<()> {
     let titles =
         [format!("workload A, closed loop, {top} in flight"), format!("workload A, open loop at {rate} ops/s")];
     for ((panel, series), title) in panels.iter().zip([closed, open]).zip(titles) {
-        let top_ms = series
-            .iter()
-            .flat_map(|c| c.curve.iter().map(|(_, us)| us / 1e3))
-            .fold(0.001f64, f64::max)
-            * 1.05;
+        let top_ms = series.iter().flat_map(|c| c.curve.iter().map(|(_, us)| us / 1e3)).fold(0.001f64, f64::max) * 1.05;
         let mut chart = ChartBuilder::on(panel)
             .caption(title, ("sans-serif", 18))
             .margin(16)
@@ -543,7 +540,10 @@ mod tests {
         // A: 12000 / 6000 = 2.0; C@64 not measured; put 480/120 = 4.0; get 300/120 = 2.5; open p99 8 ms.
         assert_eq!(met, [Some(true), None, Some(true), Some(true), Some(true)]);
         let text = markdown(&cells, "machine: test", Some("plot.svg"));
-        assert!(text.contains("| cohort-dev | A | 64 | 12000 | 400 µs | 1.60 ms | 3.20 ms | 0 | 2.00× | 0.30× | 4.00× |"), "{text}");
+        assert!(
+            text.contains("| cohort-dev | A | 64 | 12000 | 400 µs | 1.60 ms | 3.20 ms | 0 | 2.00× | 0.30× | 4.00× |"),
+            "{text}"
+        );
         assert!(text.contains("machine: test") && text.contains("![latency percentiles](plot.svg)"), "{text}");
         assert!(text.contains("| cohort-dev | A | 6000 | 6000 |"), "{text}");
     }

@@ -92,8 +92,12 @@ impl Store {
             }
             other => other.into(),
         })?;
-        let data = db.keyspace("sibling_sets", KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace("node_meta", KeyspaceCreateOptions::default)?;
+        // Writes stay in the journal's buffer until the group commit flushes
+        // and syncs it: without this, fjall hands every single write to the
+        // OS (a `write` system call per key).
+        let deferred = || KeyspaceCreateOptions::default().manual_journal_persist(true);
+        let data = db.keyspace("sibling_sets", deferred)?;
+        let meta = db.keyspace("node_meta", deferred)?;
         let previous = match meta.get(INCARNATION_KEY)? {
             Some(bytes) => u64::from_be_bytes(
                 bytes.as_ref().try_into().map_err(|_| StoreError::Engine("incarnation record is corrupt".into()))?,
