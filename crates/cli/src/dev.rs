@@ -40,6 +40,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     options.listen = args.listen;
     options.durability = if args.durability == "flush" { Durability::Flush } else { Durability::Fsync };
     options.coordinator.metrics_listen = args.metrics_listen.clone();
+    // One process: the coordinator and the nodes call each other directly.
+    options.in_process = true;
     let cluster = LocalCluster::start(options).await?;
     let ready = cluster.coordinator.coordinator.clone();
     let metrics = telemetry::serve_http(&args.metrics_listen, Arc::new(move || ready.readiness())).await?;

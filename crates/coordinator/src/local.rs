@@ -1,5 +1,7 @@
 //! An in-process cluster: storage nodes and coordinators on loopback ports,
-//! speaking the same gRPC as separate processes do.
+//! speaking the same gRPC as separate processes do — or, with
+//! [`LocalClusterOptions::in_process`], calling each other's handlers
+//! directly (the nodes still listen, for clients outside the process).
 //!
 //! `cohort dev` runs one; the integration tests run many, stopping and
 //! restarting nodes under them. Everything lives under one data directory:
@@ -37,6 +39,11 @@ pub struct LocalClusterOptions {
     pub coordinator: CoordinatorConfig,
     /// Tenant created (N = 3) on first start; `None` for none.
     pub default_tenant: Option<String>,
+    /// Whether coordinators and nodes call the nodes of this process
+    /// directly instead of over loopback gRPC (what `cohort dev` does). Off
+    /// by default: tests that put a fault proxy in front of a node need the
+    /// network path.
+    pub in_process: bool,
 }
 
 impl LocalClusterOptions {
@@ -49,6 +56,7 @@ impl LocalClusterOptions {
             durability: Durability::Fsync,
             coordinator: CoordinatorConfig::default(),
             default_tenant: Some("default".into()),
+            in_process: false,
         }
     }
 }
@@ -120,6 +128,8 @@ pub struct LocalCluster {
     listen: Vec<SocketAddr>,
     /// Addresses nodes are registered under instead of their own (a proxy).
     routes: Vec<Option<String>>,
+    /// The nodes of this process, when calls to them skip the network.
+    in_process: Option<Arc<cohort_node::InProcessNodes>>,
     /// The first coordinator.
     pub coordinator: LocalCoordinator,
 }
@@ -140,6 +150,7 @@ async fn start_node(
     metadata: &dyn MetadataStore,
     listen: SocketAddr,
     registered: Option<&str>,
+    in_process: Option<Arc<cohort_node::InProcessNodes>>,
 ) -> Result<RunningNode, LocalClusterError> {
     let id = node_id(index);
     let listener = bind(listen).await?;
@@ -148,7 +159,7 @@ async fn start_node(
     config.durability = durability;
     let (stop, stopped) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = oneshot::channel::<cohort_node::NodeHandle>();
-    let task = tokio::spawn(cohort_node::serve(
+    let task = tokio::spawn(cohort_node::serve_with(
         config,
         listener,
         async move {
@@ -157,6 +168,7 @@ async fn start_node(
         move |handle| {
             let _ = ready_tx.send(handle);
         },
+        in_process,
     ));
     let handle = match ready_rx.await {
         Ok(handle) => handle,
@@ -196,9 +208,18 @@ impl LocalCluster {
     ) -> Result<Self, LocalClusterError> {
         let mut nodes = Vec::with_capacity(options.nodes);
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let in_process = options.in_process.then(Arc::default);
         for index in 0..options.nodes {
-            let node =
-                start_node(&options.data_dir, index, options.durability, metadata.as_ref(), any_port, None).await?;
+            let node = start_node(
+                &options.data_dir,
+                index,
+                options.durability,
+                metadata.as_ref(),
+                any_port,
+                None,
+                in_process.clone(),
+            )
+            .await?;
             nodes.push(Some(node));
         }
         let listen = nodes.iter().flatten().map(|n| n.address).collect();
@@ -215,15 +236,9 @@ impl LocalCluster {
                 Err(e) => return Err(e.into()),
             }
         }
-        let cluster = LocalCluster {
-            coordinator: Self::launch_coordinator(&options, options.listen, &metadata, &idempotency, 1).await?,
-            options,
-            metadata,
-            idempotency,
-            nodes,
-            listen,
-            routes,
-        };
+        let coordinator =
+            Self::launch_coordinator(&options, options.listen, &metadata, &idempotency, 1, in_process.clone()).await?;
+        let cluster = LocalCluster { coordinator, options, metadata, idempotency, nodes, listen, routes, in_process };
         cluster.coordinator.coordinator.topology.refresh().await?;
         Ok(cluster)
     }
@@ -234,6 +249,7 @@ impl LocalCluster {
         metadata: &Arc<dyn MetadataStore>,
         idempotency: &Arc<dyn IdempotencyStore>,
         number: usize,
+        in_process: Option<Arc<cohort_node::InProcessNodes>>,
     ) -> Result<LocalCoordinator, LocalClusterError> {
         let listener = bind(listen).await?;
         let address = listener.local_addr().map_err(|e| LocalClusterError::Bind(listen, e))?;
@@ -241,7 +257,8 @@ impl LocalCluster {
         config.id = format!("coordinator-{number}");
         config.listen = address.to_string();
         config.data_dir = options.data_dir.clone();
-        let coordinator = Coordinator::new(config, metadata.clone(), idempotency.clone()).await?;
+        let coordinator =
+            Coordinator::with_in_process(config, metadata.clone(), idempotency.clone(), in_process).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(coordinator.clone(), listener, async move {
             let _ = stopped.await;
@@ -264,6 +281,7 @@ impl LocalCluster {
             &self.metadata,
             &self.idempotency,
             number,
+            self.in_process.clone(),
         )
         .await
     }
@@ -301,6 +319,7 @@ impl LocalCluster {
             self.metadata.as_ref(),
             self.listen[index],
             self.routes[index].as_deref(),
+            self.in_process.clone(),
         )
         .await?;
         self.nodes[index] = Some(node);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use cohort_node::InProcessNodes;
 use cohort_node::peers::PeerPool;
 use cohort_proto::v1::admin_server::AdminServer;
 use cohort_proto::v1::key_value_server::KeyValueServer;
@@ -64,9 +65,24 @@ impl Coordinator {
         metadata: Arc<dyn MetadataStore>,
         idempotency: Arc<dyn IdempotencyStore>,
     ) -> Result<Arc<Self>, MetadataError> {
+        Self::with_in_process(config, metadata, idempotency, None).await
+    }
+
+    /// Like [`Coordinator::new`]; storage nodes found in `in_process` are
+    /// called directly instead of over the network.
+    pub async fn with_in_process(
+        config: CoordinatorConfig,
+        metadata: Arc<dyn MetadataStore>,
+        idempotency: Arc<dyn IdempotencyStore>,
+        in_process: Option<Arc<InProcessNodes>>,
+    ) -> Result<Arc<Self>, MetadataError> {
         config.validate().map_err(|e| MetadataError::Unavailable(format!("invalid coordinator configuration: {e}")))?;
         let topology = Arc::new(Topology::load(metadata.clone()).await?);
-        let peers = Arc::new(PeerPool::new(Duration::from_millis(config.node_timeout_ms)));
+        let timeout = Duration::from_millis(config.node_timeout_ms);
+        let peers = Arc::new(match in_process {
+            Some(nodes) => PeerPool::with_in_process(timeout, nodes),
+            None => PeerPool::new(timeout),
+        });
         let engine = KvEngine::new(topology.clone(), peers.clone(), &config);
         let tenants = TenantCache::new(metadata.clone(), Duration::from_millis(config.tenant_cache_ttl_ms));
         let (leadership, _) = watch::channel(LeaderState::default());

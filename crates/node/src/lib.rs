@@ -23,5 +23,6 @@ pub mod service;
 pub mod store;
 
 pub use config::{Durability, NodeConfig};
-pub use server::{NodeHandle, serve};
+pub use peers::InProcessNodes;
+pub use server::{NodeHandle, serve, serve_with};
 pub use store::{Store, StoreError};

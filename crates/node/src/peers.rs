@@ -8,10 +8,16 @@
 //! fan-out drops, and concurrent operations to one node share frames and
 //! system calls. If the stream breaks, every call waiting on it fails with
 //! `Unavailable` and the next call opens a new one.
+//!
+//! A pool may share an [`InProcessNodes`] directory: calls to a node that is
+//! served by this very process (as in `cohort dev`) then skip the network
+//! altogether — no TCP, HTTP/2 or protobuf — and run the node's handler
+//! directly. Calls to nodes elsewhere, or registered under another address
+//! (a proxy in front of them), still go over gRPC.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cohort_proto::v1::pipeline_request::Op;
@@ -26,6 +32,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::service::StorageService;
+
 /// Largest message accepted on the internal API (a sibling set with many
 /// large siblings can exceed tonic's 4 MiB default).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -36,18 +44,59 @@ pub const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 /// See [`STREAM_WINDOW_BYTES`].
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
+/// Storage nodes served by this process, by the address they listen on.
+#[derive(Default)]
+pub struct InProcessNodes {
+    /// A std lock: held only to look up, insert or remove.
+    nodes: RwLock<HashMap<String, StorageService>>,
+}
+
+impl std::fmt::Debug for InProcessNodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        f.debug_set().entries(nodes.keys()).finish()
+    }
+}
+
+impl InProcessNodes {
+    /// Makes the node serving `service` reachable in-process at `address`.
+    pub fn register(&self, address: &str, service: StorageService) {
+        self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(address.to_string(), service);
+    }
+
+    /// Removes the node at `address` (it stopped).
+    pub fn unregister(&self, address: &str) {
+        self.nodes.write().unwrap_or_else(|p| p.into_inner()).remove(address);
+    }
+
+    fn get(&self, address: &str) -> Option<StorageService> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(address).cloned()
+    }
+}
+
 /// Lazily connected clients to storage nodes, keyed by address.
 #[derive(Debug)]
 pub struct PeerPool {
     /// A std mutex: held only to look up or insert, never across an await.
     nodes: Mutex<HashMap<String, NodeClient>>,
     connect_timeout: Duration,
+    in_process: Option<Arc<InProcessNodes>>,
 }
 
 impl PeerPool {
     /// An empty pool whose connections give up after `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> Self {
-        PeerPool { nodes: Mutex::new(HashMap::new()), connect_timeout }
+        PeerPool { nodes: Mutex::new(HashMap::new()), connect_timeout, in_process: None }
+    }
+
+    /// Like [`PeerPool::new`], calling the nodes in `in_process` directly.
+    pub fn with_in_process(connect_timeout: Duration, in_process: Arc<InProcessNodes>) -> Self {
+        PeerPool { in_process: Some(in_process), ..PeerPool::new(connect_timeout) }
+    }
+
+    /// The in-process directory this pool consults, if any.
+    pub fn in_process(&self) -> Option<&Arc<InProcessNodes>> {
+        self.in_process.as_ref()
     }
 
     /// The client for `address` (`host:port`), created on first use.
@@ -68,7 +117,12 @@ impl PeerPool {
         let raw = StorageClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let node = NodeClient { raw, session: Arc::new(tokio::sync::Mutex::new(None)) };
+        let node = NodeClient {
+            raw,
+            session: Arc::new(tokio::sync::Mutex::new(None)),
+            address: address.into(),
+            in_process: self.in_process.clone(),
+        };
         nodes.insert(address.to_string(), node.clone());
         Ok(node)
     }
@@ -81,6 +135,10 @@ pub struct NodeClient {
     /// The open pipeline, if any. A tokio mutex: opening a stream awaits the
     /// node's answer, and concurrent callers must share one stream.
     session: Arc<tokio::sync::Mutex<Option<Arc<Session>>>>,
+    /// `host:port` of the node.
+    address: Arc<str>,
+    /// Where to look for the node in this process before using the network.
+    in_process: Option<Arc<InProcessNodes>>,
 }
 
 /// Why a call to a node failed, and whether the node may have acted on it.
@@ -191,6 +249,9 @@ impl NodeClient {
     }
 
     async fn call(&self, op: Op) -> Result<Answer, NodeError> {
+        if let Some(service) = self.in_process.as_ref().and_then(|nodes| nodes.get(&self.address)) {
+            return service.call_in_process(op).await;
+        }
         let session = self.session().await.map_err(NodeError::NotSent)?;
         let id = session.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
-use crate::peers::{MAX_MESSAGE_BYTES, PeerPool};
+use crate::peers::{InProcessNodes, MAX_MESSAGE_BYTES, PeerPool};
 use crate::service::StorageService;
 use crate::store::{Store, StoreError};
 
@@ -51,12 +51,36 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(NodeHandle),
 ) -> Result<(), ServeError> {
+    serve_with(config, listener, shutdown, on_ready, None).await
+}
+
+/// Like [`serve`]; with `in_process`, the node is also reachable through
+/// that directory under its listening address while it serves, and calls
+/// its peers through it too.
+pub async fn serve_with(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(NodeHandle),
+    in_process: Option<Arc<InProcessNodes>>,
+) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Config)?;
     let store = Arc::new(Store::open(&config.data_dir, &config.id, config.durability)?);
     let peer_timeout = Duration::from_millis(config.peer_timeout_ms);
-    let peers = Arc::new(PeerPool::new(peer_timeout));
+    let peers = Arc::new(match &in_process {
+        Some(nodes) => PeerPool::with_in_process(peer_timeout, nodes.clone()),
+        None => PeerPool::new(peer_timeout),
+    });
     let (stop_pipelines, stopping) = tokio::sync::watch::channel(false);
     let service = StorageService::new(&config.id, store.clone(), peers, peer_timeout, stopping);
+    let registered = match (&in_process, listener.local_addr()) {
+        (Some(nodes), Ok(address)) => {
+            let address = address.to_string();
+            nodes.register(&address, service.clone());
+            Some((nodes.clone(), address))
+        }
+        _ => None,
+    };
     let shutdown = async move {
         shutdown.await;
         let _ = stop_pipelines.send(true);
@@ -92,6 +116,9 @@ pub async fn serve(
         .await;
     health_watch.abort();
     let _ = health_watch.await;
+    if let Some((nodes, address)) = registered {
+        nodes.unregister(&address);
+    }
     // Background replication tasks may still hold the store briefly; close it
     // when this was the last handle so the directory can be reopened.
     match Arc::try_unwrap(store) {

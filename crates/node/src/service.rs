@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::peers::PeerPool;
+use crate::peers::{NodeError, PeerPool};
 use crate::store::{Store, StoreError};
 
 /// Longest tenant id, which the storage key encoding relies on.
@@ -88,6 +88,18 @@ impl StorageService {
         result.unwrap_or_else(|status| {
             Answer::Error(PipelineError { code: status.code() as i32, message: status.message().to_string() })
         })
+    }
+
+    /// Runs `op` for a caller in this process, as a pipelined call would:
+    /// refused as never acted on once the node is shutting down.
+    pub(crate) async fn call_in_process(&self, op: Op) -> Result<Answer, NodeError> {
+        if *self.stopping.borrow() {
+            return Err(NodeError::NotSent(Status::unavailable("storage node is shutting down")));
+        }
+        match self.run(Some(op)).await {
+            Answer::Error(error) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
+            answer => Ok(answer),
+        }
     }
 }
 
