@@ -88,11 +88,22 @@ impl TestCluster {
         Self::start_with_config(nodes, test_config(read_repair)).await
     }
 
+    /// Like [`TestCluster::start`], but the coordinator and the nodes call
+    /// each other in-process, as in `cohort dev`.
+    pub async fn start_in_process() -> TestCluster {
+        Self::start_cluster(3, test_config(ReadRepairMode::Background), true).await
+    }
+
     /// `nodes` nodes and one coordinator with the given settings.
     pub async fn start_with_config(nodes: usize, config: CoordinatorConfig) -> TestCluster {
+        Self::start_cluster(nodes, config, false).await
+    }
+
+    async fn start_cluster(nodes: usize, config: CoordinatorConfig, in_process: bool) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut options = LocalClusterOptions::new(dir.path());
         options.nodes = nodes;
+        options.in_process = in_process;
         // Flush durability: these tests stop nodes gracefully; the fsync path
         // is exercised by the kill -9 tests of the real binary.
         options.durability = Durability::Flush;
@@ -194,4 +205,30 @@ where
         }
         assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for: {what}");
     }
+}
+
+/// Turns each named `async fn(TestCluster)` scenario into two tests: one on
+/// a cluster whose coordinator and nodes talk gRPC (module `over_grpc`), one
+/// on a cluster whose calls stay in-process as in `cohort dev` (module
+/// `in_process`).
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($scenario:ident),* $(,)?) => {
+        mod over_grpc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::TestCluster::start().await).await
+                }
+            )*
+        }
+        mod in_process {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario($crate::TestCluster::start_in_process().await).await
+                }
+            )*
+        }
+    };
 }

@@ -7,9 +7,7 @@ use cohort_client::{Consistency, ReadOptions, WriteOptions};
 use cohort_tests::{TENANT, TestCluster, strings};
 use tonic::Code;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_node_down_quorum_reads_and_writes_succeed() {
-    let mut cluster = TestCluster::start().await;
+async fn one_node_down_quorum_reads_and_writes_succeed(mut cluster: TestCluster) {
     let client = cluster.client().await;
     for i in 0..20 {
         client.put(TENANT, format!("before-{i}"), format!("v{i}")).await.expect("write with all nodes up");
@@ -31,9 +29,7 @@ async fn one_node_down_quorum_reads_and_writes_succeed() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_down_requests_fail_with_counts() {
-    let mut cluster = TestCluster::start().await;
+async fn two_nodes_down_requests_fail_with_counts(mut cluster: TestCluster) {
     let client = cluster.client().await;
     client.put(TENANT, "k", "v").await.expect("write");
     cluster.stop_node(1).await;
@@ -56,9 +52,7 @@ async fn two_nodes_down_requests_fail_with_counts() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_writes_survive_node_restarts() {
-    let mut cluster = TestCluster::start().await;
+async fn acknowledged_writes_survive_node_restarts(mut cluster: TestCluster) {
     let client = cluster.client().await;
     let mut acknowledged = Vec::new();
     for round in 0..3 {
@@ -86,9 +80,7 @@ async fn acknowledged_writes_survive_node_restarts() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_keys_stay_deleted_across_restarts() {
-    let mut cluster = TestCluster::start().await;
+async fn deleted_keys_stay_deleted_across_restarts(mut cluster: TestCluster) {
     let client = cluster.client().await;
     client.put(TENANT, "gone", "v").await.expect("write");
     let read = client.get(TENANT, "gone").await.expect("read");
@@ -105,3 +97,10 @@ async fn deleted_keys_stay_deleted_across_restarts() {
     assert!(!read.found(), "deleted key came back: {:?}", read.siblings);
     cluster.shutdown().await;
 }
+
+cohort_tests::on_both_transports!(
+    one_node_down_quorum_reads_and_writes_succeed,
+    two_nodes_down_requests_fail_with_counts,
+    acknowledged_writes_survive_node_restarts,
+    deleted_keys_stay_deleted_across_restarts,
+);

@@ -5,9 +5,7 @@
 use cohort_client::WriteOptions;
 use cohort_tests::{TENANT, TestCluster, client_for, strings, values_of};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writes_through_two_coordinators_become_siblings_then_resolve() {
-    let cluster = TestCluster::start().await;
+async fn concurrent_writes_through_two_coordinators_become_siblings_then_resolve(cluster: TestCluster) {
     let second = cluster.add_coordinator().await.expect("second coordinator");
     let (a, b) = (cluster.client().await, client_for(&second.endpoint()).await);
 
@@ -39,9 +37,7 @@ async fn concurrent_writes_through_two_coordinators_become_siblings_then_resolve
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_replaces_only_what_its_context_covers() {
-    let cluster = TestCluster::start().await;
+async fn a_write_replaces_only_what_its_context_covers(cluster: TestCluster) {
     let client = cluster.client().await;
     client.put(TENANT, "k", "v1").await.expect("write");
     let seen = client.get(TENANT, "k").await.expect("read");
@@ -55,9 +51,7 @@ async fn a_write_replaces_only_what_its_context_covers() {
     cluster.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_blind_writers_all_survive() {
-    let cluster = TestCluster::start().await;
+async fn many_concurrent_blind_writers_all_survive(cluster: TestCluster) {
     let client = cluster.client().await;
     let writes = (0..24).map(|i| {
         let client = client.clone();
@@ -77,3 +71,9 @@ async fn many_concurrent_blind_writers_all_survive() {
     .await;
     cluster.shutdown().await;
 }
+
+cohort_tests::on_both_transports!(
+    concurrent_writes_through_two_coordinators_become_siblings_then_resolve,
+    a_write_replaces_only_what_its_context_covers,
+    many_concurrent_blind_writers_all_survive,
+);
