@@ -71,12 +71,18 @@ LOADTEST="$ROOT/target/release/cohort-loadtest"
 # --- processes -----------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cohort-compare.XXXXXX")
 PIDS=()
+NAMES=()
 cleanup() {
-    local pid
+    local i pid
     for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
+    for i in "${!PIDS[@]}"; do
+        pid=${PIDS[$i]}
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "${NAMES[$i]} (pid $pid) did not stop within 10 s of SIGTERM; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK"
 }
@@ -88,6 +94,7 @@ start() {
     local name=$1; shift
     "$@" >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
+    NAMES+=("$name")
 }
 
 # wait_line NAME PATTERN: the first line of NAME's log matching PATTERN (30 s at most).
