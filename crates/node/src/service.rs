@@ -19,6 +19,9 @@ use cohort_proto::v1::{
     PipelineError, PipelineRequest, PipelineResponse, ReadRequest, ReadResponse,
 };
 use cohort_ring::{CausalContext, SiblingSet};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -152,22 +155,21 @@ impl Storage for StorageService {
             self.store.stage_update(&request.tenant, &request.key, &context.0, request.value).map_err(status_from)?;
         let encoded = Bytes::from(state.encode());
 
-        let (acks, mut results) = mpsc::channel::<(String, Result<(), String>)>(request.peers.len() + 1);
+        // The local sync and the sends to the peers run concurrently in one
+        // future set; once the quorum has acknowledged, whatever is still
+        // running finishes in a background task.
+        type Ack = (String, Result<(), String>);
+        let mut pending: FuturesUnordered<BoxFuture<'static, Ack>> = FuturesUnordered::new();
         {
             let store = self.store.clone();
-            let acks = acks.clone();
             let id = self.node_id.to_string();
-            tokio::spawn(async move {
-                let result = store.durable().await.map_err(|e| e.to_string());
-                let _ = acks.send((id, result)).await;
-            });
+            pending.push(Box::pin(async move { (id, store.durable().await.map_err(|e| e.to_string())) }));
         }
         for peer in request.peers {
-            let acks = acks.clone();
             let merge =
                 MergeRequest { tenant: request.tenant.clone(), key: request.key.clone(), state: encoded.clone() };
             let client = self.peers.node(&peer.address);
-            tokio::spawn(async move {
+            pending.push(Box::pin(async move {
                 let result = match client {
                     Err(status) => Err(status.message().to_string()),
                     Ok(client) => match tokio::time::timeout(timeout, client.merge(merge)).await {
@@ -176,13 +178,12 @@ impl Storage for StorageService {
                         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
                     },
                 };
-                let _ = acks.send((peer.id, result)).await;
-            });
+                (peer.id, result)
+            }));
         }
-        drop(acks);
 
         let mut response = CoordinateResponse { state: encoded, acked: Vec::new(), failures: Vec::new() };
-        while let Some((node_id, result)) = results.recv().await {
+        while let Some((node_id, result)) = pending.next().await {
             match result {
                 Ok(()) => response.acked.push(node_id),
                 Err(reason) => response.failures.push(PeerFailure { node_id, reason }),
@@ -190,6 +191,9 @@ impl Storage for StorageService {
             if response.acked.len() >= needed {
                 break;
             }
+        }
+        if !pending.is_empty() {
+            tokio::spawn(async move { while pending.next().await.is_some() {} });
         }
         Ok(Response::new(response))
     }

@@ -263,13 +263,19 @@ async fn group_commit(
         Durability::Flush => PersistMode::Buffer,
     };
     let mut batch = Vec::new();
+    let mut busy = false;
     while queue.recv_many(&mut batch, 4096).await > 0 {
-        // Let the tasks that are ready run first: under load some of them
-        // are about to stage a write, and one sync then covers theirs too.
-        tokio::task::yield_now().await;
-        while let Ok(waiter) = queue.try_recv() {
-            batch.push(waiter);
+        // Under load (the last sync covered several writes), let the tasks
+        // that are ready run first: some of them are about to stage a
+        // write, and one sync then covers theirs too. A lone writer does
+        // not wait for that.
+        if busy {
+            tokio::task::yield_now().await;
+            while let Ok(waiter) = queue.try_recv() {
+                batch.push(waiter);
+            }
         }
+        busy = batch.len() > 1;
         let db2 = db.clone();
         let started = std::time::Instant::now();
         let failing = failing_disk.load(Ordering::Acquire);
