@@ -29,6 +29,10 @@ use crate::config::Durability;
 
 const STRIPES: usize = 1024;
 const INCARNATION_KEY: &str = "incarnation";
+/// Under load, how many times the group commit lets ready tasks run to
+/// gather more writes before it syncs (it stops early when a round brings
+/// none).
+const MAX_GATHER_ROUNDS: usize = 4;
 
 /// Why the store could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -270,9 +274,15 @@ async fn group_commit(
         // write, and one sync then covers theirs too. A lone writer does
         // not wait for that.
         if busy {
-            tokio::task::yield_now().await;
-            while let Ok(waiter) = queue.try_recv() {
-                batch.push(waiter);
+            for _ in 0..MAX_GATHER_ROUNDS {
+                tokio::task::yield_now().await;
+                let before = batch.len();
+                while let Ok(waiter) = queue.try_recv() {
+                    batch.push(waiter);
+                }
+                if batch.len() == before {
+                    break;
+                }
             }
         }
         busy = batch.len() > 1;
