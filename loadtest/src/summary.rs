@@ -411,7 +411,12 @@ fn markdown(cells: &[Cell], preamble: &str, plot: Option<&str>) -> String {
         }
     }
     if let Some(plot) = plot {
-        let _ = writeln!(out, "\n## Latency percentiles\n\n![latency percentiles]({plot})");
+        let _ = writeln!(
+            out,
+            "\n## Latency percentiles\n\n![latency percentiles]({plot})\n\nEach line is one run: the repeat whose \
+             throughput is closest to its cell's median. The tables give the median of each percentile over the \
+             repeats, so a line's tail can differ from them when one repeat stalled."
+        );
     }
     out
 }
@@ -433,7 +438,7 @@ fn draw(path: &Path, cells: &[Cell]) -> anyhow::Result<()> {
     let titles =
         [format!("workload A, closed loop, {top} in flight"), format!("workload A, open loop at {rate} ops/s")];
     for ((panel, series), title) in panels.iter().zip([closed, open]).zip(titles) {
-        let top_ms = series.iter().flat_map(|c| c.curve.iter().map(|(_, us)| us / 1e3)).fold(0.001f64, f64::max) * 1.05;
+        let top_ms = series.iter().flat_map(|c| c.curve.iter().map(|(_, us)| us / 1e3)).fold(0.001f64, f64::max) * 1.6;
         let mut chart = ChartBuilder::on(panel)
             .caption(title, ("sans-serif", 18))
             .margin(16)
@@ -463,7 +468,7 @@ fn draw(path: &Path, cells: &[Cell]) -> anyhow::Result<()> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
