@@ -29,6 +29,27 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::peers::{NodeError, PeerPool};
 use crate::store::{Store, StoreError};
 
+/// A replica's acknowledgement of a coordinated write: its id, and whether
+/// it holds the version durably (or why not).
+type Ack = (String, Result<(), String>);
+
+/// The local sync and peer sends of one coordinated write. Dropped with
+/// some still running, it hands them to a background task.
+#[derive(Default)]
+struct Replication(FuturesUnordered<BoxFuture<'static, Ack>>);
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let mut rest = std::mem::take(&mut self.0);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { while rest.next().await.is_some() {} });
+        }
+    }
+}
+
 /// Longest tenant id, which the storage key encoding relies on.
 const MAX_TENANT_BYTES: usize = 63;
 
@@ -156,20 +177,20 @@ impl Storage for StorageService {
         let encoded = Bytes::from(state.encode());
 
         // The local sync and the sends to the peers run concurrently in one
-        // future set; once the quorum has acknowledged, whatever is still
-        // running finishes in a background task.
-        type Ack = (String, Result<(), String>);
-        let mut pending: FuturesUnordered<BoxFuture<'static, Ack>> = FuturesUnordered::new();
+        // future set. Whatever is still running when this call ends — the
+        // quorum answered, or the caller gave up — finishes in a background
+        // task: a replication once started always runs to its end.
+        let mut pending = Replication::default();
         {
             let store = self.store.clone();
             let id = self.node_id.to_string();
-            pending.push(Box::pin(async move { (id, store.durable().await.map_err(|e| e.to_string())) }));
+            pending.0.push(Box::pin(async move { (id, store.durable().await.map_err(|e| e.to_string())) }));
         }
         for peer in request.peers {
             let merge =
                 MergeRequest { tenant: request.tenant.clone(), key: request.key.clone(), state: encoded.clone() };
             let client = self.peers.node(&peer.address);
-            pending.push(Box::pin(async move {
+            pending.0.push(Box::pin(async move {
                 let result = match client {
                     Err(status) => Err(status.message().to_string()),
                     Ok(client) => match tokio::time::timeout(timeout, client.merge(merge)).await {
@@ -183,7 +204,7 @@ impl Storage for StorageService {
         }
 
         let mut response = CoordinateResponse { state: encoded, acked: Vec::new(), failures: Vec::new() };
-        while let Some((node_id, result)) = pending.next().await {
+        while let Some((node_id, result)) = pending.0.next().await {
             match result {
                 Ok(()) => response.acked.push(node_id),
                 Err(reason) => response.failures.push(PeerFailure { node_id, reason }),
@@ -191,9 +212,6 @@ impl Storage for StorageService {
             if response.acked.len() >= needed {
                 break;
             }
-        }
-        if !pending.is_empty() {
-            tokio::spawn(async move { while pending.next().await.is_some() {} });
         }
         Ok(Response::new(response))
     }
