@@ -94,11 +94,6 @@ impl PeerPool {
         PeerPool { in_process: Some(in_process), ..PeerPool::new(connect_timeout) }
     }
 
-    /// The in-process directory this pool consults, if any.
-    pub fn in_process(&self) -> Option<&Arc<InProcessNodes>> {
-        self.in_process.as_ref()
-    }
-
     /// The client for `address` (`host:port`), created on first use.
     pub fn node(&self, address: &str) -> Result<NodeClient, Status> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
