@@ -206,6 +206,11 @@ fn micros(us: f64) -> String {
     if us < 1000.0 { format!("{us:.0} µs") } else { format!("{:.2} ms", us / 1000.0) }
 }
 
+/// The `p50 | p99 | p99.9` cells of a table row.
+fn percentile_cells(latency: &Latency) -> String {
+    format!("{} | {} | {}", micros(latency.p50), micros(latency.p99), micros(latency.p999))
+}
+
 fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
     (denominator > 0.0).then(|| numerator / denominator)
 }
@@ -338,14 +343,12 @@ fn markdown(cells: &[Cell], preamble: &str, plot: Option<&str>) -> String {
         let p50_vs_noop = noop.and_then(|n| ratio(cell.all.p50, n.all.p50));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             cell.label,
             cell.workload.to_uppercase(),
             cell.concurrency,
             cell.ops_per_sec,
-            micros(cell.all.p50),
-            micros(cell.all.p99),
-            micros(cell.all.p999),
+            percentile_cells(&cell.all),
             cell.errors,
             times(vs_etcd),
             times(vs_noop),
@@ -355,15 +358,7 @@ fn markdown(cells: &[Cell], preamble: &str, plot: Option<&str>) -> String {
     let _ = writeln!(out, "\nThe no-op call (one unary tonic call that does nothing: the transport's ceiling):\n");
     let _ = writeln!(out, "| concurrency | calls/s | p50 | p99 | p99.9 |\n|--:|--:|--:|--:|--:|");
     for cell in cells.iter().filter(|c| c.rate.is_none() && c.label == "noop") {
-        let _ = writeln!(
-            out,
-            "| {} | {:.0} | {} | {} | {} |",
-            cell.concurrency,
-            cell.ops_per_sec,
-            micros(cell.all.p50),
-            micros(cell.all.p99),
-            micros(cell.all.p999)
-        );
+        let _ = writeln!(out, "| {} | {:.0} | {} |", cell.concurrency, cell.ops_per_sec, percentile_cells(&cell.all));
     }
     let _ = writeln!(out, "\nPer operation type (p50 / p99):\n");
     let _ = writeln!(out, "| system | workload | concurrency | read | update | rmw |\n|---|---|--:|--:|--:|--:|");
@@ -398,14 +393,12 @@ fn markdown(cells: &[Cell], preamble: &str, plot: Option<&str>) -> String {
         for cell in open {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {} |",
                 cell.label,
                 cell.workload.to_uppercase(),
                 cell.rate.unwrap_or(0),
                 cell.ops_per_sec,
-                micros(cell.all.p50),
-                micros(cell.all.p99),
-                micros(cell.all.p999),
+                percentile_cells(&cell.all),
                 cell.errors
             );
         }
