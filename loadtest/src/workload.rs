@@ -119,17 +119,30 @@ pub async fn run_client(
         } else {
             let seen = if workload.blind_only || roll < 60 { None } else { last_read.remove(&key) };
             let (replaces, context) = seen.unwrap_or_default();
-            let delete = !workload.blind_only && roll >= 88;
-            let kind = if delete { OpKind::delete(replaces) } else { OpKind::put(value.clone(), replaces) };
+            // A delete replaces what its context covers: one without a context would
+            // be refused, so deletes only follow a read (or a write).
+            let delete = !workload.blind_only && roll >= 88 && !context.is_empty();
+            let kind =
+                if delete { OpKind::delete(replaces.clone()) } else { OpKind::put(value.clone(), replaces.clone()) };
             let handle = recorder.history.lock().expect("history").invoke(id, key.clone(), kind);
             let options = WriteOptions { context, ..Default::default() };
             let result = if delete {
-                client.delete(&tenant, key.clone(), options).await
+                client.delete_with(&tenant, key.clone(), options).await
             } else {
-                client.put_with(&tenant, key.clone(), value, options).await
+                client.put_with(&tenant, key.clone(), value.clone(), options).await
             };
             let outcome = match result {
-                Ok(_) => Outcome::ok(),
+                Ok(written) => {
+                    // The context a write returns covers what it replaced and
+                    // itself, nothing else: a later write may use it as it
+                    // would a read's.
+                    let mut covered = replaces;
+                    if !delete {
+                        covered.push(value);
+                    }
+                    last_read.insert(key, (covered, written.context));
+                    Outcome::ok()
+                }
                 Err(error) => outcome_of_error(&error),
             };
             recorder.history.lock().expect("history").complete(handle, outcome);

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use cohort_tests::{TENANT, TestCluster, eventually, strings};
+use bytes::Bytes;
+use cohort_proto::v1::storage_client::StorageClient;
+use cohort_proto::v1::{CoordinateRequest, ReadRequest};
+use cohort_tests::{TENANT, TestCluster, eventually, strings, values_of};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -47,6 +50,43 @@ async fn a_node_with_a_failing_disk_stops_acknowledging_and_reports_unhealthy() 
     }
     for i in 0..10 {
         assert_eq!(strings(&client.get(TENANT, format!("before-{i}")).await.expect("read").siblings), ["v"]);
+    }
+    cluster.shutdown().await;
+}
+
+/// F11: a node whose sync failed kept serving the write it could not make
+/// durable, and read repair copied it to healthy replicas. Now it answers
+/// no read, and repair never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_node_serves_no_reads_and_feeds_no_repair() {
+    let cluster = TestCluster::start_with(3, cohort_coordinator::ReadRepairMode::Sync).await;
+    let client = cluster.client().await;
+    client.put(TENANT, "k", "v1").await.expect("write");
+    cluster.node_store(0).expect("node 1 runs").inject_disk_failure();
+
+    // Node 1 stages a version its disk then fails to sync.
+    let address = cluster.node_address(0).expect("node 1 address");
+    let mut node = StorageClient::connect(format!("http://{address}")).await.expect("connect to node 1");
+    let ghost = CoordinateRequest {
+        tenant: TENANT.into(),
+        key: Bytes::from_static(b"k"),
+        value: Some(Bytes::from_static(b"ghost")),
+        write_quorum: 1,
+        ..Default::default()
+    };
+    let answer = node.coordinate(ghost).await.expect("answered").into_inner();
+    assert!(answer.acked.is_empty(), "the failed sync is not acknowledged: {answer:?}");
+
+    let read = ReadRequest { tenant: TENANT.into(), key: Bytes::from_static(b"k"), ..Default::default() };
+    let status = node.read(read).await.expect_err("a poisoned node serves no read");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{}", status.message());
+
+    let answer = client.get(TENANT, "k").await.expect("a quorum of healthy replicas");
+    assert_eq!(strings(&answer.siblings), ["v1"]);
+    let answered: Vec<_> = answer.receipt.expect("receipt").replicas.into_iter().map(|r| r.node_id).collect();
+    assert!(!answered.contains(&"node-1".to_string()), "{answered:?}");
+    for index in [1, 2] {
+        assert_eq!(values_of(&cluster.replica_state(index, "k").await), ["v1"], "repair spread nothing from node 1");
     }
     cluster.shutdown().await;
 }

@@ -121,6 +121,10 @@ enum Window {
     /// The node's links go silent (as a paused process's or a partition's),
     /// then heal.
     Freeze,
+    /// The node stops, loses its data directory, and comes back under the
+    /// same id and address with an empty one (a replaced disk), then runs
+    /// on as a replica that repair fills.
+    Wipe,
 }
 
 impl Env {
@@ -132,6 +136,7 @@ impl Env {
         match window {
             Window::Crash => self.cluster.stop_node(victim).await,
             Window::Freeze => self.proxies[victim].set(Fault::Blackhole),
+            Window::Wipe => self.cluster.wipe_node(victim).await.expect("wipe and restart"),
         }
     }
 
@@ -139,6 +144,7 @@ impl Env {
         match window {
             Window::Crash => self.cluster.restart_node(victim).await.expect("restart"),
             Window::Freeze => self.proxies[victim].set(Fault::None),
+            Window::Wipe => {}
         }
     }
 }
@@ -174,6 +180,15 @@ fn mixed(seed: u64) -> Workload {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_replica_under_quorum_writes() {
     fault_window("crashed_replica_under_quorum_writes", 1, mixed, Window::Crash, (0.25, 0.75)).await;
+}
+
+/// F2: a node whose data directory was wiped came back issuing the dots
+/// it had issued before, and its peers dropped its new writes while
+/// acknowledging them. A wiped node is now a new replica: nothing is lost,
+/// and the final repair fills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_replica_rejoins_under_its_id() {
+    fault_window("wiped_replica_rejoins_under_its_id", 1, mixed, Window::Wipe, (0.4, 0.4)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -85,7 +85,7 @@ async fn deleted_keys_stay_deleted_across_restarts(mut cluster: TestCluster) {
     client.put(TENANT, "gone", "v").await.expect("write");
     let read = client.get(TENANT, "gone").await.expect("read");
     client
-        .delete(TENANT, "gone", WriteOptions { context: read.context, ..WriteOptions::default() })
+        .delete_with(TENANT, "gone", WriteOptions { context: read.context, ..WriteOptions::default() })
         .await
         .expect("delete");
     assert!(!client.get(TENANT, "gone").await.expect("read").found());
@@ -98,7 +98,28 @@ async fn deleted_keys_stay_deleted_across_restarts(mut cluster: TestCluster) {
     cluster.shutdown().await;
 }
 
+/// F2: a node whose data directory was wiped and restarted under its id
+/// issued dots its peers had already seen for keys it had written before;
+/// they dropped its new blind writes and acknowledged them anyway (9 of 80
+/// lost). A wiped directory is now a new actor.
+async fn blind_writes_after_a_wipe_are_all_kept(mut cluster: TestCluster) {
+    let client = cluster.client().await;
+    for i in 0..40 {
+        client.put(TENANT, format!("k{i}"), "before").await.expect("write");
+    }
+    cluster.wipe_node(0).await.expect("wipe node 1 and start it again");
+    for i in 0..40 {
+        client.put(TENANT, format!("k{i}"), "after").await.expect("blind write after the wipe");
+    }
+    for i in 0..40 {
+        let read = client.get(TENANT, format!("k{i}")).await.expect("quorum read");
+        assert_eq!(strings(&read.siblings), ["after", "before"], "key k{i}");
+    }
+    cluster.shutdown().await;
+}
+
 cohort_tests::on_both_transports!(
+    blind_writes_after_a_wipe_are_all_kept,
     one_node_down_quorum_reads_and_writes_succeed,
     two_nodes_down_requests_fail_with_counts,
     acknowledged_writes_survive_node_restarts,

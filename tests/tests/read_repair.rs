@@ -61,7 +61,7 @@ async fn repair_carries_deletes_and_keeps_unseen_siblings() {
     // Node 3 misses the delete.
     cluster.stop_node(2).await;
     let options = WriteOptions { context: read.context, ..Default::default() };
-    client.delete(TENANT, "k", options).await.expect("delete with one node down");
+    client.delete_with(TENANT, "k", options).await.expect("delete with one node down");
     cluster.restart_node(2).await.expect("restart");
     assert_eq!(values_of(&cluster.replica_state(2, "k").await), ["old"], "node 3 is stale");
     let read = client.get_with(TENANT, "k", ReadOptions { consistency: Some(Consistency::All) }).await.expect("read");

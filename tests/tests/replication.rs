@@ -34,6 +34,7 @@ async fn a_write_whose_caller_gave_up_still_reaches_every_replica() {
         peers,
         write_quorum: 3,
         timeout_ms: 10_000,
+        ..Default::default()
     });
     // The deadline travels as grpc-timeout: the node drops the call when it
     // passes, long before the peers can have answered.

@@ -3,6 +3,9 @@
 //! replaces exactly those.
 
 use cohort_client::WriteOptions;
+use cohort_proto::v1 as pb;
+use cohort_proto::v1::admin_client::AdminClient;
+use cohort_proto::v1::key_value_client::KeyValueClient;
 use cohort_tests::{TENANT, TestCluster, client_for, strings, values_of};
 
 async fn concurrent_writes_through_two_coordinators_become_siblings_then_resolve(cluster: TestCluster) {
@@ -77,3 +80,54 @@ cohort_tests::on_both_transports!(
     a_write_replaces_only_what_its_context_covers,
     many_concurrent_blind_writers_all_survive,
 );
+
+/// F6: 130 blind writes to one key were all accepted. Past the tenant's cap
+/// a write that would add a sibling is refused, saying how to resolve;
+/// nothing is stored, the key stays readable, and one write with the read's
+/// context resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blind_writes_past_the_sibling_cap_are_refused_and_one_context_write_resolves_them() {
+    let cluster = TestCluster::start().await;
+    let mut admin = AdminClient::connect(cluster.endpoint()).await.expect("admin");
+    let create = pb::CreateTenantRequest { id: "capped".into(), replication: 3, max_siblings: 5, ..Default::default() };
+    assert_eq!(admin.create_tenant(create).await.expect("create").into_inner().max_siblings, 5);
+    let client = cluster.client().await;
+    for i in 0..5 {
+        let written = client.put("capped", "k", "same").await.expect("under the cap");
+        // Receipts count raw siblings: equal bytes are still separate writes.
+        assert_eq!(written.receipt.expect("receipt").siblings, i + 1);
+    }
+    let error = client.put("capped", "k", "one more").await.expect_err("past the cap");
+    assert_eq!(error.code(), Some(tonic::Code::FailedPrecondition), "{error}");
+    assert!(error.to_string().contains("6 siblings, the limit is 5"), "{error}");
+    assert!(error.to_string().contains("write back one value with its context"), "{error}");
+    let read = client.get("capped", "k").await.expect("the key stays readable");
+    assert_eq!(strings(&read.siblings), ["same"; 5], "nothing was stored past the cap");
+    assert_eq!(read.receipt.as_ref().map(|r| r.siblings), Some(5));
+    let options = WriteOptions { context: read.context, ..Default::default() };
+    let resolved = client.put_with("capped", "k", "resolved", options).await.expect("one write resolves");
+    assert_eq!(resolved.receipt.expect("receipt").siblings, 1);
+    assert_eq!(strings(&client.get("capped", "k").await.expect("read").siblings), ["resolved"]);
+    cluster.shutdown().await;
+}
+
+/// F8: `delete` without a context printed "deleted" and the value stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_deletes_what_it_read_and_a_delete_without_a_context_is_refused() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client().await;
+    client.put(TENANT, "k", "v").await.expect("write");
+    client.put(TENANT, "k", "w").await.expect("a sibling");
+    let mut kv = KeyValueClient::connect(cluster.endpoint()).await.expect("connect");
+    let bare = pb::DeleteRequest { tenant: TENANT.into(), key: "k".into(), ..Default::default() };
+    let status = kv.delete(bare).await.expect_err("a delete without a context");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains("needs the context of a read"), "{}", status.message());
+    assert_eq!(strings(&client.get(TENANT, "k").await.expect("read").siblings), ["v", "w"], "nothing deleted");
+
+    assert!(client.delete(TENANT, "k").await.expect("delete").is_some());
+    let read = client.get(TENANT, "k").await.expect("read");
+    assert!(!read.found(), "the key is gone: {:?}", read.siblings);
+    assert!(client.delete(TENANT, "never-written").await.expect("delete").is_none(), "nothing to delete");
+    cluster.shutdown().await;
+}

@@ -51,6 +51,10 @@ pub enum TenantCommand {
         /// Default write quorum W (default: a majority of N).
         #[arg(long)]
         write: Option<u32>,
+        /// Most siblings a key may have (default 100, at most 10000): a write
+        /// that would add one more is refused until the key is resolved.
+        #[arg(long)]
+        max_siblings: Option<u32>,
     },
     /// Show a tenant.
     Get {
@@ -82,13 +86,18 @@ pub enum TenantCommand {
         /// New default write quorum W.
         #[arg(long)]
         write: Option<u32>,
+        /// New sibling cap per key.
+        #[arg(long)]
+        max_siblings: Option<u32>,
     },
 }
 
 /// Node commands.
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// Register a storage node (or update the one with this id).
+    /// Register a storage node (or update the one with this id). The node
+    /// must be running: it is asked for its id, and an address that serves
+    /// another node, or is registered for another id, is refused.
     Add {
         #[command(flatten)]
         target: Target,
@@ -98,10 +107,12 @@ pub enum NodeCommand {
         /// HOST:PORT of the node's Storage API.
         #[arg(long)]
         address: String,
-        /// Failure zone; replicas spread over zones.
+        /// Failure zone; replicas spread over zones. Left out, a registered
+        /// node keeps its zone; "" clears it.
         #[arg(long)]
         zone: Option<String>,
-        /// Virtual nodes (default 150); scales the node's share of keys.
+        /// Virtual nodes (default 150); scales the node's share of keys. Left
+        /// out, a registered node keeps its count.
         #[arg(long)]
         vnodes: Option<u32>,
     },
@@ -117,6 +128,12 @@ pub enum NodeCommand {
 pub enum ClusterCommand {
     /// Leader, ring version and nodes.
     Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Add a new secret for sealing causal contexts (contexts clients hold
+    /// stay valid: older secrets still open theirs).
+    RotateContextKey {
         #[command(flatten)]
         target: Target,
     },
@@ -136,14 +153,24 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 }
 
 fn tenant_json(t: &pb::Tenant) -> serde_json::Value {
-    json!({"id": t.id, "replication": t.replication, "read": t.read_quorum, "write": t.write_quorum, "version": t.version})
+    json!({
+        "id": t.id,
+        "replication": t.replication,
+        "read": t.read_quorum,
+        "write": t.write_quorum,
+        "max_siblings": t.max_siblings,
+        "version": t.version,
+    })
 }
 
 fn print_tenant(t: &pb::Tenant, as_json: bool) {
     if as_json {
         println!("{}", tenant_json(t));
     } else {
-        println!("{}  N={} R={} W={}  version {}", t.id, t.replication, t.read_quorum, t.write_quorum, t.version);
+        println!(
+            "{}  N={} R={} W={}  max siblings {}  version {}",
+            t.id, t.replication, t.read_quorum, t.write_quorum, t.max_siblings, t.version
+        );
     }
 }
 
@@ -159,12 +186,13 @@ fn print_node(n: &pb::StorageNode) {
 /// Runs an admin command.
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
-        AdminCommand::Tenant(TenantCommand::Create { target, name, replication, read, write }) => {
+        AdminCommand::Tenant(TenantCommand::Create { target, name, replication, read, write, max_siblings }) => {
             let request = pb::CreateTenantRequest {
                 id: name,
                 replication,
                 read_quorum: read.unwrap_or(0),
                 write_quorum: write.unwrap_or(0),
+                max_siblings: max_siblings.unwrap_or(0),
             };
             let tenant = connect(&target).await?.create_tenant(request).await.map_err(status_error)?.into_inner();
             print_tenant(&tenant, target.json);
@@ -184,20 +212,28 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
                 tenants.iter().for_each(|t| print_tenant(t, false));
             }
         }
-        AdminCommand::Tenant(TenantCommand::Update { target, name, expected_version, replication, read, write }) => {
+        AdminCommand::Tenant(TenantCommand::Update {
+            target,
+            name,
+            expected_version,
+            replication,
+            read,
+            write,
+            max_siblings,
+        }) => {
             let request = pb::UpdateTenantRequest {
                 id: name,
                 expected_version,
                 replication: replication.unwrap_or(0),
                 read_quorum: read.unwrap_or(0),
                 write_quorum: write.unwrap_or(0),
+                max_siblings: max_siblings.unwrap_or(0),
             };
             let tenant = connect(&target).await?.update_tenant(request).await.map_err(status_error)?.into_inner();
             print_tenant(&tenant, target.json);
         }
         AdminCommand::Node(NodeCommand::Add { target, id, address, zone, vnodes }) => {
-            let request =
-                pb::AddNodeRequest { id, address, zone: zone.unwrap_or_default(), vnodes: vnodes.unwrap_or(0) };
+            let request = pb::AddNodeRequest { id, address, zone, vnodes };
             let node = connect(&target).await?.add_node(request).await.map_err(status_error)?.into_inner();
             if target.json { println!("{}", node_json(&node)) } else { print_node(&node) }
         }
@@ -226,6 +262,19 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
                 println!("leader: {} (generation {})", leader.id, leader.generation);
                 println!("ring version: {}", status.ring_version);
                 status.nodes.iter().for_each(print_node);
+            }
+        }
+        AdminCommand::Cluster(ClusterCommand::RotateContextKey { target }) => {
+            let rotated = connect(&target)
+                .await?
+                .rotate_context_key(pb::RotateContextKeyRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if target.json {
+                println!("{}", json!({"key_id": rotated.key_id}));
+            } else {
+                println!("contexts are now sealed with key {}", rotated.key_id);
             }
         }
     }

@@ -18,8 +18,10 @@ pub enum KvCommand {
     Put(PutArgs),
     /// Read every sibling of a key and the context to write back with.
     Get(GetArgs),
-    /// Delete a key (writes a tombstone). Pass the context of a read to
-    /// delete exactly what you read.
+    /// Delete a key: reads it and deletes exactly what that read returned
+    /// (a tombstone replaces it), in one command. With --context, deletes
+    /// what that earlier read returned instead; a value written after the
+    /// read survives as a sibling either way.
     Delete(DeleteArgs),
 }
 
@@ -77,11 +79,11 @@ pub struct DeleteArgs {
     common: Common,
     /// The key.
     key: String,
-    /// Context from a previous `kv get`.
+    /// Context from a previous `kv get`: delete what that read returned.
     #[arg(long)]
     context: Option<String>,
-    /// A retry with the same key returns the first answer.
-    #[arg(long)]
+    /// A retry with the same key returns the first answer (with --context).
+    #[arg(long, requires = "context")]
     idempotency_key: Option<String>,
 }
 
@@ -137,15 +139,19 @@ fn write_options(
     Ok(WriteOptions { context, consistency: common.consistency, idempotency_key })
 }
 
+/// The JSON answer to a put or delete.
+fn write_json(result: &WriteResult) -> serde_json::Value {
+    json!({
+        "context": result.context.to_base64(),
+        "duplicate": result.duplicate,
+        "receipt": receipt_json(&result.receipt),
+    })
+}
+
 /// Prints the answer to a put or delete.
 fn print_write(verb: &str, result: &WriteResult, as_json: bool) {
     if as_json {
-        let out = json!({
-            "context": result.context.to_base64(),
-            "duplicate": result.duplicate,
-            "receipt": receipt_json(&result.receipt),
-        });
-        println!("{out}");
+        println!("{}", write_json(result));
     } else {
         let replay = if result.duplicate { " (replayed: this idempotency key was already used)" } else { "" };
         println!("{verb}: {}{replay}", receipt_line(&result.receipt));
@@ -204,10 +210,25 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             }
         }
         KvCommand::Delete(args) => {
-            let options = write_options(&args.common, args.context, args.idempotency_key)?;
             let client = connect(&args.common).await?;
-            let result = client.delete(&args.common.tenant, args.key, options).await?;
-            print_write("deleted", &result, args.common.json);
+            let result = if args.context.is_some() {
+                let options = write_options(&args.common, args.context, args.idempotency_key)?;
+                Some(client.delete_with(&args.common.tenant, args.key, options).await?)
+            } else {
+                client.delete(&args.common.tenant, args.key).await?
+            };
+            match result {
+                Some(result) if args.common.json => {
+                    let mut out = write_json(&result);
+                    out["deleted"] = json!(true);
+                    println!("{out}");
+                }
+                Some(result) => print_write("deleted", &result, false),
+                None if args.common.json => {
+                    println!("{}", json!({"deleted": false, "context": "", "duplicate": false, "receipt": null}))
+                }
+                None => println!("not found: nothing to delete"),
+            }
         }
     }
     Ok(())

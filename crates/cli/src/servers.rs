@@ -190,10 +190,10 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         .await?;
         Arc::new(store)
     };
+    let in_flight = std::time::Duration::from_millis(config.idempotency_in_flight_ms);
     let idempotency: Arc<dyn IdempotencyStore> = if config.redis_url.is_empty() {
-        Arc::new(EmbeddedIdempotency::open(&config.data_dir.join("idempotency"))?)
+        Arc::new(EmbeddedIdempotency::open(&config.data_dir.join("idempotency"), in_flight)?)
     } else {
-        let in_flight = std::time::Duration::from_millis(config.idempotency_in_flight_ms);
         let store =
             with_backoff("Redis", || RedisIdempotency::connect(&config.redis_url, &config.redis_prefix, in_flight))
                 .await?;

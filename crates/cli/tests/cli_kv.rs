@@ -140,6 +140,25 @@ fn blind_puts_become_siblings_and_a_put_or_delete_with_context_replaces_them() {
     assert!(!found, "a refused write stores nothing");
 }
 
+/// F8: `cohort kv delete k` without a context printed "deleted" and the
+/// value stayed. It now reads the key and deletes what it read.
+#[test]
+fn delete_without_a_context_deletes_what_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(&dir.path().join("data"));
+    write_json(&kv(&dev, "put", &["gone", "a", "--json"]));
+    write_json(&kv(&dev, "put", &["gone", "b", "--json"]));
+    let deleted = kv(&dev, "delete", &["gone"]);
+    assert!(deleted.success() && deleted.stdout.starts_with("deleted"), "{deleted:?}");
+    let (found, siblings, _) = get_json(&kv(&dev, "get", &["gone", "--json"]));
+    assert!(!found && siblings.is_empty(), "both siblings are deleted: {siblings:?}");
+
+    let nothing = kv(&dev, "delete", &["never-written"]);
+    assert!(nothing.success() && nothing.stdout.contains("nothing to delete"), "{nothing:?}");
+    let json = kv(&dev, "delete", &["never-written", "--json"]).json();
+    assert_eq!(json["deleted"], serde_json::json!(false), "{json}");
+}
+
 #[test]
 fn an_idempotency_key_replays_the_first_answer_and_refuses_a_different_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -203,7 +222,10 @@ fn admin_tenant_commands_create_show_list_and_update_with_optimistic_versions() 
     let dev = start_dev(&dir.path().join("data"));
 
     let created = admin(&dev, "tenant", "create", &["app", "--replication", "3", "--json"]).json();
-    assert_eq!(created, serde_json::json!({"id": "app", "replication": 3, "read": 2, "write": 2, "version": 1}));
+    assert_eq!(
+        created,
+        serde_json::json!({"id": "app", "replication": 3, "read": 2, "write": 2, "max_siblings": 100, "version": 1})
+    );
     assert_eq!(admin(&dev, "tenant", "get", &["app", "--json"]).json(), created);
 
     let listed = admin(&dev, "tenant", "list", &["--json"]).json();
@@ -212,7 +234,10 @@ fn admin_tenant_commands_create_show_list_and_update_with_optimistic_versions() 
     assert_eq!(ids, BTreeSet::from(["app", "default"]));
 
     let updated = admin(&dev, "tenant", "update", &["app", "--expected-version", "1", "--read", "3", "--json"]).json();
-    assert_eq!(updated, serde_json::json!({"id": "app", "replication": 3, "read": 3, "write": 2, "version": 2}));
+    assert_eq!(
+        updated,
+        serde_json::json!({"id": "app", "replication": 3, "read": 3, "write": 2, "max_siblings": 100, "version": 2})
+    );
     // A stale version is refused and changes nothing.
     admin(&dev, "tenant", "update", &["app", "--expected-version", "1", "--write", "3"])
         .one_line_error("FailedPrecondition");

@@ -200,7 +200,7 @@ async fn a_node_killed_with_sigkill_keeps_every_write_it_acknowledged() {
     let mut checked = 0;
     let mut lost = Vec::new();
     for write in acked.iter().filter(|a| a.replicas.contains(&victim)) {
-        let request = ReadRequest { tenant: TENANT.into(), key: Bytes::from(write.key.clone()) };
+        let request = ReadRequest { tenant: TENANT.into(), key: Bytes::from(write.key.clone()), ..Default::default() };
         let state = storage.read(request).await.expect("read the node's state").into_inner().state;
         let state = if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodes") };
         if !state.values().any(|v| v == write.value.as_bytes()) {

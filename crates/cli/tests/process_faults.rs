@@ -234,7 +234,8 @@ async fn storage_client(address: &str) -> StorageClient<Channel> {
 
 /// One replica's own state of `key`, read through the internal Storage API.
 async fn replica_state(storage: &mut StorageClient<Channel>, key: &str) -> SiblingSet {
-    let request = ReadRequest { tenant: TENANT.into(), key: Bytes::copy_from_slice(key.as_bytes()) };
+    let request =
+        ReadRequest { tenant: TENANT.into(), key: Bytes::copy_from_slice(key.as_bytes()), ..Default::default() };
     let state = storage.read(request).await.expect("replica read").into_inner().state;
     if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodable state") }
 }

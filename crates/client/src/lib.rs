@@ -19,13 +19,22 @@
 //!
 //! Every value read comes with a [`Context`]; write it back to replace what
 //! you read. Writes without a context are *blind*: they never overwrite, and
-//! concurrent blind writes are all kept as siblings.
+//! concurrent blind writes are all kept as siblings. The context a write
+//! returns covers what its own context covered plus the write itself, never
+//! a sibling someone else wrote meanwhile, so chaining writes on it is safe.
+//! A context belongs to the key it was read from: used on another key it is
+//! refused.
+//!
+//! [`Client::delete`] reads the key and deletes exactly what it read, in one
+//! call; [`Client::delete_with`] deletes what a given context covers.
 //!
 //! Transient failures (`Unavailable`) are retried with exponential backoff.
 //! A write is retried only when no replica applied it, always under one
-//! idempotency key, so a retry never applies twice; a write whose outcome is
-//! unknown (it reached some replicas, or no answer came) is returned to the
-//! caller.
+//! idempotency key, so a retry never applies twice. A write whose outcome is
+//! unknown (its version was issued but too few replicas confirmed it, or no
+//! answer came) is returned to the caller: retry it with the same
+//! idempotency key ([`WriteOptions::idempotency_key`]), and the cluster
+//! settles the first attempt instead of writing the value again.
 
 use std::time::Duration;
 
@@ -167,7 +176,8 @@ pub struct ReadOptions {
 /// The result of a write.
 #[derive(Debug, Clone)]
 pub struct WriteResult {
-    /// Context after the write.
+    /// What this write's context covered plus the write itself: writing
+    /// with it replaces this write (and what it replaced), nothing else.
     pub context: Context,
     /// What happened on the replicas.
     pub receipt: Option<Receipt>,
@@ -239,9 +249,9 @@ impl RetryPolicy {
     }
 
     /// Reads are retried on `Unavailable`. Writes only when the server says
-    /// no replica applied them: a write that reached some replica but not a
-    /// quorum, or whose outcome is unknown, is returned to the caller, since
-    /// repeating it would create a second version of the same value.
+    /// no replica applied them: a write whose outcome is unknown (the server
+    /// sets `cohort-outcome: unknown`) is returned to the caller, who may
+    /// retry it under the same idempotency key.
     fn retryable(status: &tonic::Status, write: bool) -> bool {
         status.code() == tonic::Code::Unavailable
             && !(write && status.metadata().get("cohort-outcome").is_some_and(|v| v == "unknown"))
@@ -357,9 +367,26 @@ impl Client {
         Ok(ReadResult { siblings: response.siblings, context: Context(response.context), receipt: response.receipt })
     }
 
-    /// Deletes `key`, replacing what `options.context` covers (everything
-    /// read, when it is the context of a read) with a tombstone.
-    pub async fn delete(
+    /// Deletes `key`: reads it, then deletes exactly the siblings that read
+    /// returned (a tombstone replaces them), in one call. Returns `None` when
+    /// the key was never written, so there was nothing to delete. A value
+    /// written concurrently, after the read, survives as a sibling of the
+    /// tombstone.
+    pub async fn delete(&self, tenant: &str, key: impl Into<Bytes>) -> Result<Option<WriteResult>, Error> {
+        let key = key.into();
+        let read = self.get(tenant, key.clone()).await?;
+        if read.context.is_empty() {
+            return Ok(None);
+        }
+        let options = WriteOptions { context: read.context, ..WriteOptions::default() };
+        self.delete_with(tenant, key, options).await.map(Some)
+    }
+
+    /// Deletes what `options.context` covers (everything read, when it is
+    /// the context of a read) with a tombstone. The context must not be
+    /// empty: a delete without one would delete nothing, and the server
+    /// refuses it.
+    pub async fn delete_with(
         &self,
         tenant: &str,
         key: impl Into<Bytes>,

@@ -40,11 +40,26 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Longest idempotency key, in bytes.
     pub max_idempotency_key_bytes: usize,
+    /// Largest causal context a write may carry, in bytes.
+    pub max_context_bytes: usize,
+    /// Largest encoded state (all siblings of a key) a write may grow a key
+    /// to, in bytes; a write that resolves siblings is always accepted.
+    pub max_state_bytes: u64,
 }
+
+/// The most `limits.max_state_bytes` may be: a key's state must fit in one
+/// internal message (64 MiB) with room to spare.
+pub const MAX_STATE_BYTES_LIMIT: u64 = 48 * 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_key_bytes: 1024, max_value_bytes: 1024 * 1024, max_idempotency_key_bytes: 128 }
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1024 * 1024,
+            max_idempotency_key_bytes: 128,
+            max_context_bytes: 64 * 1024,
+            max_state_bytes: 32 * 1024 * 1024,
+        }
     }
 }
 
@@ -73,7 +88,9 @@ pub struct CoordinatorConfig {
     /// Seconds an idempotency record is kept.
     pub idempotency_ttl_secs: u64,
     /// Milliseconds an in-flight idempotency claim lasts if its coordinator
-    /// dies before finishing the write.
+    /// dies before finishing the write; must exceed `request_timeout_ms`.
+    /// A retry after the claim lapsed treats the first attempt's outcome as
+    /// unknown and looks for its version before writing.
     pub idempotency_in_flight_ms: u64,
     /// What to do with idempotent writes when the idempotency store is down.
     pub idempotency_unavailable: IdempotencyFallback,
@@ -150,6 +167,12 @@ impl CoordinatorConfig {
                 self.node_timeout_ms, self.request_timeout_ms
             ));
         }
+        if self.idempotency_in_flight_ms <= self.request_timeout_ms {
+            return Err(format!(
+                "idempotency_in_flight_ms ({}) must exceed request_timeout_ms ({}): a claim must outlive the request that holds it",
+                self.idempotency_in_flight_ms, self.request_timeout_ms
+            ));
+        }
         if self.leader_lease_ms < 300 {
             return Err(format!("leader_lease_ms must be at least 300, got {}", self.leader_lease_ms));
         }
@@ -162,6 +185,15 @@ impl CoordinatorConfig {
         }
         if l.max_value_bytes == 0 || l.max_value_bytes > 16 * 1024 * 1024 {
             return Err(format!("limits.max_value_bytes must be 1..=16777216, got {}", l.max_value_bytes));
+        }
+        if l.max_context_bytes < 256 || l.max_context_bytes > 1024 * 1024 {
+            return Err(format!("limits.max_context_bytes must be 256..=1048576, got {}", l.max_context_bytes));
+        }
+        if l.max_state_bytes < l.max_value_bytes as u64 * 2 || l.max_state_bytes > MAX_STATE_BYTES_LIMIT {
+            return Err(format!(
+                "limits.max_state_bytes must be at least twice limits.max_value_bytes ({}) and at most {MAX_STATE_BYTES_LIMIT}, got {}",
+                l.max_value_bytes, l.max_state_bytes
+            ));
         }
         Ok(())
     }

@@ -4,7 +4,8 @@
 use tonic::Status;
 
 /// Response metadata set on a failed write that some replica may have
-/// applied (`unknown`): retrying it blindly could apply it twice.
+/// applied (`unknown`): retrying it without its idempotency key could apply
+/// it twice, so clients never retry such a write on their own.
 pub const OUTCOME_HEADER: &str = "cohort-outcome";
 
 /// Why a key-value or admin request failed.
@@ -33,7 +34,13 @@ pub enum KvError {
         needed: usize,
         /// Reasons from the replicas that failed, prefixed with "; ".
         detail: String,
+        /// Whether some replica may hold the write (a write whose
+        /// coordinating replica issued its version, whatever came after).
+        maybe_applied: bool,
     },
+    /// A write that some replica may have applied got no definite answer.
+    #[error("{0}")]
+    WriteOutcomeUnknown(String),
     /// The request ran out of time.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -53,7 +60,24 @@ impl KvError {
     /// A quorum failure with the reasons given by the failed replicas.
     pub fn unavailable(what: &'static str, got: usize, needed: usize, reasons: &[String]) -> Self {
         let detail = if reasons.is_empty() { String::new() } else { format!("; {}", reasons.join("; ")) };
-        KvError::Unavailable { what, got, needed, detail }
+        KvError::Unavailable { what, got, needed, detail, maybe_applied: false }
+    }
+
+    /// The same failure, marked as a write some replica may hold.
+    pub fn applied_somewhere(self) -> Self {
+        match self {
+            KvError::Unavailable { what, got, needed, detail, .. } => {
+                KvError::Unavailable { what, got, needed, detail, maybe_applied: true }
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the failed request is a write some replica may have applied:
+    /// its outcome is unknown, and only a retry under the same idempotency
+    /// key can settle it without applying it twice.
+    pub fn maybe_applied(&self) -> bool {
+        matches!(self, KvError::WriteOutcomeUnknown(_) | KvError::Unavailable { maybe_applied: true, .. })
     }
 
     /// A short label for metrics.
@@ -64,6 +88,7 @@ impl KvError {
             KvError::AlreadyExists(_) => "already_exists",
             KvError::Unavailable { .. } | KvError::DependencyUnavailable(_) => "unavailable",
             KvError::DeadlineExceeded(_) => "deadline_exceeded",
+            KvError::WriteOutcomeUnknown(_) => "outcome_unknown",
             KvError::FailedPrecondition(_) => "failed_precondition",
             KvError::Internal(_) => "internal",
         }
@@ -73,20 +98,20 @@ impl KvError {
 impl From<KvError> for Status {
     fn from(error: KvError) -> Status {
         let message = error.to_string();
-        match error {
+        let maybe_applied = error.maybe_applied();
+        let mut status = match error {
             KvError::InvalidArgument(_) => Status::invalid_argument(message),
             KvError::TenantNotFound(_) | KvError::NotFound(_) => Status::not_found(message),
             KvError::AlreadyExists(_) => Status::already_exists(message),
-            KvError::Unavailable { what: "write", got, .. } if got > 0 => {
-                // Some replica holds the write: a retry must not apply it again.
-                let mut status = Status::unavailable(message);
-                status.metadata_mut().insert(OUTCOME_HEADER, tonic::metadata::MetadataValue::from_static("unknown"));
-                status
-            }
             KvError::Unavailable { .. } | KvError::DependencyUnavailable(_) => Status::unavailable(message),
-            KvError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
+            KvError::DeadlineExceeded(_) | KvError::WriteOutcomeUnknown(_) => Status::deadline_exceeded(message),
             KvError::FailedPrecondition(_) => Status::failed_precondition(message),
             KvError::Internal(_) => Status::internal(message),
+        };
+        if maybe_applied {
+            // Some replica may hold the write: a retry must not apply it again.
+            status.metadata_mut().insert(OUTCOME_HEADER, tonic::metadata::MetadataValue::from_static("unknown"));
         }
+        status
     }
 }

@@ -16,6 +16,14 @@
 //! merged one is sent the merged state (read repair): in the background by
 //! default, or before answering when configured.
 //!
+//! **Settling an unknown outcome.** A write with an idempotency key carries
+//! a write id, which every replica that stages or merges it records with
+//! the write's dot. When an earlier attempt's outcome is unknown,
+//! [`KvEngine::settle_write`] asks every replica for that record: a replica
+//! that has it means the version exists, and it is replicated again (same
+//! dot) instead of issued anew; when every replica answers that it has none,
+//! the write never happened and may run.
+//!
 //! What to repair is decided by the pure functions [`merge_answers`] and
 //! [`stale_replicas`]; the async code gathers answers and carries it out.
 
@@ -24,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_node::peers::{NodeError, PeerPool};
-use cohort_proto::v1::{CoordinateRequest, MergeRequest, Peer, ReadRequest};
-use cohort_ring::{Consistency, SiblingSet};
+use cohort_proto::v1::{CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, WriteTag};
+use cohort_ring::{Actor, CausalContext, Consistency, Dot, SiblingSet};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::oneshot;
@@ -38,8 +46,11 @@ use crate::topology::{Replica, Topology};
 /// The result of an acknowledged write.
 #[derive(Debug, Clone)]
 pub struct WriteOutcome {
-    /// The key's state on the coordinating replica after the write.
-    pub state: SiblingSet,
+    /// The write's dot.
+    pub dot: Dot,
+    /// Siblings (tombstones included) the key had after the write on the
+    /// replica that issued it.
+    pub siblings: u32,
     /// Replicas that acknowledged durably before the answer.
     pub acked: Vec<String>,
     /// Replicas the write needed.
@@ -124,6 +135,24 @@ fn invalid(e: impl std::fmt::Display) -> KvError {
     KvError::InvalidArgument(e.to_string())
 }
 
+fn dot_from_pb(dot: Option<&PbDot>) -> Option<Dot> {
+    dot.filter(|d| !d.actor.is_empty() && d.counter > 0)
+        .map(|d| Dot { actor: Actor::new(d.actor.clone()), counter: d.counter })
+}
+
+fn dot_to_pb(dot: &Dot) -> PbDot {
+    PbDot { actor: dot.actor.0.clone(), counter: dot.counter }
+}
+
+/// Limits the coordinating replica enforces on a new version.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteLimits {
+    /// The tenant's sibling cap.
+    pub max_siblings: u32,
+    /// The cluster's state size cap.
+    pub max_state_bytes: u64,
+}
+
 impl KvEngine {
     /// An engine over the given topology and node clients.
     pub fn new(topology: Arc<Topology>, peers: Arc<PeerPool>, config: &CoordinatorConfig) -> Self {
@@ -137,15 +166,20 @@ impl KvEngine {
         }
     }
 
-    /// Writes `value` (a tombstone when `None`) under `key` with the encoded
-    /// causal `context`, and waits for the write quorum.
+    /// Writes `value` (a tombstone when `None`) under `key`, replacing what
+    /// `context` covers, and waits for the write quorum. With a `write` tag
+    /// the replicas record the write's id, and a coordinating replica that
+    /// already has it replicates the version it issued instead of a new one.
+    #[allow(clippy::too_many_arguments)]
     pub async fn write(
         &self,
         tenant: &Tenant,
         key: Bytes,
         value: Option<Bytes>,
-        context: Bytes,
+        context: &CausalContext,
         level: Option<Consistency>,
+        limits: WriteLimits,
+        write: Option<WriteTag>,
     ) -> Result<WriteOutcome, KvError> {
         let replication = tenant.replication.n();
         let required = tenant.replication.write_quorum(level).map_err(invalid)?;
@@ -158,6 +192,7 @@ impl KvEngine {
                 &[format!("only {} storage nodes are on the ring", replicas.len())],
             ));
         }
+        let context = Bytes::from(context.encode());
         let deadline = Instant::now() + self.request_timeout;
         let mut reasons = Vec::new();
         for index in self.coordinator_order(&replicas) {
@@ -180,27 +215,44 @@ impl KvEngine {
                 peers,
                 write_quorum: required.into(),
                 timeout_ms: self.node_timeout.as_millis() as u32,
+                max_siblings: limits.max_siblings,
+                max_state_bytes: limits.max_state_bytes,
+                write: write.clone(),
             };
             let client = self.peers.node(&coordinator.address).map_err(|s| KvError::Internal(s.to_string()))?;
             // The coordinating replica itself waits up to node_timeout for peers.
             let attempt = remaining.min(self.node_timeout * 2);
             match tokio::time::timeout(attempt, client.coordinate(request)).await {
                 Ok(Ok(response)) => {
-                    let state = SiblingSet::decode(&response.state).map_err(|e| {
-                        KvError::Internal(format!("node {} sent an unreadable state: {e}", coordinator.id))
+                    let dot = dot_from_pb(response.dot.as_ref()).ok_or_else(|| {
+                        KvError::Internal(format!("node {} answered a write without its dot", coordinator.id))
                     })?;
                     if response.acked.len() >= required.into() {
-                        return Ok(WriteOutcome { state, acked: response.acked, required, replication });
+                        return Ok(WriteOutcome {
+                            dot,
+                            siblings: response.siblings,
+                            acked: response.acked,
+                            required,
+                            replication,
+                        });
                     }
                     for failure in &response.failures {
                         self.suspects.add(&failure.node_id, self.node_timeout);
                     }
                     let reasons: Vec<String> =
                         response.failures.iter().map(|f| format!("{}: {}", f.node_id, f.reason)).collect();
-                    return Err(KvError::unavailable("write", response.acked.len(), required.into(), &reasons));
+                    // The coordinating replica issued the version: whatever
+                    // else failed, some replica may hold it.
+                    return Err(KvError::unavailable("write", response.acked.len(), required.into(), &reasons)
+                        .applied_somewhere());
                 }
+                // The request was wrong, or the key refuses it (sibling
+                // cap): no replica will take it, and none stored anything.
                 Ok(Err(NodeError::Rejected(status))) if status.code() == tonic::Code::InvalidArgument => {
                     return Err(KvError::InvalidArgument(status.message().to_string()));
+                }
+                Ok(Err(NodeError::Rejected(status))) if status.code() == tonic::Code::FailedPrecondition => {
+                    return Err(KvError::FailedPrecondition(status.message().to_string()));
                 }
                 // The node certainly did nothing: the next replica may
                 // coordinate instead.
@@ -215,7 +267,7 @@ impl KvEngine {
                 // is unknown and the client decides.
                 Ok(Err(error)) => {
                     self.suspects.add(&coordinator.id, self.node_timeout);
-                    return Err(KvError::DeadlineExceeded(format!(
+                    return Err(KvError::WriteOutcomeUnknown(format!(
                         "write outcome unknown: the connection to coordinating replica {} broke ({}); the write may have been applied",
                         coordinator.id,
                         error.status().message()
@@ -223,7 +275,7 @@ impl KvEngine {
                 }
                 Err(_) => {
                     self.suspects.add(&coordinator.id, self.node_timeout);
-                    return Err(KvError::DeadlineExceeded(format!(
+                    return Err(KvError::WriteOutcomeUnknown(format!(
                         "write outcome unknown: coordinating replica {} did not answer within {} ms; the write may have been applied",
                         coordinator.id,
                         attempt.as_millis()
@@ -232,6 +284,88 @@ impl KvEngine {
             }
         }
         Err(KvError::unavailable("write", 0, required.into(), &reasons))
+    }
+
+    /// Settles an idempotent write whose earlier attempt may have applied.
+    ///
+    /// Asks every replica whether it recorded `write`. If one did, the
+    /// version exists: the merge of the answers is sent to every replica
+    /// (each records the write too) and the write succeeds once W hold it
+    /// durably — with the dot the first attempt issued. If every replica
+    /// answered without a record, the write never happened: `Ok(None)`, and
+    /// the caller runs it. Otherwise the outcome is still unknown.
+    pub async fn settle_write(
+        &self,
+        tenant: &Tenant,
+        key: Bytes,
+        level: Option<Consistency>,
+        write: &WriteTag,
+    ) -> Result<Option<WriteOutcome>, KvError> {
+        let replication = tenant.replication.n();
+        let required = tenant.replication.write_quorum(level).map_err(invalid)?;
+        let replicas = self.topology.current().replicas(&tenant.id, &key, replication.into());
+        let unknown = |why: String| {
+            KvError::WriteOutcomeUnknown(format!(
+                "the outcome of this write's first attempt is still unknown: {why}; retry with the same idempotency key"
+            ))
+        };
+        let lookups = replicas.iter().map(|replica| {
+            let request = ReadRequest { tenant: tenant.id.clone(), key: key.clone(), write_id: write.id.clone() };
+            let client = self.peers.node(&replica.address);
+            let timeout = self.node_timeout;
+            async move {
+                let client = client.map_err(|s| s.message().to_string())?;
+                match tokio::time::timeout(timeout, client.read(request)).await {
+                    Ok(Ok(response)) => Ok((decode_state(&response.state)?, dot_from_pb(response.write_dot.as_ref()))),
+                    Ok(Err(status)) => Err(format!("{}: {:?}: {}", replica.id, status.code(), status.message())),
+                    Err(_) => Err(format!("{}: no answer within {} ms", replica.id, timeout.as_millis())),
+                }
+            }
+        });
+        let answers = futures::future::join_all(lookups).await;
+        let mut merged = SiblingSet::new();
+        let mut recorded = None;
+        let mut missing = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok((state, dot)) => {
+                    merged.sync(&state);
+                    recorded = recorded.or(dot);
+                }
+                Err(reason) => missing.push(reason),
+            }
+        }
+        let Some(dot) = recorded else {
+            if missing.is_empty() && replicas.len() == usize::from(replication) {
+                return Ok(None);
+            }
+            return Err(unknown(format!("no replica that answered holds it, and {}", missing.join("; "))));
+        };
+        let encoded = Bytes::from(merged.encode());
+        let sends = replicas.iter().map(|replica| {
+            let request = MergeRequest {
+                tenant: tenant.id.clone(),
+                key: key.clone(),
+                state: encoded.clone(),
+                write: Some(write.clone()),
+                write_dot: Some(dot_to_pb(&dot)),
+            };
+            let client = self.peers.node(&replica.address);
+            let timeout = self.node_timeout;
+            async move {
+                let ok = match client {
+                    Ok(client) => matches!(tokio::time::timeout(timeout, client.merge(request)).await, Ok(Ok(_))),
+                    Err(_) => false,
+                };
+                ok.then(|| replica.id.clone())
+            }
+        });
+        let acked: Vec<String> = futures::future::join_all(sends).await.into_iter().flatten().collect();
+        metrics::counter!("cohort_writes_settled_total").increment(1);
+        if acked.len() < usize::from(required) {
+            return Err(KvError::unavailable("write", acked.len(), required.into(), &missing).applied_somewhere());
+        }
+        Ok(Some(WriteOutcome { dot, siblings: merged.siblings().len() as u32, acked, required, replication }))
     }
 
     /// The order in which replicas are asked to coordinate a write: the
@@ -296,7 +430,7 @@ impl ReadRound {
             .iter()
             .map(|replica| {
                 let client = self.peers.node(&replica.address);
-                let request = ReadRequest { tenant: self.tenant.clone(), key: self.key.clone() };
+                let request = ReadRequest { tenant: self.tenant.clone(), key: self.key.clone(), ..Default::default() };
                 let timeout = self.node_timeout;
                 async move {
                     let result = match client {
@@ -368,7 +502,12 @@ impl ReadRound {
     async fn repair(&self, stale: &[&Replica], merged: &SiblingSet) {
         let encoded = Bytes::from(merged.encode());
         let sends = stale.iter().map(|replica| {
-            let request = MergeRequest { tenant: self.tenant.clone(), key: self.key.clone(), state: encoded.clone() };
+            let request = MergeRequest {
+                tenant: self.tenant.clone(),
+                key: self.key.clone(),
+                state: encoded.clone(),
+                ..Default::default()
+            };
             let client = self.peers.node(&replica.address);
             let timeout = self.node_timeout;
             async move {
@@ -390,7 +529,7 @@ impl ReadRound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cohort_ring::{Actor, VersionVector};
+    use cohort_ring::{Actor, CausalContext};
 
     fn replica(id: &str) -> Replica {
         Replica { id: id.into(), address: format!("{id}:1") }
@@ -399,7 +538,7 @@ mod tests {
     #[test]
     fn stale_replicas_are_those_that_differ_from_the_merge() {
         let mut newer = SiblingSet::new();
-        newer.update(&VersionVector::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"v")));
+        newer.update(&CausalContext::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"v"))).unwrap();
         let answers =
             vec![(replica("a"), newer.clone()), (replica("b"), SiblingSet::new()), (replica("c"), newer.clone())];
         let merged = merge_answers(answers.iter().map(|(_, s)| s));
@@ -411,9 +550,9 @@ mod tests {
     #[test]
     fn concurrent_answers_merge_into_siblings() {
         let mut left = SiblingSet::new();
-        left.update(&VersionVector::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"l")));
+        left.update(&CausalContext::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"l"))).unwrap();
         let mut right = SiblingSet::new();
-        right.update(&VersionVector::new(), &Actor::new("n2.1"), Some(Bytes::from_static(b"r")));
+        right.update(&CausalContext::new(), &Actor::new("n2.1"), Some(Bytes::from_static(b"r"))).unwrap();
         let answers = vec![(replica("a"), left), (replica("b"), right)];
         let merged = merge_answers(answers.iter().map(|(_, s)| s));
         assert_eq!(merged.values().count(), 2);

@@ -13,6 +13,8 @@
 //!   and its embedded implementation.
 //! - [`idempotency`]: the idempotency record contract and its embedded
 //!   implementation.
+//! - [`contexts`]: sealing the causal contexts handed to clients, and
+//!   opening the ones they send back.
 //! - [`topology`]: the current ring and node addresses, refreshed from metadata.
 //! - [`tenants`]: the tenant cache.
 //! - [`kv`]: the quorum write and read paths, and read repair.
@@ -27,6 +29,7 @@
 //! clock of its own; versions are created only by storage nodes.
 
 pub mod config;
+pub mod contexts;
 pub mod error;
 pub mod idempotency;
 pub mod kv;

@@ -193,8 +193,11 @@ impl LocalCluster {
     pub async fn start(options: LocalClusterOptions) -> Result<Self, LocalClusterError> {
         let metadata = Arc::new(EmbeddedMetadata::open(&options.data_dir.join("metadata"))?);
         let idempotency = Arc::new(
-            EmbeddedIdempotency::open(&options.data_dir.join("idempotency"))
-                .map_err(|e| LocalClusterError::Store(e.to_string()))?,
+            EmbeddedIdempotency::open(
+                &options.data_dir.join("idempotency"),
+                std::time::Duration::from_millis(options.coordinator.idempotency_in_flight_ms),
+            )
+            .map_err(|e| LocalClusterError::Store(e.to_string()))?,
         );
         Self::start_with_stores(options, metadata, idempotency).await
     }
@@ -231,7 +234,7 @@ impl LocalCluster {
                     let n = DEFAULT_REPLICATION.min(options.nodes.max(1) as u32);
                     let replication = cohort_ring::ReplicationConfig::majority(n)
                         .map_err(|e| LocalClusterError::Store(e.to_string()))?;
-                    metadata.create_tenant(tenant, replication).await?;
+                    metadata.create_tenant(tenant, replication, crate::metadata::DEFAULT_MAX_SIBLINGS).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -325,6 +328,16 @@ impl LocalCluster {
         self.nodes[index] = Some(node);
         self.coordinator.coordinator.topology.refresh().await?;
         Ok(())
+    }
+
+    /// Stops node `index`, deletes its data directory and starts it again
+    /// under the same id and port, as after a disk replacement: a new,
+    /// empty replica that repair fills.
+    pub async fn wipe_node(&mut self, index: usize) -> Result<(), LocalClusterError> {
+        self.stop_node(index).await;
+        let dir = self.options.data_dir.join(node_id(index));
+        std::fs::remove_dir_all(&dir).map_err(|e| LocalClusterError::Store(format!("wipe {}: {e}", dir.display())))?;
+        self.restart_node(index).await
     }
 
     /// Registers node `index` under `address` (e.g. a proxy in front of it)

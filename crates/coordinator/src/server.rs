@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::CoordinatorConfig;
+use crate::contexts::ContextSeals;
 use crate::idempotency::IdempotencyStore;
 use crate::kv::KvEngine;
 use crate::leader::{self, LeaderState};
@@ -42,6 +43,8 @@ pub struct Coordinator {
     pub engine: KvEngine,
     /// Clients of the storage nodes.
     pub peers: Arc<PeerPool>,
+    /// The keys that seal causal contexts.
+    pub contexts: ContextSeals,
     leadership: watch::Sender<LeaderState>,
     metadata_up: AtomicBool,
 }
@@ -78,6 +81,7 @@ impl Coordinator {
     ) -> Result<Arc<Self>, MetadataError> {
         config.validate().map_err(|e| MetadataError::Unavailable(format!("invalid coordinator configuration: {e}")))?;
         let topology = Arc::new(Topology::load(metadata.clone()).await?);
+        let contexts = ContextSeals::load(metadata.clone()).await?;
         let timeout = Duration::from_millis(config.node_timeout_ms);
         let peers = Arc::new(match in_process {
             Some(nodes) => PeerPool::with_in_process(timeout, nodes),
@@ -94,6 +98,7 @@ impl Coordinator {
             topology,
             engine,
             peers,
+            contexts,
             leadership,
             metadata_up: AtomicBool::new(true),
         }))
@@ -148,14 +153,19 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Polls the ring version; tracks whether metadata answers.
+/// Polls the ring version and the context keys; tracks whether metadata
+/// answers.
 async fn refresh_ring(coordinator: Arc<Coordinator>) {
     let mut tick = tokio::time::interval(Duration::from_millis(coordinator.config.ring_refresh_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match coordinator.topology.refresh().await {
-            Ok(_) => coordinator.set_metadata_up(true),
+        let refreshed = match coordinator.topology.refresh().await {
+            Ok(_) => coordinator.contexts.reload().await,
+            Err(error) => Err(error),
+        };
+        match refreshed {
+            Ok(()) => coordinator.set_metadata_up(true),
             Err(error) => {
                 tracing::debug!(%error, "ring refresh failed");
                 coordinator.set_metadata_up(false);
@@ -183,6 +193,24 @@ async fn follow_changes(coordinator: Arc<Coordinator>, mut changes: broadcast::R
     }
 }
 
+/// How often expired idempotency records are purged.
+const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes expired idempotency records, where the store keeps them itself.
+async fn purge_idempotency(coordinator: Arc<Coordinator>) {
+    let mut tick = tokio::time::interval(IDEMPOTENCY_PURGE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match coordinator.idempotency.purge_expired().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "purged expired idempotency records"),
+            Err(error) => tracing::warn!(%error, "purging expired idempotency records failed"),
+        }
+    }
+}
+
 /// The jobs only the leader runs.
 fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
     let coordinator = coordinator.clone();
@@ -204,7 +232,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let mut background = vec![AbortOnDrop(tokio::spawn(refresh_ring(coordinator.clone())))];
+    let mut background = vec![
+        AbortOnDrop(tokio::spawn(refresh_ring(coordinator.clone()))),
+        AbortOnDrop(tokio::spawn(purge_idempotency(coordinator.clone()))),
+    ];
     if let Some(changes) = coordinator.metadata.changes() {
         background.push(AbortOnDrop(tokio::spawn(follow_changes(coordinator.clone(), changes))));
     }

@@ -12,7 +12,7 @@ use cohort_node::config::valid_node_id;
 use cohort_proto::v1 as pb;
 use cohort_proto::v1::admin_server::Admin;
 use cohort_proto::v1::key_value_server::KeyValue;
-use cohort_ring::{CausalContext, Consistency, ReplicationConfig, SiblingSet, ring::MAX_VNODES};
+use cohort_ring::{CausalContext, Consistency, ReplicationConfig, ring::MAX_VNODES};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -20,8 +20,8 @@ use tonic::{Request, Response, Status};
 use crate::config::IdempotencyFallback;
 use crate::error::KvError;
 use crate::idempotency::{Claim, Fingerprint};
-use crate::kv::{ReadOutcome, WriteOutcome};
-use crate::metadata::{MetadataError, NodeRecord, NodeState, Tenant};
+use crate::kv::{ReadOutcome, WriteLimits, WriteOutcome};
+use crate::metadata::{DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, MetadataError, NodeRecord, NodeState, Tenant};
 use crate::server::Coordinator;
 use crate::validate;
 
@@ -134,16 +134,44 @@ fn write_receipt(outcome: &WriteOutcome) -> pb::Receipt {
         required: outcome.required.into(),
         replication: outcome.replication.into(),
         read_repair: false,
-        siblings: outcome.state.values().count() as u32,
+        siblings: outcome.siblings,
         hint_stored: false,
     }
 }
 
-fn context_of(state: &SiblingSet) -> Bytes {
-    Bytes::from(CausalContext(state.clock().clone()).encode())
+/// The write id replicas record for an idempotent write: a digest of the
+/// claim (tenant, idempotency key) and of the request itself.
+fn write_id(tenant: &str, idempotency_key: &str, fingerprint: &Fingerprint) -> Bytes {
+    let mut hash = Sha256::new();
+    for part in [b"cohort-write".as_slice(), tenant.as_bytes(), idempotency_key.as_bytes(), fingerprint] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    Bytes::copy_from_slice(&hash.finalize())
+}
+
+/// A token naming one attempt at a claimed write.
+fn attempt_owner() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 impl KvService {
+    /// The clock inside a write's context, after checking its size and seal.
+    async fn open_context(&self, input: &WriteInput) -> Result<CausalContext, KvError> {
+        let limit = self.coordinator.config.limits.max_context_bytes;
+        if input.context.len() > limit {
+            return Err(KvError::InvalidArgument(format!(
+                "causal context is {} bytes; the limit is {limit} bytes",
+                input.context.len()
+            )));
+        }
+        self.coordinator
+            .contexts
+            .open(&input.context, &input.tenant, &input.key)
+            .await
+            .map_err(|e| KvError::InvalidArgument(format!("causal context is invalid: {e}")))
+    }
+
     async fn write(&self, input: WriteInput) -> Result<pb::PutResponse, KvError> {
         let c = &self.coordinator;
         let limits = &c.config.limits;
@@ -154,19 +182,27 @@ impl KvService {
         }
         validate::idempotency_key(&input.idempotency_key, limits)?;
         let level = level_from(input.consistency)?;
-        CausalContext::decode(&input.context)
-            .map_err(|e| KvError::InvalidArgument(format!("causal context is invalid: {e}")))?;
+        let context = self.open_context(&input).await?;
+        if input.value.is_none() && context.is_empty() {
+            return Err(KvError::InvalidArgument(
+                "a delete needs the context of a read: without one it would delete nothing; \
+                 read the key and delete with the context the read returned (the SDK's and CLI's delete do this)"
+                    .into(),
+            ));
+        }
         let tenant = c.tenants.get(&input.tenant).await?;
         tenant.replication.write_quorum(level).map_err(|e| KvError::InvalidArgument(e.to_string()))?;
 
         if input.idempotency_key.is_empty() {
-            return self.execute(&tenant, input, level).await;
+            return self.execute(&tenant, &input, &context, level, None).await;
         }
         let fingerprint = fingerprint(&input, level);
         let (tenant_id, idem) = (input.tenant.clone(), input.idempotency_key.clone());
+        let ttl = Duration::from_secs(c.config.idempotency_ttl_secs);
+        let owner = attempt_owner();
         let deadline = Instant::now() + Duration::from_millis(c.config.request_timeout_ms);
-        loop {
-            let claim = match c.idempotency.claim(&tenant_id, &idem, &fingerprint).await {
+        let settle = loop {
+            let claim = match c.idempotency.claim(&tenant_id, &idem, &fingerprint, &owner, ttl).await {
                 Ok(claim) => claim,
                 Err(error) => match c.config.idempotency_unavailable {
                     IdempotencyFallback::Reject => {
@@ -177,12 +213,12 @@ impl KvService {
                     IdempotencyFallback::Proceed => {
                         tracing::warn!(%error, "idempotency store unreachable; writing without deduplication");
                         metrics::counter!("cohort_idempotency_bypassed_total").increment(1);
-                        return self.execute(&tenant, input, level).await;
+                        return self.execute(&tenant, &input, &context, level, None).await;
                     }
                 },
             };
             match claim {
-                Claim::Claimed => break,
+                Claim::Claimed { settle } => break settle,
                 Claim::Done(stored) => {
                     metrics::counter!("cohort_idempotent_replays_total").increment(1);
                     let mut response = pb::PutResponse::decode(stored.as_slice())
@@ -202,38 +238,69 @@ impl KvService {
                     )));
                 }
             }
-        }
-        let result = self.execute(&tenant, input, level).await;
-        match &result {
+        };
+        let expires_at = cohort_node::store::now_secs() + c.config.idempotency_ttl_secs;
+        let write = pb::WriteTag { id: write_id(&tenant_id, &idem, &fingerprint), expires_at };
+        let result = if settle {
+            // An earlier attempt may have applied: find its version first.
+            metrics::counter!("cohort_idempotent_settles_total").increment(1);
+            match c.engine.settle_write(&tenant, input.key.clone(), level, &write).await {
+                Ok(Some(outcome)) => Ok(self.response(&input, &context, &outcome)),
+                Ok(None) => self.execute(&tenant, &input, &context, level, Some(write)).await,
+                Err(error) => Err(error),
+            }
+        } else {
+            self.execute(&tenant, &input, &context, level, Some(write)).await
+        };
+        let ended = match &result {
             Ok(response) => {
-                let ttl = Duration::from_secs(c.config.idempotency_ttl_secs);
-                if let Err(error) =
-                    c.idempotency.complete(&tenant_id, &idem, &fingerprint, &response.encode_to_vec(), ttl).await
-                {
-                    tracing::warn!(%error, "could not record an idempotent response; a retry may apply again");
-                }
+                c.idempotency.complete(&tenant_id, &idem, &fingerprint, &owner, &response.encode_to_vec(), ttl).await
             }
-            Err(_) => {
-                if let Err(error) = c.idempotency.release(&tenant_id, &idem, &fingerprint).await {
-                    tracing::warn!(%error, "could not release an idempotency claim");
-                }
+            // The version may exist on some replica: keep the claim, so that
+            // a retry settles it rather than writing it again.
+            Err(error) if error.maybe_applied() => {
+                c.idempotency.mark_unknown(&tenant_id, &idem, &fingerprint, &owner, ttl).await
             }
+            Err(_) => c.idempotency.release(&tenant_id, &idem, &fingerprint, &owner).await,
+        };
+        if let Err(error) = ended {
+            // The claim lapses by itself and a retry then settles it.
+            tracing::warn!(%error, "could not record the end of an idempotent write");
         }
         result
+    }
+
+    /// The answer to a write: the context it returns covers what the
+    /// write's own context covered plus the write itself — never a sibling
+    /// the writer did not see.
+    fn response(&self, input: &WriteInput, context: &CausalContext, outcome: &WriteOutcome) -> pb::PutResponse {
+        let mut covered = context.clone();
+        covered.add(&outcome.dot);
+        pb::PutResponse {
+            context: self.coordinator.contexts.seal(&covered, &input.tenant, &input.key),
+            receipt: Some(write_receipt(outcome)),
+            duplicate: false,
+        }
     }
 
     async fn execute(
         &self,
         tenant: &Tenant,
-        input: WriteInput,
+        input: &WriteInput,
+        context: &CausalContext,
         level: Option<Consistency>,
+        write: Option<pb::WriteTag>,
     ) -> Result<pb::PutResponse, KvError> {
-        let outcome = self.coordinator.engine.write(tenant, input.key, input.value, input.context, level).await?;
-        Ok(pb::PutResponse {
-            context: context_of(&outcome.state),
-            receipt: Some(write_receipt(&outcome)),
-            duplicate: false,
-        })
+        let limits = WriteLimits {
+            max_siblings: tenant.max_siblings,
+            max_state_bytes: self.coordinator.config.limits.max_state_bytes,
+        };
+        let outcome = self
+            .coordinator
+            .engine
+            .write(tenant, input.key.clone(), input.value.clone(), context, level, limits, write)
+            .await?;
+        Ok(self.response(input, context, &outcome))
     }
 
     async fn read(&self, request: pb::GetRequest) -> Result<pb::GetResponse, KvError> {
@@ -243,19 +310,14 @@ impl KvService {
         let level = level_from(request.consistency)?;
         let tenant = c.tenants.get(&request.tenant).await?;
         let ReadOutcome { state, answered, required, replication, repair } =
-            c.engine.read(&tenant, request.key, level).await?;
-        // A retried write that reached different coordinating replicas can
-        // leave two siblings with equal bytes; they are one value to a reader.
-        let mut siblings: Vec<Bytes> = Vec::new();
-        for value in state.values() {
-            if !siblings.contains(value) {
-                siblings.push(value.clone());
-            }
-        }
+            c.engine.read(&tenant, request.key.clone(), level).await?;
+        // Every live sibling, equal bytes included: a reader resolving them
+        // sees exactly what the key holds.
+        let siblings: Vec<Bytes> = state.values().cloned().collect();
         metrics::histogram!("cohort_siblings_seen").record(siblings.len() as f64);
         Ok(pb::GetResponse {
             found: !siblings.is_empty(),
-            context: context_of(&state),
+            context: c.contexts.seal(state.clock(), &request.tenant, &request.key),
             receipt: Some(pb::Receipt {
                 replicas: answered
                     .into_iter()
@@ -264,7 +326,7 @@ impl KvService {
                 required: required.into(),
                 replication: replication.into(),
                 read_repair: repair,
-                siblings: siblings.len() as u32,
+                siblings: state.siblings().len() as u32,
                 hint_stored: false,
             }),
             siblings,
@@ -328,6 +390,16 @@ fn tenant_to_pb(tenant: &Tenant) -> pb::Tenant {
         read_quorum: tenant.replication.r().into(),
         write_quorum: tenant.replication.w().into(),
         version: tenant.version,
+        max_siblings: tenant.max_siblings,
+    }
+}
+
+/// A sibling cap from a request; 0 means `default`.
+fn max_siblings_from(requested: u32, default: u32) -> Result<u32, KvError> {
+    match requested {
+        0 => Ok(default),
+        n if n <= MAX_MAX_SIBLINGS => Ok(n),
+        n => Err(KvError::InvalidArgument(format!("max_siblings {n} is not 1..={MAX_MAX_SIBLINGS}"))),
     }
 }
 
@@ -360,11 +432,45 @@ fn valid_address(address: &str) -> bool {
 }
 
 impl AdminService {
+    /// Asks the node at `address` who it is: registering an id at an
+    /// address that serves another node would count one disk as two
+    /// replicas.
+    async fn check_node_identity(&self, id: &str, address: &str) -> Result<(), KvError> {
+        let c = &self.coordinator;
+        let client = c.peers.node(address).map_err(|s| KvError::InvalidArgument(s.message().to_string()))?;
+        let timeout = Duration::from_millis(c.config.node_timeout_ms);
+        let info = match tokio::time::timeout(timeout, client.raw().info(pb::InfoRequest {})).await {
+            Ok(Ok(info)) => info.into_inner(),
+            Ok(Err(status)) => {
+                return Err(KvError::FailedPrecondition(format!(
+                    "cannot verify node {id:?}: the node at {address} answered {:?}: {}; start it first",
+                    status.code(),
+                    status.message()
+                )));
+            }
+            Err(_) => {
+                return Err(KvError::FailedPrecondition(format!(
+                    "cannot verify node {id:?}: nothing at {address} answered within {} ms; start it first",
+                    timeout.as_millis()
+                )));
+            }
+        };
+        if info.node_id != id {
+            return Err(KvError::FailedPrecondition(format!(
+                "the node at {address} is {:?}, not {id:?}; register it under its own id",
+                info.node_id
+            )));
+        }
+        Ok(())
+    }
+
     async fn create_tenant(&self, r: pb::CreateTenantRequest) -> Result<pb::Tenant, KvError> {
         validate::tenant_id(&r.id)?;
         let n = if r.replication == 0 { DEFAULT_REPLICATION } else { r.replication };
         let replication = replication_from(n, r.read_quorum, r.write_quorum)?;
-        let tenant = self.coordinator.metadata.create_tenant(&r.id, replication).await.map_err(metadata_error)?;
+        let max_siblings = max_siblings_from(r.max_siblings, DEFAULT_MAX_SIBLINGS)?;
+        let tenant =
+            self.coordinator.metadata.create_tenant(&r.id, replication, max_siblings).await.map_err(metadata_error)?;
         tracing::info!(tenant = %tenant.id, n, "tenant created");
         Ok(tenant_to_pb(&tenant))
     }
@@ -373,8 +479,10 @@ impl AdminService {
         validate::tenant_id(&r.id)?;
         let c = &self.coordinator;
         let current = c.metadata.get_tenant(&r.id).await.map_err(metadata_error)?;
-        if r.replication == 0 && r.read_quorum == 0 && r.write_quorum == 0 {
-            return Err(KvError::InvalidArgument("nothing to change: give a new read or write quorum".into()));
+        if r.replication == 0 && r.read_quorum == 0 && r.write_quorum == 0 && r.max_siblings == 0 {
+            return Err(KvError::InvalidArgument(
+                "nothing to change: give a new read or write quorum or sibling cap".into(),
+            ));
         }
         let n = current.replication.n();
         if r.replication != 0 && r.replication != u32::from(n) {
@@ -390,7 +498,12 @@ impl AdminService {
         let (read, write) =
             (keep(r.read_quorum, current.replication.r()), keep(r.write_quorum, current.replication.w()));
         let replication = replication_from(n.into(), read, write)?;
-        let updated = c.metadata.update_tenant(&r.id, r.expected_version, replication).await.map_err(metadata_error)?;
+        let max_siblings = max_siblings_from(r.max_siblings, current.max_siblings)?;
+        let updated = c
+            .metadata
+            .update_tenant(&r.id, r.expected_version, replication, max_siblings)
+            .await
+            .map_err(metadata_error)?;
         c.tenants.invalidate(&r.id);
         Ok(tenant_to_pb(&updated))
     }
@@ -405,18 +518,33 @@ impl AdminService {
         if !valid_address(&r.address) {
             return Err(KvError::InvalidArgument(format!("node address {:?} is not host:port", r.address)));
         }
-        let vnodes = if r.vnodes == 0 { cohort_ring::ring::DEFAULT_VNODES } else { r.vnodes };
+        let c = &self.coordinator;
+        let nodes = c.metadata.list_nodes().await.map_err(metadata_error)?;
+        if let Some(other) = nodes.iter().find(|n| n.address == r.address && n.id != r.id) {
+            return Err(KvError::FailedPrecondition(format!(
+                "node {:?} is already registered at {}; one address serves one node",
+                other.id, r.address
+            )));
+        }
+        self.check_node_identity(&r.id, &r.address).await?;
+        let current = nodes.iter().find(|n| n.id == r.id);
+        // What the request leaves out keeps its registered value: an upsert
+        // that only moves a node must not re-place its data.
+        let vnodes = match (r.vnodes, current) {
+            (Some(0), _) => return Err(KvError::InvalidArgument("vnodes must be at least 1".into())),
+            (Some(v), _) => v,
+            (None, Some(node)) => node.vnodes,
+            (None, None) => cohort_ring::ring::DEFAULT_VNODES,
+        };
         if vnodes > MAX_VNODES {
             return Err(KvError::InvalidArgument(format!("vnodes {vnodes} exceeds the limit {MAX_VNODES}")));
         }
-        let node = NodeRecord {
-            id: r.id,
-            address: r.address,
-            zone: Some(r.zone).filter(|z| !z.is_empty()),
-            vnodes,
-            state: NodeState::Active,
+        let zone = match (r.zone, current) {
+            (Some(zone), _) => Some(zone).filter(|z| !z.is_empty()),
+            (None, Some(node)) => node.zone.clone(),
+            (None, None) => None,
         };
-        let c = &self.coordinator;
+        let node = NodeRecord { id: r.id, address: r.address, zone, vnodes, state: NodeState::Active };
         let node = c.metadata.upsert_node(node).await.map_err(metadata_error)?;
         c.topology.refresh().await.map_err(metadata_error)?;
         tracing::info!(node = %node.id, address = %node.address, "storage node registered");
@@ -475,6 +603,22 @@ impl Admin for AdminService {
         let result = self.coordinator.metadata.list_nodes().await.map_err(metadata_error);
         let result = result.map(|nodes| pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect() });
         finish("list_nodes", started, result)
+    }
+
+    async fn rotate_context_key(
+        &self,
+        _request: Request<pb::RotateContextKeyRequest>,
+    ) -> Result<Response<pb::RotateContextKeyResponse>, Status> {
+        let started = Instant::now();
+        let c = &self.coordinator;
+        let result = async {
+            let key = c.metadata.rotate_context_key().await.map_err(metadata_error)?;
+            c.contexts.reload().await.map_err(metadata_error)?;
+            tracing::info!(key_id = key.id, "context key rotated");
+            Ok(pb::RotateContextKeyResponse { key_id: key.id })
+        }
+        .await;
+        finish("rotate_context_key", started, result)
     }
 
     async fn cluster_status(

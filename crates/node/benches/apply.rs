@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cohort_node::store::WriteLimits;
 use cohort_node::{Durability, Store};
-use cohort_ring::VersionVector;
+use cohort_ring::CausalContext;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const KEYS: u64 = 10_000;
@@ -23,7 +24,7 @@ fn key(i: u64) -> Vec<u8> {
 /// one sibling.
 struct Writer {
     store: Arc<Store>,
-    contexts: Vec<VersionVector>,
+    contexts: Vec<CausalContext>,
     next: u64,
     value: Bytes,
 }
@@ -33,9 +34,18 @@ impl Writer {
         let i = self.next;
         self.next += 1;
         let slot = (i % KEYS) as usize;
-        let state =
-            self.store.stage_update("bench", &key(i), &self.contexts[slot], Some(self.value.clone())).expect("staged");
-        self.contexts[slot] = state.clock().clone();
+        let staged = self
+            .store
+            .stage_update(
+                "bench",
+                &key(i),
+                &self.contexts[slot],
+                Some(self.value.clone()),
+                WriteLimits::default(),
+                None,
+            )
+            .expect("staged");
+        self.contexts[slot].add(&staged.dot);
     }
 }
 
@@ -48,7 +58,7 @@ fn apply(c: &mut Criterion) {
             Arc::new(runtime.block_on(async { Store::open(dir.path(), "n1", durability) }).expect("store opens"));
         let mut writer = Writer {
             store: store.clone(),
-            contexts: vec![VersionVector::new(); KEYS as usize],
+            contexts: vec![CausalContext::new(); KEYS as usize],
             next: 0,
             value: value.clone(),
         };

@@ -247,6 +247,14 @@ impl NodeClient {
         if let Some(service) = self.in_process.as_ref().and_then(|nodes| nodes.get(&self.address)) {
             return service.call_in_process(op).await;
         }
+        // A message the stream cannot carry would end it, failing every
+        // other call on it: refuse it alone, before it is sent.
+        let size = prost::Message::encoded_len(&PipelineRequest { id: 0, op: Some(op.clone()) });
+        if size > MAX_MESSAGE_BYTES - 1024 {
+            return Err(NodeError::NotSent(Status::resource_exhausted(format!(
+                "the request takes {size} bytes, more than one message carries ({MAX_MESSAGE_BYTES})"
+            ))));
+        }
         let session = self.session().await.map_err(NodeError::NotSent)?;
         let id = session.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();

@@ -13,6 +13,9 @@ use crate::peers::{InProcessNodes, MAX_MESSAGE_BYTES, PeerPool};
 use crate::service::StorageService;
 use crate::store::{Store, StoreError};
 
+/// How often expired write records are purged.
+const WRITE_RECORD_PURGE_EVERY: Duration = Duration::from_secs(600);
+
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -101,6 +104,21 @@ pub async fn serve_with(
         }
     });
 
+    let purging = store.clone();
+    let purge = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WRITE_RECORD_PURGE_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let store = purging.clone();
+            match tokio::task::spawn_blocking(move || store.purge_write_records()).await {
+                Ok(Ok(purged)) => tracing::debug!(purged, "purged expired write records"),
+                Ok(Err(error)) => tracing::warn!(%error, "purging expired write records failed"),
+                Err(error) => tracing::warn!(%error, "the write-record purge task failed"),
+            }
+        }
+    });
+
     on_ready(NodeHandle { store: Arc::downgrade(&store) });
     tracing::info!(node = %config.id, actor = %store.actor(), address = ?listener.local_addr().ok(), "storage node serving");
     let result = tonic::transport::Server::builder()
@@ -114,8 +132,10 @@ pub async fn serve_with(
         )
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
-    health_watch.abort();
-    let _ = health_watch.await;
+    for task in [health_watch, purge] {
+        task.abort();
+        let _ = task.await;
+    }
     if let Some((nodes, address)) = registered {
         nodes.unregister(&address);
     }

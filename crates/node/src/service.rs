@@ -15,19 +15,20 @@ use cohort_proto::v1::pipeline_request::Op;
 use cohort_proto::v1::pipeline_response::Result as Answer;
 use cohort_proto::v1::storage_server::Storage;
 use cohort_proto::v1::{
-    CoordinateRequest, CoordinateResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PeerFailure,
-    PipelineError, PipelineRequest, PipelineResponse, ReadRequest, ReadResponse,
+    CoordinateRequest, CoordinateResponse, Dot as PbDot, InfoRequest, InfoResponse, MergeRequest, MergeResponse,
+    PeerFailure, PipelineError, PipelineRequest, PipelineResponse, ReadRequest, ReadResponse, WriteTag as PbWriteTag,
 };
-use cohort_ring::{CausalContext, SiblingSet};
+use cohort_ring::{Actor, CausalContext, Dot, SiblingSet};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::peers::{NodeError, PeerPool};
-use crate::store::{Store, StoreError};
+use crate::peers::{MAX_MESSAGE_BYTES, NodeError, PeerPool};
+use crate::store::{Store, StoreError, WriteLimits, WriteTag};
 
 /// A replica's acknowledgement of a coordinated write: its id, and whether
 /// it holds the version durably (or why not).
@@ -83,8 +84,39 @@ impl StorageService {
 fn status_from(error: StoreError) -> Status {
     match error {
         StoreError::Corrupt(e) => Status::data_loss(format!("stored state unreadable: {e}")),
-        forged @ StoreError::ForgedContext { .. } => Status::invalid_argument(forged.to_string()),
-        StoreError::Poisoned | StoreError::Engine(_) | StoreError::Closed => Status::unavailable(error.to_string()),
+        StoreError::ForgedContext { .. } | StoreError::DotsExhausted(_) => Status::invalid_argument(error.to_string()),
+        StoreError::TooManySiblings { .. } | StoreError::StateTooLarge { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
+        StoreError::Poisoned | StoreError::Engine(_) | StoreError::Closed | StoreError::WrongNode { .. } => {
+            Status::unavailable(error.to_string())
+        }
+    }
+}
+
+/// The largest answer a pipeline carries: an answer that would not fit in
+/// one message becomes an error for its own operation, so that it never
+/// breaks the stream every other operation to this node shares.
+const MAX_ANSWER_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
+
+fn dot_to_pb(dot: &Dot) -> PbDot {
+    PbDot { actor: dot.actor.0.clone(), counter: dot.counter }
+}
+
+/// A dot from the wire; `None` when absent or not a real dot.
+pub(crate) fn dot_from_pb(dot: Option<&PbDot>) -> Option<Dot> {
+    dot.filter(|d| !d.actor.is_empty() && d.counter > 0)
+        .map(|d| Dot { actor: Actor::new(d.actor.clone()), counter: d.counter })
+}
+
+/// A write tag from the wire; `None` when absent.
+fn tag_from_pb(tag: &Option<PbWriteTag>) -> Result<Option<WriteTag<'_>>, Status> {
+    match tag {
+        None => Ok(None),
+        Some(tag) if tag.id.is_empty() || tag.id.len() > 64 => {
+            Err(Status::invalid_argument("write id must be 1..=64 bytes"))
+        }
+        Some(tag) => Ok(Some(WriteTag { id: &tag.id, expires_at: tag.expires_at })),
     }
 }
 
@@ -153,8 +185,18 @@ impl Storage for StorageService {
                 let Ok(Some(PipelineRequest { id, op })) = request else { break };
                 let (service, answers) = (service.clone(), answers.clone());
                 tokio::spawn(async move {
-                    let result = service.run(op).await;
-                    let _ = answers.send(Ok(PipelineResponse { id, result: Some(result) })).await;
+                    let mut response = PipelineResponse { id, result: Some(service.run(op).await) };
+                    if response.encoded_len() > MAX_ANSWER_BYTES {
+                        let error = PipelineError {
+                            code: tonic::Code::ResourceExhausted as i32,
+                            message: format!(
+                                "the answer takes {} bytes, more than one message carries ({MAX_ANSWER_BYTES}); resolve the key's siblings",
+                                response.encoded_len()
+                            ),
+                        };
+                        response.result = Some(Answer::Error(error));
+                    }
+                    let _ = answers.send(Ok(response)).await;
                 });
             }
         });
@@ -172,9 +214,13 @@ impl Storage for StorageService {
             ms => Duration::from_millis(ms.into()),
         };
 
-        let state =
-            self.store.stage_update(&request.tenant, &request.key, &context.0, request.value).map_err(status_from)?;
-        let encoded = Bytes::from(state.encode());
+        let limits = WriteLimits { max_siblings: request.max_siblings, max_state_bytes: request.max_state_bytes };
+        let tag = tag_from_pb(&request.write)?;
+        let staged = self
+            .store
+            .stage_update(&request.tenant, &request.key, &context, request.value, limits, tag)
+            .map_err(status_from)?;
+        let write_dot = dot_to_pb(&staged.dot);
 
         // The local sync and the sends to the peers run concurrently in one
         // future set. Whatever is still running when this call ends — the
@@ -187,8 +233,13 @@ impl Storage for StorageService {
             pending.0.push(Box::pin(async move { (id, store.durable().await.map_err(|e| e.to_string())) }));
         }
         for peer in request.peers {
-            let merge =
-                MergeRequest { tenant: request.tenant.clone(), key: request.key.clone(), state: encoded.clone() };
+            let merge = MergeRequest {
+                tenant: request.tenant.clone(),
+                key: request.key.clone(),
+                state: staged.encoded.clone(),
+                write: request.write.clone(),
+                write_dot: request.write.as_ref().map(|_| write_dot.clone()),
+            };
             let client = self.peers.node(&peer.address);
             pending.0.push(Box::pin(async move {
                 let result = match client {
@@ -203,7 +254,13 @@ impl Storage for StorageService {
             }));
         }
 
-        let mut response = CoordinateResponse { state: encoded, acked: Vec::new(), failures: Vec::new() };
+        let mut response = CoordinateResponse {
+            acked: Vec::new(),
+            failures: Vec::new(),
+            dot: Some(write_dot),
+            siblings: staged.siblings as u32,
+            replayed: staged.replayed,
+        };
         while let Some((node_id, result)) = pending.0.next().await {
             match result {
                 Ok(()) => response.acked.push(node_id),
@@ -221,7 +278,14 @@ impl Storage for StorageService {
         check_target(&request.tenant, &request.key)?;
         let incoming = SiblingSet::decode(&request.state)
             .map_err(|e| Status::invalid_argument(format!("sibling set is invalid: {e}")))?;
-        self.store.merge(&request.tenant, &request.key, &incoming).await.map_err(status_from)?;
+        let tag = tag_from_pb(&request.write)?;
+        let dot = dot_from_pb(request.write_dot.as_ref());
+        let write = match (tag, &dot) {
+            (Some(tag), Some(dot)) => Some((tag, dot)),
+            (None, _) => None,
+            (Some(_), None) => return Err(Status::invalid_argument("a write tag needs the write's dot")),
+        };
+        self.store.merge(&request.tenant, &request.key, &incoming, write).await.map_err(status_from)?;
         Ok(Response::new(MergeResponse {}))
     }
 
@@ -230,7 +294,11 @@ impl Storage for StorageService {
         check_target(&request.tenant, &request.key)?;
         let state = self.store.read(&request.tenant, &request.key).map_err(status_from)?;
         let state = if state.is_empty() { Bytes::new() } else { Bytes::from(state.encode()) };
-        Ok(Response::new(ReadResponse { state }))
+        let write_dot = match request.write_id.is_empty() {
+            true => None,
+            false => self.store.write_record(&request.write_id).map_err(status_from)?.as_ref().map(dot_to_pb),
+        };
+        Ok(Response::new(ReadResponse { state, write_dot }))
     }
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {

@@ -9,11 +9,26 @@
 //! journal, then [`Store::durable`] waits for the next group commit — one
 //! `fdatasync` (or OS flush) covering every write appended before it began.
 //!
-//! Each time the store opens it increments a durable *incarnation* number and
-//! issues dots as actor `"{node id}.{incarnation}"`. A write appended but not
-//! yet durable when the process died may already have reached other replicas;
-//! a fresh actor after restart guarantees its dot is never reused for a
-//! different value.
+//! # Actors
+//!
+//! Each time the store opens it issues dots as a new actor,
+//! `"{node id}.{incarnation}.{nonce}"`: the incarnation is a durable counter
+//! bumped at every open, the nonce 64 random bits drawn at every open. A
+//! write appended but not yet durable when the process died may already have
+//! reached other replicas, and a data directory may be wiped, restored from a
+//! backup or a VM snapshot (rolling the incarnation back) or cloned: the
+//! nonce makes the actor new in every one of those cases, so a dot is never
+//! issued twice for different values. The directory also records the node id
+//! it was created for and refuses to open under another.
+//!
+//! # Write records
+//!
+//! A write that carries a *write id* (an idempotent request) leaves a record
+//! `write id → dot` staged in the same atomic batch as the sibling set, on
+//! the coordinating replica and on every replica that merges it. A retry of
+//! the write finds the record and replicates the version already issued
+//! instead of issuing a second one. Records expire after the TTL the request
+//! names and are purged by [`Store::purge_write_records`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +36,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use cohort_ring::{Actor, DecodeError, SiblingSet, VersionVector};
+use cohort_ring::{Actor, CausalContext, DecodeError, Dot, SiblingSet};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,6 +44,9 @@ use crate::config::Durability;
 
 const STRIPES: usize = 1024;
 const INCARNATION_KEY: &str = "incarnation";
+const NODE_ID_KEY: &str = "node_id";
+/// Format byte of a write record.
+const WRITE_RECORD_FORMAT: u8 = 1;
 /// Under load, how many times the group commit lets ready tasks run to
 /// gather more writes before it syncs (it stops early when a round brings
 /// none).
@@ -49,6 +67,41 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("store is shutting down")]
     Closed,
+    /// The data directory was created for another node.
+    #[error(
+        "data directory {dir} belongs to node {stored:?}, not {given:?}; start it with --id {stored}, or give node {given} a directory of its own"
+    )]
+    WrongNode {
+        /// The directory.
+        dir: String,
+        /// The node id recorded in it.
+        stored: String,
+        /// The node id it was opened as.
+        given: String,
+    },
+    /// The write would add a sibling to a key that has as many as allowed.
+    #[error(
+        "key has {count} siblings, the limit is {max}: read it and write back one value with its context to resolve them"
+    )]
+    TooManySiblings {
+        /// Siblings the key would have.
+        count: usize,
+        /// The tenant's limit.
+        max: u32,
+    },
+    /// The write would grow a key's state past the size limit.
+    #[error(
+        "key's state would take {bytes} bytes, the limit is {max}: read it and write back one value with its context to resolve its siblings"
+    )]
+    StateTooLarge {
+        /// Encoded size the state would have.
+        bytes: usize,
+        /// The limit.
+        max: u64,
+    },
+    /// This actor can issue no more dots for the key (a forged context).
+    #[error(transparent)]
+    DotsExhausted(#[from] cohort_ring::DotsExhausted),
     /// The client's causal context claims writes this replica never issued.
     #[error("causal context claims {claimed} writes by {actor}, which has issued {issued}")]
     ForgedContext {
@@ -72,9 +125,69 @@ impl From<fjall::Error> for StoreError {
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// Limits a new version must respect; zero means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// Most siblings (tombstones included) a key may have after a write
+    /// that adds one.
+    pub max_siblings: u32,
+    /// Largest encoded state a write may grow a key to.
+    pub max_state_bytes: u64,
+}
+
+/// An idempotent write's identity, recorded with the version it issued.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteTag<'a> {
+    /// The write id (1..=64 bytes).
+    pub id: &'a [u8],
+    /// Until when (seconds since the Unix epoch) the record is kept.
+    pub expires_at: u64,
+}
+
+/// A version staged by [`Store::stage_update`].
+#[derive(Debug, Clone)]
+pub struct Staged {
+    /// The key's state after the write, encoded once for disk and wire.
+    pub encoded: Bytes,
+    /// The write's dot.
+    pub dot: Dot,
+    /// Siblings (tombstones included) the key has after the write.
+    pub siblings: usize,
+    /// True when the write id was already recorded: nothing new was issued,
+    /// and `dot` is the version the first attempt issued.
+    pub replayed: bool,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn encode_write_record(dot: &Dot, expires_at: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + dot.actor.0.len());
+    out.push(WRITE_RECORD_FORMAT);
+    out.extend_from_slice(&expires_at.to_be_bytes());
+    out.extend_from_slice(&dot.counter.to_be_bytes());
+    out.extend_from_slice(dot.actor.0.as_bytes());
+    out
+}
+
+/// The dot and expiry of a write record; `None` when unreadable.
+fn decode_write_record(bytes: &[u8]) -> Option<(Dot, u64)> {
+    if bytes.len() < 18 || bytes[0] != WRITE_RECORD_FORMAT {
+        return None;
+    }
+    let expires_at = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
+    let counter = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
+    let actor = std::str::from_utf8(&bytes[17..]).ok()?;
+    Some((Dot { actor: Actor::new(actor), counter }, expires_at))
+}
+
 /// The durable key → sibling-set store of one node.
 pub struct Store {
+    db: Database,
     data: Keyspace,
+    writes: Keyspace,
     actor: Actor,
     incarnation: u64,
     stripes: Box<[Mutex<()>]>,
@@ -101,7 +214,21 @@ impl Store {
         // OS (a `write` system call per key).
         let deferred = || KeyspaceCreateOptions::default().manual_journal_persist(true);
         let data = db.keyspace("sibling_sets", deferred)?;
+        let writes = db.keyspace("write_records", deferred)?;
         let meta = db.keyspace("node_meta", deferred)?;
+        match meta.get(NODE_ID_KEY)? {
+            Some(stored) if stored.as_ref() != node_id.as_bytes() => {
+                return Err(StoreError::WrongNode {
+                    dir: dir.display().to_string(),
+                    stored: String::from_utf8_lossy(&stored).into_owned(),
+                    given: node_id.to_string(),
+                });
+            }
+            Some(_) => {}
+            // A new directory, or one from a release that did not record
+            // its node: it belongs to this node from now on.
+            None => meta.insert(NODE_ID_KEY, node_id.as_bytes())?,
+        }
         let previous = match meta.get(INCARNATION_KEY)? {
             Some(bytes) => u64::from_be_bytes(
                 bytes.as_ref().try_into().map_err(|_| StoreError::Engine("incarnation record is corrupt".into()))?,
@@ -111,14 +238,18 @@ impl Store {
         let incarnation = previous + 1;
         meta.insert(INCARNATION_KEY, incarnation.to_be_bytes())?;
         db.persist(PersistMode::SyncAll)?;
+        let nonce: u64 = rand::random();
 
         let poisoned = Arc::new(AtomicBool::new(false));
         let failing_disk = Arc::new(AtomicBool::new(false));
         let (commits, queue) = mpsc::unbounded_channel();
-        let committer = tokio::spawn(group_commit(db, durability, queue, poisoned.clone(), failing_disk.clone()));
+        let committer =
+            tokio::spawn(group_commit(db.clone(), durability, queue, poisoned.clone(), failing_disk.clone()));
         Ok(Store {
+            db,
             data,
-            actor: Actor::new(format!("{node_id}.{incarnation}")),
+            writes,
+            actor: Actor::new(format!("{node_id}.{incarnation}.{nonce:016x}")),
             incarnation,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             commits,
@@ -149,8 +280,11 @@ impl Store {
         self.poisoned.load(Ordering::Acquire)
     }
 
-    /// The local state of a key (empty if never written here).
+    /// The local state of a key (empty if never written here). A poisoned
+    /// store answers nothing: what it holds in memory may include writes
+    /// whose sync failed, which it cannot vouch for.
     pub fn read(&self, tenant: &str, key: &[u8]) -> Result<SiblingSet, StoreError> {
+        self.check_writable()?;
         self.read_encoded(&storage_key(tenant, key))
     }
 
@@ -159,6 +293,38 @@ impl Store {
             Some(bytes) => Ok(SiblingSet::decode(&bytes)?),
             None => Ok(SiblingSet::new()),
         }
+    }
+
+    /// The dot recorded for write id `id`, if the record is still kept.
+    pub fn write_record(&self, id: &[u8]) -> Result<Option<Dot>, StoreError> {
+        self.check_writable()?;
+        self.live_write_record(id)
+    }
+
+    fn live_write_record(&self, id: &[u8]) -> Result<Option<Dot>, StoreError> {
+        let Some(bytes) = self.writes.get(id)? else { return Ok(None) };
+        match decode_write_record(&bytes) {
+            Some((dot, expires_at)) if expires_at > now_secs() => Ok(Some(dot)),
+            Some(_) => Ok(None),
+            None => Err(StoreError::Engine("a write record is unreadable".into())),
+        }
+    }
+
+    /// Deletes expired write records; returns how many. Each removal is
+    /// appended like any write and made durable by the next group commit.
+    pub fn purge_write_records(&self) -> Result<usize, StoreError> {
+        self.check_writable()?;
+        let now = now_secs();
+        let mut purged = 0;
+        for item in self.writes.iter() {
+            let (id, record) = item.into_inner()?;
+            if decode_write_record(&record).is_none_or(|(_, expires_at)| expires_at <= now) {
+                self.writes.remove(id)?;
+                purged += 1;
+            }
+        }
+        metrics::counter!("cohort_node_write_records_purged_total").increment(purged as u64);
+        Ok(purged)
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
@@ -175,43 +341,96 @@ impl Store {
     /// Issues a new version of the key at this node's actor and appends it to
     /// the journal. The result is **not yet durable**: call
     /// [`Store::durable`] before acknowledging it.
+    ///
+    /// With a `write` tag, the dot is recorded under the write id in the same
+    /// batch; if the id is already recorded, nothing is issued and the
+    /// current state is returned with the recorded dot (`replayed`).
+    /// A write that would add a sibling past `limits` is refused and stores
+    /// nothing; one that resolves siblings is always accepted.
     pub fn stage_update(
         &self,
         tenant: &str,
         key: &[u8],
-        context: &VersionVector,
+        context: &CausalContext,
         value: Option<Bytes>,
-    ) -> Result<SiblingSet, StoreError> {
+        limits: WriteLimits,
+        write: Option<WriteTag<'_>>,
+    ) -> Result<Staged, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
-        let mut state = self.read_encoded(&skey)?;
+        let current = self.data.get(&skey)?;
+        let mut state = match &current {
+            Some(bytes) => SiblingSet::decode(bytes)?,
+            None => SiblingSet::new(),
+        };
+        if let Some(tag) = write
+            && let Some(dot) = self.live_write_record(tag.id)?
+        {
+            metrics::counter!("cohort_node_write_replays_total").increment(1);
+            let encoded = current.map_or_else(|| Bytes::from(state.encode()), |bytes| Bytes::from(bytes.to_vec()));
+            return Ok(Staged { encoded, dot, siblings: state.siblings().len(), replayed: true });
+        }
         // This actor issued every dot it ever had for this key, so a context
         // can only cover what the local clock covers; more is forged, and
         // honouring it would skip (or overflow) counters.
-        let (claimed, issued) = (context.get(&self.actor), state.clock().get(&self.actor));
+        let (claimed, issued) = (context.max_counter(&self.actor), state.clock().max_counter(&self.actor));
         if claimed > issued {
             return Err(StoreError::ForgedContext { actor: self.actor.to_string(), claimed, issued });
         }
-        state.update(context, &self.actor, value);
-        self.data.insert(skey, state.encode())?;
+        let before = state.siblings().len();
+        let old_bytes = current.as_ref().map_or(0, |b| b.len());
+        let dot = state.update(context, &self.actor, value)?;
+        let siblings = state.siblings().len();
+        if limits.max_siblings > 0 && siblings > before && siblings > limits.max_siblings as usize {
+            metrics::counter!("cohort_node_writes_refused_total", "reason" => "siblings").increment(1);
+            return Err(StoreError::TooManySiblings { count: siblings, max: limits.max_siblings });
+        }
+        let encoded = state.encode();
+        if limits.max_state_bytes > 0 && encoded.len() > old_bytes && encoded.len() as u64 > limits.max_state_bytes {
+            metrics::counter!("cohort_node_writes_refused_total", "reason" => "state_bytes").increment(1);
+            return Err(StoreError::StateTooLarge { bytes: encoded.len(), max: limits.max_state_bytes });
+        }
+        if limits.max_siblings > 0 && siblings * 2 > limits.max_siblings as usize {
+            metrics::counter!("cohort_node_sibling_warnings_total").increment(1);
+        }
+        metrics::histogram!("cohort_node_siblings").record(siblings as f64);
+        let encoded = Bytes::from(encoded);
+        let mut batch = self.db.batch();
+        batch.insert(&self.data, skey, &encoded[..]);
+        if let Some(tag) = write {
+            batch.insert(&self.writes, tag.id, encode_write_record(&dot, tag.expires_at));
+        }
+        batch.commit()?;
         metrics::counter!("cohort_node_updates_total").increment(1);
-        Ok(state)
+        Ok(Staged { encoded, dot, siblings, replayed: false })
     }
 
     /// Merges `incoming` into the key's local state and appends the result if
-    /// it changed. Not yet durable: call [`Store::durable`] before
-    /// acknowledging. Returns whether the local state changed.
-    pub fn stage_merge(&self, tenant: &str, key: &[u8], incoming: &SiblingSet) -> Result<bool, StoreError> {
+    /// it changed, with a record of `write` (id and dot) when given. Not yet
+    /// durable: call [`Store::durable`] before acknowledging. Returns whether
+    /// the local state changed.
+    pub fn stage_merge(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        incoming: &SiblingSet,
+        write: Option<(WriteTag<'_>, &Dot)>,
+    ) -> Result<bool, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         let current = self.read_encoded(&skey)?;
         let merged = SiblingSet::merged(&current, incoming);
         let changed = merged != current;
+        let mut batch = self.db.batch();
         if changed {
-            self.data.insert(skey, merged.encode())?;
+            batch.insert(&self.data, skey, merged.encode());
         }
+        if let Some((tag, dot)) = write {
+            batch.insert(&self.writes, tag.id, encode_write_record(dot, tag.expires_at));
+        }
+        batch.commit()?;
         metrics::counter!("cohort_node_merges_total", "changed" => if changed { "true" } else { "false" }).increment(1);
         Ok(changed)
     }
@@ -230,15 +449,22 @@ impl Store {
     /// Closes the store: stops the group-commit task and releases the
     /// directory, so that it can be opened again (by a restarted node).
     pub async fn close(self) {
-        let Store { data, commits, committer, .. } = self;
+        let Store { db, data, writes, commits, committer, .. } = self;
         drop(commits);
-        drop(data);
+        drop((db, data, writes));
         let _ = committer.await;
     }
 
-    /// Merges `incoming` and waits until the result is durable.
-    pub async fn merge(&self, tenant: &str, key: &[u8], incoming: &SiblingSet) -> Result<(), StoreError> {
-        self.stage_merge(tenant, key, incoming)?;
+    /// Merges `incoming` (recording `write` when given) and waits until the
+    /// result is durable.
+    pub async fn merge(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        incoming: &SiblingSet,
+        write: Option<(WriteTag<'_>, &Dot)>,
+    ) -> Result<(), StoreError> {
+        self.stage_merge(tenant, key, incoming, write)?;
         self.durable().await
     }
 }
@@ -314,18 +540,25 @@ async fn group_commit(
 mod tests {
     use super::*;
 
+    const NO_LIMITS: WriteLimits = WriteLimits { max_siblings: 0, max_state_bytes: 0 };
+
+    fn put(store: &Store, key: &[u8], context: &CausalContext, value: &'static [u8]) -> Result<Staged, StoreError> {
+        store.stage_update("t", key, context, Some(Bytes::from_static(value)), NO_LIMITS, None)
+    }
+
     #[tokio::test]
     async fn update_merge_read_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
-            assert_eq!(store.actor().0, "n1.1");
-            let s = store.stage_update("t", b"k", &VersionVector::new(), Some(Bytes::from_static(b"v1"))).unwrap();
+            assert!(store.actor().0.starts_with("n1.1."), "{}", store.actor());
+            let staged = put(&store, b"k", &CausalContext::new(), b"v1").unwrap();
             store.durable().await.unwrap();
-            assert_eq!(store.read("t", b"k").unwrap(), s);
+            assert_eq!(store.read("t", b"k").unwrap(), SiblingSet::decode(&staged.encoded).unwrap());
+            assert_eq!(staged.dot, Dot { actor: store.actor().clone(), counter: 1 });
             let mut other = SiblingSet::new();
-            other.update(&VersionVector::new(), &Actor::new("n2.1"), Some(Bytes::from_static(b"v2")));
-            store.merge("t", b"k", &other).await.unwrap();
+            other.update(&CausalContext::new(), &Actor::new("n2.1.00"), Some(Bytes::from_static(b"v2"))).unwrap();
+            store.merge("t", b"k", &other, None).await.unwrap();
             assert_eq!(store.read("t", b"k").unwrap().values().count(), 2);
             assert!(store.read("t", b"other").unwrap().is_empty());
             store.close().await;
@@ -340,28 +573,160 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
         let mut forged = SiblingSet::new();
-        forged.update(&VersionVector::new(), &Actor::new("n1.1"), None);
-        let err = store.stage_update("t", b"k", forged.clock(), Some(Bytes::from_static(b"v"))).unwrap_err();
+        forged.update(&CausalContext::new(), store.actor(), None).unwrap();
+        let err = put(&store, b"k", forged.clock(), b"v").unwrap_err();
         assert!(matches!(err, StoreError::ForgedContext { claimed: 1, issued: 0, .. }), "{err}");
         assert!(store.read("t", b"k").unwrap().is_empty(), "nothing stored");
         store.close().await;
     }
 
+    /// F2: a wiped data directory, or one restored from a copy taken
+    /// earlier, must never issue a dot it issued before.
+    #[tokio::test]
+    async fn a_wiped_or_restored_directory_issues_dots_as_a_new_actor() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        let snapshot = dir.path().join("snapshot");
+        let store = Store::open(&data, "n1", Durability::Flush).unwrap();
+        let first = store.actor().clone();
+        store.close().await;
+        copy_dir(&data, &snapshot);
+        let store = Store::open(&data, "n1", Durability::Flush).unwrap();
+        let second = store.actor().clone();
+        store.close().await;
+        std::fs::remove_dir_all(&data).unwrap();
+        copy_dir(&snapshot, &data);
+        let restored = Store::open(&data, "n1", Durability::Flush).unwrap();
+        let third = restored.actor().clone();
+        restored.close().await;
+        std::fs::remove_dir_all(&data).unwrap();
+        let wiped = Store::open(&data, "n1", Durability::Flush).unwrap();
+        assert_eq!(wiped.incarnation(), 1, "a wiped directory starts over");
+        let actors = [first, second, third, wiped.actor().clone()];
+        for (i, a) in actors.iter().enumerate() {
+            for b in &actors[i + 1..] {
+                assert_ne!(a, b, "an actor was issued twice");
+            }
+        }
+        wiped.close().await;
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// F13: node-2's directory started as node-1 would issue node-1's dots.
+    #[tokio::test]
+    async fn a_directory_refuses_to_open_as_another_node() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path(), "node-2", Durability::Flush).unwrap().close().await;
+        let err = Store::open(dir.path(), "node-1", Durability::Flush).err().expect("must be refused");
+        assert!(matches!(&err, StoreError::WrongNode { stored, given, .. } if stored == "node-2" && given == "node-1"));
+        assert!(err.to_string().contains("--id node-2"), "{err}");
+        Store::open(dir.path(), "node-2", Durability::Flush).unwrap().close().await;
+    }
+
+    /// F6: past the cap a write that adds a sibling is refused and stores
+    /// nothing, and one write with the read context still resolves the key.
+    #[tokio::test]
+    async fn the_sibling_cap_refuses_a_new_sibling_and_accepts_the_resolving_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        let limits = WriteLimits { max_siblings: 3, max_state_bytes: 0 };
+        for _ in 0..3 {
+            store.stage_update("t", b"k", &CausalContext::new(), Some(Bytes::from_static(b"v")), limits, None).unwrap();
+        }
+        let before = store.read("t", b"k").unwrap();
+        let refused =
+            store.stage_update("t", b"k", &CausalContext::new(), Some(Bytes::from_static(b"x")), limits, None);
+        assert!(matches!(refused, Err(StoreError::TooManySiblings { count: 4, max: 3 })), "{refused:?}");
+        assert_eq!(store.read("t", b"k").unwrap(), before, "nothing stored");
+        let resolved = store
+            .stage_update("t", b"k", before.clock(), Some(Bytes::from_static(b"one")), limits, None)
+            .expect("a resolving write is accepted");
+        assert_eq!(resolved.siblings, 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_state_size_cap_refuses_growth_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        let limits = WriteLimits { max_siblings: 0, max_state_bytes: 100 };
+        let big = Bytes::from(vec![7u8; 60]);
+        store.stage_update("t", b"k", &CausalContext::new(), Some(big.clone()), limits, None).unwrap();
+        let refused = store.stage_update("t", b"k", &CausalContext::new(), Some(big.clone()), limits, None);
+        assert!(matches!(refused, Err(StoreError::StateTooLarge { max: 100, .. })), "{refused:?}");
+        let context = store.read("t", b"k").unwrap().clock().clone();
+        store.stage_update("t", b"k", &context, Some(big), limits, None).expect("a replacing write is accepted");
+        store.close().await;
+    }
+
+    /// F3: a retried idempotent write replicates the dot its first attempt
+    /// issued instead of issuing another.
+    #[tokio::test]
+    async fn a_recorded_write_id_replays_the_first_dot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        let tag = WriteTag { id: b"write-1", expires_at: now_secs() + 60 };
+        let value = || Some(Bytes::from_static(b"v"));
+        let first = store.stage_update("t", b"k", &CausalContext::new(), value(), NO_LIMITS, Some(tag)).unwrap();
+        let retry = store.stage_update("t", b"k", &CausalContext::new(), value(), NO_LIMITS, Some(tag)).unwrap();
+        assert!(retry.replayed && !first.replayed);
+        assert_eq!(retry.dot, first.dot);
+        assert_eq!(store.read("t", b"k").unwrap().siblings().len(), 1, "applied once");
+        assert_eq!(store.write_record(b"write-1").unwrap(), Some(first.dot.clone()));
+
+        // A replica that merges the version records the write too.
+        let mut peer_state = SiblingSet::new();
+        peer_state.update(&CausalContext::new(), &Actor::new("n2.1.00"), value()).unwrap();
+        let peer_dot = Dot { actor: Actor::new("n2.1.00"), counter: 1 };
+        let peer_tag = WriteTag { id: b"write-2", expires_at: now_secs() + 60 };
+        store.merge("t", b"k2", &peer_state, Some((peer_tag, &peer_dot))).await.unwrap();
+        assert_eq!(store.write_record(b"write-2").unwrap(), Some(peer_dot));
+
+        let expired = WriteTag { id: b"write-3", expires_at: now_secs().saturating_sub(1) };
+        store.stage_update("t", b"k3", &CausalContext::new(), value(), NO_LIMITS, Some(expired)).unwrap();
+        assert_eq!(store.write_record(b"write-3").unwrap(), None, "an expired record is not used");
+        assert_eq!(store.purge_write_records().unwrap(), 1);
+        assert!(store.write_record(b"write-1").unwrap().is_some(), "live records stay");
+        store.close().await;
+    }
+
+    /// F11: after a failed sync the node refuses writes and reads alike; what
+    /// it holds in memory includes the write whose sync failed.
     #[tokio::test]
     async fn a_failed_sync_is_never_acknowledged_and_poisons_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
         store.inject_disk_failure();
-        store.stage_update("t", b"k", &VersionVector::new(), Some(Bytes::from_static(b"v"))).unwrap();
+        put(&store, b"k", &CausalContext::new(), b"v").unwrap();
         assert!(store.durable().await.is_err(), "the write is not acknowledged");
         assert!(store.is_poisoned());
-        let refused = store.stage_update("t", b"k2", &VersionVector::new(), None);
+        let refused = store.stage_update("t", b"k2", &CausalContext::new(), None, NO_LIMITS, None);
         assert!(matches!(refused, Err(StoreError::Poisoned)), "later writes are refused");
+        assert!(matches!(store.read("t", b"k"), Err(StoreError::Poisoned)), "reads are refused");
         store.close().await;
     }
 
     #[test]
     fn storage_keys_are_unambiguous() {
         assert_ne!(storage_key("ab", b"c"), storage_key("a", b"bc"));
+    }
+
+    #[test]
+    fn write_records_round_trip() {
+        let dot = Dot { actor: Actor::new("n1.2.ff"), counter: 9 };
+        assert_eq!(decode_write_record(&encode_write_record(&dot, 77)), Some((dot, 77)));
+        assert_eq!(decode_write_record(b"\x01short"), None);
     }
 }

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use bytes::Bytes;
-use cohort_ring::{Actor, CausalContext, NodeSpec, Ring, SiblingSet, VersionVector, token_for};
+use cohort_ring::{Actor, CausalContext, NodeSpec, Ring, SiblingSet, token_for};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
 /// 10 nodes × 150 vnodes, as a production ring might be.
@@ -43,7 +43,7 @@ fn history(actors: usize, writes: usize, value: &Bytes) -> Vec<SiblingSet> {
     for w in 0..writes {
         let r = w % actors;
         let context = replicas[r].clock().clone();
-        replicas[r].update(&context, &names[r], Some(value.clone()));
+        replicas[r].update(&context, &names[r], Some(value.clone())).unwrap();
     }
     replicas
 }
@@ -63,10 +63,10 @@ fn dvv(c: &mut Criterion) {
     });
     // The common case: a replica that is one write behind.
     let mut behind = SiblingSet::new();
-    behind.update(&VersionVector::new(), &Actor::new("node-0.1"), Some(value.clone()));
+    behind.update(&CausalContext::new(), &Actor::new("node-0.1"), Some(value.clone())).unwrap();
     let mut ahead = behind.clone();
     let context = ahead.clock().clone();
-    ahead.update(&context, &Actor::new("node-0.1"), Some(value.clone()));
+    ahead.update(&context, &Actor::new("node-0.1"), Some(value.clone())).unwrap();
     c.bench_function("dvv/sync of a replica one write behind", |b| {
         b.iter_batched(
             || behind.clone(),
@@ -83,7 +83,7 @@ fn dvv(c: &mut Criterion) {
             || ahead.clone(),
             |mut state| {
                 let context = state.clock().clone();
-                state.update(&context, &actor, Some(value.clone()));
+                state.update(&context, &actor, Some(value.clone())).unwrap();
                 state
             },
             BatchSize::SmallInput,
@@ -102,7 +102,7 @@ fn context(c: &mut Criterion) {
     for replica in history(3, 9, &value) {
         merged.sync(&replica);
     }
-    let context = CausalContext(merged.clock().clone());
+    let context = merged.clock().clone();
     let encoded = context.encode();
     c.bench_function("context/encode (3 actors)", |b| b.iter(|| black_box(black_box(&context).encode())));
     c.bench_function("context/decode (3 actors)", |b| {

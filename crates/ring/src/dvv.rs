@@ -1,9 +1,16 @@
 //! Dotted version vectors: how Cohort keeps concurrent writes.
 //!
-//! A key's state is a [`SiblingSet`]: a version vector (`clock`) summarising
+//! A key's state is a [`SiblingSet`]: a causal context (`clock`) summarising
 //! every write the state has seen, and the siblings — writes none of the
 //! others supersede — each tagged with its [`Dot`] (the actor that issued it
 //! and that actor's counter). A sibling holds a value or a tombstone.
+//!
+//! A [`CausalContext`] is a version vector plus a *dot cloud*: single dots
+//! seen beyond the vector. `{a: 3}` covers `a:1..=3`; a cloud dot `a:5`
+//! covers `a:5` alone. The cloud is what lets the context a write returns
+//! cover exactly the write and what its writer had seen: after blind writes
+//! `a:1` and `a:2` by two clients, the second client's context is the cloud
+//! `{a:2}`, which does not cover the first client's `a:1`.
 //!
 //! New versions are issued by a *replica* of the key with
 //! [`SiblingSet::update`]: siblings covered by the writer's causal context are
@@ -25,10 +32,12 @@
 //!
 //! # Formats
 //!
-//! Both the stored sibling set and the client's causal context start with a
-//! format byte (currently `1`); decoders reject formats they do not know.
+//! Both the stored sibling set and the causal context start with a format
+//! byte: `1` when the clock has no dot cloud (the first release's layout,
+//! still written byte for byte in that case), `2` when it has one.
+//! Decoders reject formats they do not know.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use bytes::Bytes;
@@ -76,6 +85,13 @@ impl VersionVector {
         self.0.get(actor).copied().unwrap_or(0)
     }
 
+    /// Records `dot` as seen: raises `dot.actor`'s counter to at least
+    /// `dot.counter`.
+    pub fn add(&mut self, dot: &Dot) {
+        let entry = self.0.entry(dot.actor.clone()).or_insert(0);
+        *entry = (*entry).max(dot.counter);
+    }
+
     /// Whether `dot` is covered.
     pub fn covers(&self, dot: &Dot) -> bool {
         self.get(&dot.actor) >= dot.counter
@@ -109,12 +125,6 @@ impl VersionVector {
         self.0.iter().map(|(a, c)| (a, *c))
     }
 
-    fn bump(&mut self, actor: &Actor) -> u64 {
-        let entry = self.0.entry(actor.clone()).or_insert(0);
-        *entry += 1;
-        *entry
-    }
-
     fn insert(&mut self, actor: Actor, counter: u64) {
         if counter > 0 {
             self.0.insert(actor, counter);
@@ -131,10 +141,142 @@ pub struct Sibling {
     pub value: Option<Bytes>,
 }
 
+/// What a state or a writer has seen: a version vector, plus single dots
+/// seen beyond it (the dot cloud).
+///
+/// Canonical: no cloud dot is covered by the vector, and a cloud dot that
+/// extends the vector contiguously is folded into it, so equal histories
+/// compare equal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct CausalContext {
+    vv: VersionVector,
+    cloud: BTreeSet<Dot>,
+}
+
+impl From<VersionVector> for CausalContext {
+    fn from(vv: VersionVector) -> Self {
+        CausalContext { vv, cloud: BTreeSet::new() }
+    }
+}
+
+impl CausalContext {
+    /// The empty context: nothing seen (a blind write's context).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The version-vector part.
+    pub fn vv(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// The dots seen beyond the vector, ordered.
+    pub fn cloud(&self) -> impl Iterator<Item = &Dot> {
+        self.cloud.iter()
+    }
+
+    /// How many of `actor`'s first writes are covered contiguously.
+    pub fn get(&self, actor: &Actor) -> u64 {
+        self.vv.get(actor)
+    }
+
+    /// The highest counter of `actor` this context covers, cloud included.
+    pub fn max_counter(&self, actor: &Actor) -> u64 {
+        let beyond = self.cloud.iter().filter(|d| d.actor == *actor).map(|d| d.counter).max().unwrap_or(0);
+        self.vv.get(actor).max(beyond)
+    }
+
+    /// The version-vector entries, ordered by actor.
+    pub fn iter(&self) -> impl Iterator<Item = (&Actor, u64)> {
+        self.vv.iter()
+    }
+
+    /// Whether `dot` is covered.
+    pub fn covers(&self, dot: &Dot) -> bool {
+        self.vv.covers(dot) || self.cloud.contains(dot)
+    }
+
+    /// Whether nothing is covered.
+    pub fn is_empty(&self) -> bool {
+        self.vv.is_empty() && self.cloud.is_empty()
+    }
+
+    /// Records `dot` as seen, and only it.
+    pub fn add(&mut self, dot: &Dot) {
+        if !self.covers(dot) {
+            self.cloud.insert(dot.clone());
+            self.compact();
+        }
+    }
+
+    /// Everything either context covers.
+    pub fn merge(&mut self, other: &CausalContext) {
+        self.vv.merge(&other.vv);
+        self.cloud.extend(other.cloud.iter().cloned());
+        self.compact();
+    }
+
+    /// Whether `self` covers everything `other` covers.
+    pub fn descends(&self, other: &CausalContext) -> bool {
+        other.vv.iter().all(|(actor, counter)| {
+            self.vv.get(actor) >= counter
+                || (self.vv.get(actor) + 1..=counter)
+                    .all(|c| self.cloud.contains(&Dot { actor: actor.clone(), counter: c }))
+        }) && other.cloud.iter().all(|dot| self.covers(dot))
+    }
+
+    /// Folds cloud dots that extend the vector into it, and drops the ones
+    /// it covers.
+    fn compact(&mut self) {
+        let mut cloud = std::mem::take(&mut self.cloud);
+        // Ordered by actor, then counter: each actor's run extends in order.
+        cloud.retain(|dot| {
+            let seen = self.vv.get(&dot.actor);
+            if dot.counter <= seen {
+                false
+            } else if dot.counter == seen + 1 {
+                self.vv.insert(dot.actor.clone(), dot.counter);
+                false
+            } else {
+                true
+            }
+        });
+        // A later dot may have become contiguous only after an earlier one
+        // of the same actor was folded in; the ordered pass above handles
+        // runs, so what is left is not covered.
+        self.cloud = cloud;
+    }
+
+    /// Encodes the context as bytes with a format byte, for the wire
+    /// between coordinators and nodes. The empty context encodes to no bytes
+    /// at all, so a blind write sends nothing.
+    pub fn encode(&self) -> Vec<u8> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let mut out = vec![if self.cloud.is_empty() { FORMAT_V1 } else { FORMAT_V2 }];
+        encode_context(self, &mut out);
+        out
+    }
+
+    /// Parses bytes made by [`CausalContext::encode`]; no bytes is the empty
+    /// context.
+    pub fn decode(bytes: &[u8]) -> Result<CausalContext, DecodeError> {
+        if bytes.is_empty() {
+            return Ok(CausalContext::default());
+        }
+        let mut reader = Reader::new(bytes);
+        let format = reader.byte()?;
+        let context = decode_context(&mut reader, format)?;
+        reader.finish()?;
+        Ok(context)
+    }
+}
+
 /// The replicated state of one key: a clock and the concurrent siblings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SiblingSet {
-    clock: VersionVector,
+    clock: CausalContext,
     /// Sorted by dot; canonical so that equal states compare equal.
     siblings: Vec<Sibling>,
 }
@@ -146,7 +288,7 @@ impl SiblingSet {
     }
 
     /// Everything this state has seen; handed to clients as their context.
-    pub fn clock(&self) -> &VersionVector {
+    pub fn clock(&self) -> &CausalContext {
         &self.clock
     }
 
@@ -177,22 +319,31 @@ impl SiblingSet {
     /// siblings the writer had not seen stay as siblings of the new version.
     /// `value` of `None` writes a tombstone. Returns the new dot.
     ///
-    /// # Panics
-    ///
-    /// If `actor`'s counter (in the state or in `context`) is already
-    /// `u64::MAX`, so no new dot can be issued. Honest counting never gets
-    /// there; only a forged context can. The state is left untouched.
-    pub fn update(&mut self, context: &VersionVector, actor: &Actor, value: Option<Bytes>) -> Dot {
+    /// Fails, leaving the state untouched, when `actor`'s counter (in the
+    /// state or in `context`) is already `u64::MAX`, so no new dot can be
+    /// issued. Honest counting never gets there; only a forged context can.
+    pub fn update(
+        &mut self,
+        context: &CausalContext,
+        actor: &Actor,
+        value: Option<Bytes>,
+    ) -> Result<Dot, DotsExhausted> {
         // Checked before anything changes: the counter must not wrap to 0,
         // which would store a state that `decode` rejects ("zero counter").
-        assert!(self.clock.get(actor).max(context.get(actor)) < u64::MAX, "dot counter of actor {actor} is exhausted");
+        if self.clock.max_counter(actor).max(context.max_counter(actor)) == u64::MAX {
+            return Err(DotsExhausted(actor.clone()));
+        }
         self.siblings.retain(|s| !context.covers(&s.dot));
         self.clock.merge(context);
-        let counter = self.clock.bump(actor);
+        // Contiguous: the actor's own dots are always in the vector (it
+        // issues them in order from this very clock).
+        let counter = self.clock.max_counter(actor) + 1;
+        self.clock.vv.insert(actor.clone(), counter);
+        self.clock.compact();
         let dot = Dot { actor: actor.clone(), counter };
         let position = self.siblings.partition_point(|s| s.dot < dot);
         self.siblings.insert(position, Sibling { dot: dot.clone(), value });
-        dot
+        Ok(dot)
     }
 
     /// Merges `other` into `self` (DVV sync).
@@ -246,9 +397,9 @@ impl SiblingSet {
         let mut out = Vec::with_capacity(
             16 + self.siblings.iter().map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 8).sum::<usize>(),
         );
-        out.push(FORMAT_V1);
-        let actors: Vec<&Actor> = self.clock.0.keys().collect();
-        encode_clock(&self.clock, &mut out);
+        out.push(if self.clock.cloud.is_empty() { FORMAT_V1 } else { FORMAT_V2 });
+        let actors: Vec<&Actor> = self.clock.vv.0.keys().collect();
+        encode_context(&self.clock, &mut out);
         put_varint(&mut out, self.siblings.len() as u64);
         for sibling in &self.siblings {
             let index =
@@ -271,12 +422,9 @@ impl SiblingSet {
     /// well-formed.
     pub fn decode(bytes: &[u8]) -> Result<SiblingSet, DecodeError> {
         let mut reader = Reader::new(bytes);
-        match reader.byte()? {
-            FORMAT_V1 => {}
-            other => return Err(DecodeError::UnknownFormat(other)),
-        }
-        let clock = decode_clock(&mut reader)?;
-        let actors: Vec<&Actor> = clock.0.keys().collect();
+        let format = reader.byte()?;
+        let clock = decode_context(&mut reader, format)?;
+        let actors: Vec<&Actor> = clock.vv.0.keys().collect();
         let count = reader.varint()?;
         let mut siblings = Vec::with_capacity(count.min(1024) as usize);
         for _ in 0..count {
@@ -284,7 +432,7 @@ impl SiblingSet {
             let actor = actors.get(index).ok_or(DecodeError::Malformed("sibling actor index out of range"))?;
             let counter = reader.varint()?;
             let dot = Dot { actor: (*actor).clone(), counter };
-            if counter == 0 || !clock.covers(&dot) {
+            if counter == 0 || !clock.vv.covers(&dot) {
                 return Err(DecodeError::Malformed("sibling dot not covered by the clock"));
             }
             let value = match reader.byte()? {
@@ -305,41 +453,15 @@ impl SiblingSet {
     }
 }
 
+/// The first release's format: a clock without a dot cloud.
 const FORMAT_V1: u8 = 1;
+/// A clock with a dot cloud.
+const FORMAT_V2: u8 = 2;
 
-/// A client's causal context: the clock of the state it read, as an opaque
-/// token. Sending it back with a write replaces exactly what was read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CausalContext(pub VersionVector);
-
-impl CausalContext {
-    /// Encodes the context as opaque bytes with a format byte. The empty
-    /// context encodes to no bytes at all, so a blind write sends nothing.
-    pub fn encode(&self) -> Vec<u8> {
-        if self.0.is_empty() {
-            return Vec::new();
-        }
-        let mut out = vec![FORMAT_V1];
-        encode_clock(&self.0, &mut out);
-        out
-    }
-
-    /// Parses a token made by [`CausalContext::encode`]; no bytes is the
-    /// empty context.
-    pub fn decode(bytes: &[u8]) -> Result<CausalContext, DecodeError> {
-        if bytes.is_empty() {
-            return Ok(CausalContext::default());
-        }
-        let mut reader = Reader::new(bytes);
-        match reader.byte()? {
-            FORMAT_V1 => {}
-            other => return Err(DecodeError::UnknownFormat(other)),
-        }
-        let clock = decode_clock(&mut reader)?;
-        reader.finish()?;
-        Ok(CausalContext(clock))
-    }
-}
+/// No new dot can be issued for an actor whose counter is at `u64::MAX`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dot counter of actor {0} is exhausted")]
+pub struct DotsExhausted(pub Actor);
 
 /// Why bytes could not be read back as a sibling set or context.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -357,7 +479,65 @@ pub enum DecodeError {
 
 const MAX_ACTOR_LEN: usize = 255;
 
-fn encode_clock(clock: &VersionVector, out: &mut Vec<u8>) {
+/// Writes the vector, then (when there is one) the cloud: its dot count and
+/// each dot as actor name and counter.
+pub(crate) fn encode_context(context: &CausalContext, out: &mut Vec<u8>) {
+    encode_clock(&context.vv, out);
+    if !context.cloud.is_empty() {
+        put_varint(out, context.cloud.len() as u64);
+        for dot in &context.cloud {
+            put_varint(out, dot.actor.0.len() as u64);
+            out.extend_from_slice(dot.actor.0.as_bytes());
+            put_varint(out, dot.counter);
+        }
+    }
+}
+
+/// Reads what [`encode_context`] wrote in `format`, checking that it is
+/// canonical.
+pub(crate) fn decode_context(reader: &mut Reader<'_>, format: u8) -> Result<CausalContext, DecodeError> {
+    if format != FORMAT_V1 && format != FORMAT_V2 {
+        return Err(DecodeError::UnknownFormat(format));
+    }
+    let vv = decode_clock(reader)?;
+    let mut cloud = BTreeSet::new();
+    match format {
+        FORMAT_V1 => {}
+        FORMAT_V2 => {
+            let count = reader.varint()?;
+            if count == 0 {
+                return Err(DecodeError::Malformed("empty dot cloud in format 2"));
+            }
+            let mut previous: Option<Dot> = None;
+            for _ in 0..count {
+                let actor = decode_actor(reader)?;
+                let counter = reader.varint()?;
+                let dot = Dot { actor, counter };
+                if counter <= vv.get(&dot.actor).saturating_add(1) {
+                    return Err(DecodeError::Malformed("dot cloud not compact"));
+                }
+                if previous.as_ref().is_some_and(|p| *p >= dot) {
+                    return Err(DecodeError::Malformed("dot cloud out of order"));
+                }
+                previous = Some(dot.clone());
+                cloud.insert(dot);
+            }
+        }
+        other => return Err(DecodeError::UnknownFormat(other)),
+    }
+    Ok(CausalContext { vv, cloud })
+}
+
+fn decode_actor(reader: &mut Reader<'_>) -> Result<Actor, DecodeError> {
+    let len = reader.varint()? as usize;
+    if len == 0 || len > MAX_ACTOR_LEN {
+        return Err(DecodeError::Malformed("actor name length"));
+    }
+    let name = std::str::from_utf8(reader.take(len)?).map_err(|_| DecodeError::Malformed("actor name is not UTF-8"))?;
+    Ok(Actor::new(name))
+}
+
+pub(crate) fn encode_clock(clock: &VersionVector, out: &mut Vec<u8>) {
     put_varint(out, clock.0.len() as u64);
     for (actor, counter) in &clock.0 {
         put_varint(out, actor.0.len() as u64);
@@ -366,18 +546,12 @@ fn encode_clock(clock: &VersionVector, out: &mut Vec<u8>) {
     }
 }
 
-fn decode_clock(reader: &mut Reader<'_>) -> Result<VersionVector, DecodeError> {
+pub(crate) fn decode_clock(reader: &mut Reader<'_>) -> Result<VersionVector, DecodeError> {
     let count = reader.varint()?;
     let mut clock = VersionVector::new();
     let mut previous: Option<Actor> = None;
     for _ in 0..count {
-        let len = reader.varint()? as usize;
-        if len == 0 || len > MAX_ACTOR_LEN {
-            return Err(DecodeError::Malformed("actor name length"));
-        }
-        let name =
-            std::str::from_utf8(reader.take(len)?).map_err(|_| DecodeError::Malformed("actor name is not UTF-8"))?;
-        let actor = Actor::new(name);
+        let actor = decode_actor(reader)?;
         let counter = reader.varint()?;
         if counter == 0 {
             return Err(DecodeError::Malformed("zero counter"));
@@ -391,7 +565,7 @@ fn decode_clock(reader: &mut Reader<'_>) -> Result<VersionVector, DecodeError> {
     Ok(clock)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -399,22 +573,22 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
         Reader { bytes }
     }
 
-    fn byte(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn byte(&mut self) -> Result<u8, DecodeError> {
         let (&first, rest) = self.bytes.split_first().ok_or(DecodeError::Truncated)?;
         self.bytes = rest;
         Ok(first)
     }
 
-    fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
         if self.bytes.len() < len {
             return Err(DecodeError::Truncated);
         }
@@ -423,7 +597,7 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;
@@ -435,7 +609,7 @@ impl<'a> Reader<'a> {
         Err(DecodeError::Malformed("varint too long"))
     }
 
-    fn finish(&self) -> Result<(), DecodeError> {
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
         if self.bytes.is_empty() { Ok(()) } else { Err(DecodeError::Malformed("trailing bytes")) }
     }
 }
@@ -454,29 +628,29 @@ mod tests {
     #[test]
     fn blind_writes_become_siblings() {
         let mut s = SiblingSet::new();
-        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"1")));
-        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"2")));
+        s.update(&CausalContext::new(), &a(), Some(Bytes::from_static(b"1"))).unwrap();
+        s.update(&CausalContext::new(), &a(), Some(Bytes::from_static(b"2"))).unwrap();
         assert_eq!(s.values().count(), 2);
     }
 
     #[test]
     fn write_with_context_replaces_what_was_read() {
         let mut s = SiblingSet::new();
-        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"1")));
-        s.update(&VersionVector::new(), &b(), Some(Bytes::from_static(b"2")));
+        s.update(&CausalContext::new(), &a(), Some(Bytes::from_static(b"1"))).unwrap();
+        s.update(&CausalContext::new(), &b(), Some(Bytes::from_static(b"2"))).unwrap();
         let read = s.clock().clone();
-        s.update(&read, &a(), Some(Bytes::from_static(b"3")));
+        s.update(&read, &a(), Some(Bytes::from_static(b"3"))).unwrap();
         assert_eq!(s.values().cloned().collect::<Vec<_>>(), vec![Bytes::from_static(b"3")]);
     }
 
     #[test]
     fn sync_drops_superseded_and_keeps_concurrent() {
         let mut base = SiblingSet::new();
-        base.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"v1")));
+        base.update(&CausalContext::new(), &a(), Some(Bytes::from_static(b"v1"))).unwrap();
         let mut left = base.clone();
         let mut right = base.clone();
-        left.update(&base.clock().clone(), &a(), Some(Bytes::from_static(b"left")));
-        right.update(&base.clock().clone(), &b(), Some(Bytes::from_static(b"right")));
+        left.update(&base.clock().clone(), &a(), Some(Bytes::from_static(b"left"))).unwrap();
+        right.update(&base.clock().clone(), &b(), Some(Bytes::from_static(b"right"))).unwrap();
         let merged = SiblingSet::merged(&left, &right);
         let values: Vec<_> = merged.values().cloned().collect();
         assert_eq!(values, vec![Bytes::from_static(b"left"), Bytes::from_static(b"right")]);
@@ -486,9 +660,9 @@ mod tests {
     #[test]
     fn tombstones_hide_values_but_keep_the_clock() {
         let mut s = SiblingSet::new();
-        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"v")));
+        s.update(&CausalContext::new(), &a(), Some(Bytes::from_static(b"v"))).unwrap();
         let ctx = s.clock().clone();
-        s.update(&ctx, &a(), None);
+        s.update(&ctx, &a(), None).unwrap();
         assert!(!s.has_values());
         assert_eq!(s.siblings().len(), 1);
         assert_eq!(s.clock().get(&a()), 2);
@@ -497,15 +671,15 @@ mod tests {
     #[test]
     fn encoding_round_trips_and_rejects_garbage() {
         let mut s = SiblingSet::new();
-        s.update(&VersionVector::new(), &a(), Some(Bytes::from_static(b"x")));
-        s.update(&VersionVector::new(), &b(), None);
+        s.update(&CausalContext::new(), &a(), Some(Bytes::from_static(b"x"))).unwrap();
+        s.update(&CausalContext::new(), &b(), None).unwrap();
         assert_eq!(SiblingSet::decode(&s.encode()), Ok(s.clone()));
         assert_eq!(SiblingSet::decode(&[]), Err(DecodeError::Truncated));
         assert_eq!(SiblingSet::decode(&[9]), Err(DecodeError::UnknownFormat(9)));
         let mut trailing = s.encode();
         trailing.push(0);
         assert!(SiblingSet::decode(&trailing).is_err());
-        let ctx = CausalContext(s.clock().clone());
+        let ctx = s.clock().clone();
         assert_eq!(CausalContext::decode(&ctx.encode()), Ok(ctx));
         assert_eq!(CausalContext::decode(&[]), Ok(CausalContext::default()));
         assert!(CausalContext::decode(b"\x01\x05").is_err());
@@ -518,17 +692,16 @@ mod tests {
         let mut ctx =
             CausalContext::decode(&[1, 1, 1, b'a', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
                 .unwrap();
-        assert_eq!(ctx.0.get(&a()), u64::MAX);
+        assert_eq!(ctx.get(&a()), u64::MAX);
         let mut s = SiblingSet::new();
-        s.update(&VersionVector::new(), &b(), Some(Bytes::from_static(b"v")));
+        s.update(&CausalContext::new(), &b(), Some(Bytes::from_static(b"v"))).unwrap();
         let before = s.clone();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.update(&ctx.0, &a(), None)));
-        assert!(result.is_err());
+        assert_eq!(s.update(&ctx, &a(), None), Err(DotsExhausted(a())));
         assert_eq!(s, before);
         // One below the limit still works and round-trips.
         ctx = CausalContext::decode(&[1, 1, 1, b'a', 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
             .unwrap();
-        let dot = s.update(&ctx.0, &a(), None);
+        let dot = s.update(&ctx, &a(), None).unwrap();
         assert_eq!(dot.counter, u64::MAX);
         assert_eq!(SiblingSet::decode(&s.encode()), Ok(s));
     }
@@ -543,5 +716,53 @@ mod tests {
         assert_eq!(s.clock().get(&b()), 1);
         assert_eq!(s.values().cloned().collect::<Vec<_>>(), vec![Bytes::from_static(b"hi")]);
         assert_eq!(s.encode(), fixture);
+    }
+
+    /// The context a write returns covers the write and what its writer
+    /// had seen: a blind write after another one does not cover it.
+    #[test]
+    fn a_dot_cloud_covers_one_write_alone() {
+        let mut s = SiblingSet::new();
+        s.update(&CausalContext::new(), &a(), Some(Bytes::from_static(b"first"))).unwrap();
+        let second = s.update(&CausalContext::new(), &a(), Some(Bytes::from_static(b"second"))).unwrap();
+        let mut returned = CausalContext::new();
+        returned.add(&second);
+        assert!(returned.covers(&second));
+        assert!(!returned.covers(&Dot { actor: a(), counter: 1 }), "the other client's write is not covered");
+        s.update(&returned, &a(), Some(Bytes::from_static(b"third"))).unwrap();
+        let values: Vec<_> = s.values().cloned().collect();
+        assert_eq!(values, vec![Bytes::from_static(b"first"), Bytes::from_static(b"third")]);
+
+        // A replica that had not seen the covered write yet keeps it covered,
+        // so it cannot come back when the write arrives later.
+        let mut behind = SiblingSet::new();
+        behind.update(&returned, &b(), Some(Bytes::from_static(b"elsewhere"))).unwrap();
+        assert!(behind.clock().covers(&second) && !behind.clock().covers(&Dot { actor: a(), counter: 1 }));
+        let encoded = behind.encode();
+        assert_eq!(encoded[0], FORMAT_V2);
+        assert_eq!(SiblingSet::decode(&encoded), Ok(behind.clone()));
+        behind.sync(&s);
+        let values: Vec<_> = behind.values().cloned().collect();
+        let expected = [&b"first"[..], b"third", b"elsewhere"].map(Bytes::from_static);
+        assert_eq!(values, expected, "ordered by dot: a:1, a:3, b:1");
+        assert!(behind.clock().cloud().next().is_none(), "the cloud folds into the vector once contiguous");
+    }
+
+    #[test]
+    fn contexts_with_a_cloud_round_trip_and_stay_canonical() {
+        let mut ctx = CausalContext::new();
+        ctx.add(&Dot { actor: a(), counter: 3 });
+        ctx.add(&Dot { actor: b(), counter: 1 });
+        assert_eq!(ctx.cloud().count(), 1);
+        assert_eq!(CausalContext::decode(&ctx.encode()), Ok(ctx.clone()));
+        ctx.add(&Dot { actor: a(), counter: 1 });
+        ctx.add(&Dot { actor: a(), counter: 2 });
+        assert_eq!((ctx.get(&a()), ctx.cloud().count()), (3, 0), "a contiguous run folds into the vector");
+        assert_eq!(ctx.encode()[0], FORMAT_V1);
+        // A cloud dot the vector covers, or one that extends it, is not canonical.
+        let mut bad = vec![FORMAT_V2];
+        encode_clock(&ctx.vv, &mut bad);
+        bad.extend_from_slice(&[1, 1, b'a', 4]);
+        assert_eq!(CausalContext::decode(&bad), Err(DecodeError::Malformed("dot cloud not compact")));
     }
 }

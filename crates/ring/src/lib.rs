@@ -10,17 +10,21 @@
 //! - [`quorum`]: consistency levels and the arithmetic that turns them into
 //!   replica counts.
 //! - [`dvv`]: dotted version vectors — sibling sets, their merge (sync) and
-//!   the causal context handed to clients.
+//!   the clock encoding nodes exchange.
+//! - [`context`]: the causal context as clients hold it — bound to its key
+//!   and sealed with a cluster secret.
 //!
 //! **Architecture invariant:** this crate never depends on an async runtime or
 //! touches the network or the disk.
 
+pub mod context;
 pub mod dvv;
 pub mod quorum;
 pub mod ring;
 pub mod token;
 
-pub use dvv::{Actor, CausalContext, DecodeError, Dot, Sibling, SiblingSet, VersionVector};
+pub use context::{ContextKey, TokenError};
+pub use dvv::{Actor, CausalContext, DecodeError, Dot, DotsExhausted, Sibling, SiblingSet, VersionVector};
 pub use quorum::{Consistency, QuorumError, ReplicationConfig};
 pub use ring::{NodeId, NodeSpec, Ring, RingError};
 pub use token::{Token, token_for};

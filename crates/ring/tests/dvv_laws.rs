@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use cohort_ring::{Actor, CausalContext, Dot, SiblingSet, VersionVector};
+use cohort_ring::{Actor, CausalContext, Dot, SiblingSet};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -34,6 +34,9 @@ enum Context {
     /// A context an earlier `Read` remembered (blind if there is none yet):
     /// the client read, then other writes and syncs happened before it wrote.
     Stale(Index),
+    /// The context an earlier write returned (its own context plus its dot;
+    /// blind if there is none yet): the client chains writes on it.
+    Returned(Index),
 }
 
 /// One step of the simulation. Replica indices are taken modulo the number of
@@ -54,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Context::Blind),
         2 => (0usize..4).prop_map(Context::Fresh),
         2 => any::<Index>().prop_map(Context::Stale),
+        2 => any::<Index>().prop_map(Context::Returned),
     ];
     prop_oneof![
         1 => (0usize..4).prop_map(Op::Read),
@@ -69,13 +73,22 @@ struct Write {
     /// The replica's state just before the write.
     before: SiblingSet,
     /// The context the client sent.
-    context: VersionVector,
+    context: CausalContext,
     /// The value written; `None` for a tombstone.
     value: Option<Bytes>,
     /// The dot `update` returned.
     dot: Dot,
     /// The replica's state just after the write.
     after: SiblingSet,
+}
+
+impl Write {
+    /// The context the write returns to its client: its own plus its dot.
+    fn returned(&self) -> CausalContext {
+        let mut context = self.context.clone();
+        context.add(&self.dot);
+        context
+    }
 }
 
 /// The outcome of a simulation.
@@ -96,9 +109,9 @@ fn actor(i: usize) -> Actor {
 /// Runs `ops` on `count` replicas. Values are unique per write.
 fn simulate(count: usize, ops: &[Op]) -> History {
     let mut replicas = vec![SiblingSet::new(); count];
-    let mut remembered: Vec<VersionVector> = Vec::new();
+    let mut remembered: Vec<CausalContext> = Vec::new();
     let mut pool = Vec::new();
-    let mut writes = Vec::new();
+    let mut writes: Vec<Write> = Vec::new();
     for op in ops {
         match op {
             Op::Read(i) => {
@@ -108,15 +121,16 @@ fn simulate(count: usize, ops: &[Op]) -> History {
             }
             Op::Write { replica, context, tombstone } => {
                 let context = match context {
-                    Context::Blind => VersionVector::new(),
+                    Context::Blind => CausalContext::new(),
                     Context::Fresh(i) => replicas[i % count].clock().clone(),
                     Context::Stale(index) if !remembered.is_empty() => index.get(&remembered).clone(),
-                    Context::Stale(_) => VersionVector::new(),
+                    Context::Returned(index) if !writes.is_empty() => index.get(&writes).returned(),
+                    Context::Stale(_) | Context::Returned(_) => CausalContext::new(),
                 };
                 let value = (!tombstone).then(|| Bytes::from(format!("v{}", writes.len())));
                 let state = &mut replicas[replica % count];
                 let before = state.clone();
-                let dot = state.update(&context, &actor(replica % count), value.clone());
+                let dot = state.update(&context, &actor(replica % count), value.clone()).unwrap();
                 pool.push(state.clone());
                 writes.push(Write { before, context, value, dot, after: state.clone() });
             }
@@ -255,13 +269,33 @@ proptest! {
 
             let mut clock = w.before.clock().clone();
             clock.merge(&w.context);
-            prop_assert_eq!(w.dot.counter, clock.get(&w.dot.actor) + 1, "write #{}", n);
+            prop_assert_eq!(w.dot.counter, clock.max_counter(&w.dot.actor) + 1, "write #{}", n);
             prop_assert!(!w.context.covers(&w.dot) && !w.before.clock().covers(&w.dot), "dot reused: {:?}", w.dot);
-            // after.clock == before.clock ⊔ ctx, with the actor's entry bumped.
+            // after.clock == before.clock ⊔ ctx ⊔ {the new dot}.
+            let mut expected_clock = clock.clone();
+            expected_clock.add(&w.dot);
+            prop_assert_eq!(w.after.clock(), &expected_clock, "write #{}", n);
             prop_assert!(w.after.clock().descends(&clock), "write #{}", n);
-            for (a, counter) in w.after.clock().iter() {
-                let expected = if *a == w.dot.actor { w.dot.counter } else { clock.get(a) };
-                prop_assert_eq!(counter, expected, "write #{}: clock entry {}", n, a);
+        }
+    }
+
+    /// The context a write returns covers what its own context covered plus
+    /// the write, and no other sibling of the state it produced: a client
+    /// that chains writes on it never replaces a write it did not see.
+    #[test]
+    fn a_returned_context_covers_only_the_write_and_what_its_writer_saw(history in histories()) {
+        for (n, w) in history.writes.iter().enumerate() {
+            let returned = w.returned();
+            prop_assert!(returned.covers(&w.dot) && returned.descends(&w.context), "write #{}", n);
+            for sibling in w.after.siblings() {
+                prop_assert_eq!(
+                    returned.covers(&sibling.dot),
+                    sibling.dot == w.dot,
+                    "write #{}: sibling {:?} the writer never saw is covered by {:?}",
+                    n,
+                    sibling.dot,
+                    returned
+                );
             }
         }
     }
@@ -306,7 +340,7 @@ proptest! {
     fn encodings_round_trip(history in histories()) {
         for state in &history.pool {
             prop_assert_eq!(SiblingSet::decode(&state.encode()), Ok(state.clone()));
-            let context = CausalContext(state.clock().clone());
+            let context = state.clock().clone();
             prop_assert_eq!(CausalContext::decode(&context.encode()), Ok(context));
         }
     }
@@ -316,10 +350,12 @@ proptest! {
     #[test]
     fn decoding_garbage_never_panics(bytes in vec(any::<u8>(), 0..64)) {
         check_decode(&bytes)?;
-        // Also behind a valid format byte, to get past the first check.
-        let mut prefixed = vec![1u8];
-        prefixed.extend_from_slice(&bytes);
-        check_decode(&prefixed)?;
+        // Also behind each valid format byte, to get past the first check.
+        for format in [1u8, 2] {
+            let mut prefixed = vec![format];
+            prefixed.extend_from_slice(&bytes);
+            check_decode(&prefixed)?;
+        }
     }
 
     /// Decoding corrupted valid encodings (bytes flipped, truncated or
@@ -334,7 +370,7 @@ proptest! {
         tail in vec(any::<u8>(), 0..4),
     ) {
         let state = pick.get(&history.pool);
-        for valid in [state.encode(), CausalContext(state.clock().clone()).encode()] {
+        for valid in [state.encode(), state.clock().encode()] {
             let mut flipped = valid.clone();
             if !flipped.is_empty() {
                 for (at, byte) in &flips {

@@ -7,20 +7,25 @@
 //! ids cannot contain `:`, so the split is unambiguous). Its value starts
 //! with a one-letter format marker and a colon:
 //!
-//! - `i:<fp>` — a claim in flight, written with `SET NX PX in_flight_ttl`, so
-//!   that a coordinator that dies mid-request does not hold the key forever.
-//! - `d:<fp>:<response>` — a completed request, kept for the TTL given to
-//!   [`complete`](IdempotencyStore::complete).
+//! - `i:<fp>:<owner>:<lapses>` — a claim in flight, held by `owner` (an
+//!   attempt's token: lowercase letters, digits and `-`) until `lapses` (milliseconds since the
+//!   Unix epoch, by the Redis server's clock). A lapsed claim stays, so that
+//!   the next claim knows an earlier attempt may have applied and settles it.
+//! - `u:<fp>` — an attempt whose outcome is unknown; the next claim settles it.
+//! - `d:<fp>:<response>` — a completed request.
 //!
-//! `<fp>` is the fingerprint as 64 lowercase hex digits and `<response>` the
-//! encoded response as raw bytes: Redis strings and Lua strings are binary
-//! safe, so no further encoding is needed. A value in any other shape is
-//! reported as [`IdempotencyError::Unavailable`], never guessed at; a new
-//! layout must take a new marker letter.
+//! Every record is kept with `PX` for the record TTL. `<fp>` is the
+//! fingerprint as 64 lowercase hex digits and `<response>` the encoded
+//! response as raw bytes: Redis strings and Lua strings are binary safe, so
+//! no further encoding is needed. A value in any other shape is reported as
+//! [`IdempotencyError::Unavailable`], never guessed at; a new layout must take
+//! a new marker letter. (The first release's in-flight marker `i:<fp>` reads
+//! as a claim whose owner is gone.)
 //!
-//! Every step is one Lua script, so each is atomic on the server: claim is
-//! `SET NX` or else the current value, complete and release are
-//! compare-and-set and compare-and-delete on our own in-flight marker.
+//! Every step is one Lua script, so each is atomic on the server. Complete,
+//! release and mark-unknown compare the owner: only the attempt that holds a
+//! claim can end it, so a stalled coordinator that wakes after its claim was
+//! taken over cannot delete or overwrite its successor's.
 
 use std::time::Duration;
 
@@ -37,40 +42,82 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one command may take, reconnection included, before it fails.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Claims `KEYS[1]` with the in-flight marker `ARGV[1]` for `ARGV[2]` ms.
-/// Returns 1 if claimed, otherwise the value that holds the key.
+/// Claims `KEYS[1]` for fingerprint `ARGV[1]` and owner `ARGV[2]`, in flight
+/// for `ARGV[3]` ms, the record kept `ARGV[4]` ms. Answers `C` (claimed),
+/// `S` (claimed, settle first), `F` (in flight), `X` (conflict), `D` followed
+/// by the response (done), or `?` followed by the value it cannot read.
 const CLAIM_LUA: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return 1
-end
-return redis.call('GET', KEYS[1])
-";
-
-/// Replaces our in-flight marker `ARGV[1]` with the done record `ARGV[2]`
-/// for `ARGV[3]` ms. Returns 1 if replaced, 0 if our claim had lapsed and
-/// the record was written anyway (nobody held the key: recording it stops a
-/// later retry from applying again), 2 if the key held something else.
-const COMPLETE_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = 'i:' .. ARGV[1] .. ':' .. ARGV[2] .. ':' .. (now + tonumber(ARGV[3]))
 local current = redis.call('GET', KEYS[1])
-if current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
+if not current then
+  redis.call('SET', KEYS[1], mine, 'PX', ARGV[4])
+  return 'C'
 end
-if current then
-  return 2
+local kind = string.sub(current, 1, 2)
+local fp = string.sub(current, 3, 66)
+if (kind ~= 'i:' and kind ~= 'u:' and kind ~= 'd:') or string.len(fp) ~= 64 then
+  return '?' .. current
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 0
+if fp ~= ARGV[1] then
+  return 'X'
+end
+if kind == 'd:' then
+  return 'D' .. string.sub(current, 68)
+end
+if kind == 'i:' then
+  local lapses = tonumber(string.match(current, ':(%d+)$') or '0')
+  if lapses > now then
+    return 'F'
+  end
+end
+redis.call('SET', KEYS[1], mine, 'PX', ARGV[4])
+return 'S'
 ";
 
-/// Deletes `KEYS[1]` if it holds our in-flight marker `ARGV[1]`. Returns the
-/// number of keys deleted.
-const RELEASE_LUA: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+/// Whether `KEYS[1]` is in flight for fingerprint `ARGV[1]` and owner
+/// `ARGV[2]`, in Lua: the prefix of the marker.
+const OWNED_LUA: &str = r"
+local current = redis.call('GET', KEYS[1])
+local owned = current and string.sub(current, 1, 68 + string.len(ARGV[2])) == ('i:' .. ARGV[1] .. ':' .. ARGV[2] .. ':')
+";
+
+/// Records the done record `ARGV[3]` for `ARGV[4]` ms if the owner holds the
+/// claim or nobody does. Returns 1 if recorded, 2 if another owner holds it.
+fn complete_lua() -> String {
+    format!(
+        "{OWNED_LUA}
+if owned or not current then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+return 2"
+    )
+}
+
+/// Deletes the owner's claim. Returns the number of keys deleted.
+fn release_lua() -> String {
+    format!(
+        "{OWNED_LUA}
+if owned then
   return redis.call('DEL', KEYS[1])
 end
-return 0
-";
+return 0"
+    )
+}
+
+/// Turns the owner's claim into `u:<fp>` for `ARGV[3]` ms. Returns 1 if it did.
+fn mark_unknown_lua() -> String {
+    format!(
+        "{OWNED_LUA}
+if owned then
+  redis.call('SET', KEYS[1], 'u:' .. ARGV[1], 'PX', ARGV[3])
+  return 1
+end
+return 0"
+    )
+}
 
 /// The Redis idempotency store.
 pub struct RedisIdempotency {
@@ -80,6 +127,7 @@ pub struct RedisIdempotency {
     claim: Script,
     complete: Script,
     release: Script,
+    mark_unknown: Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> IdempotencyError {
@@ -113,14 +161,6 @@ fn hex(fingerprint: &Fingerprint) -> [u8; 64] {
     out
 }
 
-/// The in-flight marker `i:<fp>`.
-fn in_flight_marker(fingerprint: &Fingerprint) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + 64);
-    out.extend_from_slice(b"i:");
-    out.extend_from_slice(&hex(fingerprint));
-    out
-}
-
 /// The done record `d:<fp>:<response>`.
 fn done_record(fingerprint: &Fingerprint, response: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + 64 + 1 + response.len());
@@ -131,24 +171,30 @@ fn done_record(fingerprint: &Fingerprint, response: &[u8]) -> Vec<u8> {
     out
 }
 
-/// What the value `stored` that holds a key means for a request with
-/// `fingerprint`.
-fn interpret(stored: &[u8], fingerprint: &Fingerprint) -> Result<Claim, IdempotencyError> {
-    let ours = hex(fingerprint);
-    match stored {
-        [b'i', b':', fp @ ..] if fp.len() == 64 => Ok(if fp == ours { Claim::InFlight } else { Claim::Conflict }),
-        [b'd', b':', rest @ ..] if rest.len() > 64 && rest[64] == b':' => {
-            Ok(if rest[..64] == ours { Claim::Done(rest[65..].to_vec()) } else { Claim::Conflict })
-        }
+/// What the claim script's answer means.
+fn interpret(answer: &[u8]) -> Result<Claim, IdempotencyError> {
+    match answer {
+        b"C" => Ok(Claim::FRESH),
+        b"S" => Ok(Claim::SETTLE),
+        b"F" => Ok(Claim::InFlight),
+        b"X" => Ok(Claim::Conflict),
+        [b'D', response @ ..] => Ok(Claim::Done(response.to_vec())),
         _ => Err(unavailable("stored idempotency record is unreadable")),
     }
+}
+
+/// An owner token fit for the marker: lowercase letters, digits and `-`.
+fn valid_owner(owner: &str) -> bool {
+    !owner.is_empty()
+        && owner.len() <= 64
+        && owner.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
 }
 
 impl RedisIdempotency {
     /// Connects to the Redis server at `url` (`redis://[:password@]host:port[/db]`),
     /// keeping records under keys that start with `prefix`. A claim that is
-    /// neither completed nor released within `in_flight_ttl` lapses, so that a
-    /// retry may run after its coordinator died.
+    /// not ended within `in_flight_ttl` lapses, so that a retry may settle it
+    /// after its coordinator died.
     ///
     /// Fails within a few seconds if the server cannot be reached.
     pub async fn connect(url: &str, prefix: &str, in_flight_ttl: Duration) -> Result<Self, IdempotencyError> {
@@ -176,10 +222,11 @@ impl RedisIdempotency {
             prefix: prefix.to_owned(),
             in_flight_ttl_ms: millis(in_flight_ttl),
             claim: Script::from_lua(CLAIM_LUA),
-            complete: Script::from_lua(COMPLETE_LUA),
-            release: Script::from_lua(RELEASE_LUA),
+            complete: Script::from_lua(complete_lua()),
+            release: Script::from_lua(release_lua()),
+            mark_unknown: Script::from_lua(mark_unknown_lua()),
         };
-        for script in [&store.claim, &store.complete, &store.release] {
+        for script in [&store.claim, &store.complete, &store.release, &store.mark_unknown] {
             script.load(&store.client).await.map_err(redis_error("SCRIPT LOAD"))?;
         }
         Ok(store)
@@ -208,15 +255,30 @@ impl Drop for RedisIdempotency {
     }
 }
 
+fn owner_args(fingerprint: &Fingerprint, owner: &str) -> Result<Vec<Value>, IdempotencyError> {
+    if !valid_owner(owner) {
+        return Err(unavailable(format!(
+            "idempotency owner token {owner:?} must be lowercase letters, digits and '-'"
+        )));
+    }
+    Ok(vec![Value::Bytes(Bytes::copy_from_slice(&hex(fingerprint))), Value::from(owner)])
+}
+
 #[async_trait]
 impl IdempotencyStore for RedisIdempotency {
-    async fn claim(&self, tenant: &str, key: &str, fingerprint: &Fingerprint) -> Result<Claim, IdempotencyError> {
-        let args =
-            vec![Value::Bytes(Bytes::from(in_flight_marker(fingerprint))), Value::Integer(self.in_flight_ttl_ms)];
+    async fn claim(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &Fingerprint,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Claim, IdempotencyError> {
+        let mut args = owner_args(fingerprint, owner)?;
+        args.extend([Value::Integer(self.in_flight_ttl_ms), Value::Integer(millis(ttl))]);
         match self.run("claim", &self.claim, self.record_key(tenant, key), args).await? {
-            Value::Integer(1) => Ok(Claim::Claimed),
-            Value::Bytes(stored) => interpret(&stored, fingerprint),
-            Value::String(stored) => interpret(stored.as_bytes(), fingerprint),
+            Value::Bytes(answer) => interpret(&answer),
+            Value::String(answer) => interpret(answer.as_bytes()),
             other => Err(unavailable(format!("unexpected reply to claim: {other:?}"))),
         }
     }
@@ -226,25 +288,19 @@ impl IdempotencyStore for RedisIdempotency {
         tenant: &str,
         key: &str,
         fingerprint: &Fingerprint,
+        owner: &str,
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), IdempotencyError> {
-        let args = vec![
-            Value::Bytes(Bytes::from(in_flight_marker(fingerprint))),
-            Value::Bytes(Bytes::from(done_record(fingerprint, response))),
-            Value::Integer(millis(ttl)),
-        ];
+        let mut args = owner_args(fingerprint, owner)?;
+        args.extend([Value::Bytes(Bytes::from(done_record(fingerprint, response))), Value::Integer(millis(ttl))]);
         match self.run("complete", &self.complete, self.record_key(tenant, key), args).await? {
             Value::Integer(1) => Ok(()),
-            Value::Integer(0) => {
-                tracing::warn!(tenant, key, "idempotency claim lapsed before completion; response recorded anyway");
-                Ok(())
-            }
             Value::Integer(2) => {
                 tracing::warn!(
                     tenant,
                     key,
-                    "idempotency claim lapsed and the key was taken again before completion; response not recorded"
+                    "idempotency claim was taken over before completion; its new owner settles it"
                 );
                 Ok(())
             }
@@ -252,11 +308,33 @@ impl IdempotencyStore for RedisIdempotency {
         }
     }
 
-    async fn release(&self, tenant: &str, key: &str, fingerprint: &Fingerprint) -> Result<(), IdempotencyError> {
-        let args = vec![Value::Bytes(Bytes::from(in_flight_marker(fingerprint)))];
+    async fn release(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &Fingerprint,
+        owner: &str,
+    ) -> Result<(), IdempotencyError> {
+        let args = owner_args(fingerprint, owner)?;
         match self.run("release", &self.release, self.record_key(tenant, key), args).await? {
             Value::Integer(_) => Ok(()),
             other => Err(unavailable(format!("unexpected reply to release: {other:?}"))),
+        }
+    }
+
+    async fn mark_unknown(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: &Fingerprint,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<(), IdempotencyError> {
+        let mut args = owner_args(fingerprint, owner)?;
+        args.push(Value::Integer(millis(ttl)));
+        match self.run("mark unknown", &self.mark_unknown, self.record_key(tenant, key), args).await? {
+            Value::Integer(_) => Ok(()),
+            other => Err(unavailable(format!("unexpected reply to mark unknown: {other:?}"))),
         }
     }
 }
@@ -298,15 +376,16 @@ mod tests {
     #[test]
     fn formats_and_reads_records() {
         let fp = [0xab; 32];
-        assert_eq!(in_flight_marker(&fp), [b"i:".as_slice(), &[b'a', b'b'].repeat(32)].concat());
-        assert_eq!(interpret(&in_flight_marker(&fp), &fp), Ok(Claim::InFlight));
-        assert_eq!(interpret(&in_flight_marker(&fp), &[0; 32]), Ok(Claim::Conflict));
         let response = b"a:b\0\xff".to_vec();
-        assert_eq!(interpret(&done_record(&fp, &response), &fp), Ok(Claim::Done(response.clone())));
-        assert_eq!(interpret(&done_record(&fp, &response), &[0; 32]), Ok(Claim::Conflict));
-        assert_eq!(interpret(&done_record(&fp, b""), &fp), Ok(Claim::Done(Vec::new())));
-        assert!(interpret(b"x:whatever", &fp).is_err());
-        assert!(interpret(b"d:short:", &fp).is_err());
+        assert_eq!(&done_record(&fp, &response)[..2], b"d:");
+        assert_eq!(interpret(b"C"), Ok(Claim::FRESH));
+        assert_eq!(interpret(b"S"), Ok(Claim::SETTLE));
+        assert_eq!(interpret(b"F"), Ok(Claim::InFlight));
+        assert_eq!(interpret(b"X"), Ok(Claim::Conflict));
+        assert_eq!(interpret(&[b"D".as_slice(), &response].concat()), Ok(Claim::Done(response)));
+        assert_eq!(interpret(b"D"), Ok(Claim::Done(Vec::new())));
+        assert!(interpret(b"?x:whatever").is_err());
+        assert!(valid_owner("0a1b") && !valid_owner("a:b") && !valid_owner(""));
         assert_eq!(redact("redis://:secret@host:6379/0"), "redis://***@host:6379/0");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
@@ -332,53 +411,31 @@ mod tests {
 
     async fn checks(store: &RedisIdempotency, prefix: &str) {
         super::super::contract::run(store).await;
+        let day = Duration::from_secs(86_400);
 
         // Done records live in Redis, not in the connection.
         let again = connect(prefix, Duration::from_secs(30)).await;
-        assert_eq!(again.claim("t", "done", &[1; 32]).await.unwrap(), Claim::Done(b"response".to_vec()));
+        assert_eq!(again.claim("t", "done", &[1; 32], "o", day).await.unwrap(), Claim::Done(b"response".to_vec()));
 
         // Responses are stored byte for byte, separators and invalid UTF-8 included.
         let odd: Vec<u8> = (0..=255).chain(b"d:i:".iter().copied()).collect();
         for (key, response) in [("binary", odd.as_slice()), ("empty", b"".as_slice())] {
-            assert_eq!(store.claim("t", key, &[3; 32]).await.unwrap(), Claim::Claimed);
-            store.complete("t", key, &[3; 32], response, Duration::from_secs(60)).await.unwrap();
-            assert_eq!(again.claim("t", key, &[3; 32]).await.unwrap(), Claim::Done(response.to_vec()));
+            assert_eq!(store.claim("t", key, &[3; 32], "o1", day).await.unwrap(), Claim::FRESH);
+            store.complete("t", key, &[3; 32], "o1", response, day).await.unwrap();
+            assert_eq!(again.claim("t", key, &[3; 32], "o2", day).await.unwrap(), Claim::Done(response.to_vec()));
         }
-
-        // Completing after the claim lapsed still records the response, so a
-        // later retry replays it instead of applying again.
-        store.complete("t", "never-claimed", &[3; 32], b"late", Duration::from_secs(60)).await.unwrap();
-        assert_eq!(store.claim("t", "never-claimed", &[3; 32]).await.unwrap(), Claim::Done(b"late".to_vec()));
 
         // A server that lost its scripts (restart, SCRIPT FLUSH) gets them again.
         store.client.script_flush(false).await.expect("SCRIPT FLUSH");
-        assert_eq!(store.claim("t", "done", &[1; 32]).await.unwrap(), Claim::Done(b"response".to_vec()));
+        assert_eq!(store.claim("t", "done", &[1; 32], "o", day).await.unwrap(), Claim::Done(b"response".to_vec()));
 
-        in_flight_claims_lapse(prefix).await;
-        racing_claims_yield_one_winner(prefix).await;
-    }
+        // A value no release wrote is an error, never a guess.
+        let _: () = store.client.set(format!("{prefix}t:odd"), "z:nonsense", None, None, false).await.unwrap();
+        assert!(store.claim("t", "odd", &[3; 32], "o", day).await.is_err());
 
-    async fn in_flight_claims_lapse(prefix: &str) {
         let ttl = Duration::from_millis(300);
-        let store = connect(prefix, ttl).await;
-        let fp = [4; 32];
-        let start = tokio::time::Instant::now();
-        assert_eq!(store.claim("t", "lapses", &fp).await.unwrap(), Claim::Claimed);
-        assert_eq!(store.claim("t", "lapses", &fp).await.unwrap(), Claim::InFlight);
-        let deadline = start + Duration::from_secs(5);
-        let mut tick = tokio::time::interval(Duration::from_millis(25));
-        loop {
-            tick.tick().await;
-            match store.claim("t", "lapses", &fp).await.unwrap() {
-                Claim::Claimed => break,
-                Claim::InFlight => {
-                    assert!(tokio::time::Instant::now() < deadline, "the in-flight claim did not lapse within 5 s");
-                }
-                other => panic!("unexpected claim while waiting for the claim to lapse: {other:?}"),
-            }
-        }
-        assert!(start.elapsed() >= ttl, "the claim lapsed after {:?}, before its TTL of {ttl:?}", start.elapsed());
-        store.release("t", "lapses", &fp).await.unwrap();
+        super::super::contract::lapse(&connect(prefix, ttl).await, ttl).await;
+        racing_claims_yield_one_winner(prefix).await;
     }
 
     async fn racing_claims_yield_one_winner(prefix: &str) {
@@ -393,7 +450,7 @@ mod tests {
                 let barrier = Arc::clone(&barrier);
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    store.claim("t", "race", &[5; 32]).await.unwrap()
+                    store.claim("t", "race", &[5; 32], &format!("{i:x}"), Duration::from_secs(60)).await.unwrap()
                 })
             })
             .collect();
@@ -401,8 +458,8 @@ mod tests {
         for task in tasks {
             claims.push(task.await.expect("claim task"));
         }
-        let claimed = claims.iter().filter(|c| **c == Claim::Claimed).count();
+        let claimed = claims.iter().filter(|c| **c == Claim::FRESH).count();
         assert_eq!(claimed, 1, "exactly one racing claim must win: {claims:?}");
-        assert!(claims.iter().all(|c| matches!(c, Claim::Claimed | Claim::InFlight)), "{claims:?}");
+        assert!(claims.iter().all(|c| *c == Claim::FRESH || *c == Claim::InFlight), "{claims:?}");
     }
 }

@@ -15,23 +15,23 @@ const LONG: Duration = Duration::from_secs(60);
 /// Runs the contract against an empty store; panics on the first violation.
 pub async fn run(store: &dyn MetadataStore) {
     let three = ReplicationConfig::majority(3).unwrap();
-    let created = store.create_tenant("alpha", three).await.unwrap();
-    assert_eq!(created.version, 1);
-    assert_eq!(store.create_tenant("alpha", three).await, Err(MetadataError::TenantExists("alpha".into())));
+    let created = store.create_tenant("alpha", three, 100).await.unwrap();
+    assert_eq!((created.version, created.max_siblings), (1, 100));
+    assert_eq!(store.create_tenant("alpha", three, 100).await, Err(MetadataError::TenantExists("alpha".into())));
     assert_eq!(store.get_tenant("alpha").await.unwrap(), created);
     assert_eq!(store.get_tenant("nope").await, Err(MetadataError::TenantNotFound("nope".into())));
 
     let five = ReplicationConfig::new(5, 2, 4).unwrap();
-    let updated = store.update_tenant("alpha", 1, five).await.unwrap();
-    assert_eq!((updated.version, updated.replication), (2, five));
+    let updated = store.update_tenant("alpha", 1, five, 7).await.unwrap();
+    assert_eq!((updated.version, updated.replication, updated.max_siblings), (2, five, 7));
     assert_eq!(
-        store.update_tenant("alpha", 1, three).await,
+        store.update_tenant("alpha", 1, three, 100).await,
         Err(MetadataError::VersionConflict { id: "alpha".into(), expected: 1, actual: 2 })
     );
     assert_eq!(store.get_tenant("alpha").await.unwrap(), updated, "a failed update changes nothing");
-    assert!(matches!(store.update_tenant("nope", 1, three).await, Err(MetadataError::TenantNotFound(_))));
+    assert!(matches!(store.update_tenant("nope", 1, three, 100).await, Err(MetadataError::TenantNotFound(_))));
 
-    store.create_tenant("beta", three).await.unwrap();
+    store.create_tenant("beta", three, 100).await.unwrap();
     let ids: Vec<_> = store.list_tenants().await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(ids, ["alpha", "beta"]);
 
@@ -55,6 +55,20 @@ pub async fn run(store: &dyn MetadataStore) {
     assert_eq!(nodes, [("n1".into(), "127.0.0.1:1".into()), ("n2".into(), "127.0.0.1:2".into())]);
 
     leases(store).await;
+    context_keys(store).await;
+}
+
+/// Context keys: one is made on first use, the same for every caller;
+/// rotation adds a newer one and keeps the old.
+async fn context_keys(store: &dyn MetadataStore) {
+    let first = store.context_keys().await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id, 1);
+    assert_eq!(store.context_keys().await.unwrap(), first, "asking again creates nothing");
+    let rotated = store.rotate_context_key().await.unwrap();
+    assert_eq!(rotated.id, 2);
+    assert_ne!(rotated.secret, first[0].secret);
+    assert_eq!(store.context_keys().await.unwrap(), vec![first[0].clone(), rotated]);
 }
 
 /// The leader lease: one holder at a time, a generation that increases on

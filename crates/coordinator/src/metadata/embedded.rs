@@ -10,12 +10,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cohort_ring::ReplicationConfig;
+use cohort_ring::{ContextKey, ReplicationConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tonic::async_trait;
 
-use super::{Lease, MetadataError, MetadataStore, NodeRecord, Tenant};
+use super::{DEFAULT_MAX_SIBLINGS, Lease, MetadataError, MetadataStore, NodeRecord, Tenant};
 
 /// Current file format; older formats, when there are any, are upgraded on load.
 const FORMAT: u32 = 1;
@@ -26,7 +26,20 @@ struct TenantRow {
     replication: u32,
     read_quorum: u32,
     write_quorum: u32,
+    #[serde(default = "default_max_siblings")]
+    max_siblings: u32,
     version: u64,
+}
+
+fn default_max_siblings() -> u32 {
+    DEFAULT_MAX_SIBLINGS
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ContextKeyRow {
+    id: u32,
+    /// 32 bytes, hex.
+    secret: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,6 +58,8 @@ struct State {
     nodes: BTreeMap<String, NodeRecord>,
     #[serde(default)]
     lease: LeaseRow,
+    #[serde(default)]
+    context_keys: Vec<ContextKeyRow>,
 }
 
 fn now_ms() -> u64 {
@@ -61,7 +76,7 @@ pub struct EmbeddedMetadata {
 fn row_to_tenant(row: &TenantRow) -> Result<Tenant, MetadataError> {
     let replication = ReplicationConfig::new(row.replication, row.read_quorum, row.write_quorum)
         .map_err(|e| MetadataError::Unavailable(format!("stored tenant {:?} is invalid: {e}", row.id)))?;
-    Ok(Tenant { id: row.id.clone(), replication, version: row.version })
+    Ok(Tenant { id: row.id.clone(), replication, max_siblings: row.max_siblings, version: row.version })
 }
 
 fn tenant_to_row(tenant: &Tenant) -> TenantRow {
@@ -70,8 +85,25 @@ fn tenant_to_row(tenant: &Tenant) -> TenantRow {
         replication: tenant.replication.n().into(),
         read_quorum: tenant.replication.r().into(),
         write_quorum: tenant.replication.w().into(),
+        max_siblings: tenant.max_siblings,
         version: tenant.version,
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn row_to_key(row: &ContextKeyRow) -> Result<ContextKey, MetadataError> {
+    let bad = || MetadataError::Unavailable(format!("stored context key {} is unreadable", row.id));
+    if row.secret.len() != 64 {
+        return Err(bad());
+    }
+    let mut secret = [0u8; 32];
+    for (i, byte) in secret.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&row.secret[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(ContextKey { id: row.id, secret })
 }
 
 impl EmbeddedMetadata {
@@ -98,16 +130,16 @@ impl EmbeddedMetadata {
         Ok(EmbeddedMetadata { path, state: Mutex::new(state) })
     }
 
-    /// Writes `state` durably in place of the current file.
-    fn persist(&self, state: &State) -> Result<(), MetadataError> {
-        let fail = |e: std::io::Error| MetadataError::Unavailable(format!("writing {}: {e}", self.path.display()));
+    /// Writes `state` durably in place of the current file at `path`.
+    fn persist(path: &Path, state: &State) -> Result<(), MetadataError> {
+        let fail = |e: std::io::Error| MetadataError::Unavailable(format!("writing {}: {e}", path.display()));
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| MetadataError::Unavailable(e.to_string()))?;
-        let tmp = self.path.with_extension("json.tmp");
+        let tmp = path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&tmp).map_err(fail)?;
         file.write_all(&bytes).map_err(fail)?;
         file.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, &self.path).map_err(fail)?;
-        if let Some(dir) = self.path.parent() {
+        std::fs::rename(&tmp, path).map_err(fail)?;
+        if let Some(dir) = path.parent() {
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
         }
         Ok(())
@@ -118,8 +150,12 @@ impl EmbeddedMetadata {
         let mut guard = self.state.lock().await;
         let mut next = guard.clone();
         let out = change(&mut next)?;
-        let path_state = next.clone();
-        tokio::task::block_in_place(|| self.persist(&path_state))?;
+        // On a blocking thread, so that any runtime (current-thread ones
+        // included) can drive it.
+        let (path, to_write) = (self.path.clone(), next.clone());
+        tokio::task::spawn_blocking(move || Self::persist(&path, &to_write))
+            .await
+            .map_err(|e| MetadataError::Unavailable(format!("metadata write task failed: {e}")))??;
         *guard = next;
         Ok(out)
     }
@@ -127,12 +163,17 @@ impl EmbeddedMetadata {
 
 #[async_trait]
 impl MetadataStore for EmbeddedMetadata {
-    async fn create_tenant(&self, id: &str, replication: ReplicationConfig) -> Result<Tenant, MetadataError> {
+    async fn create_tenant(
+        &self,
+        id: &str,
+        replication: ReplicationConfig,
+        max_siblings: u32,
+    ) -> Result<Tenant, MetadataError> {
         self.change(|state| {
             if state.tenants.contains_key(id) {
                 return Err(MetadataError::TenantExists(id.to_string()));
             }
-            let tenant = Tenant { id: id.to_string(), replication, version: 1 };
+            let tenant = Tenant { id: id.to_string(), replication, max_siblings, version: 1 };
             state.tenants.insert(id.to_string(), tenant_to_row(&tenant));
             Ok(tenant)
         })
@@ -153,6 +194,7 @@ impl MetadataStore for EmbeddedMetadata {
         id: &str,
         expected_version: u64,
         replication: ReplicationConfig,
+        max_siblings: u32,
     ) -> Result<Tenant, MetadataError> {
         self.change(|state| {
             let row = state.tenants.get_mut(id).ok_or_else(|| MetadataError::TenantNotFound(id.to_string()))?;
@@ -163,7 +205,7 @@ impl MetadataStore for EmbeddedMetadata {
                     actual: row.version,
                 });
             }
-            let tenant = Tenant { id: id.to_string(), replication, version: row.version + 1 };
+            let tenant = Tenant { id: id.to_string(), replication, max_siblings, version: row.version + 1 };
             *row = tenant_to_row(&tenant);
             Ok(tenant)
         })
@@ -218,6 +260,33 @@ impl MetadataStore for EmbeddedMetadata {
         .await
     }
 
+    async fn context_keys(&self) -> Result<Vec<ContextKey>, MetadataError> {
+        {
+            let state = self.state.lock().await;
+            if !state.context_keys.is_empty() {
+                return state.context_keys.iter().map(row_to_key).collect();
+            }
+        }
+        self.change(|state| {
+            if state.context_keys.is_empty() {
+                state.context_keys.push(ContextKeyRow { id: 1, secret: hex(&rand::random::<[u8; 32]>()) });
+            }
+            state.context_keys.iter().map(row_to_key).collect()
+        })
+        .await
+    }
+
+    async fn rotate_context_key(&self) -> Result<ContextKey, MetadataError> {
+        self.change(|state| {
+            let id = state.context_keys.iter().map(|k| k.id).max().unwrap_or(0) + 1;
+            let row = ContextKeyRow { id, secret: hex(&rand::random::<[u8; 32]>()) };
+            let key = row_to_key(&row)?;
+            state.context_keys.push(row);
+            Ok(key)
+        })
+        .await
+    }
+
     async fn current_lease(&self) -> Result<Option<Lease>, MetadataError> {
         let state = self.state.lock().await;
         Ok(state.lease.holder.as_ref().map(|holder| Lease {
@@ -232,7 +301,9 @@ impl MetadataStore for EmbeddedMetadata {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    /// F14: a current-thread runtime (plain `#[tokio::test]`, or an
+    /// embedding application's) must be able to change metadata.
+    #[tokio::test]
     async fn passes_the_contract_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedMetadata::open(dir.path()).unwrap();

@@ -13,9 +13,15 @@ pub mod postgres;
 
 use std::time::Duration;
 
-use cohort_ring::{NodeSpec, ReplicationConfig};
+use cohort_ring::{ContextKey, NodeSpec, ReplicationConfig};
 use serde::{Deserialize, Serialize};
 use tonic::async_trait;
+
+/// Siblings a key may have unless the tenant says otherwise (Riak's
+/// `siblings_max` default).
+pub const DEFAULT_MAX_SIBLINGS: u32 = 100;
+/// The highest sibling cap a tenant may set.
+pub const MAX_MAX_SIBLINGS: u32 = 10_000;
 
 /// A tenant: its replication settings and optimistic-locking version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +30,9 @@ pub struct Tenant {
     pub id: String,
     /// N, R and W.
     pub replication: ReplicationConfig,
+    /// Most siblings a key may have; a write that would add one more is
+    /// refused until the key is resolved.
+    pub max_siblings: u32,
     /// Starts at 1; every update bumps it.
     pub version: u64,
 }
@@ -116,18 +125,24 @@ pub enum MetadataChange {
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Creates a tenant at version 1.
-    async fn create_tenant(&self, id: &str, replication: ReplicationConfig) -> Result<Tenant, MetadataError>;
+    async fn create_tenant(
+        &self,
+        id: &str,
+        replication: ReplicationConfig,
+        max_siblings: u32,
+    ) -> Result<Tenant, MetadataError>;
     /// Reads a tenant.
     async fn get_tenant(&self, id: &str) -> Result<Tenant, MetadataError>;
     /// Lists every tenant, ordered by id.
     async fn list_tenants(&self) -> Result<Vec<Tenant>, MetadataError>;
-    /// Replaces a tenant's replication settings if it is still at
-    /// `expected_version`; bumps the version.
+    /// Replaces a tenant's settings if it is still at `expected_version`;
+    /// bumps the version.
     async fn update_tenant(
         &self,
         id: &str,
         expected_version: u64,
         replication: ReplicationConfig,
+        max_siblings: u32,
     ) -> Result<Tenant, MetadataError>;
     /// Registers a node or replaces the record with the same id; bumps the
     /// ring version when placement (zone, vnodes, state) or address changed.
@@ -147,6 +162,13 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn release_lease(&self, holder: &str) -> Result<(), MetadataError>;
     /// The lease as stored, if anyone ever held it.
     async fn current_lease(&self) -> Result<Option<Lease>, MetadataError>;
+
+    /// The secrets that seal causal contexts, oldest first; the first one is
+    /// created (once, whoever asks first) when there is none.
+    async fn context_keys(&self) -> Result<Vec<ContextKey>, MetadataError>;
+    /// Adds a new secret, which seals from now on; older ones still open
+    /// the tokens they sealed. Returns the new key.
+    async fn rotate_context_key(&self) -> Result<ContextKey, MetadataError>;
 
     /// Changes made by other coordinators, when the store can announce them
     /// (PostgreSQL LISTEN/NOTIFY). `None` means: poll.

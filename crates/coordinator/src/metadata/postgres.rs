@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use cohort_ring::ReplicationConfig;
+use cohort_ring::{ContextKey, ReplicationConfig};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
 use tokio::sync::broadcast;
@@ -25,7 +25,10 @@ use super::{Lease, MetadataChange, MetadataError, MetadataStore, NodeRecord, Nod
 
 /// The migrations, in the order they apply. Never edit an applied one: add
 /// the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "metadata", include_str!("../../../../migrations/0001_metadata.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "metadata", include_str!("../../../../migrations/0001_metadata.sql")),
+    (2, "context_keys_and_sibling_cap", include_str!("../../../../migrations/0002_context_keys_and_sibling_cap.sql")),
+];
 
 /// The notification channel.
 const CHANNEL: &str = "cohort_metadata";
@@ -129,7 +132,21 @@ fn row_to_tenant(row: &Row) -> Result<Tenant, MetadataError> {
     let (n, r, w): (i32, i32, i32) = (row.get("replication"), row.get("read_quorum"), row.get("write_quorum"));
     let replication = ReplicationConfig::new(n as u32, r as u32, w as u32)
         .map_err(|e| MetadataError::Unavailable(format!("stored tenant {id:?} is invalid: {e}")))?;
-    Ok(Tenant { id, replication, version: row.get::<_, i64>("version") as u64 })
+    Ok(Tenant {
+        id,
+        replication,
+        max_siblings: row.get::<_, i32>("max_siblings") as u32,
+        version: row.get::<_, i64>("version") as u64,
+    })
+}
+
+fn row_to_key(row: &Row) -> Result<ContextKey, MetadataError> {
+    let id: i32 = row.get("id");
+    let secret: Vec<u8> = row.get("secret");
+    let secret = secret
+        .try_into()
+        .map_err(|_| MetadataError::Unavailable(format!("stored context key {id} is not 32 bytes")))?;
+    Ok(ContextKey { id: id as u32, secret })
 }
 
 fn row_to_node(row: &Row) -> NodeRecord {
@@ -213,14 +230,25 @@ async fn listen(config: tokio_postgres::Config, schema: String, changes: broadca
 
 #[async_trait]
 impl MetadataStore for PostgresMetadata {
-    async fn create_tenant(&self, id: &str, replication: ReplicationConfig) -> Result<Tenant, MetadataError> {
+    async fn create_tenant(
+        &self,
+        id: &str,
+        replication: ReplicationConfig,
+        max_siblings: u32,
+    ) -> Result<Tenant, MetadataError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let inserted = tx
             .execute(
-                "INSERT INTO tenants (id, replication, read_quorum, write_quorum, version)
-                 VALUES ($1, $2, $3, $4, 1) ON CONFLICT (id) DO NOTHING",
-                &[&id, &i32::from(replication.n()), &i32::from(replication.r()), &i32::from(replication.w())],
+                "INSERT INTO tenants (id, replication, read_quorum, write_quorum, max_siblings, version)
+                 VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &id,
+                    &i32::from(replication.n()),
+                    &i32::from(replication.r()),
+                    &i32::from(replication.w()),
+                    &(max_siblings as i32),
+                ],
             )
             .await
             .map_err(unavailable)?;
@@ -231,13 +259,16 @@ impl MetadataStore for PostgresMetadata {
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Tenant { id: id.to_string(), replication, version: 1 })
+        Ok(Tenant { id: id.to_string(), replication, max_siblings, version: 1 })
     }
 
     async fn get_tenant(&self, id: &str) -> Result<Tenant, MetadataError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT id, replication, read_quorum, write_quorum, version FROM tenants WHERE id = $1", &[&id])
+            .query_opt(
+                "SELECT id, replication, read_quorum, write_quorum, max_siblings, version FROM tenants WHERE id = $1",
+                &[&id],
+            )
             .await
             .map_err(unavailable)?;
         row.as_ref().map(row_to_tenant).unwrap_or_else(|| Err(MetadataError::TenantNotFound(id.to_string())))
@@ -246,7 +277,10 @@ impl MetadataStore for PostgresMetadata {
     async fn list_tenants(&self) -> Result<Vec<Tenant>, MetadataError> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT id, replication, read_quorum, write_quorum, version FROM tenants ORDER BY id", &[])
+            .query(
+                "SELECT id, replication, read_quorum, write_quorum, max_siblings, version FROM tenants ORDER BY id",
+                &[],
+            )
             .await
             .map_err(unavailable)?;
         rows.iter().map(row_to_tenant).collect()
@@ -257,21 +291,23 @@ impl MetadataStore for PostgresMetadata {
         id: &str,
         expected_version: u64,
         replication: ReplicationConfig,
+        max_siblings: u32,
     ) -> Result<Tenant, MetadataError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let updated = tx
             .query_opt(
-                "UPDATE tenants SET replication = $3, read_quorum = $4, write_quorum = $5,
+                "UPDATE tenants SET replication = $3, read_quorum = $4, write_quorum = $5, max_siblings = $6,
                         version = version + 1, updated_at = now()
                  WHERE id = $1 AND version = $2
-                 RETURNING id, replication, read_quorum, write_quorum, version",
+                 RETURNING id, replication, read_quorum, write_quorum, max_siblings, version",
                 &[
                     &id,
                     &(expected_version as i64),
                     &i32::from(replication.n()),
                     &i32::from(replication.r()),
                     &i32::from(replication.w()),
+                    &(max_siblings as i32),
                 ],
             )
             .await
@@ -369,6 +405,36 @@ impl MetadataStore for PostgresMetadata {
         Ok(())
     }
 
+    async fn context_keys(&self) -> Result<Vec<ContextKey>, MetadataError> {
+        let client = self.client().await?;
+        // Whoever asks first creates key 1; everyone else keeps theirs out.
+        let secret: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
+        client
+            .execute(
+                "INSERT INTO context_keys (id, secret) SELECT 1, $1
+                 WHERE NOT EXISTS (SELECT 1 FROM context_keys) ON CONFLICT (id) DO NOTHING",
+                &[&secret],
+            )
+            .await
+            .map_err(unavailable)?;
+        let rows = client.query("SELECT id, secret FROM context_keys ORDER BY id", &[]).await.map_err(unavailable)?;
+        rows.iter().map(row_to_key).collect()
+    }
+
+    async fn rotate_context_key(&self) -> Result<ContextKey, MetadataError> {
+        let client = self.client().await?;
+        let secret: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
+        let row = client
+            .query_one(
+                "INSERT INTO context_keys (id, secret)
+                 SELECT COALESCE(max(id), 0) + 1, $1 FROM context_keys RETURNING id, secret",
+                &[&secret],
+            )
+            .await
+            .map_err(unavailable)?;
+        row_to_key(&row)
+    }
+
     async fn current_lease(&self) -> Result<Option<Lease>, MetadataError> {
         let client = self.client().await?;
         let row = client
@@ -460,7 +526,7 @@ mod tests {
         // so the writes below cannot race the LISTEN.
         let first = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await;
         assert_eq!(first.expect("listener subscribes").expect("open"), MetadataChange::Ring);
-        writer.create_tenant("alpha", ReplicationConfig::majority(3).unwrap()).await.unwrap();
+        writer.create_tenant("alpha", ReplicationConfig::majority(3).unwrap(), 100).await.unwrap();
         let node = NodeRecord {
             id: "n1".into(),
             address: "127.0.0.1:1".into(),
