@@ -59,6 +59,7 @@ fn metadata_error(error: MetadataError) -> KvError {
         MetadataError::TenantNotFound(id) => KvError::TenantNotFound(id),
         MetadataError::TenantExists(id) => KvError::AlreadyExists(format!("tenant {id:?} already exists")),
         conflict @ MetadataError::VersionConflict { .. } => KvError::FailedPrecondition(conflict.to_string()),
+        fenced @ MetadataError::Fenced { .. } => KvError::FailedPrecondition(fenced.to_string()),
         MetadataError::Unavailable(reason) => KvError::DependencyUnavailable(reason),
     }
 }
