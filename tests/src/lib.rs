@@ -12,6 +12,7 @@ pub mod audit;
 pub mod proxy;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +63,52 @@ impl SharedStores {
     /// Drops the test schema.
     pub async fn drop_schema(self) {
         testing::drop_schema(&self.schema).await;
+    }
+
+    fn postgres_config(&self) -> tokio_postgres::Config {
+        self.postgres.parse().expect("the test PostgreSQL URL parses")
+    }
+
+    /// The TCP address PostgreSQL listens on, to put a proxy in front of.
+    pub async fn postgres_address(&self) -> SocketAddr {
+        let config = self.postgres_config();
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            other => panic!("the test PostgreSQL must be reached over TCP, not {other:?}"),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .expect("resolve the PostgreSQL host")
+            .next()
+            .expect("the PostgreSQL host has an address")
+    }
+
+    /// Connection settings for the same database and user, reached through
+    /// `proxy` instead.
+    pub fn postgres_through(&self, proxy: SocketAddr) -> String {
+        let config = self.postgres_config();
+        let quote = |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut settings = vec![format!("host={}", proxy.ip()), format!("port={}", proxy.port())];
+        if let Some(user) = config.get_user() {
+            settings.push(format!("user={}", quote(user)));
+        }
+        if let Some(password) = config.get_password() {
+            settings.push(format!("password={}", quote(&String::from_utf8_lossy(password))));
+        }
+        if let Some(dbname) = config.get_dbname() {
+            settings.push(format!("dbname={}", quote(dbname)));
+        }
+        settings.join(" ")
+    }
+
+    /// A connection of the test's own, straight to PostgreSQL, for reading
+    /// the cluster's tables as they are.
+    pub async fn direct(&self) -> tokio_postgres::Client {
+        let (client, connection) =
+            tokio_postgres::connect(&self.postgres, tokio_postgres::NoTls).await.expect("connect to PostgreSQL");
+        tokio::spawn(connection);
+        client
     }
 }
 

@@ -179,8 +179,37 @@ fn node_json(n: &pb::StorageNode) -> serde_json::Value {
 }
 
 fn print_node(n: &pb::StorageNode) {
+    println!("{}", node_line(n));
+}
+
+fn node_line(n: &pb::StorageNode) -> String {
     let zone = if n.zone.is_empty() { "-" } else { n.zone.as_str() };
-    println!("{}  {}  zone {}  vnodes {}  {}", n.id, n.address, zone, n.vnodes, n.state);
+    format!("{}  {}  zone {}  vnodes {}  {}", n.id, n.address, zone, n.vnodes, n.state)
+}
+
+/// A node of `cluster status`: its registration and the health a leader
+/// last recorded (`null` before any probe).
+fn status_node_json(n: &pb::StorageNode) -> serde_json::Value {
+    let mut node = node_json(n);
+    node["health"] = n.health.as_ref().map_or(
+        serde_json::Value::Null,
+        |h| json!({"up": h.up, "checked_at_ms": h.checked_at_ms, "generation": h.generation}),
+    );
+    node
+}
+
+fn print_status_node(n: &pb::StorageNode) {
+    let health = match &n.health {
+        None => "not probed yet".to_string(),
+        Some(h) => {
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            let age = now_ms.saturating_sub(h.checked_at_ms) as f64 / 1000.0;
+            let up = if h.up { "up" } else { "DOWN" };
+            format!("{up} (probed {age:.1} s ago by leader generation {})", h.generation)
+        }
+    };
+    println!("{}  {health}", node_line(n));
 }
 
 /// Runs an admin command.
@@ -255,13 +284,13 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
                 let out = json!({
                     "leader": {"id": leader.id, "generation": leader.generation},
                     "ring_version": status.ring_version,
-                    "nodes": status.nodes.iter().map(node_json).collect::<Vec<_>>(),
+                    "nodes": status.nodes.iter().map(status_node_json).collect::<Vec<_>>(),
                 });
                 println!("{out}");
             } else {
                 println!("leader: {} (generation {})", leader.id, leader.generation);
                 println!("ring version: {}", status.ring_version);
-                status.nodes.iter().for_each(print_node);
+                status.nodes.iter().for_each(print_status_node);
             }
         }
         AdminCommand::Cluster(ClusterCommand::RotateContextKey { target }) => {

@@ -261,7 +261,17 @@ fn admin_cluster_status_json_has_the_documented_shape() {
     let dir = tempfile::tempdir().unwrap();
     let dev = start_dev(&dir.path().join("data"));
 
-    let status = admin(&dev, "cluster", "status", &["--json"]).json();
+    // The leader records each node's health (`null` until then) as it
+    // probes; poll until its first round is recorded.
+    let polling = std::time::Instant::now();
+    let status = loop {
+        let status = admin(&dev, "cluster", "status", &["--json"]).json();
+        if status["nodes"].as_array().is_some_and(|nodes| nodes.iter().all(|n| !n["health"].is_null())) {
+            break status;
+        }
+        assert!(polling.elapsed() < std::time::Duration::from_secs(10), "no health recorded in 10 s: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(keys(&status), BTreeSet::from(["leader", "ring_version", "nodes"]), "{status}");
     assert_eq!(keys(&status["leader"]), BTreeSet::from(["id", "generation"]), "{status}");
     assert_eq!(status["leader"]["id"], "coordinator-1", "the dev coordinator leads: {status}");
@@ -271,13 +281,22 @@ fn admin_cluster_status_json_has_the_documented_shape() {
     let ids: Vec<&str> = nodes.iter().filter_map(|n| n["id"].as_str()).collect();
     assert_eq!(ids, ["node-1", "node-2", "node-3"], "{status}");
     for node in nodes {
-        assert!(keys(node).is_superset(&BTreeSet::from(["id", "address", "state"])), "{node}");
+        assert!(keys(node).is_superset(&BTreeSet::from(["id", "address", "state", "health"])), "{node}");
         assert_eq!(node["state"], "active", "{node}");
         let address = node["address"].as_str().expect("address is a string");
         assert!(address.starts_with("127.0.0.1:"), "{node}");
+        let health = &node["health"];
+        assert_eq!(keys(health), BTreeSet::from(["up", "checked_at_ms", "generation"]), "{node}");
+        assert_eq!(health["up"], true, "the dev nodes answer: {node}");
+        assert!(health["checked_at_ms"].as_u64().is_some_and(|t| t > 0), "{node}");
+        assert_eq!(health["generation"], status["leader"]["generation"], "recorded by the leader: {node}");
     }
 
-    // `admin node list --json` agrees with the status.
+    // `admin node list --json` agrees with the status, which adds health.
     let listed = admin(&dev, "node", "list", &["--json"]).json();
-    assert_eq!(&listed, &status["nodes"]);
+    let mut registered = status["nodes"].clone();
+    registered.as_array_mut().expect("nodes is an array").iter_mut().for_each(|node| {
+        node.as_object_mut().expect("a node is an object").remove("health");
+    });
+    assert_eq!(listed, registered);
 }

@@ -9,8 +9,9 @@
 //! - [`config`]: the coordinator's settings.
 //! - [`validate`]: input limits and identifier rules, checked before anything
 //!   is stored.
-//! - [`metadata`]: the metadata store contract (tenants, nodes, ring version)
-//!   and its embedded implementation.
+//! - [`metadata`]: the metadata store contract (tenants, nodes, ring version,
+//!   leader lease, node health) and its embedded and PostgreSQL
+//!   implementations.
 //! - [`idempotency`]: the idempotency record contract and its embedded
 //!   implementation.
 //! - [`contexts`]: sealing the causal contexts handed to clients, and
@@ -21,8 +22,9 @@
 //! - [`service`]: the public gRPC services; conversion between wire and domain
 //!   types happens only here.
 //! - [`server`]: wiring — serve on a bound listener until shutdown.
-//! - [`leader`]: leader election over the metadata lease; [`probe`]: the
-//!   leader's node reachability probe.
+//! - [`leader`]: leader election over the metadata lease, whose generation
+//!   fences the leader's jobs; [`probe`]: the leader's node reachability
+//!   probe, recorded in metadata under that fence.
 //! - [`local`]: an in-process cluster of nodes and coordinators (dev, tests).
 //!
 //! **Architecture invariant:** the coordinator never issues a dot or keeps a

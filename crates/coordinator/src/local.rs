@@ -277,11 +277,21 @@ impl LocalCluster {
     /// Starts another coordinator over the same metadata and idempotency
     /// stores, on an ephemeral port.
     pub async fn add_coordinator(&self) -> Result<LocalCoordinator, LocalClusterError> {
+        self.add_coordinator_over(self.metadata.clone()).await
+    }
+
+    /// Starts another coordinator, on an ephemeral port, that reaches the
+    /// cluster's metadata through `metadata` (e.g. its own connection to the
+    /// same database, through a fault proxy).
+    pub async fn add_coordinator_over(
+        &self,
+        metadata: Arc<dyn MetadataStore>,
+    ) -> Result<LocalCoordinator, LocalClusterError> {
         let number = next_extra_coordinator();
         Self::launch_coordinator(
             &self.options,
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            &self.metadata,
+            &metadata,
             &self.idempotency,
             number,
             self.in_process.clone(),

@@ -211,16 +211,19 @@ async fn purge_idempotency(coordinator: Arc<Coordinator>) {
     }
 }
 
-/// The jobs only the leader runs.
+/// The jobs only the leader runs, each given the generation it leads under:
+/// their metadata writes are fenced by it.
 fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
     let coordinator = coordinator.clone();
-    Arc::new(move |_generation| {
-        let probe = crate::probe::run(
-            coordinator.topology.clone(),
-            coordinator.peers.clone(),
-            Duration::from_millis(coordinator.config.node_probe_ms),
-            Duration::from_millis(coordinator.config.node_timeout_ms),
-        );
+    Arc::new(move |generation| {
+        let probe = crate::probe::run(crate::probe::Probe {
+            topology: coordinator.topology.clone(),
+            peers: coordinator.peers.clone(),
+            metadata: coordinator.metadata.clone(),
+            generation,
+            interval: Duration::from_millis(coordinator.config.node_probe_ms),
+            timeout: Duration::from_millis(coordinator.config.node_timeout_ms),
+        });
         vec![tokio::spawn(probe)]
     })
 }

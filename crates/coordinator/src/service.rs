@@ -21,7 +21,9 @@ use crate::config::IdempotencyFallback;
 use crate::error::KvError;
 use crate::idempotency::{Claim, Fingerprint};
 use crate::kv::{ReadOutcome, WriteLimits, WriteOutcome};
-use crate::metadata::{DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, MetadataError, NodeRecord, NodeState, Tenant};
+use crate::metadata::{
+    DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, MetadataError, NodeHealth, NodeRecord, NodeState, Tenant,
+};
 use crate::server::Coordinator;
 use crate::validate;
 
@@ -59,6 +61,7 @@ fn metadata_error(error: MetadataError) -> KvError {
         MetadataError::TenantNotFound(id) => KvError::TenantNotFound(id),
         MetadataError::TenantExists(id) => KvError::AlreadyExists(format!("tenant {id:?} already exists")),
         conflict @ MetadataError::VersionConflict { .. } => KvError::FailedPrecondition(conflict.to_string()),
+        fenced @ MetadataError::Fenced { .. } => KvError::FailedPrecondition(fenced.to_string()),
         MetadataError::Unavailable(reason) => KvError::DependencyUnavailable(reason),
     }
 }
@@ -410,7 +413,12 @@ fn node_to_pb(node: &NodeRecord) -> pb::StorageNode {
         zone: node.zone.clone().unwrap_or_default(),
         vnodes: node.vnodes,
         state: node.state.as_str().into(),
+        health: None,
     }
+}
+
+fn health_to_pb(health: &NodeHealth) -> pb::NodeHealth {
+    pb::NodeHealth { up: health.up, checked_at_ms: health.checked_at_ms, generation: health.generation }
 }
 
 /// Default replication factor of a new tenant.
@@ -630,6 +638,11 @@ impl Admin for AdminService {
         let result = async {
             let nodes = c.metadata.list_nodes().await.map_err(metadata_error)?;
             let lease = c.metadata.current_lease().await.map_err(metadata_error)?;
+            let health = c.metadata.node_health().await.map_err(metadata_error)?;
+            let nodes = nodes.iter().map(|node| pb::StorageNode {
+                health: health.iter().find(|h| h.node == node.id).map(health_to_pb),
+                ..node_to_pb(node)
+            });
             Ok(pb::ClusterStatusResponse {
                 // An expired lease names no leader, but keeps its generation.
                 leader: lease.map(|l| pb::Leader {
@@ -637,7 +650,7 @@ impl Admin for AdminService {
                     generation: l.generation,
                 }),
                 ring_version: c.topology.current().version,
-                nodes: nodes.iter().map(node_to_pb).collect(),
+                nodes: nodes.collect(),
             })
         }
         .await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cohort_ring::ReplicationConfig;
 
-use super::{MetadataError, MetadataStore, NodeRecord, NodeState};
+use super::{MetadataError, MetadataStore, NodeHealth, NodeProbe, NodeRecord, NodeState};
 
 /// Lease length used by the contract: long enough never to lapse mid-test.
 const LONG: Duration = Duration::from_secs(60);
@@ -55,6 +55,7 @@ pub async fn run(store: &dyn MetadataStore) {
     assert_eq!(nodes, [("n1".into(), "127.0.0.1:1".into()), ("n2".into(), "127.0.0.1:2".into())]);
 
     leases(store).await;
+    fenced_writes(store).await;
     context_keys(store).await;
 }
 
@@ -96,6 +97,65 @@ async fn leases(store: &dyn MetadataStore) {
     let third = store.acquire_lease("c3", LONG).await.unwrap().expect("an expired lease is taken");
     assert!(third > second);
     assert_eq!(store.acquire_lease("c2", LONG).await.unwrap(), None, "the old holder lost it");
+}
+
+/// Leader-only writes (node health): they apply under the current live
+/// generation, and under any other generation, or once the lease lapsed,
+/// they are refused and change nothing. Expects a live lease and nodes `n1`
+/// and `n2`, as [`run`] leaves them.
+async fn fenced_writes(store: &dyn MetadataStore) {
+    let lease = store.current_lease().await.unwrap().expect("held");
+    assert!(lease.live);
+    let current = lease.generation;
+    let probe = |node: &str, up| NodeProbe { node: node.into(), up };
+    let summary = |health: &[NodeHealth]| -> Vec<(String, bool, u64)> {
+        health.iter().map(|h| (h.node.clone(), h.up, h.generation)).collect()
+    };
+    assert_eq!(store.node_health().await.unwrap(), [], "no health recorded yet");
+
+    store.record_node_health(current, &[probe("n2", false), probe("n1", true), probe("ghost", true)]).await.unwrap();
+    let recorded = store.node_health().await.unwrap();
+    assert_eq!(
+        summary(&recorded),
+        [("n1".into(), true, current), ("n2".into(), false, current)],
+        "the current generation writes; unregistered nodes are ignored"
+    );
+    assert!(recorded.iter().all(|h| h.checked_at_ms > 0), "{recorded:?}");
+
+    let stale = [probe("n1", false), probe("n2", true)];
+    assert_eq!(
+        store.record_node_health(current - 1, &stale).await,
+        Err(MetadataError::Fenced { generation: current - 1, current }),
+        "an older generation is fenced off"
+    );
+    assert_eq!(
+        store.record_node_health(current + 1, &stale).await,
+        Err(MetadataError::Fenced { generation: current + 1, current }),
+        "so is a generation the lease never had"
+    );
+    assert_eq!(store.node_health().await.unwrap(), recorded, "a fenced write changes nothing");
+
+    let holder = lease.holder;
+    store.release_lease(&holder).await.unwrap();
+    assert_eq!(
+        store.record_node_health(current, &stale).await,
+        Err(MetadataError::Fenced { generation: current, current }),
+        "a lapsed lease fences its own generation"
+    );
+    assert_eq!(store.node_health().await.unwrap(), recorded, "a fenced write changes nothing");
+
+    let next = store.acquire_lease("c1", LONG).await.unwrap().expect("a released lease is taken");
+    assert!(next > current);
+    store.record_node_health(next, &[probe("n1", false)]).await.unwrap();
+    assert_eq!(
+        summary(&store.node_health().await.unwrap()),
+        [("n1".into(), false, next), ("n2".into(), false, current)],
+        "the new leader's write replaces only what it probed"
+    );
+    assert!(matches!(
+        store.record_node_health(current, &stale).await,
+        Err(MetadataError::Fenced { current: c, .. }) if c == next
+    ));
 }
 
 /// Polls until the stored lease has expired (it was taken for 1 ms).

@@ -3,7 +3,8 @@
 //! Each change is written to a temporary file, synced, renamed over the old
 //! file and the directory synced, and only then applied in memory — so what a
 //! caller was told succeeded survives a crash, and a failed write changes
-//! nothing.
+//! nothing. Leader-only writes check the lease under the same lock, so they
+//! are fenced by its generation as in PostgreSQL.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tonic::async_trait;
 
-use super::{DEFAULT_MAX_SIBLINGS, Lease, MetadataError, MetadataStore, NodeRecord, Tenant};
+use super::{DEFAULT_MAX_SIBLINGS, Lease, MetadataError, MetadataStore, NodeHealth, NodeProbe, NodeRecord, Tenant};
 
 /// Current file format; older formats, when there are any, are upgraded on load.
 const FORMAT: u32 = 1;
@@ -60,6 +61,9 @@ struct State {
     lease: LeaseRow,
     #[serde(default)]
     context_keys: Vec<ContextKeyRow>,
+    /// The leader's last probe of each node, by node id.
+    #[serde(default)]
+    health: BTreeMap<String, NodeHealth>,
 }
 
 fn now_ms() -> u64 {
@@ -294,6 +298,28 @@ impl MetadataStore for EmbeddedMetadata {
             generation: state.lease.generation,
             live: now_ms() < state.lease.expires_at_ms,
         }))
+    }
+
+    async fn record_node_health(&self, generation: u64, probes: &[NodeProbe]) -> Result<(), MetadataError> {
+        self.change(|state| {
+            // Checked under the same lock as every lease change, so no
+            // takeover can slip between the check and the write.
+            let lease = &state.lease;
+            if lease.generation != generation || lease.holder.is_none() || now_ms() >= lease.expires_at_ms {
+                return Err(MetadataError::Fenced { generation, current: lease.generation });
+            }
+            let checked_at_ms = now_ms();
+            for probe in probes.iter().filter(|p| state.nodes.contains_key(&p.node)) {
+                let health = NodeHealth { node: probe.node.clone(), up: probe.up, checked_at_ms, generation };
+                state.health.insert(probe.node.clone(), health);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn node_health(&self) -> Result<Vec<NodeHealth>, MetadataError> {
+        Ok(self.state.lock().await.health.values().cloned().collect())
     }
 }
 

@@ -1,4 +1,5 @@
-//! Cluster metadata: tenants, storage nodes and the ring version.
+//! Cluster metadata: tenants, storage nodes, the ring version, the leader
+//! lease and what the leader records about the nodes.
 //!
 //! [`MetadataStore`] is the contract; [`embedded::EmbeddedMetadata`] keeps it
 //! in one JSON file for the dev cluster and single-coordinator setups, and
@@ -95,6 +96,16 @@ pub enum MetadataError {
         /// The version stored.
         actual: u64,
     },
+    /// A leader-only write carried a generation that no longer holds a live
+    /// leader lease: its writer was deposed (or its lease lapsed) and must
+    /// stop. Nothing was written.
+    #[error("leader generation {generation} is fenced off: the lease is at generation {current} or has lapsed")]
+    Fenced {
+        /// The generation the writer led under.
+        generation: u64,
+        /// The lease's generation when the write was refused.
+        current: u64,
+    },
     /// The store could not be read or written.
     #[error("metadata store unavailable: {0}")]
     Unavailable(String),
@@ -112,6 +123,29 @@ pub struct Lease {
     pub live: bool,
 }
 
+/// One probe of a storage node by the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProbe {
+    /// The node's id.
+    pub node: String,
+    /// Whether it answered within the node timeout.
+    pub up: bool,
+}
+
+/// A node's reachability as last recorded by a leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    /// The node's id.
+    pub node: String,
+    /// Whether it answered the last probe.
+    pub up: bool,
+    /// When the probe was recorded, in milliseconds since the Unix epoch on
+    /// the store's clock.
+    pub checked_at_ms: u64,
+    /// The leader generation that recorded it.
+    pub generation: u64,
+}
+
 /// A change made through any coordinator, announced to the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataChange {
@@ -121,7 +155,8 @@ pub enum MetadataChange {
     Tenant(String),
 }
 
-/// Where tenants, nodes, the ring version and the leader lease live.
+/// Where tenants, nodes, the ring version, the leader lease and the
+/// leader's record of node health live.
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Creates a tenant at version 1.
@@ -169,6 +204,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Adds a new secret, which seals from now on; older ones still open
     /// the tokens they sealed. Returns the new key.
     async fn rotate_context_key(&self) -> Result<ContextKey, MetadataError>;
+    /// Records the leader's probes of storage nodes, fenced by `generation`:
+    /// the write applies, atomically with the check, only while the lease is
+    /// live at exactly that generation; otherwise it changes nothing and
+    /// fails with [`MetadataError::Fenced`]. Probes of unregistered nodes are
+    /// ignored.
+    async fn record_node_health(&self, generation: u64, probes: &[NodeProbe]) -> Result<(), MetadataError>;
+    /// The last recorded health of every node that has one, ordered by id.
+    async fn node_health(&self) -> Result<Vec<NodeHealth>, MetadataError>;
 
     /// Changes made by other coordinators, when the store can announce them
     /// (PostgreSQL LISTEN/NOTIFY). `None` means: poll.

@@ -11,6 +11,12 @@
 //! turns notifications into [`MetadataChange`]s (ring rebuilds, tenant cache
 //! invalidations). Notifications are an accelerator only: coordinators also
 //! poll the ring version and expire cached tenants.
+//!
+//! The leader lease's expiry is decided by the database's clock. A
+//! leader-only write is one statement that applies only while the lease row
+//! is live at the writer's generation, and holds that row (`FOR SHARE`) until
+//! it commits, so a takeover waits for it and no write of an old generation
+//! lands after the lease changed hands.
 
 use std::time::Duration;
 
@@ -21,13 +27,16 @@ use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tonic::async_trait;
 
-use super::{Lease, MetadataChange, MetadataError, MetadataStore, NodeRecord, NodeState, Tenant};
+use super::{
+    Lease, MetadataChange, MetadataError, MetadataStore, NodeHealth, NodeProbe, NodeRecord, NodeState, Tenant,
+};
 
 /// The migrations, in the order they apply. Never edit an applied one: add
 /// the next.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "metadata", include_str!("../../../../migrations/0001_metadata.sql")),
     (2, "context_keys_and_sibling_cap", include_str!("../../../../migrations/0002_context_keys_and_sibling_cap.sql")),
+    (3, "node_health", include_str!("../../../../migrations/0003_node_health.sql")),
 ];
 
 /// The notification channel.
@@ -447,6 +456,64 @@ impl MetadataStore for PostgresMetadata {
             generation: row.get::<_, i64>("generation") as u64,
             live: row.get("live"),
         }))
+    }
+
+    async fn record_node_health(&self, generation: u64, probes: &[NodeProbe]) -> Result<(), MetadataError> {
+        let client = self.client().await?;
+        let nodes: Vec<&str> = probes.iter().map(|p| p.node.as_str()).collect();
+        let up: Vec<bool> = probes.iter().map(|p| p.up).collect();
+        // One statement: the fence and the write commit together. `FOR SHARE`
+        // holds the lease row until the write commits, so a takeover (which
+        // updates that row) waits for it, and a takeover committed meanwhile
+        // makes the row fail the generation check. The upsert's own guard
+        // never lets an older generation overwrite a newer one's record.
+        let row = client
+            .query_one(
+                "WITH lease AS (
+                     SELECT generation FROM leader_lease
+                     WHERE singleton AND holder IS NOT NULL AND generation = $1 AND expires_at > now()
+                     FOR SHARE
+                 ), written AS (
+                     INSERT INTO node_health (node_id, up, checked_at, generation)
+                     SELECT probe.node_id, probe.up, now(), lease.generation
+                     FROM lease, unnest($2::text[], $3::boolean[]) AS probe (node_id, up)
+                     JOIN storage_nodes ON storage_nodes.id = probe.node_id
+                     ON CONFLICT (node_id) DO UPDATE
+                         SET up = EXCLUDED.up, checked_at = EXCLUDED.checked_at, generation = EXCLUDED.generation
+                         WHERE node_health.generation <= EXCLUDED.generation
+                 )
+                 SELECT EXISTS (SELECT 1 FROM lease) AS holds,
+                        (SELECT generation FROM leader_lease WHERE singleton) AS current",
+                &[&(generation as i64), &nodes, &up],
+            )
+            .await
+            .map_err(unavailable)?;
+        if row.get("holds") {
+            Ok(())
+        } else {
+            Err(MetadataError::Fenced { generation, current: row.get::<_, i64>("current") as u64 })
+        }
+    }
+
+    async fn node_health(&self) -> Result<Vec<NodeHealth>, MetadataError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT node_id, up, (extract(epoch FROM checked_at) * 1000)::bigint AS checked_at_ms, generation
+                 FROM node_health ORDER BY node_id",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|row| NodeHealth {
+                node: row.get("node_id"),
+                up: row.get("up"),
+                checked_at_ms: row.get::<_, i64>("checked_at_ms") as u64,
+                generation: row.get::<_, i64>("generation") as u64,
+            })
+            .collect())
     }
 
     fn changes(&self) -> Option<broadcast::Receiver<MetadataChange>> {
