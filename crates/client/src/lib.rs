@@ -487,6 +487,18 @@ mod tests {
         assert_eq!(resolve_siblings(&two, |s| s.concat().into()), Some(Bytes::from_static(b"ab")));
     }
 
+    /// F3: a write the server marks as possibly applied is never retried
+    /// by the SDK on its own, whatever its code.
+    #[test]
+    fn writes_of_unknown_outcome_are_not_retried() {
+        let mut unknown = tonic::Status::unavailable("got 0 of 2");
+        unknown.metadata_mut().insert("cohort-outcome", tonic::metadata::MetadataValue::from_static("unknown"));
+        assert!(!RetryPolicy::retryable(&unknown, true));
+        assert!(RetryPolicy::retryable(&unknown, false), "a read has no outcome to double");
+        assert!(RetryPolicy::retryable(&tonic::Status::unavailable("no replica reached"), true));
+        assert!(!RetryPolicy::retryable(&tonic::Status::deadline_exceeded("outcome unknown"), true));
+    }
+
     #[test]
     fn consistency_parses() {
         assert_eq!("quorum".parse::<Consistency>(), Ok(Consistency::Quorum));

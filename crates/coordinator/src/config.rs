@@ -198,3 +198,33 @@ impl CoordinatorConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        CoordinatorConfig::default().validate().unwrap();
+    }
+
+    /// F12: a claim that lapses while its request still runs lets a retry
+    /// run beside it.
+    #[test]
+    fn an_in_flight_timeout_within_the_request_timeout_is_refused() {
+        let config = CoordinatorConfig { idempotency_in_flight_ms: 5_000, ..CoordinatorConfig::default() };
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("idempotency_in_flight_ms (5000) must exceed request_timeout_ms (5000)"), "{error}");
+    }
+
+    #[test]
+    fn limits_on_contexts_and_states_are_checked() {
+        let small = Limits { max_context_bytes: 10, ..Limits::default() };
+        assert!(CoordinatorConfig { limits: small, ..CoordinatorConfig::default() }.validate().is_err());
+        let huge = Limits { max_state_bytes: MAX_STATE_BYTES_LIMIT + 1, ..Limits::default() };
+        assert!(CoordinatorConfig { limits: huge, ..CoordinatorConfig::default() }.validate().is_err());
+        let tight = Limits { max_state_bytes: 1024 * 1024, ..Limits::default() };
+        let error = CoordinatorConfig { limits: tight, ..CoordinatorConfig::default() }.validate().unwrap_err();
+        assert!(error.contains("twice limits.max_value_bytes"), "{error}");
+    }
+}

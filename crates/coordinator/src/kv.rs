@@ -219,7 +219,14 @@ impl KvEngine {
                 max_state_bytes: limits.max_state_bytes,
                 write: write.clone(),
             };
-            let client = self.peers.node(&coordinator.address).map_err(|s| KvError::Internal(s.to_string()))?;
+            let client = match self.peers.node(&coordinator.address) {
+                Ok(client) => client,
+                // Nothing was sent: the next replica may coordinate.
+                Err(status) => {
+                    reasons.push(format!("{}: {}", coordinator.id, status.message()));
+                    continue;
+                }
+            };
             // The coordinating replica itself waits up to node_timeout for peers.
             let attempt = remaining.min(self.node_timeout * 2);
             match tokio::time::timeout(attempt, client.coordinate(request)).await {

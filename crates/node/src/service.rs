@@ -45,8 +45,13 @@ impl Drop for Replication {
             return;
         }
         let mut rest = std::mem::take(&mut self.0);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { while rest.next().await.is_some() {} });
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { while rest.next().await.is_some() {} });
+            }
+            // Only when the runtime itself is gone (process shutdown): the
+            // peers that missed the version are healed by repair.
+            Err(_) => tracing::warn!(pending = rest.len(), "replication abandoned at shutdown"),
         }
     }
 }

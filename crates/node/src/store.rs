@@ -723,6 +723,16 @@ mod tests {
         assert_ne!(storage_key("ab", b"c"), storage_key("a", b"bc"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_write_records_never_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut bytes = vec![WRITE_RECORD_FORMAT];
+            bytes.extend_from_slice(&raw);
+            let _ = decode_write_record(&raw);
+            let _ = decode_write_record(&bytes);
+        }
+    }
+
     #[test]
     fn write_records_round_trip() {
         let dot = Dot { actor: Actor::new("n1.2.ff"), counter: 9 };

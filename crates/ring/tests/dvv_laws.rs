@@ -350,8 +350,9 @@ proptest! {
     #[test]
     fn decoding_garbage_never_panics(bytes in vec(any::<u8>(), 0..64)) {
         check_decode(&bytes)?;
-        // Also behind each valid format byte, to get past the first check.
-        for format in [1u8, 2] {
+        // Also behind each valid format byte, to get past the first check
+        // (3 is the sealed token's).
+        for format in [1u8, 2, 3] {
             let mut prefixed = vec![format];
             prefixed.extend_from_slice(&bytes);
             check_decode(&prefixed)?;
@@ -398,5 +399,33 @@ fn check_decode(bytes: &[u8]) -> Result<(), TestCaseError> {
     if let Ok(context) = CausalContext::decode(bytes) {
         prop_assert_eq!(CausalContext::decode(&context.encode()), Ok(context));
     }
+    // A token the cluster never sealed never opens, whatever its key id.
+    let _ = cohort_ring::context::key_id(bytes);
+    if !bytes.is_empty() {
+        let any_key = |id| Some(cohort_ring::ContextKey { id, secret: [9; 32] });
+        let opened = cohort_ring::context::open(bytes, "t", b"k", any_key);
+        prop_assert!(opened.is_err(), "an unsealed token opened: {:?}", opened);
+    }
     Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A sealed token opens for its own key to the context sealed in it,
+    /// and a corrupted one never opens.
+    #[test]
+    fn sealed_tokens_open_only_intact(history in histories(), pick in any::<Index>(), at in any::<Index>(), flip in 1u8..) {
+        let key = cohort_ring::ContextKey { id: 7, secret: [3; 32] };
+        let context = pick.get(&history.pool).clock().clone();
+        let token = cohort_ring::context::seal(&context, "t", b"k", &key);
+        let opened = cohort_ring::context::open(&token, "t", b"k", |_| Some(key.clone()));
+        prop_assert_eq!(opened, Ok(context));
+        if !token.is_empty() {
+            let mut bad = token.clone();
+            let i = at.index(bad.len());
+            bad[i] ^= flip;
+            prop_assert!(cohort_ring::context::open(&bad, "t", b"k", |_| Some(key.clone())).is_err());
+        }
+    }
 }

@@ -338,6 +338,18 @@ mod tests {
         assert_eq!(store.claim("t", "k", &[7; 32], "o2", day).await.unwrap(), Claim::SETTLE);
     }
 
+    proptest::proptest! {
+        /// Whatever bytes a record holds, reading it is an answer or a
+        /// clear refusal, never a panic.
+        #[test]
+        fn arbitrary_records_never_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..96), format in 0u8..4) {
+            let mut bytes = vec![format];
+            bytes.extend_from_slice(&raw);
+            let _ = decode(&raw);
+            let _ = decode(&bytes);
+        }
+    }
+
     #[test]
     fn format_1_done_records_still_decode() {
         let mut v1 = vec![FORMAT_V1];
