@@ -40,6 +40,8 @@ struct InFlight {
     fingerprint: Fingerprint,
     owner: String,
     lapses: Instant,
+    /// How long what the claim leaves behind is kept.
+    ttl: Duration,
 }
 
 /// The embedded idempotency store.
@@ -183,12 +185,13 @@ impl IdempotencyStore for EmbeddedIdempotency {
         key: &str,
         fingerprint: &Fingerprint,
         owner: &str,
-        _ttl: Duration,
+        ttl: Duration,
     ) -> Result<Claim, IdempotencyError> {
         let id = record_key(tenant, key);
         let now = Instant::now();
         let mut in_flight = self.in_flight();
-        let mine = InFlight { fingerprint: *fingerprint, owner: owner.to_string(), lapses: now + self.in_flight_ttl };
+        let mine =
+            InFlight { fingerprint: *fingerprint, owner: owner.to_string(), lapses: now + self.in_flight_ttl, ttl };
         if let Some(held) = in_flight.get_mut(&id) {
             if held.fingerprint != *fingerprint {
                 return Ok(Claim::Conflict);
@@ -291,9 +294,25 @@ impl IdempotencyStore for EmbeddedIdempotency {
                 purged += 1;
             }
         }
-        // Lapsed claims whose owners never came back.
-        let lapsed = Instant::now();
-        self.in_flight().retain(|_, held| held.lapses + self.in_flight_ttl > lapsed);
+        // A claim whose owner never came back may have applied: it becomes
+        // a durable unknown outcome, which the next claim settles (kept in
+        // memory, it would be lost with a restart).
+        let now = Instant::now();
+        let lapsed: Vec<(Vec<u8>, Fingerprint, Duration)> = {
+            let mut in_flight = self.in_flight();
+            let ids: Vec<Vec<u8>> =
+                in_flight.iter().filter(|(_, h)| h.lapses <= now).map(|(id, _)| id.clone()).collect();
+            ids.into_iter()
+                .filter_map(|id| in_flight.remove(&id).map(|held| (id, held.fingerprint, held.ttl)))
+                .collect()
+        };
+        if !lapsed.is_empty() {
+            for (id, fingerprint, ttl) in lapsed {
+                let record = encode(&Record::Unknown { fingerprint }, ttl);
+                self.records.insert(id, record).map_err(|e| unavailable(format!("{e:?}")))?;
+            }
+            self.sync().await?;
+        }
         Ok(purged)
     }
 }
@@ -322,6 +341,21 @@ mod tests {
         let in_flight = Duration::from_millis(200);
         let store = EmbeddedIdempotency::open(dir.path(), in_flight).unwrap();
         super::super::contract::lapse(&store, in_flight).await;
+    }
+
+    /// A lapsed claim outlives a restart once purged: it was turned into an
+    /// unknown outcome on disk.
+    #[tokio::test]
+    async fn a_purged_lapsed_claim_is_still_settled_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        {
+            let store = EmbeddedIdempotency::open(dir.path(), Duration::ZERO).unwrap();
+            assert_eq!(store.claim("t", "k", &[8; 32], "gone", day).await.unwrap(), Claim::FRESH);
+            store.purge_expired().await.unwrap();
+        }
+        let store = EmbeddedIdempotency::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(store.claim("t", "k", &[8; 32], "next", day).await.unwrap(), Claim::SETTLE);
     }
 
     /// An unknown outcome survives a restart: the retry still settles it.
