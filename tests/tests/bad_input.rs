@@ -212,3 +212,26 @@ async fn random_bytes_as_context_never_break_the_server() {
     client.put(put(TENANT, b"after", b"v".to_vec())).await.expect("still serving");
     cluster.shutdown().await;
 }
+
+/// F14: re-registering a node without `--zone`/`--vnodes` reset them to
+/// none and 150, silently re-placing its data. What a request leaves out
+/// now keeps its registered value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_adding_a_node_without_zone_or_vnodes_keeps_them() {
+    let cluster = TestCluster::start().await;
+    let mut admin = AdminClient::connect(cluster.endpoint()).await.expect("connect");
+    let address = cluster.node_address(0).expect("node 1 runs").to_string();
+    let add = |zone: Option<&str>, vnodes: Option<u32>| pb::AddNodeRequest {
+        id: "node-1".into(),
+        address: address.clone(),
+        zone: zone.map(str::to_string),
+        vnodes,
+    };
+    let set = admin.add_node(add(Some("z1"), Some(64))).await.expect("set zone and vnodes").into_inner();
+    assert_eq!((set.zone.as_str(), set.vnodes), ("z1", 64));
+    let kept = admin.add_node(add(None, None)).await.expect("re-add").into_inner();
+    assert_eq!((kept.zone.as_str(), kept.vnodes), ("z1", 64), "left-out fields keep their values");
+    let cleared = admin.add_node(add(Some(""), None)).await.expect("clear the zone").into_inner();
+    assert_eq!((cleared.zone.as_str(), cleared.vnodes), ("", 64));
+    cluster.shutdown().await;
+}

@@ -144,6 +144,23 @@ fn dot_to_pb(dot: &Dot) -> PbDot {
     PbDot { actor: dot.actor.0.clone(), counter: dot.counter }
 }
 
+/// Sends `request` to the node at `address`; whether it merged (and made
+/// durable) the state within `timeout`.
+fn merge_within(
+    peers: &PeerPool,
+    address: &str,
+    request: MergeRequest,
+    timeout: Duration,
+) -> impl std::future::Future<Output = bool> + use<> {
+    let client = peers.node(address);
+    async move {
+        match client {
+            Ok(client) => matches!(tokio::time::timeout(timeout, client.merge(request)).await, Ok(Ok(_))),
+            Err(_) => false,
+        }
+    }
+}
+
 /// Limits the coordinating replica enforces on a new version.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteLimits {
@@ -357,15 +374,8 @@ impl KvEngine {
                 write: Some(write.clone()),
                 write_dot: Some(dot_to_pb(&dot)),
             };
-            let client = self.peers.node(&replica.address);
-            let timeout = self.node_timeout;
-            async move {
-                let ok = match client {
-                    Ok(client) => matches!(tokio::time::timeout(timeout, client.merge(request)).await, Ok(Ok(_))),
-                    Err(_) => false,
-                };
-                ok.then(|| replica.id.clone())
-            }
+            let sent = merge_within(&self.peers, &replica.address, request, self.node_timeout);
+            async move { sent.await.then(|| replica.id.clone()) }
         });
         let acked: Vec<String> = futures::future::join_all(sends).await.into_iter().flatten().collect();
         metrics::counter!("cohort_writes_settled_total").increment(1);
@@ -515,13 +525,9 @@ impl ReadRound {
                 state: encoded.clone(),
                 ..Default::default()
             };
-            let client = self.peers.node(&replica.address);
-            let timeout = self.node_timeout;
+            let sent = merge_within(&self.peers, &replica.address, request, self.node_timeout);
             async move {
-                let ok = match client {
-                    Ok(client) => matches!(tokio::time::timeout(timeout, client.merge(request)).await, Ok(Ok(_))),
-                    Err(_) => false,
-                };
+                let ok = sent.await;
                 if !ok {
                     tracing::debug!(node = %replica.id, "read repair failed");
                 }

@@ -147,6 +147,14 @@ impl EmbeddedIdempotency {
         self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets `owner`'s claim of `id`, if it still holds it.
+    fn end_claim(&self, id: &[u8], owner: &str) {
+        let mut in_flight = self.in_flight();
+        if in_flight.get(id).is_some_and(|held| held.owner == owner) {
+            in_flight.remove(id);
+        }
+    }
+
     /// Writes `record` and waits until it is durable.
     async fn store(&self, id: Vec<u8>, record: &Record, ttl: Duration) -> Result<(), IdempotencyError> {
         self.records.insert(id, encode(record, ttl)).map_err(|e| unavailable(format!("{e:?}")))?;
@@ -231,10 +239,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
         }
         let record = Record::Done { fingerprint: *fingerprint, response: response.to_vec() };
         self.store(id.clone(), &record, ttl).await?;
-        let mut in_flight = self.in_flight();
-        if in_flight.get(&id).is_some_and(|held| held.owner == owner) {
-            in_flight.remove(&id);
-        }
+        self.end_claim(&id, owner);
         Ok(())
     }
 
@@ -257,10 +262,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
         if matches!(self.load(&id)?, Some(Record::Unknown { .. })) {
             self.remove(id.clone()).await?;
         }
-        let mut in_flight = self.in_flight();
-        if in_flight.get(&id).is_some_and(|held| held.owner == owner) {
-            in_flight.remove(&id);
-        }
+        self.end_claim(&id, owner);
         Ok(())
     }
 
@@ -277,10 +279,7 @@ impl IdempotencyStore for EmbeddedIdempotency {
             return Ok(());
         }
         self.store(id.clone(), &Record::Unknown { fingerprint: *fingerprint }, ttl).await?;
-        let mut in_flight = self.in_flight();
-        if in_flight.get(&id).is_some_and(|held| held.owner == owner) {
-            in_flight.remove(&id);
-        }
+        self.end_claim(&id, owner);
         Ok(())
     }
 
