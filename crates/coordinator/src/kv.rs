@@ -24,8 +24,10 @@
 //! dot) instead of issued anew; when every replica answers that it has none,
 //! the write never happened and may run.
 //!
-//! What to repair is decided by the pure functions [`merge_answers`] and
-//! [`stale_replicas`]; the async code gathers answers and carries it out.
+//! Whether enough replicas answered is decided by a pure
+//! [`QuorumTally`], and what to repair by the pure functions
+//! [`merge_answers`] and [`stale_replicas`]; the async code gathers answers
+//! and carries the decisions out.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cohort_node::peers::{NodeError, PeerPool};
 use cohort_proto::v1::{CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, WriteTag};
-use cohort_ring::{Actor, CausalContext, Consistency, Dot, SiblingSet};
+use cohort_ring::{Actor, CausalContext, Consistency, Dot, QuorumTally, SiblingSet, Verdict};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::oneshot;
@@ -251,11 +253,14 @@ impl KvEngine {
                     let dot = dot_from_pb(response.dot.as_ref()).ok_or_else(|| {
                         KvError::Internal(format!("node {} answered a write without its dot", coordinator.id))
                     })?;
-                    if response.acked.len() >= required.into() {
+                    let mut tally = QuorumTally::new(replicas.iter().map(|r| r.id.clone()), required.into());
+                    response.acked.iter().for_each(|id| tally.succeeded(id));
+                    response.failures.iter().for_each(|f| tally.failed(&f.node_id));
+                    if tally.verdict() == Verdict::Reached {
                         return Ok(WriteOutcome {
                             dot,
                             siblings: response.siblings,
-                            acked: response.acked,
+                            acked: tally.successes(),
                             required,
                             replication,
                         });
@@ -267,8 +272,8 @@ impl KvEngine {
                         response.failures.iter().map(|f| format!("{}: {}", f.node_id, f.reason)).collect();
                     // The coordinating replica issued the version: whatever
                     // else failed, some replica may hold it.
-                    return Err(KvError::unavailable("write", response.acked.len(), required.into(), &reasons)
-                        .applied_somewhere());
+                    let (got, needed) = tally.shortfall();
+                    return Err(KvError::unavailable("write", got, needed, &reasons).applied_somewhere());
                 }
                 // The request was wrong, or the key refuses it (sibling
                 // cap): no replica will take it, and none stored anything.
@@ -374,14 +379,18 @@ impl KvEngine {
                 write: Some(write.clone()),
                 write_dot: Some(dot_to_pb(&dot)),
             };
-            let sent = merge_within(&self.peers, &replica.address, request, self.node_timeout);
-            async move { sent.await.then(|| replica.id.clone()) }
+            merge_within(&self.peers, &replica.address, request, self.node_timeout)
         });
-        let acked: Vec<String> = futures::future::join_all(sends).await.into_iter().flatten().collect();
-        metrics::counter!("cohort_writes_settled_total").increment(1);
-        if acked.len() < usize::from(required) {
-            return Err(KvError::unavailable("write", acked.len(), required.into(), &missing).applied_somewhere());
+        let mut tally = QuorumTally::new(replicas.iter().map(|r| r.id.clone()), required.into());
+        for (replica, sent) in replicas.iter().zip(futures::future::join_all(sends).await) {
+            if sent { tally.succeeded(&replica.id) } else { tally.failed(&replica.id) }
         }
+        metrics::counter!("cohort_writes_settled_total").increment(1);
+        if tally.verdict() != Verdict::Reached {
+            let (got, needed) = tally.shortfall();
+            return Err(KvError::unavailable("write", got, needed, &missing).applied_somewhere());
+        }
+        let acked = tally.successes();
         Ok(Some(WriteOutcome { dot, siblings: merged.siblings().len() as u32, acked, required, replication }))
     }
 
@@ -463,12 +472,17 @@ impl ReadRound {
             })
             .collect();
 
+        let mut tally = QuorumTally::new(self.replicas.iter().map(|r| r.id.clone()), self.required);
         let mut answers: Vec<(Replica, SiblingSet)> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
         while let Some((replica, result)) = pending.next().await {
             match result {
-                Ok(state) => answers.push((replica, state)),
+                Ok(state) => {
+                    tally.succeeded(&replica.id);
+                    answers.push((replica, state));
+                }
                 Err(reason) => {
+                    tally.failed(&replica.id);
                     self.suspects.add(&replica.id, self.node_timeout);
                     failures.push(format!("{}: {reason}", replica.id));
                 }
@@ -477,7 +491,7 @@ impl ReadRound {
             // replica (each bounded by the node timeout), so that it reports
             // exactly how many answered.
             if self.mode == ReadRepairMode::Background
-                && answers.len() >= self.required
+                && tally.verdict() == Verdict::Reached
                 && let Some(reply) = reply.take()
             {
                 let _ = reply.send(Ok(self.outcome(&answers)));
@@ -492,12 +506,13 @@ impl ReadRound {
             self.repair(&stale, &merged).await;
         }
         if let Some(reply) = reply.take() {
-            let result = if answers.len() >= self.required {
+            let result = if tally.verdict() == Verdict::Reached {
                 let mut outcome = self.outcome(&answers);
                 outcome.repair = repaired;
                 Ok(outcome)
             } else {
-                Err(KvError::unavailable("read", answers.len(), self.required, &failures))
+                let (got, needed) = tally.shortfall();
+                Err(KvError::unavailable("read", got, needed, &failures))
             };
             let _ = reply.send(result);
         }

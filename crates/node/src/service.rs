@@ -18,7 +18,7 @@ use cohort_proto::v1::{
     CoordinateRequest, CoordinateResponse, Dot as PbDot, InfoRequest, InfoResponse, MergeRequest, MergeResponse,
     PeerFailure, PipelineError, PipelineRequest, PipelineResponse, ReadRequest, ReadResponse, WriteTag as PbWriteTag,
 };
-use cohort_ring::{Actor, CausalContext, Dot, SiblingSet};
+use cohort_ring::{Actor, CausalContext, Dot, QuorumTally, SiblingSet, Verdict};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -231,6 +231,8 @@ impl Storage for StorageService {
         // future set. Whatever is still running when this call ends — the
         // quorum answered, or the caller gave up — finishes in a background
         // task: a replication once started always runs to its end.
+        let replicas: Vec<String> =
+            std::iter::once(self.node_id.to_string()).chain(request.peers.iter().map(|p| p.id.clone())).collect();
         let mut pending = Replication::default();
         {
             let store = self.store.clone();
@@ -259,23 +261,30 @@ impl Storage for StorageService {
             }));
         }
 
-        let mut response = CoordinateResponse {
-            acked: Vec::new(),
-            failures: Vec::new(),
-            dot: Some(write_dot),
-            siblings: staged.siblings as u32,
-            replayed: staged.replayed,
-        };
+        // Answer once the quorum is reached. A write that cannot reach it
+        // still waits for every replica (each bounded by the timeout), so
+        // that the answer says exactly which ones hold it.
+        let mut tally = QuorumTally::new(replicas, needed);
+        let mut failures = Vec::new();
         while let Some((node_id, result)) = pending.0.next().await {
             match result {
-                Ok(()) => response.acked.push(node_id),
-                Err(reason) => response.failures.push(PeerFailure { node_id, reason }),
+                Ok(()) => tally.succeeded(&node_id),
+                Err(reason) => {
+                    tally.failed(&node_id);
+                    failures.push(PeerFailure { node_id, reason });
+                }
             }
-            if response.acked.len() >= needed {
+            if tally.verdict() == Verdict::Reached {
                 break;
             }
         }
-        Ok(Response::new(response))
+        Ok(Response::new(CoordinateResponse {
+            acked: tally.successes(),
+            failures,
+            dot: Some(write_dot),
+            siblings: staged.siblings as u32,
+            replayed: staged.replayed,
+        }))
     }
 
     async fn merge(&self, request: Request<MergeRequest>) -> Result<Response<MergeResponse>, Status> {

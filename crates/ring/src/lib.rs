@@ -9,6 +9,8 @@
 //!   fallback lists.
 //! - [`quorum`]: consistency levels and the arithmetic that turns them into
 //!   replica counts.
+//! - [`tally`]: whether the answers an operation got reach its quorum, over
+//!   one replica set or several at once.
 //! - [`dvv`]: dotted version vectors — sibling sets, their merge (sync) and
 //!   the clock encoding nodes exchange.
 //! - [`context`]: the causal context as clients hold it — bound to its key
@@ -21,10 +23,12 @@ pub mod context;
 pub mod dvv;
 pub mod quorum;
 pub mod ring;
+pub mod tally;
 pub mod token;
 
 pub use context::{ContextKey, TokenError};
 pub use dvv::{Actor, CausalContext, DecodeError, Dot, DotsExhausted, Sibling, SiblingSet, VersionVector};
 pub use quorum::{Consistency, QuorumError, ReplicationConfig};
 pub use ring::{NodeId, NodeSpec, Ring, RingError};
+pub use tally::{QuorumTally, Verdict};
 pub use token::{Token, token_for};
