@@ -1,6 +1,10 @@
 //! Durable sibling sets on fjall, with group commit.
 //!
-//! Each key's sibling set is stored under `len(tenant) | tenant | key`.
+//! Each key's sibling set is stored under `token | len(tenant) | tenant |
+//! key` (the key's 8-byte big-endian ring token first), so the keys of one
+//! token range are one contiguous scan ([`Store::keys_in_token_range`]), as
+//! range streaming and hash-tree anti-entropy need. A data directory in the
+//! first layout (`len(tenant) | tenant | key`) is converted when it opens.
 //! Read-modify-write of one key happens under one of a fixed set of striped
 //! locks (held only around the in-memory read and journal append, never across
 //! an `.await`), so two writes to a key on this node always get distinct dots.
@@ -36,7 +40,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use cohort_ring::{Actor, CausalContext, DecodeError, Dot, SiblingSet};
+use cohort_ring::{Actor, CausalContext, DecodeError, Dot, SiblingSet, Token, token_for};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,6 +49,12 @@ use crate::config::Durability;
 const STRIPES: usize = 1024;
 const INCARNATION_KEY: &str = "incarnation";
 const NODE_ID_KEY: &str = "node_id";
+/// Sibling sets by token-ordered storage key.
+const DATA_KEYSPACE: &str = "sibling_sets_by_token";
+/// Sibling sets in the first layout, converted at open.
+const LEGACY_DATA_KEYSPACE: &str = "sibling_sets";
+/// Entries per batch while converting the first layout.
+const CONVERT_BATCH: usize = 1024;
 /// Format byte of a write record.
 const WRITE_RECORD_FORMAT: u8 = 1;
 /// Under load, how many times the group commit lets ready tasks run to
@@ -213,7 +223,13 @@ impl Store {
         // and syncs it: without this, fjall hands every single write to the
         // OS (a `write` system call per key).
         let deferred = || KeyspaceCreateOptions::default().manual_journal_persist(true);
-        let data = db.keyspace("sibling_sets", deferred)?;
+        let data = db.keyspace(DATA_KEYSPACE, deferred)?;
+        if db.keyspace_exists(LEGACY_DATA_KEYSPACE) {
+            let legacy = db.keyspace(LEGACY_DATA_KEYSPACE, deferred)?;
+            let converted = convert_legacy_layout(&db, &legacy, &data)?;
+            db.delete_keyspace(legacy)?;
+            tracing::info!(converted, dir = %dir.display(), "converted the data directory to token-ordered keys");
+        }
         let writes = db.keyspace("write_records", deferred)?;
         let meta = db.keyspace("node_meta", deferred)?;
         match meta.get(NODE_ID_KEY)? {
@@ -332,10 +348,26 @@ impl Store {
     }
 
     fn stripe(&self, storage_key: &[u8]) -> &Mutex<()> {
-        // FNV-1a: cheap and good enough to spread keys over stripes.
-        let hash =
-            storage_key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
-        &self.stripes[(hash % STRIPES as u64) as usize]
+        // The key's token leads it: already a uniform hash.
+        let token = u64::from_be_bytes(storage_key[..8].try_into().expect("storage keys start with a token"));
+        &self.stripes[(token % STRIPES as u64) as usize]
+    }
+
+    /// The `(tenant, key)` of every key stored here whose token lies in
+    /// `range`, in token order: one scan over the token-ordered keys.
+    pub fn keys_in_token_range(
+        &self,
+        range: std::ops::Range<Token>,
+    ) -> Result<Vec<(Token, String, Vec<u8>)>, StoreError> {
+        self.check_writable()?;
+        let mut out = Vec::new();
+        for item in self.data.range(range.start.to_be_bytes()..range.end.to_be_bytes()) {
+            let skey = item.key()?;
+            let (token, tenant, key) =
+                parse_storage_key(&skey).ok_or_else(|| StoreError::Engine("a storage key is malformed".into()))?;
+            out.push((token, tenant.to_string(), key.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Issues a new version of the key at this node's actor and appends it to
@@ -469,14 +501,52 @@ impl Store {
     }
 }
 
-/// The on-disk key of `(tenant, key)`: unambiguous because the tenant is
-/// length-prefixed (tenant ids are at most 63 bytes).
+/// The on-disk key of `(tenant, key)`: its ring token (8 bytes, big-endian,
+/// so keys sort by token), then the length-prefixed tenant (tenant ids are
+/// at most 63 bytes), then the key.
 pub fn storage_key(tenant: &str, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + tenant.len() + key.len());
+    let mut out = Vec::with_capacity(9 + tenant.len() + key.len());
+    out.extend_from_slice(&token_for(tenant, key).to_be_bytes());
     out.push(tenant.len() as u8);
     out.extend_from_slice(tenant.as_bytes());
     out.extend_from_slice(key);
     out
+}
+
+/// The token, tenant and key of a storage key.
+fn parse_storage_key(skey: &[u8]) -> Option<(Token, &str, &[u8])> {
+    let token = u64::from_be_bytes(skey.get(..8)?.try_into().ok()?);
+    let (tenant, key) = split_tenant(skey.get(8..)?)?;
+    Some((token, tenant, key))
+}
+
+/// `len(tenant) | tenant | key` split in two.
+fn split_tenant(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = bytes.split_first()?;
+    let tenant = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
+    Some((tenant, &rest[usize::from(len)..]))
+}
+
+/// Copies every sibling set of the first layout into the token-ordered
+/// keyspace and syncs; returns how many. Idempotent: a conversion cut short
+/// by a crash runs again whole at the next open, before the old keyspace is
+/// deleted.
+fn convert_legacy_layout(db: &Database, legacy: &Keyspace, data: &Keyspace) -> Result<usize, StoreError> {
+    let mut batch = db.batch();
+    let mut converted = 0;
+    for item in legacy.iter() {
+        let (old, value) = item.into_inner()?;
+        let (tenant, key) = split_tenant(&old)
+            .ok_or_else(|| StoreError::Engine("a storage key of the first layout is malformed".into()))?;
+        batch.insert(data, storage_key(tenant, key), value);
+        converted += 1;
+        if batch.len() >= CONVERT_BATCH {
+            std::mem::replace(&mut batch, db.batch()).commit()?;
+        }
+    }
+    batch.commit()?;
+    db.persist(PersistMode::SyncAll)?;
+    Ok(converted)
 }
 
 /// The group-commit loop: waits for a first waiter, takes every waiter that
@@ -719,8 +789,58 @@ mod tests {
     }
 
     #[test]
-    fn storage_keys_are_unambiguous() {
+    fn storage_keys_are_unambiguous_and_parse_back() {
         assert_ne!(storage_key("ab", b"c"), storage_key("a", b"bc"));
+        let skey = storage_key("tenant", b"key");
+        assert_eq!(parse_storage_key(&skey), Some((token_for("tenant", b"key"), "tenant", &b"key"[..])));
+    }
+
+    /// Keys sort by token, so a token range is one scan.
+    #[tokio::test]
+    async fn keys_are_stored_in_token_order_and_scanned_by_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        let keys: Vec<Vec<u8>> = (0..50).map(|i| format!("k{i}").into_bytes()).collect();
+        for key in &keys {
+            store.stage_update("t", key, &CausalContext::new(), None, NO_LIMITS, None).unwrap();
+        }
+        let all = store.keys_in_token_range(0..u64::MAX).unwrap();
+        assert_eq!(all.len(), 50);
+        assert!(all.windows(2).all(|w| w[0].0 <= w[1].0), "ordered by token");
+        let half = u64::MAX / 2;
+        let low = store.keys_in_token_range(0..half).unwrap();
+        let expected = keys.iter().filter(|k| token_for("t", k) < half).count();
+        assert_eq!(low.len(), expected);
+        assert!(low.iter().all(|(token, tenant, key)| *token < half && tenant == "t" && token_for("t", key) == *token));
+        store.close().await;
+    }
+
+    /// A data directory written in the first layout (`len | tenant | key`)
+    /// is converted when it opens, and every key reads as before.
+    #[tokio::test]
+    async fn a_directory_in_the_first_layout_is_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = SiblingSet::new();
+        state.update(&CausalContext::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"old"))).unwrap();
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let legacy = db.keyspace(LEGACY_DATA_KEYSPACE, KeyspaceCreateOptions::default).unwrap();
+            for key in ["a", "b", "c"] {
+                let mut old = vec![1u8, b't'];
+                old.extend_from_slice(key.as_bytes());
+                legacy.insert(old, state.encode()).unwrap();
+            }
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        for key in ["a", "b", "c"] {
+            assert_eq!(store.read("t", key.as_bytes()).unwrap(), state, "key {key}");
+        }
+        assert_eq!(store.keys_in_token_range(0..u64::MAX).unwrap().len(), 3);
+        store.close().await;
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        assert_eq!(store.read("t", b"a").unwrap(), state, "converted once, and kept");
+        store.close().await;
     }
 
     proptest::proptest! {
