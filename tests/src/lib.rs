@@ -24,8 +24,8 @@ use cohort_coordinator::local::{LocalCluster, LocalClusterOptions};
 use cohort_coordinator::metadata::postgres::{PostgresMetadata, testing};
 use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};
 use cohort_node::Durability;
-use cohort_proto::v1::ReadRequest;
-use cohort_proto::v1::storage_client::StorageClient;
+use cohort_proto::internal::v1::ReadRequest;
+use cohort_proto::internal::v1::storage_client::StorageClient;
 use cohort_ring::SiblingSet;
 
 /// Tenant every test cluster starts with (N=3, R=2, W=2).

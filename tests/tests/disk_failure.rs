@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_proto::v1::storage_client::StorageClient;
-use cohort_proto::v1::{CoordinateRequest, ReadRequest};
+use cohort_proto::internal::v1::storage_client::StorageClient;
+use cohort_proto::internal::v1::{CoordinateRequest, ReadRequest};
 use cohort_tests::{TENANT, TestCluster, eventually, strings, values_of};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -41,7 +41,7 @@ async fn a_node_with_a_failing_disk_stops_acknowledging_and_reports_unhealthy() 
         }
     })
     .await;
-    let storage = HealthCheckRequest { service: "cohort.v1.Storage".into() };
+    let storage = HealthCheckRequest { service: "cohort.internal.v1.Storage".into() };
     assert_eq!(health.check(storage).await.expect("check").into_inner().status(), ServingStatus::NotServing);
 
     for i in 0..30 {

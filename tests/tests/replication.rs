@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_proto::v1::storage_client::StorageClient;
-use cohort_proto::v1::{CoordinateRequest, Peer};
+use cohort_proto::internal::v1::storage_client::StorageClient;
+use cohort_proto::internal::v1::{CoordinateRequest, Peer};
 use cohort_tests::proxy::{Fault, FaultProxy};
 use cohort_tests::{TENANT, TestCluster, eventually, values_of};
 

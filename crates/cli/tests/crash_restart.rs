@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_client::{Client, Consistency, ReadOptions};
-use cohort_proto::v1::ReadRequest;
-use cohort_proto::v1::storage_client::StorageClient;
+use cohort_proto::internal::v1::ReadRequest;
+use cohort_proto::internal::v1::storage_client::StorageClient;
 use cohort_ring::SiblingSet;
 use common::{Coordinator, DEADLINE, Proc, admin, node_id, start_coordinator, start_node};
 use tokio::sync::watch;

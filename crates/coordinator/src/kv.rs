@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_node::peers::{NodeError, PeerPool};
-use cohort_proto::v1::{CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, WriteTag};
+use cohort_proto::internal::v1::{CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, WriteTag};
 use cohort_ring::{Actor, CausalContext, Consistency, Dot, QuorumTally, SiblingSet, Verdict};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;

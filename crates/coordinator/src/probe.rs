@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cohort_node::peers::PeerPool;
-use cohort_proto::v1::InfoRequest;
+use cohort_proto::internal::v1::InfoRequest;
 
 use crate::metadata::{MetadataError, MetadataStore, NodeProbe};
 use crate::topology::Topology;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_node::config::valid_node_id;
+use cohort_proto::internal::v1 as internal;
 use cohort_proto::v1 as pb;
 use cohort_proto::v1::admin_server::Admin;
 use cohort_proto::v1::key_value_server::KeyValue;
@@ -243,7 +244,7 @@ impl KvService {
             }
         };
         let expires_at = cohort_node::store::now_secs() + c.config.idempotency_ttl_secs;
-        let write = pb::WriteTag { id: write_id(&tenant_id, &idem, &fingerprint), expires_at };
+        let write = internal::WriteTag { id: write_id(&tenant_id, &idem, &fingerprint), expires_at };
         let result = if settle {
             // An earlier attempt may have applied: find its version first.
             metrics::counter!("cohort_idempotent_settles_total").increment(1);
@@ -292,7 +293,7 @@ impl KvService {
         input: &WriteInput,
         context: &CausalContext,
         level: Option<Consistency>,
-        write: Option<pb::WriteTag>,
+        write: Option<internal::WriteTag>,
     ) -> Result<pb::PutResponse, KvError> {
         let limits = WriteLimits {
             max_siblings: tenant.max_siblings,
@@ -447,7 +448,7 @@ impl AdminService {
         let c = &self.coordinator;
         let client = c.peers.node(address).map_err(|s| KvError::InvalidArgument(s.message().to_string()))?;
         let timeout = Duration::from_millis(c.config.node_timeout_ms);
-        let info = match tokio::time::timeout(timeout, client.raw().info(pb::InfoRequest {})).await {
+        let info = match tokio::time::timeout(timeout, client.raw().info(internal::InfoRequest {})).await {
             Ok(Ok(info)) => info.into_inner(),
             Ok(Err(status)) => {
                 return Err(KvError::FailedPrecondition(format!(

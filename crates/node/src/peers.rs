@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use cohort_proto::v1::pipeline_request::Op;
-use cohort_proto::v1::pipeline_response::Result as Answer;
-use cohort_proto::v1::storage_client::StorageClient;
-use cohort_proto::v1::{
+use cohort_proto::internal::v1::pipeline_request::Op;
+use cohort_proto::internal::v1::pipeline_response::Result as Answer;
+use cohort_proto::internal::v1::storage_client::StorageClient;
+use cohort_proto::internal::v1::{
     CoordinateRequest, CoordinateResponse, MergeRequest, MergeResponse, PipelineRequest, PipelineResponse, ReadRequest,
     ReadResponse,
 };

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use cohort_proto::v1::storage_server::StorageServer;
+use cohort_proto::internal::v1::storage_server::StorageServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 

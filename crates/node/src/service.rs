@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_proto::v1::pipeline_request::Op;
-use cohort_proto::v1::pipeline_response::Result as Answer;
-use cohort_proto::v1::storage_server::Storage;
-use cohort_proto::v1::{
+use cohort_proto::internal::v1::pipeline_request::Op;
+use cohort_proto::internal::v1::pipeline_response::Result as Answer;
+use cohort_proto::internal::v1::storage_server::Storage;
+use cohort_proto::internal::v1::{
     CoordinateRequest, CoordinateResponse, Dot as PbDot, InfoRequest, InfoResponse, MergeRequest, MergeResponse,
     PeerFailure, PipelineError, PipelineRequest, PipelineResponse, ReadRequest, ReadResponse, WriteTag as PbWriteTag,
 };

@@ -13,9 +13,9 @@ use bytes::Bytes;
 use cohort_node::peers::PeerPool;
 use cohort_node::service::StorageService;
 use cohort_node::{Durability, Store};
-use cohort_proto::v1::pipeline_request::Op;
-use cohort_proto::v1::storage_server::Storage;
-use cohort_proto::v1::{
+use cohort_proto::internal::v1::pipeline_request::Op;
+use cohort_proto::internal::v1::storage_server::Storage;
+use cohort_proto::internal::v1::{
     CoordinateRequest, CoordinateResponse, Dot, MergeRequest, PipelineRequest, PipelineResponse, ReadRequest,
     ReadResponse, WriteTag,
 };

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cohort_node::peers::PeerPool;
 use cohort_node::{Durability, NodeConfig, serve};
-use cohort_proto::v1::{CoordinateRequest, ReadRequest};
+use cohort_proto::internal::v1::{CoordinateRequest, ReadRequest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_calls_reach_a_node_and_come_back() {
