@@ -61,8 +61,10 @@ struct State {
     lease: LeaseRow,
     #[serde(default)]
     context_keys: Vec<ContextKeyRow>,
-    /// The leader's last probe of each node, by node id.
-    #[serde(default)]
+    /// The leader's last probe of each node, by node id. Kept in memory
+    /// only: it is re-probed within seconds of a restart, and writing it to
+    /// the file would cost a sync every probe round.
+    #[serde(skip)]
     health: BTreeMap<String, NodeHealth>,
 }
 
@@ -301,21 +303,22 @@ impl MetadataStore for EmbeddedMetadata {
     }
 
     async fn record_node_health(&self, generation: u64, probes: &[NodeProbe]) -> Result<(), MetadataError> {
-        self.change(|state| {
-            // Checked under the same lock as every lease change, so no
-            // takeover can slip between the check and the write.
-            let lease = &state.lease;
-            if lease.generation != generation || lease.holder.is_none() || now_ms() >= lease.expires_at_ms {
-                return Err(MetadataError::Fenced { generation, current: lease.generation });
-            }
-            let checked_at_ms = now_ms();
-            for probe in probes.iter().filter(|p| state.nodes.contains_key(&p.node)) {
+        // Checked under the same lock as every lease change, so no takeover
+        // can slip between the check and the write; in memory only (see
+        // `State::health`).
+        let mut state = self.state.lock().await;
+        let lease = &state.lease;
+        if lease.generation != generation || lease.holder.is_none() || now_ms() >= lease.expires_at_ms {
+            return Err(MetadataError::Fenced { generation, current: lease.generation });
+        }
+        let checked_at_ms = now_ms();
+        for probe in probes {
+            if state.nodes.contains_key(&probe.node) {
                 let health = NodeHealth { node: probe.node.clone(), up: probe.up, checked_at_ms, generation };
                 state.health.insert(probe.node.clone(), health);
             }
-            Ok(())
-        })
-        .await
+        }
+        Ok(())
     }
 
     async fn node_health(&self) -> Result<Vec<NodeHealth>, MetadataError> {
