@@ -126,7 +126,8 @@ pub enum NodeCommand {
 /// Cluster commands.
 #[derive(Subcommand)]
 pub enum ClusterCommand {
-    /// Leader, ring version and nodes.
+    /// Leader, ring version, nodes (with the health the leader last
+    /// recorded) and the background workers of the coordinator that answers.
     Status {
         #[command(flatten)]
         target: Target,
@@ -212,6 +213,22 @@ fn print_status_node(n: &pb::StorageNode) {
     println!("{}  {health}", node_line(n));
 }
 
+fn worker_json(w: &pb::Worker) -> serde_json::Value {
+    json!({
+        "name": w.name,
+        "state": w.state,
+        "steps": w.steps,
+        "errors": w.errors,
+        "last_error": if w.last_error.is_empty() { serde_json::Value::Null } else { json!(w.last_error) },
+        "last_step_at_ms": w.last_step_at_ms,
+    })
+}
+
+fn print_worker(w: &pb::Worker) {
+    let error = if w.last_error.is_empty() { String::new() } else { format!("  last error: {}", w.last_error) };
+    println!("  {}  {}  {} steps, {} failed{error}", w.name, w.state, w.steps, w.errors);
+}
+
 /// Runs an admin command.
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
@@ -285,12 +302,15 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
                     "leader": {"id": leader.id, "generation": leader.generation},
                     "ring_version": status.ring_version,
                     "nodes": status.nodes.iter().map(status_node_json).collect::<Vec<_>>(),
+                    "workers": status.workers.iter().map(worker_json).collect::<Vec<_>>(),
                 });
                 println!("{out}");
             } else {
                 println!("leader: {} (generation {})", leader.id, leader.generation);
                 println!("ring version: {}", status.ring_version);
                 status.nodes.iter().for_each(print_status_node);
+                println!("workers of this coordinator:");
+                status.workers.iter().for_each(print_worker);
             }
         }
         AdminCommand::Cluster(ClusterCommand::RotateContextKey { target }) => {

@@ -272,7 +272,14 @@ fn admin_cluster_status_json_has_the_documented_shape() {
         assert!(polling.elapsed() < std::time::Duration::from_secs(10), "no health recorded in 10 s: {status}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert_eq!(keys(&status), BTreeSet::from(["leader", "ring_version", "nodes"]), "{status}");
+    assert_eq!(keys(&status), BTreeSet::from(["leader", "ring_version", "nodes", "workers"]), "{status}");
+    let workers: Vec<&str> =
+        status["workers"].as_array().expect("workers is an array").iter().filter_map(|w| w["name"].as_str()).collect();
+    assert_eq!(workers, ["idempotency-purge", "ring-refresh"], "{status}");
+    for worker in status["workers"].as_array().unwrap() {
+        let fields = BTreeSet::from(["name", "state", "steps", "errors", "last_error", "last_step_at_ms"]);
+        assert_eq!(keys(worker), fields, "{worker}");
+    }
     assert_eq!(keys(&status["leader"]), BTreeSet::from(["id", "generation"]), "{status}");
     assert_eq!(status["leader"]["id"], "coordinator-1", "the dev coordinator leads: {status}");
     assert!(status["leader"]["generation"].as_u64().is_some_and(|g| g >= 1), "{status}");

@@ -25,6 +25,8 @@
 //! - [`leader`]: leader election over the metadata lease, whose generation
 //!   fences the leader's jobs; [`probe`]: the leader's node reachability
 //!   probe, recorded in metadata under that fence.
+//! - [`worker`]: one runner for background work, with statuses the admin
+//!   API shows.
 //! - [`local`]: an in-process cluster of nodes and coordinators (dev, tests).
 //!
 //! **Architecture invariant:** the coordinator never issues a dot or keeps a
@@ -44,6 +46,7 @@ pub mod service;
 pub mod tenants;
 pub mod topology;
 pub mod validate;
+pub mod worker;
 
 pub use config::{CoordinatorConfig, IdempotencyFallback, ReadRepairMode};
 pub use error::KvError;

@@ -22,6 +22,7 @@ use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
 use crate::service::{AdminService, KvService};
 use crate::tenants::TenantCache;
 use crate::topology::Topology;
+use crate::worker::{Periodic, Step, Worker, WorkerStatuses, Workers};
 
 /// Largest request the public API decodes. Above the value limit, so that an
 /// oversize value gets a clear InvalidArgument rather than a transport error.
@@ -45,6 +46,8 @@ pub struct Coordinator {
     pub peers: Arc<PeerPool>,
     /// The keys that seal causal contexts.
     pub contexts: ContextSeals,
+    /// How this coordinator's background workers are doing.
+    pub workers: WorkerStatuses,
     leadership: watch::Sender<LeaderState>,
     metadata_up: AtomicBool,
 }
@@ -99,6 +102,7 @@ impl Coordinator {
             engine,
             peers,
             contexts,
+            workers: WorkerStatuses::default(),
             leadership,
             metadata_up: AtomicBool::new(true),
         }))
@@ -153,62 +157,81 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Polls the ring version and the context keys; tracks whether metadata
+/// One refresh of the ring and the context keys; tracks whether metadata
 /// answers.
-async fn refresh_ring(coordinator: Arc<Coordinator>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(coordinator.config.ring_refresh_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let refreshed = match coordinator.topology.refresh().await {
-            Ok(_) => coordinator.contexts.reload().await,
-            Err(error) => Err(error),
-        };
-        match refreshed {
-            Ok(()) => coordinator.set_metadata_up(true),
-            Err(error) => {
-                tracing::debug!(%error, "ring refresh failed");
-                coordinator.set_metadata_up(false);
-            }
-        }
-    }
+async fn refresh_ring(coordinator: &Coordinator) -> Result<(), String> {
+    let refreshed = match coordinator.topology.refresh().await {
+        Ok(_) => coordinator.contexts.reload().await,
+        Err(error) => Err(error),
+    };
+    coordinator.set_metadata_up(refreshed.is_ok());
+    refreshed.map_err(|error| error.to_string())
 }
 
-/// Applies changes announced by other coordinators.
-async fn follow_changes(coordinator: Arc<Coordinator>, mut changes: broadcast::Receiver<MetadataChange>) {
-    loop {
-        match changes.recv().await {
-            Ok(MetadataChange::Tenant(id)) => coordinator.tenants.invalidate(&id),
+/// Applies changes announced by other coordinators, one per step.
+struct ChangeFollower {
+    coordinator: Arc<Coordinator>,
+    changes: broadcast::Receiver<MetadataChange>,
+}
+
+#[tonic::async_trait]
+impl Worker for ChangeFollower {
+    fn name(&self) -> &'static str {
+        "change-follower"
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        let c = &self.coordinator;
+        match self.changes.recv().await {
+            Ok(MetadataChange::Tenant(id)) => c.tenants.invalidate(&id),
             Ok(MetadataChange::Ring) => {
-                if let Err(error) = coordinator.topology.refresh().await {
-                    tracing::debug!(%error, "ring refresh after a change notice failed");
-                }
+                c.topology.refresh().await.map_err(|e| format!("ring refresh after a change notice: {e}"))?;
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                coordinator.tenants.clear();
-                let _ = coordinator.topology.refresh().await;
+                c.tenants.clear();
+                c.topology.refresh().await.map_err(|e| format!("ring refresh after missed notices: {e}"))?;
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => return Ok(Step::Done),
         }
+        Ok(Step::Busy)
+    }
+
+    async fn wait_for_work(&mut self) {
+        // After a failed refresh: the next notice (or the periodic refresh)
+        // brings the ring up to date.
     }
 }
 
 /// How often expired idempotency records are purged.
 const IDEMPOTENCY_PURGE_EVERY: Duration = Duration::from_secs(60);
 
-/// Deletes expired idempotency records, where the store keeps them itself.
-async fn purge_idempotency(coordinator: Arc<Coordinator>) {
-    let mut tick = tokio::time::interval(IDEMPOTENCY_PURGE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        match coordinator.idempotency.purge_expired().await {
-            Ok(0) => {}
-            Ok(purged) => tracing::debug!(purged, "purged expired idempotency records"),
-            Err(error) => tracing::warn!(%error, "purging expired idempotency records failed"),
+/// How long stopping workers may take at shutdown.
+const WORKER_EXIT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The workers every coordinator runs.
+fn start_workers(coordinator: &Arc<Coordinator>) -> Workers {
+    let mut workers = Workers::new(coordinator.workers.clone());
+    let c = coordinator.clone();
+    workers.spawn(Periodic::new("ring-refresh", Duration::from_millis(c.config.ring_refresh_ms), move || {
+        let c = c.clone();
+        async move { refresh_ring(&c).await }
+    }));
+    let c = coordinator.clone();
+    workers.spawn(Periodic::new("idempotency-purge", IDEMPOTENCY_PURGE_EVERY, move || {
+        let c = c.clone();
+        async move {
+            match c.idempotency.purge_expired().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "purged expired idempotency records"),
+                Err(error) => return Err(error.to_string()),
+            }
+            Ok(())
         }
+    }));
+    if let Some(changes) = coordinator.metadata.changes() {
+        workers.spawn(ChangeFollower { coordinator: coordinator.clone(), changes });
     }
+    workers
 }
 
 /// The jobs only the leader runs, each given the generation it leads under:
@@ -235,13 +258,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let mut background = vec![
-        AbortOnDrop(tokio::spawn(refresh_ring(coordinator.clone()))),
-        AbortOnDrop(tokio::spawn(purge_idempotency(coordinator.clone()))),
-    ];
-    if let Some(changes) = coordinator.metadata.changes() {
-        background.push(AbortOnDrop(tokio::spawn(follow_changes(coordinator.clone(), changes))));
-    }
+    let workers = start_workers(&coordinator);
     let (stop_election, stopped) = watch::channel(false);
     let mut election = AbortOnDrop(tokio::spawn(leader::run(
         coordinator.metadata.clone(),
@@ -266,7 +283,7 @@ pub async fn serve(
     // Give the lease up so another coordinator leads at once.
     let _ = stop_election.send(true);
     let _ = (&mut election.0).await;
-    drop(background);
+    workers.shutdown(WORKER_EXIT_DEADLINE).await;
     tracing::info!(id = %coordinator.config.id, "coordinator stopped");
     result
 }

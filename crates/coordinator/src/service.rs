@@ -422,6 +422,17 @@ fn health_to_pb(health: &NodeHealth) -> pb::NodeHealth {
     pb::NodeHealth { up: health.up, checked_at_ms: health.checked_at_ms, generation: health.generation }
 }
 
+fn worker_to_pb(status: crate::worker::WorkerStatus) -> pb::Worker {
+    pb::Worker {
+        name: status.name,
+        state: status.state.into(),
+        steps: status.steps,
+        errors: status.errors,
+        last_error: status.last_error.unwrap_or_default(),
+        last_step_at_ms: status.last_step_at_ms,
+    }
+}
+
 /// Default replication factor of a new tenant.
 pub const DEFAULT_REPLICATION: u32 = 3;
 
@@ -652,6 +663,7 @@ impl Admin for AdminService {
                 }),
                 ring_version: c.topology.current().version,
                 nodes: nodes.collect(),
+                workers: c.workers.list().into_iter().map(worker_to_pb).collect(),
             })
         }
         .await;
