@@ -15,10 +15,13 @@ use std::time::Duration;
 use cohort_node::peers::PeerPool;
 use cohort_proto::internal::v1::InfoRequest;
 
+use tonic::async_trait;
+
 use crate::metadata::{MetadataError, MetadataStore, NodeProbe};
 use crate::topology::Topology;
+use crate::worker::{Step, Worker};
 
-/// What the probe job needs.
+/// The probe job, a [`Worker`]: one round of probes per step.
 pub struct Probe {
     /// The ring whose nodes are probed.
     pub topology: Arc<Topology>,
@@ -32,19 +35,23 @@ pub struct Probe {
     pub interval: Duration,
     /// How long a node has to answer.
     pub timeout: Duration,
+    /// When the next round is due (made on the first wait).
+    pub tick: Option<tokio::time::Interval>,
 }
 
-/// Probes every node of the current ring every `interval` until aborted, or
-/// until the store refuses a record because `generation` was deposed.
-pub async fn run(probe: Probe) {
-    let Probe { topology, peers, metadata, generation, interval, timeout } = probe;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let placement = topology.current();
+#[async_trait]
+impl Worker for Probe {
+    fn name(&self) -> &'static str {
+        "node-probe"
+    }
+
+    /// Probes every node of the current ring and records the round; done
+    /// once the store refuses a record because `generation` was deposed.
+    async fn work(&mut self) -> Result<Step, String> {
+        let placement = self.topology.current();
+        let timeout = self.timeout;
         let probes = placement.ring.nodes().iter().map(|node| {
-            let client = placement.address(&node.id).map(|address| peers.node(address));
+            let client = placement.address(&node.id).map(|address| self.peers.node(address));
             async move {
                 let up = match client {
                     Some(Ok(client)) => {
@@ -57,13 +64,23 @@ pub async fn run(probe: Probe) {
             }
         });
         let round = futures::future::join_all(probes).await;
-        match metadata.record_node_health(generation, &round).await {
-            Ok(()) => {}
+        match self.metadata.record_node_health(self.generation, &round).await {
+            Ok(()) => Ok(Step::Idle),
             Err(fenced @ MetadataError::Fenced { .. }) => {
                 tracing::warn!(%fenced, "node health refused: this coordinator no longer leads; probe stopped");
-                return;
+                Ok(Step::Done)
             }
-            Err(error) => tracing::debug!(%error, "could not record node health"),
+            Err(error) => Err(format!("could not record node health: {error}")),
         }
+    }
+
+    async fn wait_for_work(&mut self) {
+        let interval = self.interval;
+        let tick = self.tick.get_or_insert_with(|| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        tick.tick().await;
     }
 }

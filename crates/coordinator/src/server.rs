@@ -239,15 +239,20 @@ fn start_workers(coordinator: &Arc<Coordinator>) -> Workers {
 fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
     let coordinator = coordinator.clone();
     Arc::new(move |generation| {
-        let probe = crate::probe::run(crate::probe::Probe {
+        let probe = crate::probe::Probe {
             topology: coordinator.topology.clone(),
             peers: coordinator.peers.clone(),
             metadata: coordinator.metadata.clone(),
             generation,
             interval: Duration::from_millis(coordinator.config.node_probe_ms),
             timeout: Duration::from_millis(coordinator.config.node_timeout_ms),
-        });
-        vec![tokio::spawn(probe)]
+            tick: None,
+        };
+        // The job's runner lives in its task: aborting the task (leadership
+        // lost) drops the runner, which stops the workers.
+        let mut workers = Workers::new(coordinator.workers.clone());
+        workers.spawn(probe);
+        vec![tokio::spawn(async move { workers.join().await })]
     })
 }
 

@@ -48,7 +48,8 @@ pub trait Worker: Send + 'static {
 pub struct WorkerStatus {
     /// The worker's name.
     pub name: String,
-    /// `busy`, `idle`, `failing` (its last step failed) or `done`.
+    /// `busy`, `idle`, `failing` (its last step failed), `done` or
+    /// `stopped`.
     pub state: &'static str,
     /// Steps taken.
     pub steps: u64,
@@ -106,8 +107,11 @@ impl Workers {
         let statuses = self.statuses.clone();
         let mut stop = self.stop.subscribe();
         let name = worker.name();
-        statuses.update(name, |_| {});
+        statuses.update(name, |status| status.state = "idle");
         self.tasks.push(tokio::spawn(async move {
+            // However the task ends — finished, stopped or aborted — the
+            // status says it no longer runs.
+            let _stopped = MarkStopped { statuses: statuses.clone(), name };
             loop {
                 let step = tokio::select! {
                     step = worker.work() => step,
@@ -139,6 +143,13 @@ impl Workers {
         }));
     }
 
+    /// Waits until every worker has finished (or was aborted).
+    pub async fn join(&mut self) {
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
+    }
+
     /// Asks every worker to stop (between steps, or while it waits) and waits
     /// for them up to `deadline`; whatever still runs then is aborted.
     pub async fn shutdown(mut self, deadline: Duration) {
@@ -153,6 +164,23 @@ impl Workers {
                 task.abort();
             }
         }
+    }
+}
+
+/// Marks a worker `stopped` (unless it finished as `done`) when its task
+/// ends.
+struct MarkStopped {
+    statuses: WorkerStatuses,
+    name: &'static str,
+}
+
+impl Drop for MarkStopped {
+    fn drop(&mut self) {
+        self.statuses.update(self.name, |status| {
+            if status.state != "done" {
+                status.state = "stopped";
+            }
+        });
     }
 }
 
@@ -272,6 +300,6 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), workers.shutdown(Duration::from_secs(5)))
             .await
             .expect("stopped within the deadline");
-        assert_eq!(statuses.list()[0].state, "idle");
+        assert_eq!(statuses.list()[0].state, "stopped");
     }
 }
