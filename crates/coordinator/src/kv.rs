@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_node::peers::{NodeError, PeerPool};
+use cohort_node::peers::PeerPool;
 use cohort_proto::internal::v1::{CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, WriteTag};
 use cohort_ring::{Actor, CausalContext, Consistency, Dot, QuorumTally, SiblingSet, Verdict};
 use futures::StreamExt;
@@ -42,6 +42,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{CoordinatorConfig, ReadRepairMode};
 use crate::error::KvError;
+use crate::fanout::{self, ReplicaFailure};
 use crate::metadata::Tenant;
 use crate::topology::{Replica, Topology};
 
@@ -157,7 +158,7 @@ fn merge_within(
     let client = peers.node(address);
     async move {
         match client {
-            Ok(client) => matches!(tokio::time::timeout(timeout, client.merge(request)).await, Ok(Ok(_))),
+            Ok(client) => fanout::within(timeout, client.merge(request)).await.is_ok(),
             Err(_) => false,
         }
     }
@@ -248,8 +249,8 @@ impl KvEngine {
             };
             // The coordinating replica itself waits up to node_timeout for peers.
             let attempt = remaining.min(self.node_timeout * 2);
-            match tokio::time::timeout(attempt, client.coordinate(request)).await {
-                Ok(Ok(response)) => {
+            match fanout::within(attempt, client.coordinate(request)).await {
+                Ok(response) => {
                     let dot = dot_from_pb(response.dot.as_ref()).ok_or_else(|| {
                         KvError::Internal(format!("node {} answered a write without its dot", coordinator.id))
                     })?;
@@ -277,38 +278,28 @@ impl KvEngine {
                 }
                 // The request was wrong, or the key refuses it (sibling
                 // cap): no replica will take it, and none stored anything.
-                Ok(Err(NodeError::Rejected(status))) if status.code() == tonic::Code::InvalidArgument => {
-                    return Err(KvError::InvalidArgument(status.message().to_string()));
+                Err(ReplicaFailure::Refused { code: tonic::Code::InvalidArgument, message }) => {
+                    return Err(KvError::InvalidArgument(message));
                 }
-                Ok(Err(NodeError::Rejected(status))) if status.code() == tonic::Code::FailedPrecondition => {
-                    return Err(KvError::FailedPrecondition(status.message().to_string()));
-                }
-                // The node certainly did nothing: the next replica may
-                // coordinate instead.
-                Ok(Err(error)) if error.certainly_not_applied() => {
-                    let status = error.status();
-                    self.suspects.add(&coordinator.id, self.node_timeout);
-                    reasons.push(format!("{}: {:?}: {}", coordinator.id, status.code(), status.message()));
+                Err(ReplicaFailure::Refused { code: tonic::Code::FailedPrecondition, message }) => {
+                    return Err(KvError::FailedPrecondition(message));
                 }
                 // The node may have applied the write. Asking another replica
                 // would apply it a second time under another dot, and a value
                 // its writer later replaced could then come back: the outcome
                 // is unknown and the client decides.
-                Ok(Err(error)) => {
+                Err(failure) if failure.may_have_acted() => {
                     self.suspects.add(&coordinator.id, self.node_timeout);
                     return Err(KvError::WriteOutcomeUnknown(format!(
-                        "write outcome unknown: the connection to coordinating replica {} broke ({}); the write may have been applied",
-                        coordinator.id,
-                        error.status().message()
+                        "write outcome unknown: coordinating replica {}: {failure}; the write may have been applied",
+                        coordinator.id
                     )));
                 }
-                Err(_) => {
+                // The node certainly did nothing: the next replica may
+                // coordinate instead.
+                Err(failure) => {
                     self.suspects.add(&coordinator.id, self.node_timeout);
-                    return Err(KvError::WriteOutcomeUnknown(format!(
-                        "write outcome unknown: coordinating replica {} did not answer within {} ms; the write may have been applied",
-                        coordinator.id,
-                        attempt.as_millis()
-                    )));
+                    reasons.push(format!("{}: {failure}", coordinator.id));
                 }
             }
         }
@@ -343,12 +334,10 @@ impl KvEngine {
             let client = self.peers.node(&replica.address);
             let timeout = self.node_timeout;
             async move {
-                let client = client.map_err(|s| s.message().to_string())?;
-                match tokio::time::timeout(timeout, client.read(request)).await {
-                    Ok(Ok(response)) => Ok((decode_state(&response.state)?, dot_from_pb(response.write_dot.as_ref()))),
-                    Ok(Err(status)) => Err(format!("{}: {:?}: {}", replica.id, status.code(), status.message())),
-                    Err(_) => Err(format!("{}: no answer within {} ms", replica.id, timeout.as_millis())),
-                }
+                let client = client.map_err(|s| format!("{}: {}", replica.id, s.message()))?;
+                let response =
+                    fanout::within(timeout, client.read(request)).await.map_err(|f| format!("{}: {f}", replica.id))?;
+                Ok((decode_state(&response.state)?, dot_from_pb(response.write_dot.as_ref())))
             }
         });
         let answers = futures::future::join_all(lookups).await;
@@ -461,10 +450,9 @@ impl ReadRound {
                 async move {
                     let result = match client {
                         Err(status) => Err(status.message().to_string()),
-                        Ok(client) => match tokio::time::timeout(timeout, client.read(request)).await {
-                            Ok(Ok(response)) => decode_state(&response.state),
-                            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-                            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+                        Ok(client) => match fanout::within(timeout, client.read(request)).await {
+                            Ok(response) => decode_state(&response.state),
+                            Err(failure) => Err(failure.to_string()),
                         },
                     };
                     (replica.clone(), result)

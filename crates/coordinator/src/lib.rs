@@ -16,6 +16,8 @@
 //!   implementation.
 //! - [`contexts`]: sealing the causal contexts handed to clients, and
 //!   opening the ones they send back.
+//! - [`fanout`]: calls to replicas under a deadline, and the typed reason one
+//!   failed.
 //! - [`topology`]: the current ring and node addresses, refreshed from metadata.
 //! - [`tenants`]: the tenant cache.
 //! - [`kv`]: the quorum write and read paths, and read repair.
@@ -35,6 +37,7 @@
 pub mod config;
 pub mod contexts;
 pub mod error;
+pub mod fanout;
 pub mod idempotency;
 pub mod kv;
 pub mod leader;

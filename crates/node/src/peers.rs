@@ -163,6 +163,13 @@ impl NodeError {
     }
 }
 
+impl std::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = self.status();
+        write!(f, "{:?}: {}", status.code(), status.message())
+    }
+}
+
 impl From<NodeError> for Status {
     fn from(error: NodeError) -> Status {
         match error {
@@ -219,18 +226,18 @@ impl NodeClient {
     }
 
     /// Reads a key's local state on the node.
-    pub async fn read(&self, request: ReadRequest) -> Result<ReadResponse, Status> {
+    pub async fn read(&self, request: ReadRequest) -> Result<ReadResponse, NodeError> {
         match self.call(Op::Read(request)).await? {
             Answer::Read(response) => Ok(response),
-            _ => Err(unexpected("read").into()),
+            _ => Err(unexpected("read")),
         }
     }
 
     /// Merges a state into the node's and waits until it is durable.
-    pub async fn merge(&self, request: MergeRequest) -> Result<MergeResponse, Status> {
+    pub async fn merge(&self, request: MergeRequest) -> Result<MergeResponse, NodeError> {
         match self.call(Op::Merge(request)).await? {
             Answer::Merge(response) => Ok(response),
-            _ => Err(unexpected("merge").into()),
+            _ => Err(unexpected("merge")),
         }
     }
 

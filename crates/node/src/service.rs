@@ -253,7 +253,7 @@ impl Storage for StorageService {
                     Err(status) => Err(status.message().to_string()),
                     Ok(client) => match tokio::time::timeout(timeout, client.merge(merge)).await {
                         Ok(Ok(_)) => Ok(()),
-                        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+                        Ok(Err(error)) => Err(error.to_string()),
                         Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
                     },
                 };

@@ -49,7 +49,7 @@ async fn pipelined_calls_reach_a_node_and_come_back() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     let error = tokio::time::timeout(Duration::from_secs(10), node.read(read("k"))).await.expect("fails in time");
-    assert_eq!(error.expect_err("node stopped").code(), tonic::Code::Unavailable);
+    assert_eq!(error.expect_err("node stopped").status().code(), tonic::Code::Unavailable);
 }
 
 /// F6: one key's state too large for a message fails that read alone; the
@@ -91,7 +91,7 @@ async fn an_oversized_answer_fails_alone_and_the_pipeline_survives() {
         ..Default::default()
     };
     let (big, small) = tokio::join!(node.read(read("huge")), node.read(read("small")));
-    assert_eq!(big.expect_err("too large for one message").code(), tonic::Code::ResourceExhausted);
+    assert_eq!(big.expect_err("too large for one message").status().code(), tonic::Code::ResourceExhausted);
     small.expect("the other read on the same pipeline is answered");
     node.read(read("small")).await.expect("the pipeline still works");
     let _ = stop.send(());
