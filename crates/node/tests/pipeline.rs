@@ -10,20 +10,33 @@ use cohort_node::peers::PeerPool;
 use cohort_node::{Durability, NodeConfig, serve};
 use cohort_proto::internal::v1::{CoordinateRequest, ReadRequest};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_calls_reach_a_node_and_come_back() {
-    let dir = tempfile::tempdir().unwrap();
+/// A node serving on an ephemeral port: its address, the sender that stops
+/// it, its task, and its handle once the store is open.
+struct Running {
+    address: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), cohort_node::server::ServeError>>,
+    handle: cohort_node::NodeHandle,
+}
+
+async fn start_node(config: NodeConfig) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        NodeConfig::new("n1", dir.path()),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-        |_| {},
-    ));
+    let (ready, handle) = tokio::sync::oneshot::channel();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let server = tokio::spawn(serve(config, listener, shutdown, move |h| {
+        let _ = ready.send(h);
+    }));
+    Running { address, stop, server, handle: handle.await.unwrap() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_calls_reach_a_node_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Running { address, stop, server, .. } = start_node(NodeConfig::new("n1", dir.path())).await;
     let pool = PeerPool::new(Duration::from_secs(2));
     let node = pool.node(&address).unwrap();
     let read = |key: &'static str| ReadRequest {
@@ -57,22 +70,9 @@ async fn pipelined_calls_reach_a_node_and_come_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_answer_fails_alone_and_the_pipeline_survives() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready, handle) = tokio::sync::oneshot::channel();
     let config = NodeConfig { durability: Durability::Flush, ..NodeConfig::new("n1", dir.path()) };
-    let server = tokio::spawn(cohort_node::serve(
-        config,
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-        move |h| {
-            let _ = ready.send(h);
-        },
-    ));
-    let store = handle.await.unwrap().store().unwrap();
+    let Running { address, stop, server, handle } = start_node(config).await;
+    let store = handle.store().unwrap();
     // A state of 70 siblings of 1 MiB, grown by merges (which no cap stops).
     let mut huge = cohort_ring::SiblingSet::new();
     for i in 0..70 {

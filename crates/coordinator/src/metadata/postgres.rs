@@ -416,17 +416,19 @@ impl MetadataStore for PostgresMetadata {
 
     async fn context_keys(&self) -> Result<Vec<ContextKey>, MetadataError> {
         let client = self.client().await?;
-        // Whoever asks first creates key 1; everyone else keeps theirs out.
+        let select = "SELECT id, secret FROM context_keys ORDER BY id";
+        let rows = client.query(select, &[]).await.map_err(unavailable)?;
+        if !rows.is_empty() {
+            return rows.iter().map(row_to_key).collect();
+        }
+        // The first to find none creates key 1; a racing creator's insert
+        // does nothing, and both read the one that won.
         let secret: Vec<u8> = rand::random::<[u8; 32]>().to_vec();
         client
-            .execute(
-                "INSERT INTO context_keys (id, secret) SELECT 1, $1
-                 WHERE NOT EXISTS (SELECT 1 FROM context_keys) ON CONFLICT (id) DO NOTHING",
-                &[&secret],
-            )
+            .execute("INSERT INTO context_keys (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING", &[&secret])
             .await
             .map_err(unavailable)?;
-        let rows = client.query("SELECT id, secret FROM context_keys ORDER BY id", &[]).await.map_err(unavailable)?;
+        let rows = client.query(select, &[]).await.map_err(unavailable)?;
         rows.iter().map(row_to_key).collect()
     }
 
