@@ -7,7 +7,7 @@
 
 use std::process::Command;
 
-use cohort_coordinator::local::{LocalCluster, LocalClusterOptions};
+use cohort_cluster::{LocalCluster, LocalClusterOptions};
 
 async fn cluster() -> (LocalCluster, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_client::{Client, RetryPolicy};
-use cohort_coordinator::idempotency::redis::RedisIdempotency;
-use cohort_coordinator::local::{LocalCluster, LocalClusterOptions};
+use cohort_cluster::{LocalCluster, LocalClusterOptions};
 use cohort_coordinator::metadata::postgres::{PostgresMetadata, testing};
 use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};
+use cohort_idempotency::redis::RedisIdempotency;
 use cohort_node::Durability;
 use cohort_proto::internal::v1::ReadRequest;
 use cohort_proto::internal::v1::storage_client::StorageClient;

@@ -1,4 +1,4 @@
-//! Invariant 7 (DESIGN.md §5): bad input never panics a process and never
+//! Guarantee 7: bad input never panics a process and never
 //! changes stored data. Every bad input gets its documented status code.
 
 use bytes::Bytes;

@@ -1,5 +1,5 @@
-//! Causal contexts are bound to their key and cannot be forged (DESIGN.md
-//! §4, invariants 1, 2 and 7): a context read from one key, altered,
+//! Causal contexts are bound to their key and cannot be forged (guarantees
+//! 1, 2 and 7): a context read from one key, altered,
 //! truncated, oversized or made up is refused with InvalidArgument, stores
 //! nothing and leaves the key writable; the context a write returns covers
 //! only what its writer saw and the write itself; contexts outlive a

@@ -1,4 +1,4 @@
-//! Seeded fault scenarios (DESIGN.md §5, invariants 1–4): clients run a
+//! Seeded fault scenarios (guarantees 1–4): clients run a
 //! recorded workload while a fault schedule crashes, freezes, partitions or
 //! flaps storage nodes through fault-injecting proxies; then every fault is
 //! healed, every key is read at `all` (repairing replicas), and the history
@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use cohort_client::Client;
-use cohort_coordinator::local::LocalCoordinator;
+use cohort_cluster::LocalCoordinator;
 use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};
 use cohort_tests::audit::{self, Recorder, Workload};
 use cohort_tests::proxy::{Fault, FaultProxy};

@@ -1,4 +1,4 @@
-//! Invariant 5 (DESIGN.md §5): an idempotent retry never applies a write
+//! Guarantee 5: an idempotent retry never applies a write
 //! twice — not when retried through another coordinator, not when duplicates
 //! race, not when the first attempt's outcome was unknown — and an
 //! idempotency key reused for a different request is refused.

@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cohort_cluster::LocalCoordinator;
 use cohort_coordinator::leader::LeaderState;
-use cohort_coordinator::local::LocalCoordinator;
 use cohort_coordinator::metadata::postgres::PostgresMetadata;
 use cohort_coordinator::metadata::{MetadataError, NodeHealth, NodeProbe};
 use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};

@@ -1,4 +1,4 @@
-//! Invariant 1 (DESIGN.md §5): no acknowledged write is lost. With R + W > N
+//! Guarantee 1: no acknowledged write is lost. With R + W > N
 //! and at most N − W replicas down, every acknowledged write is visible to a
 //! later quorum read, including across node restarts. With more replicas
 //! down, requests fail with Unavailable and say how many answered.

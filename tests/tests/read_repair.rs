@@ -1,4 +1,4 @@
-//! Invariant 3 (DESIGN.md §5), read-repair part: a replica that missed a
+//! Guarantee 3, read-repair part: a replica that missed a
 //! write is healed by a read, checked by reading that replica directly.
 
 use std::time::Duration;

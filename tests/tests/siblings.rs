@@ -1,4 +1,4 @@
-//! Invariant 2 (DESIGN.md §5): concurrent writes (same or empty context) are
+//! Guarantee 2: concurrent writes (same or empty context) are
 //! all kept as siblings; a write whose context covers the siblings it read
 //! replaces exactly those.
 

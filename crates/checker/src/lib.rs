@@ -1,5 +1,5 @@
 //! Records what clients of a Cohort cluster did and audits it against the
-//! invariants of the design (DESIGN.md §5).
+//! guarantees of ARCHITECTURE.md ("Guarantees the tests prove").
 //!
 //! A test drives a cluster, records every request in a [`History`], heals its
 //! faults, lets repair run, reads every key at consistency `all` into a

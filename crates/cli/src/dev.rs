@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use cohort_coordinator::local::{LocalCluster, LocalClusterOptions};
+use cohort_cluster::{LocalCluster, LocalClusterOptions};
 use cohort_node::Durability;
 
 use crate::telemetry;

@@ -4,13 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use cohort_coordinator::idempotency::IdempotencyStore;
-use cohort_coordinator::idempotency::embedded::EmbeddedIdempotency;
-use cohort_coordinator::idempotency::redis::RedisIdempotency;
 use cohort_coordinator::metadata::MetadataStore;
 use cohort_coordinator::metadata::embedded::EmbeddedMetadata;
 use cohort_coordinator::metadata::postgres::PostgresMetadata;
 use cohort_coordinator::{CoordinatorConfig, Readiness};
+use cohort_idempotency::IdempotencyStore;
+use cohort_idempotency::embedded::EmbeddedIdempotency;
+use cohort_idempotency::redis::RedisIdempotency;
 use cohort_node::{Durability, NodeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! The `cohort kv` and `cohort admin` command-line contract, run against a
 //! real `cohort dev` process: the JSON that scripts parse, where a value comes
-//! from (argument, stdin, base64), siblings and contexts (DESIGN.md §5
-//! invariant 2), deletes, idempotent retries (invariant 5), and failures that
+//! from (argument, stdin, base64), siblings and contexts (guarantee
+//! 2), deletes, idempotent retries (guarantee 5), and failures that
 //! exit non-zero with one `error: <gRPC code>: …` line on stderr.
 
 #![allow(missing_docs)]

@@ -1,4 +1,4 @@
-//! DESIGN.md §5 invariant 1 across `kill -9`: no acknowledged write is lost.
+//! Guarantee 1 across `kill -9`: no acknowledged write is lost.
 //!
 //! Three `cohort node` processes (durability `fsync`) and one
 //! `cohort coordinator` process serve a tenant with N = 3, W = 2. While

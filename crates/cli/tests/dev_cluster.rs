@@ -1,8 +1,8 @@
 //! `cohort dev` as an operator sees it: it serves `/metrics` and health over
 //! plain HTTP, shuts down gracefully on SIGTERM (exit status 0), and a restart
-//! on the same `--data-dir` keeps every key and tenant (DESIGN.md §5
-//! invariant 1 across a whole-cluster restart, and §2: the dev cluster's
-//! embedded metadata survives a restart).
+//! on the same `--data-dir` keeps every key and tenant (guarantee 1
+//! across a whole-cluster restart, and the dev cluster's embedded metadata
+//! survives a restart).
 
 #![allow(missing_docs)]
 

@@ -1,4 +1,4 @@
-//! Seeded fault scenarios on real processes (DESIGN.md §5, invariants 1–4):
+//! Seeded fault scenarios on real processes (guarantees 1–4):
 //! three `cohort node` processes (durability `fsync`) and a
 //! `cohort coordinator` serve a tenant with N = 3 while clients run the
 //! recorded workload of `cohort_loadtest::workload`, and a fault schedule

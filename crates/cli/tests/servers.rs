@@ -1,5 +1,5 @@
 //! `cohort node` and `cohort coordinator` as separate processes, the way an
-//! operator runs them (DESIGN.md §2 and "Observability and configuration"):
+//! operator runs them (README.md, "Operating"):
 //! the coordinator reports not-ready until a storage node is registered,
 //! both roles serve health and metrics over HTTP, both exit with status 0 on
 //! SIGTERM, and a coordinator restarted on its data directory still knows

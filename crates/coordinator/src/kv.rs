@@ -33,16 +33,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_node::peers::PeerPool;
 use cohort_proto::internal::v1::{CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, WriteTag};
 use cohort_ring::{Actor, CausalContext, Consistency, Dot, QuorumTally, SiblingSet, Verdict};
+use cohort_transport::{Liveness, PeerPool, ReplicaFailure, within};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::oneshot;
 
 use crate::config::{CoordinatorConfig, ReadRepairMode};
 use crate::error::KvError;
-use crate::fanout::{self, ReplicaFailure};
 use crate::metadata::Tenant;
 use crate::topology::{Replica, Topology};
 
@@ -78,36 +77,17 @@ pub struct ReadOutcome {
     pub repair: bool,
 }
 
-/// How long (in node timeouts) a replica that failed to coordinate a write
-/// is passed over as coordinating replica.
+/// How long (in node timeouts) a replica that failed a call stays
+/// suspected: passed over as coordinating replica.
 const SUSPECT_TIMEOUTS: u32 = 5;
-
-/// Replicas that recently failed a call, and until when writes should pass
-/// them over as coordinating replica.
-#[derive(Default)]
-struct Suspects {
-    /// A std mutex: never held across an await.
-    until: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
-}
-
-impl Suspects {
-    fn add(&self, node: &str, node_timeout: Duration) {
-        let until = Instant::now() + node_timeout * SUSPECT_TIMEOUTS;
-        self.until.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), until);
-    }
-
-    fn contains(&self, node: &str) -> bool {
-        self.until.lock().unwrap_or_else(|p| p.into_inner()).get(node).is_some_and(|until| *until > Instant::now())
-    }
-}
 
 /// Drives replicas for key-value requests.
 pub struct KvEngine {
     topology: Arc<Topology>,
     peers: Arc<PeerPool>,
-    /// Replicas that recently failed to coordinate a write, and until when
-    /// to pass them over. A std mutex: never held across an await.
-    suspects: Arc<Suspects>,
+    /// Which replicas are believed down: recently failed ones are passed
+    /// over as coordinating replica.
+    liveness: Arc<Liveness>,
     node_timeout: Duration,
     request_timeout: Duration,
     read_repair: ReadRepairMode,
@@ -158,7 +138,7 @@ fn merge_within(
     let client = peers.node(address);
     async move {
         match client {
-            Ok(client) => fanout::within(timeout, client.merge(request)).await.is_ok(),
+            Ok(client) => within(timeout, client.merge(request)).await.is_ok(),
             Err(_) => false,
         }
     }
@@ -174,12 +154,18 @@ pub struct WriteLimits {
 }
 
 impl KvEngine {
-    /// An engine over the given topology and node clients.
-    pub fn new(topology: Arc<Topology>, peers: Arc<PeerPool>, config: &CoordinatorConfig) -> Self {
+    /// An engine over the given topology and node clients, sharing the
+    /// process's liveness view.
+    pub fn new(
+        topology: Arc<Topology>,
+        peers: Arc<PeerPool>,
+        liveness: Arc<Liveness>,
+        config: &CoordinatorConfig,
+    ) -> Self {
         KvEngine {
             topology,
             peers,
-            suspects: Arc::new(Suspects::default()),
+            liveness,
             node_timeout: Duration::from_millis(config.node_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             read_repair: config.read_repair,
@@ -249,7 +235,7 @@ impl KvEngine {
             };
             // The coordinating replica itself waits up to node_timeout for peers.
             let attempt = remaining.min(self.node_timeout * 2);
-            match fanout::within(attempt, client.coordinate(request)).await {
+            match within(attempt, client.coordinate(request)).await {
                 Ok(response) => {
                     let dot = dot_from_pb(response.dot.as_ref()).ok_or_else(|| {
                         KvError::Internal(format!("node {} answered a write without its dot", coordinator.id))
@@ -267,7 +253,7 @@ impl KvEngine {
                         });
                     }
                     for failure in &response.failures {
-                        self.suspects.add(&failure.node_id, self.node_timeout);
+                        self.suspect(&failure.node_id);
                     }
                     let reasons: Vec<String> =
                         response.failures.iter().map(|f| format!("{}: {}", f.node_id, f.reason)).collect();
@@ -289,7 +275,7 @@ impl KvEngine {
                 // its writer later replaced could then come back: the outcome
                 // is unknown and the client decides.
                 Err(failure) if failure.may_have_acted() => {
-                    self.suspects.add(&coordinator.id, self.node_timeout);
+                    self.suspect(&coordinator.id);
                     return Err(KvError::WriteOutcomeUnknown(format!(
                         "write outcome unknown: coordinating replica {}: {failure}; the write may have been applied",
                         coordinator.id
@@ -298,7 +284,7 @@ impl KvEngine {
                 // The node certainly did nothing: the next replica may
                 // coordinate instead.
                 Err(failure) => {
-                    self.suspects.add(&coordinator.id, self.node_timeout);
+                    self.suspect(&coordinator.id);
                     reasons.push(format!("{}: {failure}", coordinator.id));
                 }
             }
@@ -336,7 +322,7 @@ impl KvEngine {
             async move {
                 let client = client.map_err(|s| format!("{}: {}", replica.id, s.message()))?;
                 let response =
-                    fanout::within(timeout, client.read(request)).await.map_err(|f| format!("{}: {f}", replica.id))?;
+                    within(timeout, client.read(request)).await.map_err(|f| format!("{}: {f}", replica.id))?;
                 Ok((decode_state(&response.state)?, dot_from_pb(response.write_dot.as_ref())))
             }
         });
@@ -383,11 +369,15 @@ impl KvEngine {
         Ok(Some(WriteOutcome { dot, siblings: merged.siblings().len() as u32, acked, required, replication }))
     }
 
+    fn suspect(&self, node: &str) {
+        self.liveness.suspect(node, self.node_timeout * SUSPECT_TIMEOUTS);
+    }
+
     /// The order in which replicas are asked to coordinate a write: the
     /// preference list, with recently failed replicas moved to the end.
     fn coordinator_order(&self, replicas: &[Replica]) -> Vec<usize> {
         let (mut healthy, doubtful): (Vec<usize>, Vec<usize>) =
-            (0..replicas.len()).partition(|&i| !self.suspects.contains(&replicas[i].id));
+            (0..replicas.len()).partition(|&i| !self.liveness.is_suspect(&replicas[i].id));
         healthy.extend(doubtful);
         healthy
     }
@@ -415,7 +405,7 @@ impl KvEngine {
             peers: self.peers.clone(),
             node_timeout: self.node_timeout,
             mode: self.read_repair,
-            suspects: self.suspects.clone(),
+            liveness: self.liveness.clone(),
         };
         tokio::spawn(round.run(reply));
         answer.await.map_err(|_| KvError::Internal("read task ended without an answer".into()))?
@@ -432,7 +422,7 @@ struct ReadRound {
     peers: Arc<PeerPool>,
     node_timeout: Duration,
     mode: ReadRepairMode,
-    suspects: Arc<Suspects>,
+    liveness: Arc<Liveness>,
 }
 
 type Reply = oneshot::Sender<Result<ReadOutcome, KvError>>;
@@ -450,7 +440,7 @@ impl ReadRound {
                 async move {
                     let result = match client {
                         Err(status) => Err(status.message().to_string()),
-                        Ok(client) => match fanout::within(timeout, client.read(request)).await {
+                        Ok(client) => match within(timeout, client.read(request)).await {
                             Ok(response) => decode_state(&response.state),
                             Err(failure) => Err(failure.to_string()),
                         },
@@ -471,7 +461,7 @@ impl ReadRound {
                 }
                 Err(reason) => {
                     tally.failed(&replica.id);
-                    self.suspects.add(&replica.id, self.node_timeout);
+                    self.liveness.suspect(&replica.id, self.node_timeout * SUSPECT_TIMEOUTS);
                     failures.push(format!("{}: {reason}", replica.id));
                 }
             }

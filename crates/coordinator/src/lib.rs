@@ -12,12 +12,8 @@
 //! - [`metadata`]: the metadata store contract (tenants, nodes, ring version,
 //!   leader lease, node health) and its embedded and PostgreSQL
 //!   implementations.
-//! - [`idempotency`]: the idempotency record contract and its embedded
-//!   implementation.
 //! - [`contexts`]: sealing the causal contexts handed to clients, and
 //!   opening the ones they send back.
-//! - [`fanout`]: calls to replicas under a deadline, and the typed reason one
-//!   failed.
 //! - [`topology`]: the current ring and node addresses, refreshed from metadata.
 //! - [`tenants`]: the tenant cache.
 //! - [`kv`]: the quorum write and read paths, and read repair.
@@ -29,19 +25,20 @@
 //!   probe, recorded in metadata under that fence.
 //! - [`worker`]: one runner for background work, with statuses the admin
 //!   API shows.
-//! - [`local`]: an in-process cluster of nodes and coordinators (dev, tests).
 //!
-//! **Architecture invariant:** the coordinator never issues a dot or keeps a
-//! clock of its own; versions are created only by storage nodes.
+//! Storage nodes are reached only through `cohort-transport`
+//! (`PeerPool`, `within`, `Liveness`); idempotency records live in
+//! `cohort-idempotency`.
+//!
+//! **Architecture invariants:** the coordinator never issues a dot or keeps
+//! a clock of its own; versions are created only by storage nodes. It never
+//! depends on `cohort-node` or on a storage engine.
 
 pub mod config;
 pub mod contexts;
 pub mod error;
-pub mod fanout;
-pub mod idempotency;
 pub mod kv;
 pub mod leader;
-pub mod local;
 pub mod metadata;
 pub mod probe;
 pub mod server;

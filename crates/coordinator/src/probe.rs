@@ -12,9 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort_node::peers::PeerPool;
-use cohort_proto::internal::v1::InfoRequest;
-
+use cohort_transport::{Liveness, PeerPool, within};
 use tonic::async_trait;
 
 use crate::metadata::{MetadataError, MetadataStore, NodeProbe};
@@ -27,6 +25,9 @@ pub struct Probe {
     pub topology: Arc<Topology>,
     /// Clients of the nodes.
     pub peers: Arc<PeerPool>,
+    /// The process's liveness view: a node that does not answer a probe is
+    /// suspected until the next round.
+    pub liveness: Arc<Liveness>,
     /// Where each round is recorded.
     pub metadata: Arc<dyn MetadataStore>,
     /// The leader generation that fences the records.
@@ -49,16 +50,18 @@ impl Worker for Probe {
     /// once the store refuses a record because `generation` was deposed.
     async fn work(&mut self) -> Result<Step, String> {
         let placement = self.topology.current();
-        let timeout = self.timeout;
+        let (timeout, interval) = (self.timeout, self.interval);
         let probes = placement.ring.nodes().iter().map(|node| {
             let client = placement.address(&node.id).map(|address| self.peers.node(address));
+            let liveness = &self.liveness;
             async move {
                 let up = match client {
-                    Some(Ok(client)) => {
-                        matches!(tokio::time::timeout(timeout, client.raw().info(InfoRequest {})).await, Ok(Ok(_)))
-                    }
+                    Some(Ok(client)) => within(timeout, client.info()).await.is_ok(),
                     _ => false,
                 };
+                if !up {
+                    liveness.suspect(&node.id, interval + timeout);
+                }
                 metrics::gauge!("cohort_storage_node_up", "node" => node.id.clone()).set(if up { 1.0 } else { 0.0 });
                 NodeProbe { node: node.id.clone(), up }
             }

@@ -5,17 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cohort_node::InProcessNodes;
-use cohort_node::peers::PeerPool;
 use cohort_proto::v1::admin_server::AdminServer;
 use cohort_proto::v1::key_value_server::KeyValueServer;
+use cohort_transport::{InProcessNodes, Liveness, PeerPool};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::CoordinatorConfig;
 use crate::contexts::ContextSeals;
-use crate::idempotency::IdempotencyStore;
 use crate::kv::KvEngine;
 use crate::leader::{self, LeaderState};
 use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
@@ -23,6 +21,7 @@ use crate::service::{AdminService, KvService};
 use crate::tenants::TenantCache;
 use crate::topology::Topology;
 use crate::worker::{Periodic, Step, Worker, WorkerStatuses, Workers};
+use cohort_idempotency::IdempotencyStore;
 
 /// Largest request the public API decodes. Above the value limit, so that an
 /// oversize value gets a clear InvalidArgument rather than a transport error.
@@ -44,6 +43,8 @@ pub struct Coordinator {
     pub engine: KvEngine,
     /// Clients of the storage nodes.
     pub peers: Arc<PeerPool>,
+    /// Which storage nodes this process believes down.
+    pub liveness: Arc<Liveness>,
     /// The keys that seal causal contexts.
     pub contexts: ContextSeals,
     /// How this coordinator's background workers are doing.
@@ -90,7 +91,8 @@ impl Coordinator {
             Some(nodes) => PeerPool::with_in_process(timeout, nodes),
             None => PeerPool::new(timeout),
         });
-        let engine = KvEngine::new(topology.clone(), peers.clone(), &config);
+        let liveness = Arc::new(Liveness::new());
+        let engine = KvEngine::new(topology.clone(), peers.clone(), liveness.clone(), &config);
         let tenants = TenantCache::new(metadata.clone(), Duration::from_millis(config.tenant_cache_ttl_ms));
         let (leadership, _) = watch::channel(LeaderState::default());
         Ok(Arc::new(Coordinator {
@@ -101,6 +103,7 @@ impl Coordinator {
             topology,
             engine,
             peers,
+            liveness,
             contexts,
             workers: WorkerStatuses::default(),
             leadership,
@@ -242,6 +245,7 @@ fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
         let probe = crate::probe::Probe {
             topology: coordinator.topology.clone(),
             peers: coordinator.peers.clone(),
+            liveness: coordinator.liveness.clone(),
             metadata: coordinator.metadata.clone(),
             generation,
             interval: Duration::from_millis(coordinator.config.node_probe_ms),
@@ -283,7 +287,7 @@ pub async fn serve(
             KeyValueServer::new(KvService::new(coordinator.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(AdminServer::new(AdminService::new(coordinator.clone())))
-        .serve_with_incoming_shutdown(cohort_node::server::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(cohort_transport::incoming(listener), shutdown)
         .await;
     // Give the lease up so another coordinator leads at once.
     let _ = stop_election.send(true);

@@ -8,25 +8,30 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_node::config::valid_node_id;
 use cohort_proto::internal::v1 as internal;
 use cohort_proto::v1 as pb;
 use cohort_proto::v1::admin_server::Admin;
 use cohort_proto::v1::key_value_server::KeyValue;
-use cohort_ring::{CausalContext, Consistency, ReplicationConfig, ring::MAX_VNODES};
+use cohort_ring::{CausalContext, Consistency, ReplicationConfig, ring::MAX_VNODES, valid_node_id};
+use cohort_transport::{ReplicaFailure, within};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::config::IdempotencyFallback;
 use crate::error::KvError;
-use crate::idempotency::{Claim, Fingerprint};
 use crate::kv::{ReadOutcome, WriteLimits, WriteOutcome};
 use crate::metadata::{
     DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, MetadataError, NodeHealth, NodeRecord, NodeState, Tenant,
 };
 use crate::server::Coordinator;
 use crate::validate;
+use cohort_idempotency::{Claim, Fingerprint};
+
+/// Seconds since the Unix epoch.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 /// How often a request waits on a twin still in flight before looking again.
 const IN_FLIGHT_POLL: Duration = Duration::from_millis(20);
@@ -243,7 +248,7 @@ impl KvService {
                 }
             }
         };
-        let expires_at = cohort_node::store::now_secs() + c.config.idempotency_ttl_secs;
+        let expires_at = now_secs() + c.config.idempotency_ttl_secs;
         let write = internal::WriteTag { id: write_id(&tenant_id, &idem, &fingerprint), expires_at };
         let result = if settle {
             // An earlier attempt may have applied: find its version first.
@@ -459,16 +464,14 @@ impl AdminService {
         let c = &self.coordinator;
         let client = c.peers.node(address).map_err(|s| KvError::InvalidArgument(s.message().to_string()))?;
         let timeout = Duration::from_millis(c.config.node_timeout_ms);
-        let info = match tokio::time::timeout(timeout, client.raw().info(internal::InfoRequest {})).await {
-            Ok(Ok(info)) => info.into_inner(),
-            Ok(Err(status)) => {
+        let info = match within(timeout, client.info()).await {
+            Ok(info) => info,
+            Err(failure @ (ReplicaFailure::Refused { .. } | ReplicaFailure::NotSent(_) | ReplicaFailure::Lost(_))) => {
                 return Err(KvError::FailedPrecondition(format!(
-                    "cannot verify node {id:?}: the node at {address} answered {:?}: {}; start it first",
-                    status.code(),
-                    status.message()
+                    "cannot verify node {id:?}: the node at {address} answered {failure}; start it first"
                 )));
             }
-            Err(_) => {
+            Err(ReplicaFailure::TimedOut(_)) => {
                 return Err(KvError::FailedPrecondition(format!(
                     "cannot verify node {id:?}: nothing at {address} answered within {} ms; start it first",
                     timeout.as_millis()

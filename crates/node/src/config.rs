@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use cohort_ring::valid_node_id;
 use serde::{Deserialize, Serialize};
 
 /// When a write counts as durable.
@@ -57,9 +58,4 @@ impl NodeConfig {
         }
         Ok(())
     }
-}
-
-/// Whether `id` is a valid node id: 1-64 characters from `[A-Za-z0-9_.-]`.
-pub fn valid_node_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }

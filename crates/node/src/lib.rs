@@ -5,10 +5,11 @@
 //! internal `Storage` gRPC API to coordinators and to the other nodes.
 //!
 //! - [`store`]: the durable sibling-set store with group commit.
-//! - [`service`]: the gRPC service, including the coordinating-replica write
-//!   path that applies a new version and fans it out to the other replicas.
-//! - [`peers`]: a cache of gRPC channels to other nodes, shared with
-//!   coordinators.
+//! - [`handler`]: [`StorageNode`], the node's handling of each internal
+//!   operation, including the coordinating-replica write path that applies
+//!   a new version and fans it out to the other replicas. It implements the
+//!   transport's `StorageHandler`; the gRPC service, the pipelined stream
+//!   and the clients of other nodes live in `cohort-transport`.
 //! - [`server`]: wiring — open the store, serve on a bound listener until a
 //!   shutdown future completes.
 //!
@@ -17,12 +18,11 @@
 //! the group commit that covers it has completed.
 
 pub mod config;
-pub mod peers;
+pub mod handler;
 pub mod server;
-pub mod service;
 pub mod store;
 
 pub use config::{Durability, NodeConfig};
-pub use peers::InProcessNodes;
+pub use handler::StorageNode;
 pub use server::{NodeHandle, serve, serve_with};
 pub use store::{Store, StoreError};

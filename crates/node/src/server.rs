@@ -5,12 +5,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use cohort_proto::internal::v1::storage_server::StorageServer;
+use cohort_transport::limits::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
+use cohort_transport::{InProcessNodes, PeerPool, StorageEndpoint, StorageHandler, incoming};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use crate::config::NodeConfig;
-use crate::peers::{InProcessNodes, MAX_MESSAGE_BYTES, PeerPool};
-use crate::service::StorageService;
+use crate::handler::StorageNode;
 use crate::store::{Store, StoreError};
 
 /// How often expired write records are purged.
@@ -75,11 +75,11 @@ pub async fn serve_with(
         None => PeerPool::new(peer_timeout),
     });
     let (stop_pipelines, stopping) = tokio::sync::watch::channel(false);
-    let service = StorageService::new(&config.id, store.clone(), peers, peer_timeout, stopping);
+    let node = Arc::new(StorageNode::new(&config.id, store.clone(), peers, peer_timeout));
     let registered = match (&in_process, listener.local_addr()) {
         (Some(nodes), Ok(address)) => {
             let address = address.to_string();
-            nodes.register(&address, service.clone());
+            nodes.register(&address, node.clone() as Arc<dyn StorageHandler>, stopping.clone());
             Some((nodes.clone(), address))
         }
         _ => None,
@@ -90,14 +90,14 @@ pub async fn serve_with(
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<StorageServer<StorageService>>().await;
+    health.set_serving::<StorageServer<StorageEndpoint<StorageNode>>>().await;
     let watched = store.clone();
     let health_watch = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
             if watched.is_poisoned() {
-                health.set_not_serving::<StorageServer<StorageService>>().await;
+                health.set_not_serving::<StorageServer<StorageEndpoint<StorageNode>>>().await;
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 return;
             }
@@ -122,14 +122,10 @@ pub async fn serve_with(
     on_ready(NodeHandle { store: Arc::downgrade(&store) });
     tracing::info!(node = %config.id, actor = %store.actor(), address = ?listener.local_addr().ok(), "storage node serving");
     let result = tonic::transport::Server::builder()
-        .initial_stream_window_size(crate::peers::STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(crate::peers::CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
-        .add_service(
-            StorageServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        .add_service(StorageEndpoint::new(node, stopping).into_server())
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     for task in [health_watch, purge] {
@@ -147,10 +143,4 @@ pub async fn serve_with(
     }
     tracing::info!(node = %config.id, "storage node stopped");
     result.map_err(ServeError::from)
-}
-
-/// Accepted connections with Nagle's algorithm off: small gRPC frames must
-/// not wait for a delayed ACK (about 40 ms on Linux).
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -1,4 +1,4 @@
-//! Invariant 7 (bad input never panics a process): every internal message
+//! Guarantee 7 (bad input never panics a process): every internal message
 //! decoder, and the node's handling of whatever decodes, answers arbitrary
 //! bytes with an error — never a panic or an unbounded allocation. Bytes
 //! are tried bare and behind each real format byte, so they reach past the
@@ -10,20 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_node::peers::PeerPool;
-use cohort_node::service::StorageService;
+use cohort_node::StorageNode;
 use cohort_node::{Durability, Store};
 use cohort_proto::internal::v1::pipeline_request::Op;
-use cohort_proto::internal::v1::storage_server::Storage;
 use cohort_proto::internal::v1::{
     CoordinateRequest, CoordinateResponse, Dot, MergeRequest, PipelineRequest, PipelineResponse, ReadRequest,
     ReadResponse, WriteTag,
 };
+use cohort_transport::PeerPool;
+use cohort_transport::StorageHandler;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use prost::Message;
-use tonic::{Code, Request};
+use tonic::Code;
 
 fn acceptable(result: Result<(), tonic::Status>) -> Result<(), TestCaseError> {
     if let Err(status) = result {
@@ -40,9 +40,8 @@ fn arbitrary_bytes_never_panic_a_node() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(runtime.block_on(async { Store::open(dir.path(), "n1", Durability::Flush) }).unwrap());
-    let (_stop, stopping) = tokio::sync::watch::channel(false);
     let peers = Arc::new(PeerPool::new(Duration::from_millis(100)));
-    let service = StorageService::new("n1", store, peers, Duration::from_millis(100), stopping);
+    let service = StorageNode::new("n1", store, peers, Duration::from_millis(100));
     let mut runner = TestRunner::new(Config::with_cases(512));
     let input = (vec(any::<u8>(), 0..200), 0u8..4, vec(any::<u8>(), 0..80));
     runner
@@ -67,7 +66,7 @@ fn arbitrary_bytes_never_panic_a_node() {
                         counter: raw.len() as u64,
                     }),
                 };
-                acceptable(service.merge(Request::new(merge)).await.map(drop))?;
+                acceptable(service.merge(merge).await.map(drop))?;
                 let coordinate = CoordinateRequest {
                     tenant: "t".into(),
                     key: Bytes::from_static(b"k"),
@@ -78,18 +77,18 @@ fn arbitrary_bytes_never_panic_a_node() {
                     write: tag,
                     ..Default::default()
                 };
-                acceptable(service.coordinate(Request::new(coordinate)).await.map(drop))?;
+                acceptable(service.coordinate(coordinate).await.map(drop))?;
                 let read = ReadRequest { tenant: "t".into(), key: Bytes::from_static(b"k"), write_id: Bytes::from(id) };
-                acceptable(service.read(Request::new(read)).await.map(drop))?;
+                acceptable(service.read(read).await.map(drop))?;
                 // Whatever decodes as a pipelined request, run as sent.
                 if let Ok(PipelineRequest { op: Some(op), .. }) = PipelineRequest::decode(bytes) {
                     let result = match op {
-                        Op::Read(r) => service.read(Request::new(r)).await.map(drop),
-                        Op::Merge(m) => service.merge(Request::new(m)).await.map(drop),
+                        Op::Read(r) => service.read(r).await.map(drop),
+                        Op::Merge(m) => service.merge(m).await.map(drop),
                         // A decoded coordinate may name peers: send it to none.
                         Op::Coordinate(c) => {
                             let c = CoordinateRequest { peers: Vec::new(), write_quorum: 1, ..c };
-                            service.coordinate(Request::new(c)).await.map(drop)
+                            service.coordinate(c).await.map(drop)
                         }
                     };
                     acceptable(result)?;

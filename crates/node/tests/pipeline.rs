@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_node::peers::PeerPool;
 use cohort_node::{Durability, NodeConfig, serve};
 use cohort_proto::internal::v1::{CoordinateRequest, ReadRequest};
+use cohort_transport::PeerPool;
 
 /// A node serving on an ephemeral port: its address, the sender that stops
 /// it, its task, and its handle once the store is open.

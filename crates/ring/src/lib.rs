@@ -29,6 +29,6 @@ pub mod token;
 pub use context::{ContextKey, TokenError};
 pub use dvv::{Actor, CausalContext, DecodeError, Dot, DotsExhausted, Sibling, SiblingSet, VersionVector};
 pub use quorum::{Consistency, QuorumError, ReplicationConfig};
-pub use ring::{NodeId, NodeSpec, Ring, RingError};
+pub use ring::{NodeId, NodeSpec, Ring, RingError, valid_node_id};
 pub use tally::{QuorumTally, Verdict};
 pub use token::{Token, token_for};

@@ -203,6 +203,11 @@ impl Ring {
     }
 }
 
+/// Whether `id` is a valid node id: 1-64 characters from `[A-Za-z0-9_.-]`.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@ pub mod redis;
 
 use std::time::Duration;
 
-use tonic::async_trait;
+use async_trait::async_trait;
 
 /// A SHA-256 digest of everything that makes a request what it is.
 pub type Fingerprint = [u8; 32];

@@ -1,17 +1,19 @@
 //! Calls to replicas under a deadline, and why one failed.
 //!
-//! Every call the coordinator makes to a replica goes through [`within`],
-//! which bounds it by the node timeout and classifies a failure once, as a
-//! typed [`ReplicaFailure`]: whether the request never left, was refused
-//! (with its status code), or got no answer — the distinction that decides
-//! whether a write may have been applied.
+//! Every call a coordinator or a coordinating replica makes to a replica
+//! goes through [`within`], which bounds it by a deadline and classifies a
+//! failure once, as a typed [`ReplicaFailure`]: whether the request never
+//! left, was refused (with its status code), or got no answer — the
+//! distinction that decides whether a write may have been applied.
 
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use cohort_node::peers::NodeError;
+use cohort_proto::internal::v1::{FailureKind, PeerFailure};
 use tonic::Code;
+
+use crate::client::NodeError;
 
 /// Why a call to one replica failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +65,38 @@ impl fmt::Display for ReplicaFailure {
     }
 }
 
+impl ReplicaFailure {
+    /// The failure as a coordinating replica reports it for `node_id`.
+    pub fn to_pb(&self, node_id: &str) -> PeerFailure {
+        let (kind, code, timeout_ms) = match self {
+            ReplicaFailure::NotSent(_) => (FailureKind::NotSent, 0, 0),
+            ReplicaFailure::Refused { code, .. } => (FailureKind::Refused, *code as i32, 0),
+            ReplicaFailure::Lost(_) => (FailureKind::Lost, 0, 0),
+            ReplicaFailure::TimedOut(deadline) => {
+                (FailureKind::TimedOut, 0, deadline.as_millis().min(u32::MAX.into()) as u32)
+            }
+        };
+        let reason = match self {
+            ReplicaFailure::NotSent(why) | ReplicaFailure::Lost(why) => why.clone(),
+            ReplicaFailure::Refused { message, .. } => message.clone(),
+            ReplicaFailure::TimedOut(_) => String::new(),
+        };
+        PeerFailure { node_id: node_id.to_string(), reason, kind: kind as i32, code, timeout_ms }
+    }
+
+    /// A reported failure. An unknown kind counts as lost: nothing is
+    /// assumed about whether the replica acted.
+    pub fn from_pb(failure: &PeerFailure) -> Self {
+        let why = failure.reason.clone();
+        match FailureKind::try_from(failure.kind).unwrap_or(FailureKind::Unspecified) {
+            FailureKind::NotSent => ReplicaFailure::NotSent(why),
+            FailureKind::Refused => ReplicaFailure::Refused { code: Code::from(failure.code), message: why },
+            FailureKind::TimedOut => ReplicaFailure::TimedOut(Duration::from_millis(failure.timeout_ms.into())),
+            FailureKind::Lost | FailureKind::Unspecified => ReplicaFailure::Lost(why),
+        }
+    }
+}
+
 /// Runs `call` for at most `deadline`.
 pub async fn within<T>(
     deadline: Duration,
@@ -96,5 +130,22 @@ mod tests {
         let failure = slow.await.unwrap_err();
         assert!(failure.may_have_acted());
         assert_eq!(failure.to_string(), "no answer within 1 ms");
+    }
+
+    #[test]
+    fn a_reported_failure_keeps_its_kind_across_the_wire() {
+        let failures = [
+            ReplicaFailure::NotSent("no route".into()),
+            ReplicaFailure::Refused { code: Code::FailedPrecondition, message: "cap".into() },
+            ReplicaFailure::Lost("eof".into()),
+            ReplicaFailure::TimedOut(Duration::from_millis(250)),
+        ];
+        for failure in failures {
+            let reported = failure.to_pb("n2");
+            assert_eq!(reported.node_id, "n2");
+            assert_eq!(ReplicaFailure::from_pb(&reported), failure);
+        }
+        let unknown = PeerFailure { node_id: "n2".into(), reason: "?".into(), kind: 99, ..Default::default() };
+        assert!(ReplicaFailure::from_pb(&unknown).may_have_acted(), "an unknown kind assumes nothing");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Claim, IdempotencyStore};
+use crate::{Claim, IdempotencyStore};
 
 const DAY: Duration = Duration::from_secs(86_400);
 

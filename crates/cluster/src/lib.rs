@@ -4,7 +4,8 @@
 //! directly (the nodes still listen, for clients outside the process).
 //!
 //! `cohort dev` runs one; the integration tests run many, stopping and
-//! restarting nodes under them. Everything lives under one data directory:
+//! restarting nodes under them. This is the one library crate that knows
+//! both the storage node and the coordinator. Everything lives under one data directory:
 //! `metadata/`, `idempotency/` and `node-<i>/`.
 
 use std::net::SocketAddr;
@@ -16,13 +17,14 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::CoordinatorConfig;
-use crate::idempotency::IdempotencyStore;
-use crate::idempotency::embedded::EmbeddedIdempotency;
-use crate::metadata::embedded::EmbeddedMetadata;
-use crate::metadata::{MetadataError, MetadataStore, NodeRecord, NodeState};
-use crate::server::{Coordinator, serve};
-use crate::service::DEFAULT_REPLICATION;
+use cohort_coordinator::config::CoordinatorConfig;
+use cohort_coordinator::metadata::embedded::EmbeddedMetadata;
+use cohort_coordinator::metadata::{MetadataError, MetadataStore, NodeRecord, NodeState};
+use cohort_coordinator::server::{Coordinator, serve};
+use cohort_coordinator::service::DEFAULT_REPLICATION;
+use cohort_idempotency::IdempotencyStore;
+use cohort_idempotency::embedded::EmbeddedIdempotency;
+use cohort_transport::InProcessNodes;
 
 /// How to start a local cluster.
 #[derive(Debug, Clone)]
@@ -129,7 +131,7 @@ pub struct LocalCluster {
     /// Addresses nodes are registered under instead of their own (a proxy).
     routes: Vec<Option<String>>,
     /// The nodes of this process, when calls to them skip the network.
-    in_process: Option<Arc<cohort_node::InProcessNodes>>,
+    in_process: Option<Arc<InProcessNodes>>,
     /// The first coordinator.
     pub coordinator: LocalCoordinator,
 }
@@ -150,7 +152,7 @@ async fn start_node(
     metadata: &dyn MetadataStore,
     listen: SocketAddr,
     registered: Option<&str>,
-    in_process: Option<Arc<cohort_node::InProcessNodes>>,
+    in_process: Option<Arc<InProcessNodes>>,
 ) -> Result<RunningNode, LocalClusterError> {
     let id = node_id(index);
     let listener = bind(listen).await?;
@@ -234,7 +236,9 @@ impl LocalCluster {
                     let n = DEFAULT_REPLICATION.min(options.nodes.max(1) as u32);
                     let replication = cohort_ring::ReplicationConfig::majority(n)
                         .map_err(|e| LocalClusterError::Store(e.to_string()))?;
-                    metadata.create_tenant(tenant, replication, crate::metadata::DEFAULT_MAX_SIBLINGS).await?;
+                    metadata
+                        .create_tenant(tenant, replication, cohort_coordinator::metadata::DEFAULT_MAX_SIBLINGS)
+                        .await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -252,7 +256,7 @@ impl LocalCluster {
         metadata: &Arc<dyn MetadataStore>,
         idempotency: &Arc<dyn IdempotencyStore>,
         number: usize,
-        in_process: Option<Arc<cohort_node::InProcessNodes>>,
+        in_process: Option<Arc<InProcessNodes>>,
     ) -> Result<LocalCoordinator, LocalClusterError> {
         let listener = bind(listen).await?;
         let address = listener.local_addr().map_err(|e| LocalClusterError::Bind(listen, e))?;

@@ -10,69 +10,29 @@
 //! `Unavailable` and the next call opens a new one.
 //!
 //! A pool may share an [`InProcessNodes`] directory: calls to a node that is
-//! served by this very process (as in `cohort dev`) then skip the network
-//! altogether — no TCP, HTTP/2 or protobuf — and run the node's handler
-//! directly. Calls to nodes elsewhere, or registered under another address
-//! (a proxy in front of them), still go over gRPC.
+//! served by this very process (as in `cohort dev`) then run the node's
+//! handler directly.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::storage_client::StorageClient;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, MergeRequest, MergeResponse, PipelineRequest, PipelineResponse, ReadRequest,
-    ReadResponse,
+    CoordinateRequest, CoordinateResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineRequest,
+    PipelineResponse, ReadRequest, ReadResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::service::StorageService;
-
-/// Largest message accepted on the internal API (a sibling set with many
-/// large siblings can exceed tonic's 4 MiB default).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
-/// HTTP/2 flow-control windows: one stream carries many operations, so its
-/// window must hold many values in flight at once.
-pub const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
-/// See [`STREAM_WINDOW_BYTES`].
-pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
-
-/// Storage nodes served by this process, by the address they listen on.
-#[derive(Default)]
-pub struct InProcessNodes {
-    /// A std lock: held only to look up, insert or remove.
-    nodes: RwLock<HashMap<String, StorageService>>,
-}
-
-impl std::fmt::Debug for InProcessNodes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
-        f.debug_set().entries(nodes.keys()).finish()
-    }
-}
-
-impl InProcessNodes {
-    /// Makes the node serving `service` reachable in-process at `address`.
-    pub fn register(&self, address: &str, service: StorageService) {
-        self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(address.to_string(), service);
-    }
-
-    /// Removes the node at `address` (it stopped).
-    pub fn unregister(&self, address: &str) {
-        self.nodes.write().unwrap_or_else(|p| p.into_inner()).remove(address);
-    }
-
-    fn get(&self, address: &str) -> Option<StorageService> {
-        self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(address).cloned()
-    }
-}
+use crate::directory::InProcessNodes;
+use crate::handler;
+use crate::limits::{CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES};
 
 /// Lazily connected clients to storage nodes, keyed by address.
 #[derive(Debug)]
@@ -220,9 +180,23 @@ fn unexpected(what: &str) -> NodeError {
 }
 
 impl NodeClient {
-    /// The unary client, for calls that are not pipelined (`Info`).
+    /// The unary client, for calls that are not pipelined.
     pub fn raw(&self) -> StorageClient<Channel> {
         self.raw.clone()
+    }
+
+    /// Asks the node who it is (a unary call, or a direct one in-process).
+    pub async fn info(&self) -> Result<InfoResponse, NodeError> {
+        if let Some(node) = self.in_process.as_ref().and_then(|nodes| nodes.get(&self.address)) {
+            return node.handler.info().await.map_err(NodeError::Rejected);
+        }
+        match self.raw.clone().info(InfoRequest {}).await {
+            Ok(response) => Ok(response.into_inner()),
+            // No answer at all: the call may not have reached the node; an
+            // info call changes nothing either way.
+            Err(status) if status.code() == tonic::Code::Unavailable => Err(NodeError::NotSent(status)),
+            Err(status) => Err(NodeError::Rejected(status)),
+        }
     }
 
     /// Reads a key's local state on the node.
@@ -251,8 +225,16 @@ impl NodeClient {
     }
 
     async fn call(&self, op: Op) -> Result<Answer, NodeError> {
-        if let Some(service) = self.in_process.as_ref().and_then(|nodes| nodes.get(&self.address)) {
-            return service.call_in_process(op).await;
+        if let Some(node) = self.in_process.as_ref().and_then(|nodes| nodes.get(&self.address)) {
+            // As a pipelined call would be: refused as never acted on once
+            // the node is shutting down.
+            if *node.stopping.borrow() {
+                return Err(NodeError::NotSent(Status::unavailable("storage node is shutting down")));
+            }
+            return match handler::run(&*node.handler, Some(op)).await {
+                Answer::Error(error) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
+                answer => Ok(answer),
+            };
         }
         // A message the stream cannot carry would end it, failing every
         // other call on it: refuse it alone, before it is sent.

@@ -29,12 +29,12 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use fred::prelude::{Builder, ClientLike, Config, Error as RedisError, ReconnectPolicy, Value};
 use fred::types::scripts::Script;
-use tonic::async_trait;
 
-use super::{Claim, Fingerprint, IdempotencyError, IdempotencyStore};
+use crate::{Claim, Fingerprint, IdempotencyError, IdempotencyStore};
 
 /// How long [`RedisIdempotency::connect`] waits for the first connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -410,7 +410,7 @@ mod tests {
     }
 
     async fn checks(store: &RedisIdempotency, prefix: &str) {
-        super::super::contract::run(store).await;
+        crate::contract::run(store).await;
         let day = Duration::from_secs(86_400);
 
         // Done records live in Redis, not in the connection.
@@ -434,7 +434,7 @@ mod tests {
         assert!(store.claim("t", "odd", &[3; 32], "o", day).await.is_err());
 
         let ttl = Duration::from_millis(300);
-        super::super::contract::lapse(&connect(prefix, ttl).await, ttl).await;
+        crate::contract::lapse(&connect(prefix, ttl).await, ttl).await;
         racing_claims_yield_one_winner(prefix).await;
     }
 

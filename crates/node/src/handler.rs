@@ -1,4 +1,6 @@
-//! The internal `Storage` gRPC service.
+//! What a storage node does with each internal operation: the
+//! [`StorageHandler`] the transport calls, however the request arrived
+//! (unary gRPC, a pipelined stream, or in-process).
 //!
 //! The write path for a new version runs here, on the *coordinating replica*
 //! (the first reachable node of the key's preference list): the node issues
@@ -11,28 +13,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_proto::internal::v1::pipeline_request::Op;
-use cohort_proto::internal::v1::pipeline_response::Result as Answer;
-use cohort_proto::internal::v1::storage_server::Storage;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, Dot as PbDot, InfoRequest, InfoResponse, MergeRequest, MergeResponse,
-    PeerFailure, PipelineError, PipelineRequest, PipelineResponse, ReadRequest, ReadResponse, WriteTag as PbWriteTag,
+    CoordinateRequest, CoordinateResponse, Dot as PbDot, InfoResponse, MergeRequest, MergeResponse, ReadRequest,
+    ReadResponse, WriteTag as PbWriteTag,
 };
 use cohort_ring::{Actor, CausalContext, Dot, QuorumTally, SiblingSet, Verdict};
+use cohort_transport::{PeerPool, ReplicaFailure, StorageHandler, within};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
-use crate::peers::{MAX_MESSAGE_BYTES, NodeError, PeerPool};
 use crate::store::{Store, StoreError, WriteLimits, WriteTag};
 
 /// A replica's acknowledgement of a coordinated write: its id, and whether
 /// it holds the version durably (or why not).
-type Ack = (String, Result<(), String>);
+type Ack = (String, Result<(), ReplicaFailure>);
 
 /// The local sync and peer sends of one coordinated write. Dropped with
 /// some still running, it hands them to a background task.
@@ -59,30 +55,18 @@ impl Drop for Replication {
 /// Longest tenant id, which the storage key encoding relies on.
 const MAX_TENANT_BYTES: usize = 63;
 
-/// The storage node's gRPC service.
-#[derive(Clone)]
-pub struct StorageService {
+/// A storage node's handling of the internal operations.
+pub struct StorageNode {
     node_id: Arc<str>,
     store: Arc<Store>,
     peers: Arc<PeerPool>,
     peer_timeout: Duration,
-    /// Turns true when the server starts shutting down: open pipelines stop
-    /// taking requests and end once their operations have answered, so
-    /// graceful shutdown does not wait on streams that never end.
-    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-impl StorageService {
-    /// A service over `store`, reaching other replicas through `peers`;
-    /// `stopping` turns true when the server shuts down.
-    pub fn new(
-        node_id: &str,
-        store: Arc<Store>,
-        peers: Arc<PeerPool>,
-        peer_timeout: Duration,
-        stopping: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        StorageService { node_id: node_id.into(), store, peers, peer_timeout, stopping }
+impl StorageNode {
+    /// A node over `store`, reaching other replicas through `peers`.
+    pub fn new(node_id: &str, store: Arc<Store>, peers: Arc<PeerPool>, peer_timeout: Duration) -> Self {
+        StorageNode { node_id: node_id.into(), store, peers, peer_timeout }
     }
 }
 
@@ -98,11 +82,6 @@ fn status_from(error: StoreError) -> Status {
         }
     }
 }
-
-/// The largest answer a pipeline carries: an answer that would not fit in
-/// one message becomes an error for its own operation, so that it never
-/// breaks the stream every other operation to this node shares.
-const MAX_ANSWER_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
 
 fn dot_to_pb(dot: &Dot) -> PbDot {
     PbDot { actor: dot.actor.0.clone(), counter: dot.counter }
@@ -135,81 +114,9 @@ fn check_target(tenant: &str, key: &[u8]) -> Result<(), Status> {
     Ok(())
 }
 
-impl StorageService {
-    /// Runs one pipelined operation as its unary call would.
-    async fn run(&self, op: Option<Op>) -> Answer {
-        let result = match op {
-            Some(Op::Read(request)) => self.read(Request::new(request)).await.map(|r| Answer::Read(r.into_inner())),
-            Some(Op::Merge(request)) => self.merge(Request::new(request)).await.map(|r| Answer::Merge(r.into_inner())),
-            Some(Op::Coordinate(request)) => {
-                self.coordinate(Request::new(request)).await.map(|r| Answer::Coordinate(r.into_inner()))
-            }
-            None => Err(Status::invalid_argument("pipeline request without an operation")),
-        };
-        result.unwrap_or_else(|status| {
-            Answer::Error(PipelineError { code: status.code() as i32, message: status.message().to_string() })
-        })
-    }
-
-    /// Runs `op` for a caller in this process, as a pipelined call would:
-    /// refused as never acted on once the node is shutting down.
-    pub(crate) async fn call_in_process(&self, op: Op) -> Result<Answer, NodeError> {
-        if *self.stopping.borrow() {
-            return Err(NodeError::NotSent(Status::unavailable("storage node is shutting down")));
-        }
-        match self.run(Some(op)).await {
-            Answer::Error(error) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
-            answer => Ok(answer),
-        }
-    }
-}
-
 #[tonic::async_trait]
-impl Storage for StorageService {
-    type PipelineStream = ReceiverStream<Result<PipelineResponse, Status>>;
-
-    async fn pipeline(
-        &self,
-        request: Request<Streaming<PipelineRequest>>,
-    ) -> Result<Response<Self::PipelineStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (answers, stream) = mpsc::channel(4096);
-        let service = self.clone();
-        let mut stopping = self.stopping.clone();
-        tokio::spawn(async move {
-            // Each operation runs on its own task, so a slow one (a write
-            // waiting for its peers) never holds up the others. The answer
-            // stream ends only after every operation taken has answered
-            // (each holds a sender), which tells clients that a request
-            // still unanswered then was never acted on.
-            loop {
-                let request = tokio::select! {
-                    request = inbound.message() => request,
-                    _ = stopping.wait_for(|stop| *stop) => break,
-                };
-                let Ok(Some(PipelineRequest { id, op })) = request else { break };
-                let (service, answers) = (service.clone(), answers.clone());
-                tokio::spawn(async move {
-                    let mut response = PipelineResponse { id, result: Some(service.run(op).await) };
-                    if response.encoded_len() > MAX_ANSWER_BYTES {
-                        let error = PipelineError {
-                            code: tonic::Code::ResourceExhausted as i32,
-                            message: format!(
-                                "the answer takes {} bytes, more than one message carries ({MAX_ANSWER_BYTES}); resolve the key's siblings",
-                                response.encoded_len()
-                            ),
-                        };
-                        response.result = Some(Answer::Error(error));
-                    }
-                    let _ = answers.send(Ok(response)).await;
-                });
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(stream)))
-    }
-
-    async fn coordinate(&self, request: Request<CoordinateRequest>) -> Result<Response<CoordinateResponse>, Status> {
-        let request = request.into_inner();
+impl StorageHandler for StorageNode {
+    async fn coordinate(&self, request: CoordinateRequest) -> Result<CoordinateResponse, Status> {
         check_target(&request.tenant, &request.key)?;
         let context = CausalContext::decode(&request.context)
             .map_err(|e| Status::invalid_argument(format!("causal context is invalid: {e}")))?;
@@ -237,7 +144,13 @@ impl Storage for StorageService {
         {
             let store = self.store.clone();
             let id = self.node_id.to_string();
-            pending.0.push(Box::pin(async move { (id, store.durable().await.map_err(|e| e.to_string())) }));
+            pending.0.push(Box::pin(async move {
+                let durable = store.durable().await.map_err(|e| {
+                    let status = status_from(e);
+                    ReplicaFailure::Refused { code: status.code(), message: status.message().to_string() }
+                });
+                (id, durable)
+            }));
         }
         for peer in request.peers {
             let merge = MergeRequest {
@@ -250,12 +163,8 @@ impl Storage for StorageService {
             let client = self.peers.node(&peer.address);
             pending.0.push(Box::pin(async move {
                 let result = match client {
-                    Err(status) => Err(status.message().to_string()),
-                    Ok(client) => match tokio::time::timeout(timeout, client.merge(merge)).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(error)) => Err(error.to_string()),
-                        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-                    },
+                    Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
+                    Ok(client) => within(timeout, client.merge(merge)).await.map(drop),
                 };
                 (peer.id, result)
             }));
@@ -269,26 +178,25 @@ impl Storage for StorageService {
         while let Some((node_id, result)) = pending.0.next().await {
             match result {
                 Ok(()) => tally.succeeded(&node_id),
-                Err(reason) => {
+                Err(failure) => {
                     tally.failed(&node_id);
-                    failures.push(PeerFailure { node_id, reason });
+                    failures.push(failure.to_pb(&node_id));
                 }
             }
             if tally.verdict() == Verdict::Reached {
                 break;
             }
         }
-        Ok(Response::new(CoordinateResponse {
+        Ok(CoordinateResponse {
             acked: tally.successes(),
             failures,
             dot: Some(write_dot),
             siblings: staged.siblings as u32,
             replayed: staged.replayed,
-        }))
+        })
     }
 
-    async fn merge(&self, request: Request<MergeRequest>) -> Result<Response<MergeResponse>, Status> {
-        let request = request.into_inner();
+    async fn merge(&self, request: MergeRequest) -> Result<MergeResponse, Status> {
         check_target(&request.tenant, &request.key)?;
         let incoming = SiblingSet::decode(&request.state)
             .map_err(|e| Status::invalid_argument(format!("sibling set is invalid: {e}")))?;
@@ -300,11 +208,10 @@ impl Storage for StorageService {
             (Some(_), None) => return Err(Status::invalid_argument("a write tag needs the write's dot")),
         };
         self.store.merge(&request.tenant, &request.key, &incoming, write).await.map_err(status_from)?;
-        Ok(Response::new(MergeResponse {}))
+        Ok(MergeResponse {})
     }
 
-    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
-        let request = request.into_inner();
+    async fn read(&self, request: ReadRequest) -> Result<ReadResponse, Status> {
         check_target(&request.tenant, &request.key)?;
         let state = self.store.read(&request.tenant, &request.key).map_err(status_from)?;
         let state = if state.is_empty() { Bytes::new() } else { Bytes::from(state.encode()) };
@@ -312,14 +219,14 @@ impl Storage for StorageService {
             true => None,
             false => self.store.write_record(&request.write_id).map_err(status_from)?.as_ref().map(dot_to_pb),
         };
-        Ok(Response::new(ReadResponse { state, write_dot }))
+        Ok(ReadResponse { state, write_dot })
     }
 
-    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        Ok(Response::new(InfoResponse {
+    async fn info(&self) -> Result<InfoResponse, Status> {
+        Ok(InfoResponse {
             node_id: self.node_id.to_string(),
             actor: self.store.actor().to_string(),
             incarnation: self.store.incarnation(),
-        }))
+        })
     }
 }

@@ -18,10 +18,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use tonic::async_trait;
 
-use super::{Claim, Fingerprint, IdempotencyError, IdempotencyStore};
+use crate::{Claim, Fingerprint, IdempotencyError, IdempotencyStore};
 
 /// Format byte of records written now.
 const FORMAT: u8 = 2;
@@ -325,7 +325,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = EmbeddedIdempotency::open(dir.path(), Duration::from_secs(60)).unwrap();
-            super::super::contract::run(&store).await;
+            crate::contract::run(&store).await;
         }
         let store = EmbeddedIdempotency::open(dir.path(), Duration::from_secs(60)).unwrap();
         let day = Duration::from_secs(86_400);
@@ -339,7 +339,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let in_flight = Duration::from_millis(200);
         let store = EmbeddedIdempotency::open(dir.path(), in_flight).unwrap();
-        super::super::contract::lapse(&store, in_flight).await;
+        crate::contract::lapse(&store, in_flight).await;
     }
 
     /// A lapsed claim outlives a restart once purged: it was turned into an

@@ -1,0 +1,116 @@
+//! The gRPC side of a storage node: the internal `Storage` service over a
+//! [`StorageHandler`], and the listener settings every server uses.
+
+use std::sync::Arc;
+
+use cohort_proto::internal::v1::pipeline_response::Result as Answer;
+use cohort_proto::internal::v1::storage_server::{Storage, StorageServer};
+use cohort_proto::internal::v1::{
+    CoordinateRequest, CoordinateResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineError,
+    PipelineRequest, PipelineResponse, ReadRequest, ReadResponse,
+};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::handler::{self, StorageHandler};
+use crate::limits::MAX_MESSAGE_BYTES;
+
+/// The largest answer a pipeline carries: an answer that would not fit in
+/// one message becomes an error for its own operation, so that it never
+/// breaks the stream every other operation to this node shares.
+pub const MAX_ANSWER_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
+
+/// The `Storage` gRPC service over a handler.
+pub struct StorageEndpoint<H> {
+    handler: Arc<H>,
+    /// Turns true when the server starts shutting down: open pipelines stop
+    /// taking requests and end once their operations have answered, so
+    /// graceful shutdown does not wait on streams that never end.
+    stopping: watch::Receiver<bool>,
+}
+
+impl<H: StorageHandler> StorageEndpoint<H> {
+    /// The service for `handler`; `stopping` turns true at shutdown.
+    pub fn new(handler: Arc<H>, stopping: watch::Receiver<bool>) -> Self {
+        StorageEndpoint { handler, stopping }
+    }
+
+    /// The tonic server for this service, with the message limits of the
+    /// internal API.
+    pub fn into_server(self) -> StorageServer<Self> {
+        StorageServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl<H: StorageHandler> Storage for StorageEndpoint<H> {
+    type PipelineStream = ReceiverStream<Result<PipelineResponse, Status>>;
+
+    async fn pipeline(
+        &self,
+        request: Request<Streaming<PipelineRequest>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (answers, stream) = mpsc::channel(4096);
+        let handler = self.handler.clone();
+        let mut stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            // Each operation runs on its own task, so a slow one (a write
+            // waiting for its peers) never holds up the others. The answer
+            // stream ends only after every operation taken has answered
+            // (each holds a sender), which tells clients that a request
+            // still unanswered then was never acted on.
+            loop {
+                let request = tokio::select! {
+                    request = inbound.message() => request,
+                    _ = stopping.wait_for(|stop| *stop) => break,
+                };
+                let Ok(Some(PipelineRequest { id, op })) = request else { break };
+                let (handler, answers) = (handler.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let mut response = PipelineResponse { id, result: Some(handler::run(&*handler, op).await) };
+                    if response.encoded_len() > MAX_ANSWER_BYTES {
+                        let error = PipelineError {
+                            code: tonic::Code::ResourceExhausted as i32,
+                            message: format!(
+                                "the answer takes {} bytes, more than one message carries ({MAX_ANSWER_BYTES}); resolve the key's siblings",
+                                response.encoded_len()
+                            ),
+                        };
+                        response.result = Some(Answer::Error(error));
+                    }
+                    let _ = answers.send(Ok(response)).await;
+                });
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+
+    async fn coordinate(&self, request: Request<CoordinateRequest>) -> Result<Response<CoordinateResponse>, Status> {
+        self.handler.coordinate(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn merge(&self, request: Request<MergeRequest>) -> Result<Response<MergeResponse>, Status> {
+        self.handler.merge(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadResponse>, Status> {
+        self.handler.read(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        self.handler.info().await.map(Response::new)
+    }
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC frames must
+/// not wait for a delayed ACK (about 40 ms on Linux).
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}

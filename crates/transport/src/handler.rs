@@ -1,0 +1,44 @@
+//! The storage handler trait: what a storage node does with each internal
+//! operation, independent of how the request reached it.
+//!
+//! The transport owns the trait and the node implements it, so the node's
+//! request handling never imports the client that calls other nodes, and
+//! the server that carries requests never imports the handling. The same
+//! handler serves unary gRPC calls, pipelined operations
+//! ([`crate::endpoint`]) and in-process calls ([`crate::directory`]).
+
+use cohort_proto::internal::v1::pipeline_request::Op;
+use cohort_proto::internal::v1::pipeline_response::Result as Answer;
+use cohort_proto::internal::v1::{
+    CoordinateRequest, CoordinateResponse, InfoResponse, MergeRequest, MergeResponse, PipelineError, ReadRequest,
+    ReadResponse,
+};
+use tonic::Status;
+
+/// The internal operations a storage node serves.
+#[tonic::async_trait]
+pub trait StorageHandler: Send + Sync + 'static {
+    /// Reads a key's local state (and, when asked, a write record).
+    async fn read(&self, request: ReadRequest) -> Result<ReadResponse, Status>;
+    /// Merges a state into the local one and answers once it is durable.
+    async fn merge(&self, request: MergeRequest) -> Result<MergeResponse, Status>;
+    /// Issues a new version as the key's coordinating replica and
+    /// replicates it.
+    async fn coordinate(&self, request: CoordinateRequest) -> Result<CoordinateResponse, Status>;
+    /// Who the node is.
+    async fn info(&self) -> Result<InfoResponse, Status>;
+}
+
+/// Runs one pipelined operation on `handler` as its unary call would; an
+/// error becomes the operation's error answer.
+pub async fn run(handler: &dyn StorageHandler, op: Option<Op>) -> Answer {
+    let result = match op {
+        Some(Op::Read(request)) => handler.read(request).await.map(Answer::Read),
+        Some(Op::Merge(request)) => handler.merge(request).await.map(Answer::Merge),
+        Some(Op::Coordinate(request)) => handler.coordinate(request).await.map(Answer::Coordinate),
+        None => Err(Status::invalid_argument("pipeline request without an operation")),
+    };
+    result.unwrap_or_else(|status| {
+        Answer::Error(PipelineError { code: status.code() as i32, message: status.message().to_string() })
+    })
+}
