@@ -41,10 +41,14 @@ fn the_lowest_layers_use_only_what_the_map_allows() {
         ("crates/proto", &[]),
         ("crates/checker", &[]),
         ("crates/idempotency", &[]),
+        ("crates/worker", &[]),
         ("crates/transport", &["cohort-proto"]),
         ("crates/client", &["cohort-proto"]),
-        ("crates/node", &["cohort-proto", "cohort-ring", "cohort-transport"]),
-        ("crates/coordinator", &["cohort-idempotency", "cohort-proto", "cohort-ring", "cohort-transport"]),
+        ("crates/node", &["cohort-proto", "cohort-ring", "cohort-transport", "cohort-worker"]),
+        (
+            "crates/coordinator",
+            &["cohort-idempotency", "cohort-proto", "cohort-ring", "cohort-transport", "cohort-worker"],
+        ),
     ];
     for (dir, expected) in allowed {
         assert_eq!(cohort_crates(&dependencies(dir)), *expected, "the Cohort crates {dir} uses");

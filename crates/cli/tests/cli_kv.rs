@@ -275,7 +275,7 @@ fn admin_cluster_status_json_has_the_documented_shape() {
     assert_eq!(keys(&status), BTreeSet::from(["leader", "ring_version", "nodes", "workers"]), "{status}");
     let workers: Vec<&str> =
         status["workers"].as_array().expect("workers is an array").iter().filter_map(|w| w["name"].as_str()).collect();
-    assert_eq!(workers, ["idempotency-purge", "node-probe", "ring-refresh"], "{status}");
+    assert_eq!(workers, ["idempotency-purge", "leader-election", "node-probe", "ring-refresh"], "{status}");
     for worker in status["workers"].as_array().unwrap() {
         let fields = BTreeSet::from(["name", "state", "steps", "errors", "last_error", "last_step_at_ms"]);
         assert_eq!(keys(worker), fields, "{worker}");

@@ -1,7 +1,7 @@
 //! Leader election among coordinators, over the metadata store's lease.
 //!
-//! Every coordinator runs [`run`]: it tries to take or renew the lease every
-//! third of its length. The holder is the leader and runs the cluster-wide
+//! Every coordinator runs an [`Election`] worker: it tries to take or renew
+//! the lease every third of its length. The holder is the leader and runs the cluster-wide
 //! jobs ([`Jobs`]).
 //!
 //! **What the lease guarantees.** A leader's deadline is 0.9 × the lease's
@@ -30,9 +30,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cohort_worker::{Step, Worker, WorkerStatuses, Workers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tonic::async_trait;
 
 use crate::metadata::MetadataStore;
 
@@ -72,9 +74,115 @@ fn publish(state: &watch::Sender<LeaderState>, next: LeaderState) {
     state.send_replace(next);
 }
 
-/// Runs the election for `holder` until `stop` turns true (also in the middle
-/// of an attempt), then gives the lease up if it holds it, waiting at most a
-/// renewal period for the store.
+/// The election for one coordinator, a [`Worker`]: each step is one attempt
+/// to take or renew the lease (and to step down when the deadline passed);
+/// it waits a third of the lease between attempts, and wakes at the
+/// deadline at the latest. Stopped, it gives the lease up if it holds it.
+pub struct Election {
+    metadata: Arc<dyn MetadataStore>,
+    holder: String,
+    ttl: Duration,
+    state: watch::Sender<LeaderState>,
+    jobs: Jobs,
+    running: Option<Running>,
+    /// When this coordinator must consider itself deposed, if it leads.
+    deadline: Instant,
+}
+
+impl Election {
+    /// The election for `holder` over leases of `ttl`, publishing into
+    /// `state` and starting `jobs` for every generation it wins.
+    pub fn new(
+        metadata: Arc<dyn MetadataStore>,
+        holder: String,
+        ttl: Duration,
+        state: watch::Sender<LeaderState>,
+        jobs: Jobs,
+    ) -> Self {
+        Election { metadata, holder, ttl, state, jobs, running: None, deadline: Instant::now() }
+    }
+
+    fn renew_every(&self) -> Duration {
+        self.ttl / 3
+    }
+}
+
+#[async_trait]
+impl Worker for Election {
+    fn name(&self) -> &'static str {
+        "leader-election"
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        let (holder, state) = (&self.holder, &self.state);
+        let current = *state.borrow();
+        if current.leader && Instant::now() >= self.deadline {
+            tracing::warn!(%holder, generation = current.generation, "could not renew the leader lease in time; stepping down");
+            self.running = None;
+            publish(state, LeaderState { leader: false, ..current });
+        }
+        let leading = state.borrow().leader;
+        let sent = Instant::now();
+        // A leader's attempt may not outlast its own deadline: a stalled
+        // store must not keep it believing it leads.
+        let renew_every = self.renew_every();
+        let budget = if leading { renew_every.min(self.deadline.saturating_duration_since(sent)) } else { renew_every };
+        let attempt = tokio::time::timeout(budget, self.metadata.acquire_lease(holder, self.ttl)).await;
+        let current = *state.borrow();
+        match attempt {
+            Ok(Ok(Some(generation))) => {
+                self.deadline = sent + self.ttl.mul_f64(DEADLINE_FRACTION);
+                if !current.leader || current.generation != generation {
+                    drop(self.running.take());
+                    tracing::info!(%holder, generation, "became leader");
+                    self.running = Some(Running((self.jobs)(generation)));
+                    publish(state, LeaderState { leader: true, generation });
+                }
+                Ok(Step::Idle)
+            }
+            Ok(Ok(None)) => {
+                if current.leader {
+                    tracing::warn!(%holder, generation = current.generation, "lost the leader lease; stopping leader jobs");
+                    self.running = None;
+                    publish(state, LeaderState { leader: false, ..current });
+                }
+                Ok(Step::Idle)
+            }
+            Ok(Err(error)) => Err(format!("leader lease renewal failed: {error}")),
+            Err(_) => Err(format!("leader lease renewal timed out after {} ms", budget.as_millis())),
+        }
+    }
+
+    /// Wakes at the deadline at the latest; the next step then steps down.
+    async fn wait_for_work(&mut self) {
+        let wake = if self.state.borrow().leader {
+            self.renew_every().min(self.deadline.saturating_duration_since(Instant::now()))
+        } else {
+            self.renew_every()
+        };
+        tokio::time::sleep(wake).await;
+    }
+
+    /// Stops the jobs and gives the lease up, so another coordinator leads
+    /// at once.
+    async fn finish(&mut self) {
+        drop(self.running.take());
+        if self.state.borrow().leader {
+            // Bounded like a renewal: a stalled store must not hold up shutdown.
+            match tokio::time::timeout(self.renew_every(), self.metadata.release_lease(&self.holder)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "could not release the leader lease; it will expire"),
+                Err(_) => tracing::warn!("releasing the leader lease timed out; it will expire"),
+            }
+            let current = *self.state.borrow();
+            publish(&self.state, LeaderState { leader: false, ..current });
+        }
+    }
+}
+
+/// Runs the election for `holder` on a runner of its own until `stop`
+/// turns true (also in the middle of an attempt), then gives the lease up
+/// if it holds it.
 pub async fn run(
     metadata: Arc<dyn MetadataStore>,
     holder: String,
@@ -83,69 +191,10 @@ pub async fn run(
     jobs: Jobs,
     mut stop: watch::Receiver<bool>,
 ) {
-    let renew_every = ttl / 3;
-    let mut running: Option<Running> = None;
-    let mut deadline = Instant::now();
-    loop {
-        let current = *state.borrow();
-        if current.leader && Instant::now() >= deadline {
-            tracing::warn!(%holder, generation = current.generation, "could not renew the leader lease in time; stepping down");
-            running = None;
-            publish(&state, LeaderState { leader: false, ..current });
-        }
-        let leading = state.borrow().leader;
-        let sent = Instant::now();
-        // A leader's attempt may not outlast its own deadline: a stalled
-        // store must not keep it believing it leads.
-        let budget = if leading { renew_every.min(deadline.saturating_duration_since(sent)) } else { renew_every };
-        let attempt = tokio::select! {
-            attempt = tokio::time::timeout(budget, metadata.acquire_lease(&holder, ttl)) => attempt,
-            _ = stop.wait_for(|stopped| *stopped) => break,
-        };
-        let current = *state.borrow();
-        match attempt {
-            Ok(Ok(Some(generation))) => {
-                deadline = sent + ttl.mul_f64(DEADLINE_FRACTION);
-                if !current.leader || current.generation != generation {
-                    drop(running.take());
-                    tracing::info!(%holder, generation, "became leader");
-                    running = Some(Running(jobs(generation)));
-                    publish(&state, LeaderState { leader: true, generation });
-                }
-            }
-            Ok(Ok(None)) => {
-                if current.leader {
-                    tracing::warn!(%holder, generation = current.generation, "lost the leader lease; stopping leader jobs");
-                    running = None;
-                    publish(&state, LeaderState { leader: false, ..current });
-                }
-            }
-            Ok(Err(error)) => tracing::warn!(%error, "leader lease renewal failed"),
-            Err(_) => tracing::warn!(?budget, "leader lease renewal timed out"),
-        }
-        // Wakes at the deadline at the latest; the check at the top of the
-        // loop then steps down.
-        let wake = if state.borrow().leader {
-            renew_every.min(deadline.saturating_duration_since(Instant::now()))
-        } else {
-            renew_every
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wake) => {}
-            _ = stop.wait_for(|stopped| *stopped) => break,
-        }
-    }
-    drop(running);
-    if state.borrow().leader {
-        // Bounded like a renewal: a stalled store must not hold up shutdown.
-        match tokio::time::timeout(renew_every, metadata.release_lease(&holder)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not release the leader lease; it will expire"),
-            Err(_) => tracing::warn!("releasing the leader lease timed out; it will expire"),
-        }
-        let current = *state.borrow();
-        publish(&state, LeaderState { leader: false, ..current });
-    }
+    let mut workers = Workers::new(WorkerStatuses::default());
+    workers.spawn(Election::new(metadata, holder, ttl, state, jobs));
+    let _ = stop.wait_for(|stopped| *stopped).await;
+    workers.shutdown(ttl).await;
 }
 
 #[cfg(test)]

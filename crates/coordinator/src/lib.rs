@@ -23,10 +23,9 @@
 //! - [`leader`]: leader election over the metadata lease, whose generation
 //!   fences the leader's jobs; [`probe`]: the leader's node reachability
 //!   probe, recorded in metadata under that fence.
-//! - [`worker`]: one runner for background work, with statuses the admin
-//!   API shows.
 //!
-//! Storage nodes are reached only through `cohort-transport`
+//! Background loops run on the `cohort-worker` runner, whose statuses the
+//! admin API shows. Storage nodes are reached only through `cohort-transport`
 //! (`PeerPool`, `within`, `Liveness`); idempotency records live in
 //! `cohort-idempotency`.
 //!
@@ -46,7 +45,6 @@ pub mod service;
 pub mod tenants;
 pub mod topology;
 pub mod validate;
-pub mod worker;
 
 pub use config::{CoordinatorConfig, IdempotencyFallback, ReadRepairMode};
 pub use error::KvError;

@@ -17,7 +17,7 @@ use tonic::async_trait;
 
 use crate::metadata::{MetadataError, MetadataStore, NodeProbe};
 use crate::topology::Topology;
-use crate::worker::{Step, Worker};
+use cohort_worker::{Step, Worker};
 
 /// The probe job, a [`Worker`]: one round of probes per step.
 pub struct Probe {

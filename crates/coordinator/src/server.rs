@@ -10,7 +10,6 @@ use cohort_proto::v1::key_value_server::KeyValueServer;
 use cohort_transport::{InProcessNodes, Liveness, PeerPool};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
-use tokio::task::JoinHandle;
 
 use crate::config::CoordinatorConfig;
 use crate::contexts::ContextSeals;
@@ -20,8 +19,8 @@ use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
 use crate::service::{AdminService, KvService};
 use crate::tenants::TenantCache;
 use crate::topology::Topology;
-use crate::worker::{Periodic, Step, Worker, WorkerStatuses, Workers};
 use cohort_idempotency::IdempotencyStore;
+use cohort_worker::{Periodic, Step, Worker, WorkerStatuses, Workers};
 
 /// Largest request the public API decodes. Above the value limit, so that an
 /// oversize value gets a clear InvalidArgument rather than a transport error.
@@ -150,16 +149,6 @@ impl Coordinator {
     }
 }
 
-/// Aborts its task when dropped, so background work dies with the server
-/// future even when that future is dropped rather than shut down.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// One refresh of the ring and the context keys; tracks whether metadata
 /// answers.
 async fn refresh_ring(coordinator: &Coordinator) -> Result<(), String> {
@@ -267,16 +256,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let workers = start_workers(&coordinator);
-    let (stop_election, stopped) = watch::channel(false);
-    let mut election = AbortOnDrop(tokio::spawn(leader::run(
+    let mut workers = start_workers(&coordinator);
+    workers.spawn(leader::Election::new(
         coordinator.metadata.clone(),
         coordinator.config.id.clone(),
         Duration::from_millis(coordinator.config.leader_lease_ms),
         coordinator.leadership.clone(),
         leader_jobs(&coordinator),
-        stopped,
-    )));
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KeyValueServer<KvService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
@@ -289,9 +276,8 @@ pub async fn serve(
         .add_service(AdminServer::new(AdminService::new(coordinator.clone())))
         .serve_with_incoming_shutdown(cohort_transport::incoming(listener), shutdown)
         .await;
-    // Give the lease up so another coordinator leads at once.
-    let _ = stop_election.send(true);
-    let _ = (&mut election.0).await;
+    // Stopping the election gives the lease up, so another coordinator
+    // leads at once.
     workers.shutdown(WORKER_EXIT_DEADLINE).await;
     tracing::info!(id = %coordinator.config.id, "coordinator stopped");
     result

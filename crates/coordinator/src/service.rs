@@ -427,7 +427,7 @@ fn health_to_pb(health: &NodeHealth) -> pb::NodeHealth {
     pb::NodeHealth { up: health.up, checked_at_ms: health.checked_at_ms, generation: health.generation }
 }
 
-fn worker_to_pb(status: crate::worker::WorkerStatus) -> pb::Worker {
+fn worker_to_pb(status: cohort_worker::WorkerStatus) -> pb::Worker {
     pb::Worker {
         name: status.name,
         state: status.state.into(),

@@ -7,14 +7,57 @@ use std::time::Duration;
 use cohort_proto::internal::v1::storage_server::StorageServer;
 use cohort_transport::limits::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 use cohort_transport::{InProcessNodes, PeerPool, StorageEndpoint, StorageHandler, incoming};
+use cohort_worker::{Periodic, Step, Worker, WorkerStatuses, Workers};
 use tokio::net::TcpListener;
+use tonic::async_trait;
 
 use crate::config::NodeConfig;
 use crate::handler::StorageNode;
 use crate::store::{Store, StoreError};
 
-/// How often expired write records are purged.
+/// How often expired write records are purged (the first time as the node
+/// starts).
 const WRITE_RECORD_PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// How often the store's health is checked for the gRPC health service.
+const HEALTH_WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// How long stopping workers may take at shutdown.
+const WORKER_EXIT_DEADLINE: Duration = Duration::from_secs(5);
+
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Reports the node not serving (to the gRPC health service) once its
+/// store is poisoned, then finishes.
+struct HealthWatch {
+    store: Arc<Store>,
+    health: tonic_health::server::HealthReporter,
+    tick: tokio::time::Interval,
+}
+
+#[async_trait]
+impl Worker for HealthWatch {
+    fn name(&self) -> &'static str {
+        "health-watch"
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        if !self.store.is_poisoned() {
+            return Ok(Step::Idle);
+        }
+        self.health.set_not_serving::<StorageServer<StorageEndpoint<StorageNode>>>().await;
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        Ok(Step::Done)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.tick.tick().await;
+    }
+}
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -91,33 +134,22 @@ pub async fn serve_with(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<StorageServer<StorageEndpoint<StorageNode>>>().await;
-    let watched = store.clone();
-    let health_watch = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            if watched.is_poisoned() {
-                health.set_not_serving::<StorageServer<StorageEndpoint<StorageNode>>>().await;
-                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-                return;
-            }
-        }
-    });
-
+    let mut workers = Workers::new(WorkerStatuses::default());
+    workers.spawn(HealthWatch { store: store.clone(), health, tick: interval(HEALTH_WATCH_EVERY) });
     let purging = store.clone();
-    let purge = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(WRITE_RECORD_PURGE_EVERY);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let store = purging.clone();
+    workers.spawn(Periodic::new("write-record-purge", WRITE_RECORD_PURGE_EVERY, move || {
+        let store = purging.clone();
+        async move {
             match tokio::task::spawn_blocking(move || store.purge_write_records()).await {
-                Ok(Ok(purged)) => tracing::debug!(purged, "purged expired write records"),
-                Ok(Err(error)) => tracing::warn!(%error, "purging expired write records failed"),
-                Err(error) => tracing::warn!(%error, "the write-record purge task failed"),
+                Ok(Ok(purged)) => {
+                    tracing::debug!(purged, "purged expired write records");
+                    Ok(())
+                }
+                Ok(Err(error)) => Err(format!("purging expired write records failed: {error}")),
+                Err(error) => Err(format!("the write-record purge task failed: {error}")),
             }
         }
-    });
+    }));
 
     on_ready(NodeHandle { store: Arc::downgrade(&store) });
     tracing::info!(node = %config.id, actor = %store.actor(), address = ?listener.local_addr().ok(), "storage node serving");
@@ -128,10 +160,7 @@ pub async fn serve_with(
         .add_service(StorageEndpoint::new(node, stopping).into_server())
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
-    for task in [health_watch, purge] {
-        task.abort();
-        let _ = task.await;
-    }
+    workers.shutdown(WORKER_EXIT_DEADLINE).await;
     if let Some((nodes, address)) = registered {
         nodes.unregister(&address);
     }

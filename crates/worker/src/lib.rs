@@ -8,17 +8,19 @@
 //! runner aborts whatever still runs, so background work never outlives the
 //! server that started it.
 //!
-//! Background loops of the coordinator are workers: the ring refresh, the
-//! change follower and the idempotency purge. Membership, hinted handoff,
-//! anti-entropy and GC are meant to join them.
+//! Every background loop of a Cohort process is a worker: the coordinator's
+//! ring refresh, change follower, idempotency purge, leader election and
+//! the leader's node probe; the storage node's health watch and write-record
+//! purge. Membership, hinted handoff, anti-entropy and GC are meant to join
+//! them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::async_trait;
 
 /// What a step of work found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,10 @@ pub trait Worker: Send + 'static {
     async fn work(&mut self) -> Result<Step, String>;
     /// Waits until there may be work again (a tick, a notice).
     async fn wait_for_work(&mut self);
+    /// Called once when the runner stops the worker (not when it finished
+    /// by itself), within the runner's exit deadline: the place to give back
+    /// what it holds, such as a lease. Nothing by default.
+    async fn finish(&mut self) {}
 }
 
 /// How a worker is doing.
@@ -115,7 +121,7 @@ impl Workers {
             loop {
                 let step = tokio::select! {
                     step = worker.work() => step,
-                    _ = stop.wait_for(|stop| *stop) => return,
+                    _ = stop.wait_for(|stop| *stop) => break,
                 };
                 statuses.update(name, |status| {
                     status.steps += 1;
@@ -125,6 +131,7 @@ impl Workers {
                         Ok(Step::Idle) => status.state = "idle",
                         Ok(Step::Done) => status.state = "done",
                         Err(error) => {
+                            tracing::warn!(worker = name, %error, "background step failed");
                             status.state = "failing";
                             status.errors += 1;
                             status.last_error = Some(error.clone());
@@ -136,10 +143,11 @@ impl Workers {
                     Ok(Step::Done) => return,
                     Ok(Step::Idle) | Err(_) => tokio::select! {
                         _ = worker.wait_for_work() => {}
-                        _ = stop.wait_for(|stop| *stop) => return,
+                        _ = stop.wait_for(|stop| *stop) => break,
                     },
                 }
             }
+            worker.finish().await;
         }));
     }
 
@@ -301,5 +309,55 @@ mod tests {
             .await
             .expect("stopped within the deadline");
         assert_eq!(statuses.list()[0].state, "stopped");
+    }
+
+    /// Holds something until finished; counts its finishes.
+    struct Holder {
+        done_after: Option<u32>,
+        finished: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    #[async_trait]
+    impl Worker for Holder {
+        fn name(&self) -> &'static str {
+            "holder"
+        }
+        async fn work(&mut self) -> Result<Step, String> {
+            match &mut self.done_after {
+                Some(0) => Ok(Step::Done),
+                Some(left) => {
+                    *left -= 1;
+                    Ok(Step::Busy)
+                }
+                None => Ok(Step::Idle),
+            }
+        }
+        async fn wait_for_work(&mut self) {
+            std::future::pending::<()>().await;
+        }
+        async fn finish(&mut self) {
+            self.finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_worker_finishes_once_and_one_that_is_done_does_not() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let statuses = WorkerStatuses::default();
+        let (stopped, done) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let mut workers = Workers::new(statuses.clone());
+        workers.spawn(Holder { done_after: Some(3), finished: done.clone() });
+        workers.join().await;
+        assert_eq!(statuses.list()[0].state, "done");
+        let statuses = WorkerStatuses::default();
+        let mut workers = Workers::new(statuses.clone());
+        workers.spawn(Holder { done_after: None, finished: stopped.clone() });
+        let mut poll = tokio::time::interval(Duration::from_millis(5));
+        while statuses.list()[0].steps == 0 {
+            poll.tick().await;
+        }
+        workers.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(stopped.load(Ordering::SeqCst), 1, "stopped while waiting, it finished once");
+        assert_eq!(done.load(Ordering::SeqCst), 0, "a worker that is done is not finished again");
     }
 }
