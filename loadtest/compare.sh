@@ -166,6 +166,7 @@ for i in 1 2 3; do
     NODES+=("$(wait_line "node$i" 'listening on' | awk '{print $NF}')")
 done
 start coordinator "$COHORT" coordinator --id coordinator-1 --data-dir "$WORK/coordinator" \
+    --metadata-backend embedded --idempotency-backend embedded \
     --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
 PROCS_METRICS=$(wait_line coordinator '^metrics on ' | awk '{print $3}')
 PROCS="http://$(wait_line coordinator 'listening on' | awk '{print $NF}')"

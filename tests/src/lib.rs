@@ -115,13 +115,14 @@ impl SharedStores {
 /// Coordinator settings for tests: short timeouts so that a stopped node
 /// fails requests quickly.
 pub fn test_config(read_repair: ReadRepairMode) -> CoordinatorConfig {
-    CoordinatorConfig {
-        node_timeout_ms: 2_000,
-        request_timeout_ms: 5_000,
+    let mut config = CoordinatorConfig {
+        node_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
         read_repair,
-        ring_refresh_ms: 200,
         ..CoordinatorConfig::default()
-    }
+    };
+    config.metadata.ring_refresh = Duration::from_millis(200);
+    config
 }
 
 impl TestCluster {

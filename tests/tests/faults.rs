@@ -34,9 +34,8 @@ fn replay(scenario: &'static str, seed: u64) -> cohort_loadtest::workload::Repla
 
 fn fault_config() -> CoordinatorConfig {
     CoordinatorConfig {
-        node_timeout_ms: 300,
-        request_timeout_ms: 3_000,
-        ring_refresh_ms: 200,
+        node_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(3),
         ..test_config(ReadRepairMode::Sync)
     }
 }

@@ -29,7 +29,10 @@ use cohort_tests::{SharedStores, TestCluster, eventually, test_config};
 const LEASE_MS: u64 = 3_000;
 
 fn config(node_probe_ms: u64) -> CoordinatorConfig {
-    CoordinatorConfig { leader_lease_ms: LEASE_MS, node_probe_ms, ..test_config(ReadRepairMode::Background) }
+    let mut config = test_config(ReadRepairMode::Background);
+    config.leader.lease = Duration::from_millis(LEASE_MS);
+    config.leader.node_probe = Duration::from_millis(node_probe_ms);
+    config
 }
 
 /// Long enough for any change of leadership: a lease, a renewal period, and

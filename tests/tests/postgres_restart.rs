@@ -47,11 +47,9 @@ impl Drop for RestartOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serving_continues_while_postgres_is_down_and_recovers_after() {
-    let config = cohort_coordinator::CoordinatorConfig {
-        tenant_cache_ttl_ms: 200,
-        ring_refresh_ms: 100,
-        ..test_config(ReadRepairMode::Background)
-    };
+    let mut config = test_config(ReadRepairMode::Background);
+    config.metadata.tenant_cache_ttl = std::time::Duration::from_millis(200);
+    config.metadata.ring_refresh = std::time::Duration::from_millis(100);
     let (cluster, stores) = TestCluster::start_shared(config).await;
     let coordinator = cluster.coordinator.coordinator.clone();
     let client = cluster.client().await;

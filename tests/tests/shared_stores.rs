@@ -17,12 +17,11 @@ use cohort_proto::v1::admin_client::AdminClient;
 use cohort_tests::{TENANT, TestCluster, client_for, eventually, strings, test_config};
 
 fn shared_config() -> cohort_coordinator::CoordinatorConfig {
-    cohort_coordinator::CoordinatorConfig {
-        leader_lease_ms: 1_000,
-        tenant_cache_ttl_ms: 2_000,
-        node_probe_ms: 200,
-        ..test_config(ReadRepairMode::Background)
-    }
+    let mut config = test_config(ReadRepairMode::Background);
+    config.leader.lease = std::time::Duration::from_secs(1);
+    config.leader.node_probe = std::time::Duration::from_millis(200);
+    config.metadata.tenant_cache_ttl = std::time::Duration::from_secs(2);
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +62,7 @@ async fn a_tenant_change_reaches_the_other_coordinator_within_the_bound() {
     admin.update_tenant(update).await.expect("update through coordinator 1");
     // The documented bound is the tenant cache TTL; change notices usually
     // make it much faster.
-    let bound = Duration::from_millis(shared_config().tenant_cache_ttl_ms) + Duration::from_secs(1);
+    let bound = shared_config().metadata.tenant_cache_ttl + Duration::from_secs(1);
     eventually("coordinator 2 uses W = 3", bound, || async {
         b.put(TENANT, "k", "v").await.ok().and_then(|w| w.receipt).is_some_and(|r| r.required == 3)
     })
@@ -126,7 +125,7 @@ async fn leadership_fails_over_when_the_leader_dies() {
     let killed_at = Instant::now();
     killed.kill().await;
     let survivors = [second.coordinator.clone(), cluster.coordinator.coordinator.clone()];
-    let took_over = tokio::time::timeout(Duration::from_millis(shared_config().leader_lease_ms * 3), async {
+    let took_over = tokio::time::timeout(shared_config().leader.lease * 3, async {
         tokio::select! {
             s = survivors[0].wait_for_leadership(|s| s.leader) => s,
             s = survivors[1].wait_for_leadership(|s| s.leader) => s,
@@ -134,7 +133,7 @@ async fn leadership_fails_over_when_the_leader_dies() {
     })
     .await
     .expect("a surviving coordinator takes over within the lease time");
-    println!("leader failover took {:?} (lease {} ms)", killed_at.elapsed(), shared_config().leader_lease_ms);
+    println!("leader failover took {:?} (lease {:?})", killed_at.elapsed(), shared_config().leader.lease);
     assert!(took_over.generation > leading.generation, "a new generation fences the old leader");
     let leaders: Vec<_> = survivors.iter().filter(|c| c.leadership().leader).map(|c| c.config.id.clone()).collect();
     assert_eq!(leaders.len(), 1, "exactly one leader: {leaders:?}");

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use cohort_coordinator::config::{IdempotencyBackend, MetadataBackend};
 use cohort_coordinator::metadata::MetadataStore;
 use cohort_coordinator::metadata::embedded::EmbeddedMetadata;
 use cohort_coordinator::metadata::postgres::PostgresMetadata;
@@ -22,7 +23,8 @@ use crate::telemetry;
 #[derive(Args)]
 pub struct NodeArgs {
     /// TOML file with node settings (id, data_dir, listen, metrics_listen,
-    /// durability, peer_timeout_ms); flags and COHORT_* variables override it.
+    /// durability, peer_timeout; see deploy/node.toml); flags and COHORT_*
+    /// variables override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Stable node id, as registered with `cohort admin node add`.
@@ -45,13 +47,15 @@ pub struct NodeArgs {
 
 /// Settings of a node process.
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct NodeSettings {
     id: String,
     data_dir: PathBuf,
     listen: String,
     metrics_listen: String,
     durability: Durability,
-    peer_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    peer_timeout: std::time::Duration,
 }
 
 impl Default for NodeSettings {
@@ -62,7 +66,7 @@ impl Default for NodeSettings {
             listen: "127.0.0.1:7101".into(),
             metrics_listen: String::new(),
             durability: Durability::Fsync,
-            peer_timeout_ms: 2_000,
+            peer_timeout: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -82,7 +86,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         id: s.id.clone(),
         data_dir: s.data_dir.clone(),
         durability: s.durability,
-        peer_timeout_ms: s.peer_timeout_ms,
+        peer_timeout: s.peer_timeout,
     };
     config.validate().map_err(|e| anyhow::anyhow!(e))?;
     let listener =
@@ -134,13 +138,23 @@ pub struct CoordinatorArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// PostgreSQL URL for shared metadata (tenants, nodes, leader lease);
-    /// without it, metadata is embedded under --data-dir.
-    #[arg(long)]
+    /// chooses metadata.backend = "postgres".
+    #[arg(long, conflicts_with = "metadata_backend")]
     postgres_url: Option<String>,
-    /// Redis URL for shared idempotency records; without it, they are
-    /// embedded under --data-dir.
-    #[arg(long)]
+    /// Redis URL for shared idempotency records; chooses
+    /// idempotency.backend = "redis".
+    #[arg(long, conflicts_with = "idempotency_backend")]
     redis_url: Option<String>,
+    /// Where metadata lives, when no --postgres-url is given: `embedded`
+    /// (under --data-dir; this coordinator must be the cluster's only one)
+    /// or `postgres` (with metadata.url from the file or the environment).
+    #[arg(long, value_parser = ["embedded", "postgres"])]
+    metadata_backend: Option<String>,
+    /// Where idempotency records live, when no --redis-url is given:
+    /// `embedded` (under --data-dir; one coordinator only) or `redis` (with
+    /// idempotency.url from the file or the environment).
+    #[arg(long, value_parser = ["embedded", "redis"])]
+    idempotency_backend: Option<String>,
 }
 
 /// Retries `connect` with exponential backoff (capped at 10 s) until it
@@ -176,32 +190,51 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         ("listen", args.listen.map(|v| json!(v))),
         ("metrics_listen", args.metrics_listen.map(|v| json!(v))),
         ("data_dir", args.data_dir.map(|v| json!(v))),
-        ("postgres_url", args.postgres_url.map(|v| json!(v))),
-        ("redis_url", args.redis_url.map(|v| json!(v))),
     ]);
-    let config: CoordinatorConfig = settings::load(CoordinatorConfig::default(), args.config.as_deref(), overrides)?;
-    config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let metadata: Arc<dyn MetadataStore> = if config.postgres_url.is_empty() {
-        Arc::new(EmbeddedMetadata::open(&config.data_dir.join("metadata"))?)
-    } else {
-        let store = with_backoff("PostgreSQL", || {
-            PostgresMetadata::connect(&config.postgres_url, &config.postgres_schema, config.postgres_pool_size)
-        })
-        .await?;
-        Arc::new(store)
-    };
-    let in_flight = std::time::Duration::from_millis(config.idempotency_in_flight_ms);
-    let idempotency: Arc<dyn IdempotencyStore> = if config.redis_url.is_empty() {
-        Arc::new(EmbeddedIdempotency::open(&config.data_dir.join("idempotency"), in_flight)?)
-    } else {
-        let store =
-            with_backoff("Redis", || RedisIdempotency::connect(&config.redis_url, &config.redis_prefix, in_flight))
-                .await?;
-        Arc::new(store)
-    };
-    if config.postgres_url.is_empty() != config.redis_url.is_empty() {
-        tracing::warn!("only one of postgres_url and redis_url is set: this coordinator cannot share its cluster");
+    let mut overrides = overrides;
+    let sections = [
+        (
+            "metadata",
+            args.postgres_url
+                .map(|url| json!({"backend": "postgres", "url": url}))
+                .or(args.metadata_backend.map(|b| json!({"backend": b}))),
+        ),
+        (
+            "idempotency",
+            args.redis_url
+                .map(|url| json!({"backend": "redis", "url": url}))
+                .or(args.idempotency_backend.map(|b| json!({"backend": b}))),
+        ),
+    ];
+    for (section, value) in sections {
+        if let Some(value) = value {
+            overrides[section] = value;
+        }
     }
+    let config: CoordinatorConfig = settings::load(CoordinatorConfig::default(), args.config.as_deref(), overrides)?;
+    config.validate_backends().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let metadata: Arc<dyn MetadataStore> = match config.metadata.backend {
+        Some(MetadataBackend::Postgres) => {
+            let m = &config.metadata;
+            Arc::new(with_backoff("PostgreSQL", || PostgresMetadata::connect(&m.url, &m.schema, m.pool_size)).await?)
+        }
+        _ => Arc::new(EmbeddedMetadata::open(&config.data_dir.join("metadata"))?),
+    };
+    let idem = &config.idempotency;
+    let idempotency: Arc<dyn IdempotencyStore> = match idem.backend {
+        Some(IdempotencyBackend::Redis) => Arc::new(
+            with_backoff("Redis", || RedisIdempotency::connect(&idem.url, &idem.prefix, idem.in_flight)).await?,
+        ),
+        _ => Arc::new(EmbeddedIdempotency::open(&config.data_dir.join("idempotency"), idem.in_flight)?),
+    };
+    let shared =
+        (config.metadata.backend == Some(MetadataBackend::Postgres), idem.backend == Some(IdempotencyBackend::Redis));
+    if shared.0 != shared.1 {
+        tracing::warn!(
+            "only one of the metadata and idempotency stores is shared: this coordinator cannot share its cluster"
+        );
+    }
+    tracing::info!(metadata = ?config.metadata.backend, idempotency = ?idem.backend, "stores chosen");
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.listen))?;

@@ -67,7 +67,7 @@ impl Cluster {
             nodes.push(Some(proc));
             addresses.push(address);
         }
-        let coordinator = start_coordinator(&dir.path().join("coordinator"), &[("COHORT_NODE_TIMEOUT_MS", "1000")]);
+        let coordinator = start_coordinator(&dir.path().join("coordinator"), &[("COHORT_NODE_TIMEOUT", "1s")]);
         for (index, address) in addresses.iter().enumerate() {
             admin(&coordinator.endpoint, &["node", "add", "--id", &node_id(index), "--address", address]);
         }

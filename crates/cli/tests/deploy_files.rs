@@ -370,7 +370,11 @@ fn kubernetes_manifests_agree_with_each_other() {
     assert_eq!(at(coordinators, &["spec", "replicas"]).and_then(Value::as_u64), Some(2));
     let container = at(coordinators, &["spec", "template", "spec", "containers", "0"]).expect("coordinator container");
     let secret = k8s_object(&documents, "Secret", "cohort-secrets");
-    for variable in ["COHORT_POSTGRES_URL", "COHORT_REDIS_URL"] {
+    for (variable, backend) in [("COHORT_METADATA__BACKEND", "postgres"), ("COHORT_IDEMPOTENCY__BACKEND", "redis")] {
+        let value = container_env(container, variable).and_then(|e| str_at(e, &["value"]));
+        assert_eq!(value, Some(backend), "coordinators choose their shared stores explicitly ({variable})");
+    }
+    for variable in ["COHORT_METADATA__URL", "COHORT_IDEMPOTENCY__URL"] {
         let source = container_env(container, variable).unwrap_or_else(|| panic!("coordinators need {variable}"));
         let reference =
             at(source, &["valueFrom", "secretKeyRef"]).unwrap_or_else(|| panic!("{variable} from a Secret"));

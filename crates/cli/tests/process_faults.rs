@@ -49,10 +49,16 @@ const WORKLOAD_DEADLINE: Duration = Duration::from_secs(120);
 /// costs little time, and synchronous read repair so that the final reads at
 /// `all` leave every replica repaired.
 const COORDINATOR_TOML: &str = r#"
-node_timeout_ms = 300
-request_timeout_ms = 3000
+node_timeout = "300ms"
+request_timeout = "3s"
 read_repair = "sync"
-ring_refresh_ms = 200
+
+[metadata]
+backend = "embedded"
+ring_refresh = "200ms"
+
+[idempotency]
+backend = "embedded"
 "#;
 
 fn seeds() -> Vec<u64> {

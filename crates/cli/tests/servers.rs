@@ -63,3 +63,23 @@ fn readiness_follows_registration_and_sigterm_exits_cleanly() {
     let status = coordinator.proc.terminate();
     assert!(status.success(), "coordinator exit on SIGTERM: {status}");
 }
+
+#[test]
+fn a_coordinator_names_its_stores_and_refuses_settings_it_does_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    let base = ["coordinator", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0", "--metrics-listen", ""];
+    // No store chosen: an empty URL no longer means "embedded".
+    run(&base).one_line_error("choose a metadata store");
+    let idempotency = run(&[&base[..], &["--metadata-backend", "embedded"]].concat());
+    idempotency.one_line_error("choose an idempotency store");
+    // A backend and a URL that disagree.
+    let file = dir.path().join("coordinator.toml");
+    std::fs::write(&file, "[metadata]\nbackend = \"embedded\"\nurl = \"postgres://db/cohort\"\n").unwrap();
+    let stray = run(&[&base[..], &["--config", file.to_str().unwrap(), "--idempotency-backend", "embedded"]].concat());
+    stray.one_line_error("metadata.url is set but metadata.backend is \"embedded\"");
+    // A setting of the old, unsectioned layout.
+    std::fs::write(&file, "request_timeout_ms = 5000\n").unwrap();
+    run(&[&base[..], &["--config", file.to_str().unwrap()]].concat()).one_line_error("request_timeout_ms");
+    assert!(!data.exists(), "a refused start creates nothing");
+}

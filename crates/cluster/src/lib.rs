@@ -193,19 +193,18 @@ impl LocalCluster {
     /// Starts the nodes, registers them, creates the default tenant if it is
     /// missing, and starts one coordinator.
     pub async fn start(options: LocalClusterOptions) -> Result<Self, LocalClusterError> {
+        let mut options = options;
+        options.coordinator = options.coordinator.embedded();
         let metadata = Arc::new(EmbeddedMetadata::open(&options.data_dir.join("metadata"))?);
         let idempotency = Arc::new(
-            EmbeddedIdempotency::open(
-                &options.data_dir.join("idempotency"),
-                std::time::Duration::from_millis(options.coordinator.idempotency_in_flight_ms),
-            )
-            .map_err(|e| LocalClusterError::Store(e.to_string()))?,
+            EmbeddedIdempotency::open(&options.data_dir.join("idempotency"), options.coordinator.idempotency.in_flight)
+                .map_err(|e| LocalClusterError::Store(e.to_string()))?,
         );
         Self::start_with_stores(options, metadata, idempotency).await
     }
 
     /// Like [`LocalCluster::start`], over the given (e.g. PostgreSQL and
-    /// Redis) stores.
+    /// Redis) stores. (`start` chooses the embedded stores explicitly.)
     pub async fn start_with_stores(
         options: LocalClusterOptions,
         metadata: Arc<dyn MetadataStore>,

@@ -2,7 +2,9 @@
 //! file, then `COHORT_*` environment variables, then flags).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+pub use cohort_idempotency::{IdempotencyBackend, IdempotencyConfig, IdempotencyFallback};
 use serde::{Deserialize, Serialize};
 
 /// When read repair runs.
@@ -17,22 +19,9 @@ pub enum ReadRepairMode {
     Sync,
 }
 
-/// What a write carrying an idempotency key does when the idempotency store
-/// cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IdempotencyFallback {
-    /// Refuse the write with Unavailable: a retry can never apply twice.
-    #[default]
-    Reject,
-    /// Apply the write without deduplication and count it
-    /// (`cohort_idempotency_bypassed_total`): availability over exactly-once.
-    Proceed,
-}
-
 /// Limits on client input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest key, in bytes.
     pub max_key_bytes: usize,
@@ -63,9 +52,73 @@ impl Default for Limits {
     }
 }
 
+/// Which metadata store holds tenants, nodes, the ring version and the
+/// leader lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    /// PostgreSQL at `metadata.url`, shared by every coordinator.
+    Postgres,
+    /// A file under `data_dir`: one coordinator only.
+    Embedded,
+}
+
+/// The `[metadata]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// Which store; there is no default: a coordinator names its backend
+    /// (the dev cluster chooses `embedded`).
+    pub backend: Option<MetadataBackend>,
+    /// PostgreSQL URL, for the `postgres` backend only.
+    pub url: String,
+    /// Schema holding Cohort's tables.
+    pub schema: String,
+    /// Connections in the PostgreSQL pool.
+    pub pool_size: usize,
+    /// How long a cached tenant is served before it is read again.
+    #[serde(with = "humantime_serde")]
+    pub tenant_cache_ttl: Duration,
+    /// How often the ring version is checked.
+    #[serde(with = "humantime_serde")]
+    pub ring_refresh: Duration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            backend: None,
+            url: String::new(),
+            schema: "cohort".into(),
+            pool_size: 8,
+            tenant_cache_ttl: Duration::from_secs(5),
+            ring_refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The `[leader]` section: the election among coordinators and the jobs
+/// only the leader runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LeaderConfig {
+    /// How long a lease lasts; renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Time between the leader's reachability probes of the nodes.
+    #[serde(with = "humantime_serde")]
+    pub node_probe: Duration,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig { lease: Duration::from_secs(10), node_probe: Duration::from_secs(2) }
+    }
+}
+
 /// Everything a coordinator needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CoordinatorConfig {
     /// This coordinator's id, shown in cluster status and logs.
     pub id: String,
@@ -75,41 +128,20 @@ pub struct CoordinatorConfig {
     pub metrics_listen: String,
     /// Directory for the embedded metadata and idempotency stores.
     pub data_dir: PathBuf,
-    /// Milliseconds a client request may take end to end.
-    pub request_timeout_ms: u64,
-    /// Milliseconds to wait for one storage node on one call.
-    pub node_timeout_ms: u64,
+    /// How long a client request may take end to end.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long to wait for one storage node on one call.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
     /// When read repair runs.
     pub read_repair: ReadRepairMode,
-    /// Milliseconds a cached tenant is served before it is read again.
-    pub tenant_cache_ttl_ms: u64,
-    /// Milliseconds between checks of the ring version in metadata.
-    pub ring_refresh_ms: u64,
-    /// Seconds an idempotency record is kept.
-    pub idempotency_ttl_secs: u64,
-    /// Milliseconds an in-flight idempotency claim lasts if its coordinator
-    /// dies before finishing the write; must exceed `request_timeout_ms`.
-    /// A retry after the claim lapsed treats the first attempt's outcome as
-    /// unknown and looks for its version before writing.
-    pub idempotency_in_flight_ms: u64,
-    /// What to do with idempotent writes when the idempotency store is down.
-    pub idempotency_unavailable: IdempotencyFallback,
-    /// PostgreSQL URL of the shared metadata store; empty keeps metadata in
-    /// an embedded store under `data_dir` (one coordinator only).
-    pub postgres_url: String,
-    /// Schema holding Cohort's tables.
-    pub postgres_schema: String,
-    /// Connections in the PostgreSQL pool.
-    pub postgres_pool_size: usize,
-    /// Redis URL of the shared idempotency store; empty keeps records in an
-    /// embedded store under `data_dir` (one coordinator only).
-    pub redis_url: String,
-    /// Prefix of every Redis key Cohort writes.
-    pub redis_prefix: String,
-    /// Milliseconds a leader lease lasts; renewed every third of it.
-    pub leader_lease_ms: u64,
-    /// Milliseconds between the leader's reachability probes of nodes.
-    pub node_probe_ms: u64,
+    /// The metadata store.
+    pub metadata: MetadataConfig,
+    /// The idempotency store.
+    pub idempotency: IdempotencyConfig,
+    /// Leader election and leader-only jobs.
+    pub leader: LeaderConfig,
     /// Input limits.
     pub limits: Limits,
 }
@@ -121,64 +153,82 @@ impl Default for CoordinatorConfig {
             listen: "127.0.0.1:7070".into(),
             metrics_listen: "127.0.0.1:9090".into(),
             data_dir: PathBuf::from("cohort-data/coordinator"),
-            request_timeout_ms: 5_000,
-            node_timeout_ms: 2_000,
+            request_timeout: Duration::from_secs(5),
+            node_timeout: Duration::from_secs(2),
             read_repair: ReadRepairMode::Background,
-            tenant_cache_ttl_ms: 5_000,
-            ring_refresh_ms: 5_000,
-            idempotency_ttl_secs: 24 * 60 * 60,
-            idempotency_in_flight_ms: 60_000,
-            idempotency_unavailable: IdempotencyFallback::Reject,
-            postgres_url: String::new(),
-            postgres_schema: "cohort".into(),
-            postgres_pool_size: 8,
-            redis_url: String::new(),
-            redis_prefix: "cohort:idem:".into(),
-            leader_lease_ms: 10_000,
-            node_probe_ms: 2_000,
+            metadata: MetadataConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            leader: LeaderConfig::default(),
             limits: Limits::default(),
         }
     }
 }
 
 impl CoordinatorConfig {
-    /// Checks the settings once, quoting the values it rejects.
+    /// The settings with both stores embedded under `data_dir`, as the dev
+    /// cluster and the in-process clusters run.
+    pub fn embedded(self) -> Self {
+        let mut config = self;
+        config.metadata.backend = Some(MetadataBackend::Embedded);
+        config.idempotency.backend = Some(IdempotencyBackend::Embedded);
+        config
+    }
+
+    /// Checks the settings once, quoting the values it rejects. The stores
+    /// need not be chosen here (an in-process cluster is handed its stores);
+    /// [`CoordinatorConfig::validate_backends`] checks that they are.
     pub fn validate(&self) -> Result<(), String> {
         if self.id.is_empty() {
             return Err("id must not be empty".into());
         }
         for (name, value) in [
-            ("request_timeout_ms", self.request_timeout_ms),
-            ("node_timeout_ms", self.node_timeout_ms),
-            ("ring_refresh_ms", self.ring_refresh_ms),
-            ("idempotency_ttl_secs", self.idempotency_ttl_secs),
-            ("idempotency_in_flight_ms", self.idempotency_in_flight_ms),
-            ("leader_lease_ms", self.leader_lease_ms),
-            ("node_probe_ms", self.node_probe_ms),
-            ("postgres_pool_size", self.postgres_pool_size as u64),
+            ("request_timeout", self.request_timeout),
+            ("node_timeout", self.node_timeout),
+            ("metadata.ring_refresh", self.metadata.ring_refresh),
+            ("idempotency.ttl", self.idempotency.ttl),
+            ("idempotency.in_flight", self.idempotency.in_flight),
+            ("leader.lease", self.leader.lease),
+            ("leader.node_probe", self.leader.node_probe),
         ] {
-            if value == 0 {
-                return Err(format!("{name} must be positive, got 0"));
+            if value.is_zero() {
+                return Err(format!("{name} must be positive, got 0s"));
             }
         }
-        if self.node_timeout_ms > self.request_timeout_ms {
+        if self.metadata.pool_size == 0 {
+            return Err("metadata.pool_size must be positive, got 0".into());
+        }
+        if self.node_timeout > self.request_timeout {
             return Err(format!(
-                "node_timeout_ms ({}) must not exceed request_timeout_ms ({})",
-                self.node_timeout_ms, self.request_timeout_ms
+                "node_timeout ({}) must not exceed request_timeout ({})",
+                show(self.node_timeout),
+                show(self.request_timeout)
             ));
         }
-        if self.idempotency_in_flight_ms <= self.request_timeout_ms {
+        if self.idempotency.in_flight <= self.request_timeout {
             return Err(format!(
-                "idempotency_in_flight_ms ({}) must exceed request_timeout_ms ({}): a claim must outlive the request that holds it",
-                self.idempotency_in_flight_ms, self.request_timeout_ms
+                "idempotency.in_flight ({}) must exceed request_timeout ({}): a claim must outlive the request that holds it",
+                show(self.idempotency.in_flight),
+                show(self.request_timeout)
             ));
         }
-        if self.leader_lease_ms < 300 {
-            return Err(format!("leader_lease_ms must be at least 300, got {}", self.leader_lease_ms));
+        if self.leader.lease < Duration::from_millis(300) {
+            return Err(format!("leader.lease must be at least 300ms, got {}", show(self.leader.lease)));
         }
-        if !crate::metadata::postgres::valid_schema(&self.postgres_schema) {
-            return Err(format!("postgres_schema {:?} must be a lowercase identifier", self.postgres_schema));
+        if !crate::metadata::postgres::valid_schema(&self.metadata.schema) {
+            return Err(format!("metadata.schema {:?} must be a lowercase identifier", self.metadata.schema));
         }
+        match (self.metadata.backend, self.metadata.url.is_empty()) {
+            (Some(MetadataBackend::Postgres), true) => {
+                return Err("metadata.backend is \"postgres\" but metadata.url is empty".into());
+            }
+            (Some(MetadataBackend::Embedded), false) => {
+                return Err(
+                    "metadata.url is set but metadata.backend is \"embedded\": choose \"postgres\" to use it".into()
+                );
+            }
+            _ => {}
+        }
+        self.idempotency.validate()?;
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_key_bytes > 64 * 1024 {
             return Err(format!("limits.max_key_bytes must be 1..=65536, got {}", l.max_key_bytes));
@@ -197,6 +247,24 @@ impl CoordinatorConfig {
         }
         Ok(())
     }
+
+    /// [`CoordinatorConfig::validate`], and both stores chosen: what a
+    /// coordinator process that opens its own stores needs.
+    pub fn validate_backends(&self) -> Result<(), String> {
+        self.validate()?;
+        if self.metadata.backend.is_none() {
+            return Err("choose a metadata store: metadata.backend = \"postgres\" (with metadata.url; shared by several coordinators) or \"embedded\" (under data_dir; one coordinator), or --postgres-url / --metadata-backend".into());
+        }
+        if self.idempotency.backend.is_none() {
+            return Err("choose an idempotency store: idempotency.backend = \"redis\" (with idempotency.url; shared by several coordinators) or \"embedded\" (under data_dir; one coordinator), or --redis-url / --idempotency-backend".into());
+        }
+        Ok(())
+    }
+}
+
+/// A duration as settings write it ("5s").
+fn show(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
 }
 
 #[cfg(test)]
@@ -212,9 +280,24 @@ mod tests {
     /// run beside it.
     #[test]
     fn an_in_flight_timeout_within_the_request_timeout_is_refused() {
-        let config = CoordinatorConfig { idempotency_in_flight_ms: 5_000, ..CoordinatorConfig::default() };
+        let mut config = CoordinatorConfig::default();
+        config.idempotency.in_flight = Duration::from_secs(5);
         let error = config.validate().unwrap_err();
-        assert!(error.contains("idempotency_in_flight_ms (5000) must exceed request_timeout_ms (5000)"), "{error}");
+        assert!(error.contains("idempotency.in_flight (5s) must exceed request_timeout (5s)"), "{error}");
+    }
+
+    #[test]
+    fn a_store_is_a_choice_never_implied_by_an_empty_url() {
+        let unchosen = CoordinatorConfig::default();
+        let error = unchosen.validate_backends().unwrap_err();
+        assert!(error.contains("choose a metadata store"), "{error}");
+        let mut postgres = CoordinatorConfig::default().embedded();
+        postgres.metadata.backend = Some(MetadataBackend::Postgres);
+        assert!(postgres.validate().unwrap_err().contains("metadata.url is empty"));
+        let mut stray = CoordinatorConfig::default().embedded();
+        stray.idempotency.url = "redis://cache:6379".into();
+        assert!(stray.validate().unwrap_err().contains("idempotency.backend is \"embedded\""));
+        CoordinatorConfig::default().embedded().validate_backends().unwrap();
     }
 
     #[test]

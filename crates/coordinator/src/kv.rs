@@ -166,8 +166,8 @@ impl KvEngine {
             topology,
             peers,
             liveness,
-            node_timeout: Duration::from_millis(config.node_timeout_ms),
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            node_timeout: config.node_timeout,
+            request_timeout: config.request_timeout,
             read_repair: config.read_repair,
         }
     }

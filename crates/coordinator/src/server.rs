@@ -85,14 +85,14 @@ impl Coordinator {
         config.validate().map_err(|e| MetadataError::Unavailable(format!("invalid coordinator configuration: {e}")))?;
         let topology = Arc::new(Topology::load(metadata.clone()).await?);
         let contexts = ContextSeals::load(metadata.clone()).await?;
-        let timeout = Duration::from_millis(config.node_timeout_ms);
+        let timeout = config.node_timeout;
         let peers = Arc::new(match in_process {
             Some(nodes) => PeerPool::with_in_process(timeout, nodes),
             None => PeerPool::new(timeout),
         });
         let liveness = Arc::new(Liveness::new());
         let engine = KvEngine::new(topology.clone(), peers.clone(), liveness.clone(), &config);
-        let tenants = TenantCache::new(metadata.clone(), Duration::from_millis(config.tenant_cache_ttl_ms));
+        let tenants = TenantCache::new(metadata.clone(), config.metadata.tenant_cache_ttl);
         let (leadership, _) = watch::channel(LeaderState::default());
         Ok(Arc::new(Coordinator {
             config,
@@ -204,7 +204,7 @@ const WORKER_EXIT_DEADLINE: Duration = Duration::from_secs(5);
 fn start_workers(coordinator: &Arc<Coordinator>) -> Workers {
     let mut workers = Workers::new(coordinator.workers.clone());
     let c = coordinator.clone();
-    workers.spawn(Periodic::new("ring-refresh", Duration::from_millis(c.config.ring_refresh_ms), move || {
+    workers.spawn(Periodic::new("ring-refresh", c.config.metadata.ring_refresh, move || {
         let c = c.clone();
         async move { refresh_ring(&c).await }
     }));
@@ -237,8 +237,8 @@ fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
             liveness: coordinator.liveness.clone(),
             metadata: coordinator.metadata.clone(),
             generation,
-            interval: Duration::from_millis(coordinator.config.node_probe_ms),
-            timeout: Duration::from_millis(coordinator.config.node_timeout_ms),
+            interval: coordinator.config.leader.node_probe,
+            timeout: coordinator.config.node_timeout,
             tick: None,
         };
         // The job's runner lives in its task: aborting the task (leadership
@@ -260,7 +260,7 @@ pub async fn serve(
     workers.spawn(leader::Election::new(
         coordinator.metadata.clone(),
         coordinator.config.id.clone(),
-        Duration::from_millis(coordinator.config.leader_lease_ms),
+        coordinator.config.leader.lease,
         coordinator.leadership.clone(),
         leader_jobs(&coordinator),
     ));

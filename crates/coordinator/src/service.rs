@@ -207,13 +207,13 @@ impl KvService {
         }
         let fingerprint = fingerprint(&input, level);
         let (tenant_id, idem) = (input.tenant.clone(), input.idempotency_key.clone());
-        let ttl = Duration::from_secs(c.config.idempotency_ttl_secs);
+        let ttl = c.config.idempotency.ttl;
         let owner = attempt_owner();
-        let deadline = Instant::now() + Duration::from_millis(c.config.request_timeout_ms);
+        let deadline = Instant::now() + c.config.request_timeout;
         let settle = loop {
             let claim = match c.idempotency.claim(&tenant_id, &idem, &fingerprint, &owner, ttl).await {
                 Ok(claim) => claim,
-                Err(error) => match c.config.idempotency_unavailable {
+                Err(error) => match c.config.idempotency.unavailable {
                     IdempotencyFallback::Reject => {
                         return Err(KvError::DependencyUnavailable(format!(
                             "{error}; writes with an idempotency key are refused until it is back"
@@ -248,7 +248,7 @@ impl KvService {
                 }
             }
         };
-        let expires_at = now_secs() + c.config.idempotency_ttl_secs;
+        let expires_at = now_secs() + c.config.idempotency.ttl.as_secs();
         let write = internal::WriteTag { id: write_id(&tenant_id, &idem, &fingerprint), expires_at };
         let result = if settle {
             // An earlier attempt may have applied: find its version first.
@@ -463,7 +463,7 @@ impl AdminService {
     async fn check_node_identity(&self, id: &str, address: &str) -> Result<(), KvError> {
         let c = &self.coordinator;
         let client = c.peers.node(address).map_err(|s| KvError::InvalidArgument(s.message().to_string()))?;
-        let timeout = Duration::from_millis(c.config.node_timeout_ms);
+        let timeout = c.config.node_timeout;
         let info = match within(timeout, client.info()).await {
             Ok(info) => info,
             Err(failure @ (ReplicaFailure::Refused { .. } | ReplicaFailure::NotSent(_) | ReplicaFailure::Lost(_))) => {

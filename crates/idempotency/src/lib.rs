@@ -27,11 +27,14 @@
 //! coordinator that uses the same server. [`contract::run`] is the behaviour
 //! both must show.
 
+pub mod config;
 pub mod contract;
 pub mod embedded;
 pub mod redis;
 
 use std::time::Duration;
+
+pub use config::{IdempotencyBackend, IdempotencyConfig, IdempotencyFallback};
 
 use async_trait::async_trait;
 

@@ -1,6 +1,7 @@
 //! Storage node settings.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cohort_ring::valid_node_id;
 use serde::{Deserialize, Serialize};
@@ -28,13 +29,13 @@ pub struct NodeConfig {
     /// When a write counts as durable.
     #[serde(default)]
     pub durability: Durability,
-    /// Milliseconds the coordinating replica waits for another replica.
-    #[serde(default = "default_peer_timeout_ms")]
-    pub peer_timeout_ms: u64,
+    /// How long the coordinating replica waits for another replica.
+    #[serde(default = "default_peer_timeout", with = "humantime_serde")]
+    pub peer_timeout: Duration,
 }
 
-fn default_peer_timeout_ms() -> u64 {
-    2_000
+fn default_peer_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl NodeConfig {
@@ -44,7 +45,7 @@ impl NodeConfig {
             id: id.into(),
             data_dir: data_dir.into(),
             durability: Durability::default(),
-            peer_timeout_ms: default_peer_timeout_ms(),
+            peer_timeout: default_peer_timeout(),
         }
     }
 
@@ -53,8 +54,8 @@ impl NodeConfig {
         if !valid_node_id(&self.id) {
             return Err(format!("node id {:?} is invalid: expected 1-64 characters from [A-Za-z0-9_.-]", self.id));
         }
-        if self.peer_timeout_ms == 0 {
-            return Err("peer_timeout_ms must be positive".into());
+        if self.peer_timeout.is_zero() {
+            return Err("peer_timeout must be positive".into());
         }
         Ok(())
     }

@@ -112,7 +112,7 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     config.validate().map_err(ServeError::Config)?;
     let store = Arc::new(Store::open(&config.data_dir, &config.id, config.durability)?);
-    let peer_timeout = Duration::from_millis(config.peer_timeout_ms);
+    let peer_timeout = config.peer_timeout;
     let peers = Arc::new(match &in_process {
         Some(nodes) => PeerPool::with_in_process(peer_timeout, nodes.clone()),
         None => PeerPool::new(peer_timeout),

@@ -351,6 +351,10 @@ pub fn try_start_coordinator(
         "127.0.0.1:0",
         "--data-dir",
         dir,
+        "--metadata-backend",
+        "embedded",
+        "--idempotency-backend",
+        "embedded",
     ];
     args.extend_from_slice(extra);
     let mut proc = Proc::spawn("cohort coordinator", &args, env);
