@@ -7,13 +7,15 @@
 #                       [--workloads "a b c f"] [--concurrency "1 16 64"]
 #                       [--out DIR] [--quick]
 #
-# Systems: etcd (3 members, default linearizable reads), cohort-dev (`cohort
-# dev`: three storage nodes and a coordinator in one process), cohort-procs
-# (a `cohort coordinator` and three `cohort node` processes), and noop (a
-# unary tonic call that does nothing). Every cell (workload × concurrency) is
-# run against each system in turn, the order rotating from one repeat to the
-# next; then an open loop of workload A at half of cohort-dev's median peak
-# runs against each. Every load run is bounded by --duration; everything
+# Systems: cohort-procs (a `cohort coordinator` and three `cohort node`
+# processes), cohort-colocated (three `cohort node` processes, the first also
+# running the coordinator: three processes, as etcd has), cohort-dev (`cohort
+# dev`: three storage nodes and a coordinator in one process), etcd (3
+# members, default linearizable reads), and noop (a unary tonic call that
+# does nothing). Every cell (workload × concurrency) is run against each
+# system in turn, the order rotating from one repeat to the next; then open
+# loops of workload A: each system at half of its own median peak, and all
+# of them at one common rate, half of the slowest system's peak. Every load run is bounded by --duration; everything
 # listens on 127.0.0.1 only; the processes started here are stopped by PID on
 # exit. Needs etcd (Debian package etcd-server) and protoc (protobuf-compiler,
 # for the etcd client): both are installed with apt-get when missing.
@@ -22,14 +24,14 @@ set -euo pipefail
 RUNS=3
 DURATION=5s
 WARMUP=1s
-RECORDS=1000
+RECORDS=10000
 WORKLOADS="a b c f"
 CONCURRENCY="1 16 64"
 OPEN_SLOTS=1024
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT="$ROOT/loadtest/results"
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -176,8 +178,33 @@ done
 wait_http "${PROCS_METRICS%/metrics}/health/ready"
 log "cohort-procs: $PROCS (nodes ${NODES[*]})"
 
-# Both Cohort clusters: a tenant with N=3, R=2, W=2 (quorum).
-for endpoint in "$DEV" "$PROCS"; do
+# cohort-colocated: three node processes; the first also runs the
+# coordinator, which calls it directly and lets it coordinate every write.
+cat >"$WORK/colocated.toml" <<TOML
+[coordinator]
+id = "coordinator-1"
+data_dir = "$WORK/colocated-coordinator"
+metrics_listen = ""
+[coordinator.metadata]
+backend = "embedded"
+[coordinator.idempotency]
+backend = "embedded"
+TOML
+COLOCATED_NODES=()
+for i in 1 2 3; do
+    extra=()
+    [ "$i" -eq 1 ] && extra=(--config "$WORK/colocated.toml" --coordinator-listen 127.0.0.1:0)
+    start "colocated$i" "$COHORT" node --id "node-$i" --data-dir "$WORK/colocated$i" --listen 127.0.0.1:0 "${extra[@]}"
+    COLOCATED_NODES+=("$(wait_line "colocated$i" 'node .* listening on' | awk '{print $NF}')")
+done
+COLOCATED="http://$(wait_line colocated1 'coordinator .* listening on' | awk '{print $NF}')"
+for i in 1 2 3; do
+    "$COHORT" admin node add --id "node-$i" --address "${COLOCATED_NODES[$((i - 1))]}" --endpoint "$COLOCATED" >/dev/null
+done
+log "cohort-colocated: $COLOCATED (nodes ${COLOCATED_NODES[*]})"
+
+# Every Cohort cluster: a tenant with N=3, R=2, W=2 (quorum).
+for endpoint in "$DEV" "$PROCS" "$COLOCATED"; do
     "$COHORT" admin tenant create bench --replication 3 --read 2 --write 2 --endpoint "$endpoint" >/dev/null
 done
 
@@ -189,9 +216,10 @@ declare -A TARGETS=(
     [etcd]="etcd://$ETCD_ENDPOINTS"
     [cohort-dev]="cohort://${DEV#http://}"
     [cohort-procs]="cohort://${PROCS#http://}"
+    [cohort-colocated]="cohort://${COLOCATED#http://}"
     [noop]="noop://$NOOP"
 )
-SYSTEMS=(etcd cohort-dev cohort-procs)
+SYSTEMS=(cohort-procs cohort-colocated cohort-dev etcd)
 
 # --- runs ----------------------------------------------------------------
 RAW="$OUT/raw"
@@ -224,12 +252,19 @@ for run in $(seq "$RUNS"); do
     done
 done
 
+COMMON="not run"
 if [[ " $WORKLOADS " == *" a "* ]]; then
-    RATE=$("$LOADTEST" report --results "$RAW" --print-half-peak cohort-dev)
-    log "open loop at $RATE ops/s (half of cohort-dev's median peak on workload a)"
+    declare -A HALF
+    COMMON=""
+    for system in "${SYSTEMS[@]}"; do
+        HALF[$system]=$("$LOADTEST" report --results "$RAW" --print-half-peak "$system")
+        if [ -z "$COMMON" ] || [ "${HALF[$system]}" -lt "$COMMON" ]; then COMMON=${HALF[$system]}; fi
+    done
+    log "open loops: each system at half its own peak on workload a; all at $COMMON ops/s (half the slowest peak)"
     for run in $(seq "$RUNS"); do
         for system in "${SYSTEMS[@]}"; do
-            measure "$system" "$system-open-r$run" --workload a --rate "$RATE" --concurrency "$OPEN_SLOTS"
+            measure "$system" "$system-open-r$run" --workload a --rate "${HALF[$system]}" --concurrency "$OPEN_SLOTS"
+            measure "$system" "$system-common-r$run" --workload a --rate "$COMMON" --concurrency "$OPEN_SLOTS"
         done
     done
 fi
@@ -242,10 +277,12 @@ fi
     echo "- Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/^Mem:/ {print $2}') GiB;"
     echo "  client and every server share it."
     echo "- etcd $(etcd --version | awk '/etcd Version/ {print $3}'), 3 members on 127.0.0.1, default (linearizable) reads."
-    echo "- Cohort: tenant \`bench\`, N=3, R=2, W=2, fsync durability; \`cohort-dev\` is \`cohort dev\` (all in one"
-    echo "  process), \`cohort-procs\` a \`cohort coordinator\` and three \`cohort node\` processes."
+    echo "- Cohort: tenant \`bench\`, N=3, R=2, W=2, fsync durability; \`cohort-procs\` is a \`cohort coordinator\` and"
+    echo "  three \`cohort node\` processes, \`cohort-colocated\` three \`cohort node\` processes of which the first"
+    echo "  also runs the coordinator (\`--coordinator-listen\`), \`cohort-dev\` is \`cohort dev\` (all in one process)."
     echo "- Every run: $RECORDS records of 100 B loaded first, YCSB key choice zipfian, then $WARMUP of warmup and"
-    echo "  $DURATION measured. Open loop: workload A at half of cohort-dev's median peak, at most $OPEN_SLOTS in flight."
+    echo "  $DURATION measured. Open loops (at most $OPEN_SLOTS in flight): workload A at half of each system's own"
+    echo "  median peak, and all systems at $COMMON ops/s, half of the slowest system's peak."
 } >"$WORK/preamble.md"
 "$LOADTEST" report --results "$RAW" --output "$OUT/REPORT.md" --plot "$OUT/latency.svg" --preamble "$WORK/preamble.md"
 log "done: $OUT/REPORT.md"

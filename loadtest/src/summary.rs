@@ -128,11 +128,14 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// etcd first, then Cohort's systems, the no-op ceiling last.
 fn label_rank(label: &str) -> (u8, String) {
+    // The separate-process shape first: it is the one a deployment runs.
     let rank = match label {
-        "etcd" => 0,
-        l if l.starts_with("cohort") => 1,
-        "noop" => 3,
-        _ => 2,
+        "cohort-procs" => 0,
+        "cohort-colocated" => 1,
+        l if l.starts_with("cohort") => 2,
+        "etcd" => 3,
+        "noop" => 5,
+        _ => 4,
     };
     (rank, label.to_string())
 }
@@ -234,14 +237,16 @@ impl<'a> Cells<'a> {
         self.0.iter().find(|c| c.rate.is_none() && c.label == "noop" && c.concurrency == concurrency)
     }
 
+    /// `label`'s open loop at half its own peak: its highest scheduled rate
+    /// (a common rate, when there is one, is at most that).
     fn open(&self, label: &str) -> Option<&'a Cell> {
-        self.0.iter().find(|c| c.rate.is_some() && c.label == label)
+        self.0.iter().filter(|c| c.label == label).filter(|c| c.rate.is_some()).max_by_key(|c| c.rate)
     }
 
     fn cohort_labels(&self) -> Vec<&'a str> {
         let mut labels: Vec<&str> =
             self.0.iter().filter(|c| c.label.starts_with("cohort")).map(|c| c.label.as_str()).collect();
-        labels.sort();
+        labels.sort_by_key(|label| label_rank(label));
         labels.dedup();
         labels
     }
@@ -260,20 +265,23 @@ struct Verdict {
 
 fn targets(cells: &Cells, label: &str) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
+    // One process holding the whole cluster has no network between its
+    // parts, and is held to more.
+    let wanted = if label == "cohort-dev" { 3.0 } else { 2.0 };
     for workload in ["a", "c"] {
         let Some(top) = cells.max_concurrency(workload) else { continue };
         let ours = cells.closed(label, workload, top);
         let etcd = cells.closed("etcd", workload, top);
         let r = ours.zip(etcd).and_then(|(o, e)| ratio(o.ops_per_sec, e.ops_per_sec));
         verdicts.push(Verdict {
-            target: format!("YCSB {} at concurrency {top}: ≥ 2× etcd's ops/s", workload.to_uppercase()),
+            target: format!("YCSB {} at concurrency {top}: ≥ {wanted}× etcd's ops/s", workload.to_uppercase()),
             measured: match (ours, etcd) {
                 (Some(o), Some(e)) => {
                     format!("{:.0} vs {:.0} ops/s = {}", o.ops_per_sec, e.ops_per_sec, times(r))
                 }
                 _ => "not measured".into(),
             },
-            met: r.map(|r| r >= 2.0),
+            met: r.map(|r| r >= wanted),
         });
     }
     let ceiling = cells.noop(1);
@@ -423,11 +431,12 @@ fn draw(path: &Path, cells: &[Cell]) -> anyhow::Result<()> {
     let top = lookup.max_concurrency("a").unwrap_or(0);
     let closed: Vec<&Cell> =
         cells.iter().filter(|c| c.rate.is_none() && c.workload == "a" && c.concurrency == top).collect();
-    let open: Vec<&Cell> = cells.iter().filter(|c| c.rate.is_some()).collect();
+    // The open loop every system ran at the same (lowest) rate.
+    let rate = cells.iter().filter_map(|c| c.rate).min().unwrap_or(0);
+    let open: Vec<&Cell> = cells.iter().filter(|c| c.rate == Some(rate)).collect();
     let root = SVGBackend::new(path, (1200, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| error(&e))?;
     let panels = root.split_evenly((1, 2));
-    let rate = open.first().and_then(|c| c.rate).unwrap_or(0);
     let titles =
         [format!("workload A, closed loop, {top} in flight"), format!("workload A, open loop at {rate} ops/s")];
     for ((panel, series), title) in panels.iter().zip([closed, open]).zip(titles) {
@@ -535,8 +544,10 @@ mod tests {
         assert_eq!((etcd.runs, etcd.ops_per_sec, etcd.all.p50), (3, 6000.0, 900.0));
         let verdicts = targets(&Cells(&cells), "cohort-dev");
         let met: Vec<Option<bool>> = verdicts.iter().map(|v| v.met).collect();
-        // A: 12000 / 6000 = 2.0; C@64 not measured; put 480/120 = 4.0; get 300/120 = 2.5; open p99 8 ms.
-        assert_eq!(met, [Some(true), None, Some(true), Some(true), Some(true)]);
+        // A: 12000 / 6000 = 2.0, short of the dev cluster's 3×; C@64 not measured; put 480/120 = 4.0;
+        // get 300/120 = 2.5; open p99 8 ms.
+        assert_eq!(met, [Some(false), None, Some(true), Some(true), Some(true)]);
+        assert!(verdicts[0].target.contains("≥ 3× etcd"), "{}", verdicts[0].target);
         let text = markdown(&cells, "machine: test", Some("plot.svg"));
         assert!(
             text.contains("| cohort-dev | A | 64 | 12000 | 400 µs | 1.60 ms | 3.20 ms | 0 | 2.00× | 0.30× | 4.00× |"),

@@ -43,6 +43,12 @@ pub struct NodeArgs {
     /// `flush` (survives a process crash).
     #[arg(long, value_parser = ["fsync", "flush"])]
     durability: Option<String>,
+    /// Also run a coordinator in this process, its public API on this
+    /// address (the `[coordinator]` section of --config holds its other
+    /// settings and must name its stores). It calls this node directly and
+    /// makes it the coordinating replica of every key it holds.
+    #[arg(long)]
+    coordinator_listen: Option<String>,
 }
 
 /// Settings of a node process.
@@ -56,6 +62,9 @@ pub(crate) struct NodeSettings {
     durability: Durability,
     #[serde(with = "humantime_serde")]
     peer_timeout: std::time::Duration,
+    /// A coordinator run in the same process, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    coordinator: Option<CoordinatorConfig>,
 }
 
 impl Default for NodeSettings {
@@ -67,6 +76,7 @@ impl Default for NodeSettings {
             metrics_listen: String::new(),
             durability: Durability::Fsync,
             peer_timeout: std::time::Duration::from_secs(2),
+            coordinator: None,
         }
     }
 }
@@ -81,6 +91,10 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         ("metrics_listen", args.metrics_listen.map(|v| json!(v))),
         ("durability", args.durability.map(|v| json!(v))),
     ]);
+    let mut overrides = overrides;
+    if let Some(listen) = args.coordinator_listen {
+        overrides["coordinator"] = json!({ "listen": listen });
+    }
     let s: NodeSettings = settings::load(NodeSettings::default(), args.config.as_deref(), overrides)?;
     let config = NodeConfig {
         id: s.id.clone(),
@@ -89,10 +103,30 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         peer_timeout: s.peer_timeout,
     };
     config.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let coordinator = match &s.coordinator {
+        Some(coordinator) => {
+            coordinator.validate_backends().map_err(|e| anyhow::anyhow!("invalid [coordinator] settings: {e}"))?;
+            Some(coordinator.clone())
+        }
+        None => None,
+    };
     let listener =
         tokio::net::TcpListener::bind(&s.listen).await.map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", s.listen))?;
     let address = listener.local_addr()?;
     telemetry::prometheus();
+    // One signal stops both roles.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        telemetry::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let shutdown = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let in_process = coordinator.as_ref().map(|_| Arc::new(cohort_transport::InProcessNodes::default()));
     let node: Arc<std::sync::OnceLock<cohort_node::NodeHandle>> = Arc::default();
     let metrics = if s.metrics_listen.is_empty() {
         None
@@ -107,15 +141,82 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         };
         Some(telemetry::serve_http(&s.metrics_listen, Arc::new(ready)).await?)
     };
-    cohort_node::serve(config, listener, telemetry::shutdown_signal(), move |handle| {
-        let _ = node.set(handle);
-        println!("cohort node {} listening on {address}", s.id);
-        if let Some(metrics) = metrics {
-            println!("metrics on http://{metrics}/metrics");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let id = s.id.clone();
+    let serving = tokio::spawn(cohort_node::serve_with(
+        config,
+        listener,
+        shutdown(),
+        move |handle| {
+            let _ = node.set(handle);
+            println!("cohort node {id} listening on {address}");
+            if let Some(metrics) = metrics {
+                println!("metrics on http://{metrics}/metrics");
+            }
+            let _ = ready_tx.send(());
+        },
+        in_process.clone(),
+    ));
+    let coordinating = match coordinator {
+        None => None,
+        Some(config) => {
+            // Only once the node is registered in the directory (its store
+            // is open) may the coordinator call it directly.
+            if ready_rx.await.is_err() {
+                serving.await??;
+                anyhow::bail!("the storage node stopped before it served");
+            }
+            let (metadata, idempotency) = open_stores(&config).await?;
+            let listener = tokio::net::TcpListener::bind(&config.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.listen))?;
+            let public = listener.local_addr()?;
+            let coordinator = cohort_coordinator::server::Coordinator::with_in_process(
+                config.clone(),
+                metadata,
+                idempotency,
+                in_process,
+            )
+            .await?;
+            println!("cohort coordinator {} listening on {public}", config.id);
+            Some(tokio::spawn(cohort_coordinator::serve(coordinator, listener, shutdown())))
         }
-    })
-    .await?;
+    };
+    if let Some(coordinating) = coordinating {
+        coordinating.await??;
+    }
+    serving.await??;
     Ok(())
+}
+
+/// Opens the metadata and idempotency stores `config` names, waiting (with
+/// backoff) for shared ones to answer.
+async fn open_stores(
+    config: &CoordinatorConfig,
+) -> anyhow::Result<(Arc<dyn MetadataStore>, Arc<dyn IdempotencyStore>)> {
+    let metadata: Arc<dyn MetadataStore> = match config.metadata.backend {
+        Some(MetadataBackend::Postgres) => {
+            let m = &config.metadata;
+            Arc::new(with_backoff("PostgreSQL", || PostgresMetadata::connect(&m.url, &m.schema, m.pool_size)).await?)
+        }
+        _ => Arc::new(EmbeddedMetadata::open(&config.data_dir.join("metadata"))?),
+    };
+    let idem = &config.idempotency;
+    let idempotency: Arc<dyn IdempotencyStore> = match idem.backend {
+        Some(IdempotencyBackend::Redis) => Arc::new(
+            with_backoff("Redis", || RedisIdempotency::connect(&idem.url, &idem.prefix, idem.in_flight)).await?,
+        ),
+        _ => Arc::new(EmbeddedIdempotency::open(&config.data_dir.join("idempotency"), idem.in_flight)?),
+    };
+    let shared =
+        (config.metadata.backend == Some(MetadataBackend::Postgres), idem.backend == Some(IdempotencyBackend::Redis));
+    if shared.0 != shared.1 {
+        tracing::warn!(
+            "only one of the metadata and idempotency stores is shared: this coordinator cannot share its cluster"
+        );
+    }
+    tracing::info!(metadata = ?config.metadata.backend, idempotency = ?idem.backend, "stores chosen");
+    Ok((metadata, idempotency))
 }
 
 /// Flags of `cohort coordinator`.
@@ -213,28 +314,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     }
     let config: CoordinatorConfig = settings::load(CoordinatorConfig::default(), args.config.as_deref(), overrides)?;
     config.validate_backends().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let metadata: Arc<dyn MetadataStore> = match config.metadata.backend {
-        Some(MetadataBackend::Postgres) => {
-            let m = &config.metadata;
-            Arc::new(with_backoff("PostgreSQL", || PostgresMetadata::connect(&m.url, &m.schema, m.pool_size)).await?)
-        }
-        _ => Arc::new(EmbeddedMetadata::open(&config.data_dir.join("metadata"))?),
-    };
-    let idem = &config.idempotency;
-    let idempotency: Arc<dyn IdempotencyStore> = match idem.backend {
-        Some(IdempotencyBackend::Redis) => Arc::new(
-            with_backoff("Redis", || RedisIdempotency::connect(&idem.url, &idem.prefix, idem.in_flight)).await?,
-        ),
-        _ => Arc::new(EmbeddedIdempotency::open(&config.data_dir.join("idempotency"), idem.in_flight)?),
-    };
-    let shared =
-        (config.metadata.backend == Some(MetadataBackend::Postgres), idem.backend == Some(IdempotencyBackend::Redis));
-    if shared.0 != shared.1 {
-        tracing::warn!(
-            "only one of the metadata and idempotency stores is shared: this coordinator cannot share its cluster"
-        );
-    }
-    tracing::info!(metadata = ?config.metadata.backend, idempotency = ?idem.backend, "stores chosen");
+    let (metadata, idempotency) = open_stores(&config).await?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot bind {}: {e}", config.listen))?;

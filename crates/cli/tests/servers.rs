@@ -83,3 +83,54 @@ fn a_coordinator_names_its_stores_and_refuses_settings_it_does_not_know() {
     run(&[&base[..], &["--config", file.to_str().unwrap()]].concat()).one_line_error("request_timeout_ms");
     assert!(!data.exists(), "a refused start creates nothing");
 }
+
+/// `cohort node --coordinator-listen`: three node processes, the first also
+/// running the coordinator (which calls its own node in-process), serve keys
+/// as the separate roles do, and stop together on SIGTERM.
+#[test]
+fn a_node_process_can_run_the_coordinator_beside_its_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("node-1.toml");
+    let coordinator_dir = dir.path().join("coordinator");
+    std::fs::write(
+        &settings,
+        format!(
+            "[coordinator]\ndata_dir = {:?}\nmetrics_listen = \"\"\n[coordinator.metadata]\nbackend = \"embedded\"\n\
+             [coordinator.idempotency]\nbackend = \"embedded\"\n",
+            coordinator_dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut nodes = Vec::new();
+    let mut endpoint = String::new();
+    for i in 1..=3 {
+        let id = format!("node-{i}");
+        let data = dir.path().join(&id);
+        let mut args = vec!["node", "--id", &id, "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+        if i == 1 {
+            args.extend_from_slice(&["--config", settings.to_str().unwrap(), "--coordinator-listen", "127.0.0.1:0"]);
+        }
+        let mut node = Proc::spawn(&format!("cohort node {id}"), &args, &[]);
+        let address = node.wait_for_line(&format!("cohort node {id} listening on ")).trim().to_string();
+        if i == 1 {
+            let public = node.wait_for_line("cohort coordinator coordinator-1 listening on ").trim().to_string();
+            endpoint = format!("http://{public}");
+        }
+        nodes.push((id, address, node));
+    }
+    for (id, address, _) in &nodes {
+        let added = cli(&endpoint, &["admin", "node", "add", "--id", id, "--address", address]);
+        assert!(added.success(), "{added:?}");
+    }
+    let created = cli(&endpoint, &["admin", "tenant", "create", "app", "--replication", "3"]);
+    assert!(created.success(), "{created:?}");
+    let put = cli(&endpoint, &["kv", "put", "--tenant", "app", "k", "v", "--json"]).json();
+    let acked = put["receipt"]["replicas"].as_array().map_or(0, Vec::len);
+    assert!(acked >= 2, "a quorum of the three replicas holds the write: {put}");
+    let read = cli(&endpoint, &["kv", "get", "--tenant", "app", "k", "--json"]).json();
+    assert_eq!(read["siblings"], serde_json::json!(["v"]), "{read}");
+    for (id, _, mut node) in nodes {
+        let status = node.terminate();
+        assert!(status.success(), "{id} exit on SIGTERM: {status}");
+    }
+}

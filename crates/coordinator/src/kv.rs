@@ -374,10 +374,18 @@ impl KvEngine {
     }
 
     /// The order in which replicas are asked to coordinate a write: the
-    /// preference list, with recently failed replicas moved to the end.
+    /// preference list, with the first replica this process serves moved to
+    /// the front (no network on the write's first hop, as Dynamo's
+    /// coordinators pick a local replica) and recently failed replicas to
+    /// the end. Where every replica is served here (the dev cluster) or none
+    /// is, the preference list's own order stands.
     fn coordinator_order(&self, replicas: &[Replica]) -> Vec<usize> {
         let (mut healthy, doubtful): (Vec<usize>, Vec<usize>) =
             (0..replicas.len()).partition(|&i| !self.liveness.is_suspect(&replicas[i].id));
+        if let Some(local) = healthy.iter().position(|&i| self.peers.is_in_process(&replicas[i].address)) {
+            let first = healthy.remove(local);
+            healthy.insert(0, first);
+        }
         healthy.extend(doubtful);
         healthy
     }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use cohort_proto::internal::v1::pipeline_request::Op;
@@ -54,6 +54,12 @@ impl PeerPool {
         PeerPool { in_process: Some(in_process), ..PeerPool::new(connect_timeout) }
     }
 
+    /// Whether the node at `address` is served by this process (and is
+    /// called without the network).
+    pub fn is_in_process(&self, address: &str) -> bool {
+        self.in_process.as_ref().is_some_and(|nodes| nodes.get(address).is_some())
+    }
+
     /// The client for `address` (`host:port`), created on first use.
     pub fn node(&self, address: &str) -> Result<NodeClient, Status> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -74,7 +80,8 @@ impl PeerPool {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let node = NodeClient {
             raw,
-            session: Arc::new(tokio::sync::Mutex::new(None)),
+            session: Arc::default(),
+            opening: Arc::default(),
             address: address.into(),
             in_process: self.in_process.clone(),
         };
@@ -87,9 +94,12 @@ impl PeerPool {
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     raw: StorageClient<Channel>,
-    /// The open pipeline, if any. A tokio mutex: opening a stream awaits the
-    /// node's answer, and concurrent callers must share one stream.
-    session: Arc<tokio::sync::Mutex<Option<Arc<Session>>>>,
+    /// The open pipeline, if any. A std lock, held only to clone or swap the
+    /// handle: the common call finds an open session without waiting.
+    session: Arc<RwLock<Option<Arc<Session>>>>,
+    /// Held while a new pipeline opens (which awaits the node), so that
+    /// concurrent callers share one stream.
+    opening: Arc<tokio::sync::Mutex<()>>,
     /// `host:port` of the node.
     address: Arc<str>,
     /// Where to look for the node in this process before using the network.
@@ -259,13 +269,21 @@ impl NodeClient {
         }
     }
 
+    /// The open session, if any.
+    fn open_session(&self) -> Option<Arc<Session>> {
+        let current = self.session.read().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().filter(|session| !session.closed.load(Ordering::Acquire)).cloned()
+    }
+
     /// The open session, or a new one.
     async fn session(&self) -> Result<Arc<Session>, Status> {
-        let mut current = self.session.lock().await;
-        if let Some(session) = current.as_ref()
-            && !session.closed.load(Ordering::Acquire)
-        {
-            return Ok(session.clone());
+        if let Some(session) = self.open_session() {
+            return Ok(session);
+        }
+        let _opening = self.opening.lock().await;
+        // Another caller may have opened one while this one waited.
+        if let Some(session) = self.open_session() {
+            return Ok(session);
         }
         let (requests, outbound) = mpsc::channel(4096);
         let mut raw = self.raw.clone();
@@ -277,7 +295,7 @@ impl NodeClient {
             closed: AtomicBool::new(false),
         });
         tokio::spawn(dispatch(inbound, Arc::downgrade(&session)));
-        *current = Some(session.clone());
+        *self.session.write().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
         Ok(session)
     }
 }
