@@ -316,7 +316,7 @@ fn markdown(cells: &[Cell], preamble: &str, plot: Option<&str>) -> String {
     if !preamble.trim().is_empty() {
         let _ = writeln!(out, "{}\n", preamble.trim());
     }
-    let runs = cells.iter().map(|c| c.runs).max().unwrap_or(0);
+    let runs = cells.iter().filter(|c| c.rate.is_none()).map(|c| c.runs).max().unwrap_or(0);
     let _ = writeln!(
         out,
         "Every figure is the median of {runs} runs of its cell (each percentile's median taken separately). \

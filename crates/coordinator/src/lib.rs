@@ -6,7 +6,9 @@
 //! version and replicates it; reads ask all N replicas, answer after R, merge
 //! the siblings and repair replicas that differ.
 //!
-//! - [`config`]: the coordinator's settings.
+//! - [`config`]: the coordinator's settings, in sections.
+//! - [`error`]: [`KvError`], the coordinator's one error type, shaped for
+//!   clients.
 //! - [`validate`]: input limits and identifier rules, checked before anything
 //!   is stored.
 //! - [`metadata`]: the metadata store contract (tenants, nodes, ring version,

@@ -21,11 +21,14 @@
 //! in-flight timeout lapses, and is then treated like an unknown outcome:
 //! its owner may have died after its write reached a replica.
 //!
-//! Two stores: [`embedded::EmbeddedIdempotency`] keeps claims in the process
-//! and records in a local fjall keyspace, for a single coordinator;
-//! [`redis::RedisIdempotency`] keeps both in Redis, shared by every
-//! coordinator that uses the same server. [`contract::run`] is the behaviour
-//! both must show.
+//! - [`embedded`]: [`embedded::EmbeddedIdempotency`] keeps claims in the
+//!   process and records in a local fjall keyspace, for a single
+//!   coordinator;
+//! - [`redis`]: [`redis::RedisIdempotency`] keeps both in Redis, shared by
+//!   every coordinator that uses the same server;
+//! - [`contract`]: the behaviour both must show ([`contract::run`]);
+//! - [`config`]: the `[idempotency]` settings section, which names the
+//!   store.
 
 pub mod config;
 pub mod contract;

@@ -4,14 +4,15 @@
 //! (see [`cohort_ring::dvv`]) in a fjall keyspace on local disk, and serves the
 //! internal `Storage` gRPC API to coordinators and to the other nodes.
 //!
+//! - [`config`]: the node's settings.
 //! - [`store`]: the durable sibling-set store with group commit.
 //! - [`handler`]: [`StorageNode`], the node's handling of each internal
 //!   operation, including the coordinating-replica write path that applies
 //!   a new version and fans it out to the other replicas. It implements the
 //!   transport's `StorageHandler`; the gRPC service, the pipelined stream
 //!   and the clients of other nodes live in `cohort-transport`.
-//! - [`server`]: wiring — open the store, serve on a bound listener until a
-//!   shutdown future completes.
+//! - [`server`]: wiring — open the store, start the node's workers, serve on
+//!   a bound listener until a shutdown future completes.
 //!
 //! **Architecture invariant:** a node never issues a dot except from its own
 //! durable state under the key's lock, and never acknowledges a write before
