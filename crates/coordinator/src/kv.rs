@@ -144,6 +144,23 @@ fn merge_within(
     }
 }
 
+/// The order in which `replicas` (a preference list) are asked to
+/// coordinate a write: the first healthy replica served in this process,
+/// then the other healthy ones in list order, then the suspected ones.
+pub fn coordinator_order(
+    replicas: &[Replica],
+    suspect: impl Fn(&Replica) -> bool,
+    in_process: impl Fn(&Replica) -> bool,
+) -> Vec<usize> {
+    let (mut healthy, doubtful): (Vec<usize>, Vec<usize>) = (0..replicas.len()).partition(|&i| !suspect(&replicas[i]));
+    if let Some(local) = healthy.iter().position(|&i| in_process(&replicas[i])) {
+        let first = healthy.remove(local);
+        healthy.insert(0, first);
+    }
+    healthy.extend(doubtful);
+    healthy
+}
+
 /// Limits the coordinating replica enforces on a new version.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteLimits {
@@ -380,14 +397,7 @@ impl KvEngine {
     /// the end. Where every replica is served here (the dev cluster) or none
     /// is, the preference list's own order stands.
     fn coordinator_order(&self, replicas: &[Replica]) -> Vec<usize> {
-        let (mut healthy, doubtful): (Vec<usize>, Vec<usize>) =
-            (0..replicas.len()).partition(|&i| !self.liveness.is_suspect(&replicas[i].id));
-        if let Some(local) = healthy.iter().position(|&i| self.peers.is_in_process(&replicas[i].address)) {
-            let first = healthy.remove(local);
-            healthy.insert(0, first);
-        }
-        healthy.extend(doubtful);
-        healthy
+        coordinator_order(replicas, |r| self.liveness.is_suspect(&r.id), |r| self.peers.is_in_process(&r.address))
     }
 
     /// Reads `key` from the replicas and merges what R of them hold.
@@ -547,6 +557,18 @@ mod tests {
 
     fn replica(id: &str) -> Replica {
         Replica { id: id.into(), address: format!("{id}:1") }
+    }
+
+    #[test]
+    fn the_coordinating_replica_is_local_when_one_is_and_never_a_suspect_first() {
+        let list = [replica("a"), replica("b"), replica("c")];
+        let none = |_: &Replica| false;
+        let is = |id: &'static str| move |r: &Replica| r.id == id;
+        assert_eq!(coordinator_order(&list, none, none), [0, 1, 2], "no local replica: the list's order");
+        assert_eq!(coordinator_order(&list, none, |_| true), [0, 1, 2], "all local (dev): the list's order");
+        assert_eq!(coordinator_order(&list, none, is("c")), [2, 0, 1], "the local replica first");
+        assert_eq!(coordinator_order(&list, is("a"), none), [1, 2, 0], "a suspect last");
+        assert_eq!(coordinator_order(&list, is("c"), is("c")), [0, 1, 2], "a suspected local replica is not preferred");
     }
 
     #[test]
