@@ -57,7 +57,7 @@ impl PeerPool {
     /// Whether the node at `address` is served by this process (and is
     /// called without the network).
     pub fn is_in_process(&self, address: &str) -> bool {
-        self.in_process.as_ref().is_some_and(|nodes| nodes.get(address).is_some())
+        self.in_process.as_ref().is_some_and(|nodes| nodes.contains(address))
     }
 
     /// The client for `address` (`host:port`), created on first use.

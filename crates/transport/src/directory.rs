@@ -48,6 +48,11 @@ impl InProcessNodes {
         self.nodes.write().unwrap_or_else(|p| p.into_inner()).remove(address);
     }
 
+    /// Whether a node is registered at `address`.
+    pub fn contains(&self, address: &str) -> bool {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).contains_key(address)
+    }
+
     pub(crate) fn get(&self, address: &str) -> Option<LocalNode> {
         self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(address).cloned()
     }
