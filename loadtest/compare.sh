@@ -173,7 +173,7 @@ start coordinator "$COHORT" coordinator --id coordinator-1 --data-dir "$WORK/coo
 PROCS_METRICS=$(wait_line coordinator '^metrics on ' | awk '{print $3}')
 PROCS="http://$(wait_line coordinator 'listening on' | awk '{print $NF}')"
 for i in 1 2 3; do
-    "$COHORT" admin node add --id "node-$i" --address "${NODES[$((i - 1))]}" --endpoint "$PROCS" >/dev/null
+    "$COHORT" admin node add --wait --id "node-$i" --address "${NODES[$((i - 1))]}" --endpoint "$PROCS" >/dev/null
 done
 wait_http "${PROCS_METRICS%/metrics}/health/ready"
 log "cohort-procs: $PROCS (nodes ${NODES[*]})"
@@ -199,7 +199,7 @@ for i in 1 2 3; do
 done
 COLOCATED="http://$(wait_line colocated1 'coordinator .* listening on' | awk '{print $NF}')"
 for i in 1 2 3; do
-    "$COHORT" admin node add --id "node-$i" --address "${COLOCATED_NODES[$((i - 1))]}" --endpoint "$COLOCATED" >/dev/null
+    "$COHORT" admin node add --wait --id "node-$i" --address "${COLOCATED_NODES[$((i - 1))]}" --endpoint "$COLOCATED" >/dev/null
 done
 log "cohort-colocated: $COLOCATED (nodes ${COLOCATED_NODES[*]})"
 

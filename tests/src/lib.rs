@@ -199,8 +199,13 @@ impl TestCluster {
     pub async fn replica_state(&self, index: usize, key: &str) -> SiblingSet {
         let address = self.node_address(index).expect("node is running");
         let mut client = StorageClient::connect(format!("http://{address}")).await.expect("connect to node");
-        let request =
-            ReadRequest { tenant: TENANT.into(), key: Bytes::copy_from_slice(key.as_bytes()), ..Default::default() };
+        // Inspection, not routing: past any ring fence.
+        let request = ReadRequest {
+            tenant: TENANT.into(),
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            ring_version: u64::MAX,
+            ..Default::default()
+        };
         let state = client.read(request).await.expect("replica read").into_inner().state;
         if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodable state") }
     }

@@ -166,6 +166,7 @@ async fn bad_admin_requests_get_their_status_and_change_nothing() {
         address: address.into(),
         zone: None,
         vnodes,
+        dry_run: false,
     };
     let taken = cluster.node_address(0).expect("node 1 runs").to_string();
     for (what, request, code) in [
@@ -215,9 +216,10 @@ async fn random_bytes_as_context_never_break_the_server() {
 
 /// F14: re-registering a node without `--zone`/`--vnodes` reset them to
 /// none and 150, silently re-placing its data. What a request leaves out
-/// now keeps its registered value.
+/// now keeps its registered value, and a placement change of a node on the
+/// ring (which would move data without a migration) is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn re_adding_a_node_without_zone_or_vnodes_keeps_them() {
+async fn re_adding_a_node_on_the_ring_keeps_its_placement_and_never_changes_it() {
     let cluster = TestCluster::start().await;
     let mut admin = AdminClient::connect(cluster.endpoint()).await.expect("connect");
     let address = cluster.node_address(0).expect("node 1 runs").to_string();
@@ -226,12 +228,18 @@ async fn re_adding_a_node_without_zone_or_vnodes_keeps_them() {
         address: address.clone(),
         zone: zone.map(str::to_string),
         vnodes,
+        dry_run: false,
     };
-    let set = admin.add_node(add(Some("z1"), Some(64))).await.expect("set zone and vnodes").into_inner();
-    assert_eq!((set.zone.as_str(), set.vnodes), ("z1", 64));
     let kept = admin.add_node(add(None, None)).await.expect("re-add").into_inner();
-    assert_eq!((kept.zone.as_str(), kept.vnodes), ("z1", 64), "left-out fields keep their values");
-    let cleared = admin.add_node(add(Some(""), None)).await.expect("clear the zone").into_inner();
-    assert_eq!((cleared.zone.as_str(), cleared.vnodes), ("", 64));
+    let node = kept.node.expect("the node");
+    assert_eq!((node.zone.as_str(), node.vnodes, node.state.as_str()), ("", 150, "active"));
+    assert!(kept.migration.is_none(), "re-adding a node on the ring moves nothing");
+    for (zone, vnodes) in [(Some("z1"), None), (None, Some(64))] {
+        let status = admin.add_node(add(zone, vnodes)).await.expect_err("a placement change");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+        assert!(status.message().contains("remove it"), "{}", status.message());
+    }
+    let nodes = admin.list_nodes(pb::ListNodesRequest {}).await.expect("list").into_inner().nodes;
+    assert!(nodes.iter().all(|n| n.zone.is_empty() && n.vnodes == 150), "nothing changed: {nodes:?}");
     cluster.shutdown().await;
 }

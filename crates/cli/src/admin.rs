@@ -1,4 +1,5 @@
-//! `cohort admin`: tenants, storage nodes and cluster status.
+//! `cohort admin`: tenants, storage nodes, membership changes and cluster
+//! status.
 
 use clap::{Args, Subcommand};
 use cohort_proto::v1 as pb;
@@ -7,6 +8,7 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::kv::normalize_endpoint;
+use crate::migrations::{MigrationCommand, migration_json, migration_line, wait_for};
 
 /// Admin commands.
 #[derive(Subcommand)]
@@ -14,9 +16,12 @@ pub enum AdminCommand {
     /// Create, inspect and change tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// Register and list storage nodes.
+    /// Add, remove and list storage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Follow, wait for and cancel membership changes.
+    #[command(subcommand)]
+    Migration(MigrationCommand),
     /// Cluster-wide state.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -27,10 +32,23 @@ pub enum AdminCommand {
 pub struct Target {
     /// Coordinator endpoint.
     #[arg(long, env = "COHORT_ENDPOINT", default_value = "http://127.0.0.1:7070")]
-    endpoint: String,
+    pub endpoint: String,
     /// Print JSON for scripts.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+}
+
+/// Flags of commands that change membership.
+#[derive(Args)]
+pub struct ChangeFlags {
+    /// Print the plan (ranges, keys and bytes each node gains and loses) and
+    /// change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Wait until the migration ends, drawing its progress; exit non-zero if
+    /// it fails or is cancelled.
+    #[arg(long, conflicts_with = "dry_run")]
+    wait: bool,
 }
 
 /// Tenant commands.
@@ -95,12 +113,19 @@ pub enum TenantCommand {
 /// Node commands.
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// Register a storage node (or update the one with this id). The node
-    /// must be running: it is asked for its id, and an address that serves
-    /// another node, or is registered for another id, is refused.
+    /// Add a storage node: registers it and starts its join, a migration
+    /// that copies the ranges it gains from their old owners while reads
+    /// and writes go on (`cohort admin migration wait` follows it). The
+    /// first nodes of an empty ring join at once. For a node already on the
+    /// ring only the address changes. The node must be running: it is asked
+    /// for its id, and an address that serves another node, or is
+    /// registered for another id, is refused. One membership change runs at
+    /// a time; another is refused until it ends.
     Add {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        change: ChangeFlags,
         /// Stable node id, as the node was started with.
         #[arg(long)]
         id: String,
@@ -115,6 +140,23 @@ pub enum NodeCommand {
         /// out, a registered node keeps its count.
         #[arg(long)]
         vnodes: Option<u32>,
+    },
+    /// Remove a storage node. By default it is drained: its ranges are
+    /// copied to their new owners, then it holds nothing and can be shut
+    /// down. With --dead, a node that is gone for good is removed and its
+    /// replicas are rebuilt from the surviving ones (writes acknowledged by
+    /// it alone are lost).
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        change: ChangeFlags,
+        /// Node id.
+        #[arg(long)]
+        id: String,
+        /// The node is gone for good: do not copy from it.
+        #[arg(long)]
+        dead: bool,
     },
     /// List storage nodes.
     List {
@@ -140,7 +182,8 @@ pub enum ClusterCommand {
     },
 }
 
-async fn connect(target: &Target) -> anyhow::Result<AdminClient<Channel>> {
+/// A client of the coordinator at `target`.
+pub async fn connect(target: &Target) -> anyhow::Result<AdminClient<Channel>> {
     let endpoint = normalize_endpoint(&target.endpoint);
     let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
         .connect()
@@ -149,7 +192,8 @@ async fn connect(target: &Target) -> anyhow::Result<AdminClient<Channel>> {
     Ok(AdminClient::new(channel))
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+/// An error that says the status code and message.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
@@ -229,6 +273,89 @@ fn print_worker(w: &pb::Worker) {
     println!("  {}  {}  {} steps, {} failed{error}", w.name, w.state, w.steps, w.errors);
 }
 
+fn ring_version_json(v: &pb::RingVersionStatus) -> serde_json::Value {
+    json!({
+        "version": v.version,
+        "nodes": v.nodes.iter().map(|n| json!({"id": n.id, "share": n.share})).collect::<Vec<_>>(),
+    })
+}
+
+fn plan_json(plan: &pb::Plan) -> serde_json::Value {
+    json!({
+        "from_version": plan.from_version,
+        "to_version": plan.to_version,
+        "ranges": plan.ranges,
+        "nodes": plan.nodes.iter().map(|n| json!({
+            "id": n.id,
+            "ranges_gained": n.ranges_gained,
+            "ranges_lost": n.ranges_lost,
+            "share_gained": n.share_gained,
+            "share_lost": n.share_lost,
+            "keys_gained": n.keys_gained,
+            "bytes_gained": n.bytes_gained,
+            "keys_lost": n.keys_lost,
+            "bytes_lost": n.bytes_lost,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_plan(plan: &pb::Plan, counted: bool) {
+    println!("ring version {} -> {}: {} token ranges change replicas", plan.from_version, plan.to_version, plan.ranges);
+    for n in &plan.nodes {
+        let keys = if counted {
+            format!("  +{} keys ({} B)  -{} keys ({} B)", n.keys_gained, n.bytes_gained, n.keys_lost, n.bytes_lost)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {}  gains {} ranges ({:.1}% of tokens)  loses {} ranges ({:.1}%){keys}",
+            n.id,
+            n.ranges_gained,
+            100.0 * n.share_gained,
+            n.ranges_lost,
+            100.0 * n.share_lost
+        );
+    }
+}
+
+/// Prints what `node add` or `node remove` did, and waits for its migration
+/// when asked.
+async fn report_change(
+    client: &mut AdminClient<Channel>,
+    answer: pb::NodeChangeResponse,
+    target: &Target,
+    change: &ChangeFlags,
+) -> anyhow::Result<()> {
+    let node = answer.node.unwrap_or_default();
+    let mut migration = answer.migration;
+    if change.wait
+        && let Some(m) = &migration
+    {
+        migration = Some(wait_for(client, m.id, target.json).await?);
+    }
+    if target.json {
+        let mut out = node_json(&node);
+        out["migration"] = migration.as_ref().map_or(serde_json::Value::Null, migration_json);
+        out["plan"] = answer.plan.as_ref().map_or(serde_json::Value::Null, plan_json);
+        println!("{out}");
+        return Ok(());
+    }
+    print_node(&node);
+    if let Some(plan) = &answer.plan {
+        print_plan(plan, change.dry_run);
+    }
+    match (&migration, change.dry_run) {
+        (_, true) => println!("dry run: nothing changed"),
+        (Some(m), false) if !change.wait => {
+            println!("{}", migration_line(m));
+            println!("follow it with: cohort admin migration wait {}", m.id);
+        }
+        (Some(m), false) => println!("{}", migration_line(m)),
+        (None, false) => {}
+    }
+    Ok(())
+}
+
 /// Runs an admin command.
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
@@ -278,11 +405,19 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             let tenant = connect(&target).await?.update_tenant(request).await.map_err(status_error)?.into_inner();
             print_tenant(&tenant, target.json);
         }
-        AdminCommand::Node(NodeCommand::Add { target, id, address, zone, vnodes }) => {
-            let request = pb::AddNodeRequest { id, address, zone, vnodes };
-            let node = connect(&target).await?.add_node(request).await.map_err(status_error)?.into_inner();
-            if target.json { println!("{}", node_json(&node)) } else { print_node(&node) }
+        AdminCommand::Node(NodeCommand::Add { target, change, id, address, zone, vnodes }) => {
+            let request = pb::AddNodeRequest { id, address, zone, vnodes, dry_run: change.dry_run };
+            let mut client = connect(&target).await?;
+            let answer = client.add_node(request).await.map_err(status_error)?.into_inner();
+            report_change(&mut client, answer, &target, &change).await?;
         }
+        AdminCommand::Node(NodeCommand::Remove { target, change, id, dead }) => {
+            let request = pb::RemoveNodeRequest { id, dead, dry_run: change.dry_run };
+            let mut client = connect(&target).await?;
+            let answer = client.remove_node(request).await.map_err(status_error)?.into_inner();
+            report_change(&mut client, answer, &target, &change).await?;
+        }
+        AdminCommand::Migration(command) => crate::migrations::run(command).await?,
         AdminCommand::Node(NodeCommand::List { target }) => {
             let nodes = connect(&target).await?.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?;
             let nodes = nodes.into_inner().nodes;
@@ -303,12 +438,22 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
                     "ring_version": status.ring_version,
                     "nodes": status.nodes.iter().map(status_node_json).collect::<Vec<_>>(),
                     "workers": status.workers.iter().map(worker_json).collect::<Vec<_>>(),
+                    "ring_versions": status.ring_versions.iter().map(ring_version_json).collect::<Vec<_>>(),
+                    "migrations": status.migrations.iter().map(migration_json).collect::<Vec<_>>(),
                 });
                 println!("{out}");
             } else {
                 println!("leader: {} (generation {})", leader.id, leader.generation);
                 println!("ring version: {}", status.ring_version);
+                for version in &status.ring_versions {
+                    let shares: Vec<String> =
+                        version.nodes.iter().map(|n| format!("{} {:.1}%", n.id, 100.0 * n.share)).collect();
+                    println!("  live version {}: {}", version.version, shares.join(", "));
+                }
                 status.nodes.iter().for_each(print_status_node);
+                for m in &status.migrations {
+                    println!("{}", migration_line(m));
+                }
                 println!("workers of this coordinator:");
                 status.workers.iter().for_each(print_worker);
             }

@@ -6,6 +6,7 @@
 mod admin;
 mod dev;
 mod kv;
+mod migrations;
 mod servers;
 mod settings;
 mod telemetry;

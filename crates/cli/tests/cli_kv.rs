@@ -272,10 +272,18 @@ fn admin_cluster_status_json_has_the_documented_shape() {
         // Each status call is a process start: the poll paces itself.
         assert!(polling.elapsed() < std::time::Duration::from_secs(10), "no health recorded in 10 s: {status}");
     };
-    assert_eq!(keys(&status), BTreeSet::from(["leader", "ring_version", "nodes", "workers"]), "{status}");
+    let top = ["leader", "ring_version", "nodes", "workers", "ring_versions", "migrations"];
+    assert_eq!(keys(&status), BTreeSet::from(top), "{status}");
     let workers: Vec<&str> =
         status["workers"].as_array().expect("workers is an array").iter().filter_map(|w| w["name"].as_str()).collect();
-    assert_eq!(workers, ["idempotency-purge", "leader-election", "node-probe", "ring-refresh"], "{status}");
+    let names = ["idempotency-purge", "leader-election", "membership", "node-probe", "ring-refresh"];
+    assert_eq!(workers, names, "{status}");
+    let live = status["ring_versions"].as_array().expect("ring_versions is an array");
+    assert_eq!(live.len(), 1, "one live ring version when nothing moves: {status}");
+    assert_eq!(live[0]["version"], status["ring_version"], "{status}");
+    let shares: f64 = live[0]["nodes"].as_array().unwrap().iter().filter_map(|n| n["share"].as_f64()).sum();
+    assert!((shares - 1.0).abs() < 1e-6, "the shares cover the ring: {status}");
+    assert_eq!(status["migrations"], serde_json::json!([]), "{status}");
     for worker in status["workers"].as_array().unwrap() {
         let fields = BTreeSet::from(["name", "state", "steps", "errors", "last_error", "last_step_at_ms"]);
         assert_eq!(keys(worker), fields, "{worker}");

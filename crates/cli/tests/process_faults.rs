@@ -111,7 +111,7 @@ impl Cluster {
         cluster.coordinator = Some(coordinator);
         let endpoint = cluster.endpoint();
         for (index, address) in cluster.addresses.iter().enumerate() {
-            admin(&endpoint, &["node", "add", "--id", &node_id(index), "--address", address]);
+            admin(&endpoint, &["node", "add", "--wait", "--id", &node_id(index), "--address", address]);
         }
         admin(&endpoint, &["tenant", "create", TENANT, "--replication", "3"]);
         cluster
@@ -240,8 +240,13 @@ async fn storage_client(address: &str) -> StorageClient<Channel> {
 
 /// One replica's own state of `key`, read through the internal Storage API.
 async fn replica_state(storage: &mut StorageClient<Channel>, key: &str) -> SiblingSet {
-    let request =
-        ReadRequest { tenant: TENANT.into(), key: Bytes::copy_from_slice(key.as_bytes()), ..Default::default() };
+    // Inspection, not routing: past any ring fence.
+    let request = ReadRequest {
+        tenant: TENANT.into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        ring_version: u64::MAX,
+        ..Default::default()
+    };
     let state = storage.read(request).await.expect("replica read").into_inner().state;
     if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodable state") }
 }

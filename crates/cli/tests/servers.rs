@@ -119,7 +119,7 @@ fn a_node_process_can_run_the_coordinator_beside_its_replica() {
         nodes.push((id, address, node));
     }
     for (id, address, _) in &nodes {
-        let added = cli(&endpoint, &["admin", "node", "add", "--id", id, "--address", address]);
+        let added = cli(&endpoint, &["admin", "node", "add", "--wait", "--id", id, "--address", address]);
         assert!(added.success(), "{added:?}");
     }
     let created = cli(&endpoint, &["admin", "tenant", "create", "app", "--replication", "3"]);

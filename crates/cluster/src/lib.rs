@@ -17,11 +17,11 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use cohort_coordinator::admin::DEFAULT_REPLICATION;
 use cohort_coordinator::config::CoordinatorConfig;
 use cohort_coordinator::metadata::embedded::EmbeddedMetadata;
-use cohort_coordinator::metadata::{MetadataError, MetadataStore, NodeRecord, NodeState};
+use cohort_coordinator::metadata::{MetadataError, MetadataStore, NodeRecord, NodeState, RingChange};
 use cohort_coordinator::server::{Coordinator, serve};
-use cohort_coordinator::service::DEFAULT_REPLICATION;
 use cohort_idempotency::IdempotencyStore;
 use cohort_idempotency::embedded::EmbeddedIdempotency;
 use cohort_transport::InProcessNodes;
@@ -183,10 +183,38 @@ async fn start_node(
         }
     };
     let registered = registered.map_or_else(|| address.to_string(), str::to_string);
-    metadata
-        .upsert_node(NodeRecord { id, address: registered, zone: None, vnodes: 150, state: NodeState::Active })
-        .await?;
+    register(metadata, &id, registered).await?;
     Ok(RunningNode { address, handle, stop, task })
+}
+
+/// Records node `id` at `address`, keeping the zone, vnodes and state of a
+/// node registered before. A new node is recorded as joining: it is on no
+/// ring until the cluster bootstraps its ring or a join adds it.
+async fn register(metadata: &dyn MetadataStore, id: &str, address: String) -> Result<(), LocalClusterError> {
+    let known = metadata.list_nodes().await?.into_iter().find(|n| n.id == id);
+    let record = match known {
+        Some(node) => NodeRecord { address, ..node },
+        None => NodeRecord { id: id.to_string(), address, zone: None, vnodes: 150, state: NodeState::Joining },
+    };
+    metadata.upsert_node(record).await?;
+    Ok(())
+}
+
+/// Puts every registered node on the ring when there is no ring yet (a new
+/// cluster); an existing ring is left as it is.
+async fn bootstrap_ring(metadata: &dyn MetadataStore) -> Result<(), LocalClusterError> {
+    if !metadata.ring_history().await?.live.is_empty() {
+        return Ok(());
+    }
+    let nodes = metadata.list_nodes().await?;
+    let change = RingChange {
+        expected_version: 0,
+        nodes: nodes.iter().map(NodeRecord::spec).collect(),
+        records: nodes.into_iter().map(|n| NodeRecord { state: NodeState::Active, ..n }).collect(),
+        migration: None,
+    };
+    metadata.propose_ring_change(change).await?;
+    Ok(())
 }
 
 impl LocalCluster {
@@ -226,6 +254,7 @@ impl LocalCluster {
             .await?;
             nodes.push(Some(node));
         }
+        bootstrap_ring(metadata.as_ref()).await?;
         let listen = nodes.iter().flatten().map(|n| n.address).collect();
         let routes = vec![None; options.nodes];
         if let Some(tenant) = &options.default_tenant {
@@ -317,6 +346,28 @@ impl LocalCluster {
         self.nodes.len()
     }
 
+    /// Starts one more storage node (id `node-<count + 1>`) on a free port
+    /// and registers it, on no ring: add it with the admin API's `AddNode`
+    /// (a join). Returns its index.
+    pub async fn start_extra_node(&mut self) -> Result<usize, LocalClusterError> {
+        let index = self.nodes.len();
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let node = start_node(
+            &self.options.data_dir,
+            index,
+            self.options.durability,
+            self.metadata.as_ref(),
+            any_port,
+            None,
+            self.in_process.clone(),
+        )
+        .await?;
+        self.listen.push(node.address);
+        self.routes.push(None);
+        self.nodes.push(Some(node));
+        Ok(index)
+    }
+
     /// Stops node `index` gracefully and waits until its store is closed.
     pub async fn stop_node(&mut self, index: usize) {
         if let Some(node) = self.nodes.get_mut(index).and_then(Option::take) {
@@ -357,15 +408,7 @@ impl LocalCluster {
     /// instead of its own, now and after restarts. Coordinators pick the
     /// change up from metadata; the first one at once.
     pub async fn route_node_through(&mut self, index: usize, address: String) -> Result<(), LocalClusterError> {
-        self.metadata
-            .upsert_node(NodeRecord {
-                id: node_id(index),
-                address: address.clone(),
-                zone: None,
-                vnodes: 150,
-                state: NodeState::Active,
-            })
-            .await?;
+        register(self.metadata.as_ref(), &node_id(index), address.clone()).await?;
         self.routes[index] = Some(address);
         self.coordinator.coordinator.topology.refresh().await?;
         Ok(())

@@ -116,6 +116,28 @@ impl Default for LeaderConfig {
     }
 }
 
+/// How the leader moves data when the ring changes (`[membership]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// Most bytes of sibling sets a migration copies per second (0: no
+    /// limit). Copies share the nodes with client traffic.
+    pub copy_bytes_per_sec: u64,
+    /// Keys per page of a range copy: each page is read from a source and
+    /// merged into its new owners before the next is read.
+    pub copy_page_keys: u32,
+    /// How long a migration step that failed (a node unreachable) waits
+    /// before it is tried again.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig { copy_bytes_per_sec: 32 * 1024 * 1024, copy_page_keys: 256, retry: Duration::from_secs(1) }
+    }
+}
+
 /// Everything a coordinator needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -142,6 +164,8 @@ pub struct CoordinatorConfig {
     pub idempotency: IdempotencyConfig,
     /// Leader election and leader-only jobs.
     pub leader: LeaderConfig,
+    /// Data movement on membership changes.
+    pub membership: MembershipConfig,
     /// Input limits.
     pub limits: Limits,
 }
@@ -159,6 +183,7 @@ impl Default for CoordinatorConfig {
             metadata: MetadataConfig::default(),
             idempotency: IdempotencyConfig::default(),
             leader: LeaderConfig::default(),
+            membership: MembershipConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -229,6 +254,9 @@ impl CoordinatorConfig {
             _ => {}
         }
         self.idempotency.validate()?;
+        if !(1..=1024).contains(&self.membership.copy_page_keys) {
+            return Err(format!("membership.copy_page_keys {} is not 1..=1024", self.membership.copy_page_keys));
+        }
         let l = &self.limits;
         if l.max_key_bytes == 0 || l.max_key_bytes > 64 * 1024 {
             return Err(format!("limits.max_key_bytes must be 1..=65536, got {}", l.max_key_bytes));

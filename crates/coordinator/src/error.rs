@@ -48,6 +48,11 @@ pub enum KvError {
     /// with a different request.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A storage node refused the request because it was routed by a ring
+    /// older than the node's fence; nothing was applied. The coordinator
+    /// refreshes its ring and routes the request again.
+    #[error("{0}")]
+    StaleRing(String),
     /// A dependency (metadata, idempotency store) is not reachable.
     #[error("{0}")]
     DependencyUnavailable(String),
@@ -87,6 +92,7 @@ impl KvError {
             KvError::TenantNotFound(_) | KvError::NotFound(_) => "not_found",
             KvError::AlreadyExists(_) => "already_exists",
             KvError::Unavailable { .. } | KvError::DependencyUnavailable(_) => "unavailable",
+            KvError::StaleRing(_) => "stale_ring",
             KvError::DeadlineExceeded(_) => "deadline_exceeded",
             KvError::WriteOutcomeUnknown(_) => "outcome_unknown",
             KvError::FailedPrecondition(_) => "failed_precondition",
@@ -103,7 +109,9 @@ impl From<KvError> for Status {
             KvError::InvalidArgument(_) => Status::invalid_argument(message),
             KvError::TenantNotFound(_) | KvError::NotFound(_) => Status::not_found(message),
             KvError::AlreadyExists(_) => Status::already_exists(message),
-            KvError::Unavailable { .. } | KvError::DependencyUnavailable(_) => Status::unavailable(message),
+            KvError::Unavailable { .. } | KvError::DependencyUnavailable(_) | KvError::StaleRing(_) => {
+                Status::unavailable(message)
+            }
             KvError::DeadlineExceeded(_) | KvError::WriteOutcomeUnknown(_) => Status::deadline_exceeded(message),
             KvError::FailedPrecondition(_) => Status::failed_precondition(message),
             KvError::Internal(_) => Status::internal(message),

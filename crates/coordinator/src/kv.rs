@@ -33,7 +33,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cohort_proto::internal::v1::{CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, WriteTag};
+use cohort_proto::internal::v1::{
+    CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, ReplicaSet, WriteTag,
+};
 use cohort_ring::{Actor, CausalContext, Consistency, Dot, QuorumTally, SiblingSet, Verdict};
 use cohort_transport::{Liveness, PeerPool, ReplicaFailure, within};
 use futures::StreamExt;
@@ -43,7 +45,7 @@ use tokio::sync::oneshot;
 use crate::config::{CoordinatorConfig, ReadRepairMode};
 use crate::error::KvError;
 use crate::metadata::Tenant;
-use crate::topology::{Replica, Topology};
+use crate::topology::{Replica, ReplicaPlan, Topology};
 
 /// The result of an acknowledged write.
 #[derive(Debug, Clone)]
@@ -161,6 +163,12 @@ pub fn coordinator_order(
     healthy
 }
 
+/// A tally that needs `needed` successes in the preference list of every
+/// live ring version.
+pub fn write_tally(plan: &ReplicaPlan, needed: usize) -> QuorumTally {
+    QuorumTally::over_sets(plan.sets.iter().map(|set| (set.clone(), needed)))
+}
+
 /// Limits the coordinating replica enforces on a new version.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteLimits {
@@ -204,21 +212,63 @@ impl KvEngine {
         limits: WriteLimits,
         write: Option<WriteTag>,
     ) -> Result<WriteOutcome, KvError> {
+        let context = Bytes::from(context.encode());
+        let attempt = || self.write_once(tenant, key.clone(), value.clone(), &context, level, limits, write.clone());
+        self.routed_again_if_stale(attempt).await
+    }
+
+    /// Runs `attempt`; if a node refused it as routed by a stale ring, the
+    /// ring is refreshed and the attempt runs once more.
+    async fn routed_again_if_stale<T, F, Fut>(&self, attempt: F) -> Result<T, KvError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, KvError>>,
+    {
+        match attempt().await {
+            Err(KvError::StaleRing(reason)) => {
+                tracing::debug!(%reason, "request routed by a stale ring; refreshing and routing again");
+                metrics::counter!("cohort_stale_ring_retries_total").increment(1);
+                self.topology.refresh().await.map_err(|e| KvError::DependencyUnavailable(e.to_string()))?;
+                attempt().await
+            }
+            other => other,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_once(
+        &self,
+        tenant: &Tenant,
+        key: Bytes,
+        value: Option<Bytes>,
+        context: &Bytes,
+        level: Option<Consistency>,
+        limits: WriteLimits,
+        write: Option<WriteTag>,
+    ) -> Result<WriteOutcome, KvError> {
         let replication = tenant.replication.n();
         let required = tenant.replication.write_quorum(level).map_err(invalid)?;
-        let replicas = self.topology.current().replicas(&tenant.id, &key, replication.into());
-        if replicas.len() < required.into() {
+        let plan = self.topology.current().replicas(&tenant.id, &key, replication.into());
+        if plan.smallest_set() < required.into() {
             return Err(KvError::unavailable(
                 "write",
                 0,
                 required.into(),
-                &[format!("only {} storage nodes are on the ring", replicas.len())],
+                &[format!("only {} storage nodes are on the ring", plan.smallest_set())],
             ));
         }
-        let context = Bytes::from(context.encode());
+        let replicas = &plan.replicas;
+        let sets: Vec<ReplicaSet> = match plan.is_moving() {
+            true => plan
+                .sets
+                .iter()
+                .map(|members| ReplicaSet { members: members.clone(), needed: required.into() })
+                .collect(),
+            false => Vec::new(),
+        };
         let deadline = Instant::now() + self.request_timeout;
         let mut reasons = Vec::new();
-        for index in self.coordinator_order(&replicas) {
+        for index in self.coordinator_order(replicas) {
             let coordinator = &replicas[index];
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -241,6 +291,8 @@ impl KvEngine {
                 max_siblings: limits.max_siblings,
                 max_state_bytes: limits.max_state_bytes,
                 write: write.clone(),
+                ring_version: plan.ring_version,
+                sets: sets.clone(),
             };
             let client = match self.peers.node(&coordinator.address) {
                 Ok(client) => client,
@@ -257,7 +309,7 @@ impl KvEngine {
                     let dot = dot_from_pb(response.dot.as_ref()).ok_or_else(|| {
                         KvError::Internal(format!("node {} answered a write without its dot", coordinator.id))
                     })?;
-                    let mut tally = QuorumTally::new(replicas.iter().map(|r| r.id.clone()), required.into());
+                    let mut tally = write_tally(&plan, required.into());
                     response.acked.iter().for_each(|id| tally.succeeded(id));
                     response.failures.iter().for_each(|f| tally.failed(&f.node_id));
                     if tally.verdict() == Verdict::Reached {
@@ -286,6 +338,11 @@ impl KvEngine {
                 }
                 Err(ReplicaFailure::Refused { code: tonic::Code::FailedPrecondition, message }) => {
                     return Err(KvError::FailedPrecondition(message));
+                }
+                // Routed by a ring the node no longer takes: nothing was
+                // applied; the caller refreshes the ring and routes again.
+                Err(ReplicaFailure::Refused { code: tonic::Code::Aborted, message }) => {
+                    return Err(KvError::StaleRing(format!("{}: {message}", coordinator.id)));
                 }
                 // The node may have applied the write. Asking another replica
                 // would apply it a second time under another dot, and a value
@@ -326,14 +383,20 @@ impl KvEngine {
     ) -> Result<Option<WriteOutcome>, KvError> {
         let replication = tenant.replication.n();
         let required = tenant.replication.write_quorum(level).map_err(invalid)?;
-        let replicas = self.topology.current().replicas(&tenant.id, &key, replication.into());
+        let plan = self.topology.current().replicas(&tenant.id, &key, replication.into());
+        let replicas = &plan.replicas;
         let unknown = |why: String| {
             KvError::WriteOutcomeUnknown(format!(
                 "the outcome of this write's first attempt is still unknown: {why}; retry with the same idempotency key"
             ))
         };
         let lookups = replicas.iter().map(|replica| {
-            let request = ReadRequest { tenant: tenant.id.clone(), key: key.clone(), write_id: write.id.clone() };
+            let request = ReadRequest {
+                tenant: tenant.id.clone(),
+                key: key.clone(),
+                write_id: write.id.clone(),
+                ring_version: plan.ring_version,
+            };
             let client = self.peers.node(&replica.address);
             let timeout = self.node_timeout;
             async move {
@@ -357,7 +420,7 @@ impl KvEngine {
             }
         }
         let Some(dot) = recorded else {
-            if missing.is_empty() && replicas.len() == usize::from(replication) {
+            if missing.is_empty() && plan.sets.iter().all(|set| set.len() == usize::from(replication)) {
                 return Ok(None);
             }
             return Err(unknown(format!("no replica that answered holds it, and {}", missing.join("; "))));
@@ -370,10 +433,11 @@ impl KvEngine {
                 state: encoded.clone(),
                 write: Some(write.clone()),
                 write_dot: Some(dot_to_pb(&dot)),
+                ring_version: plan.ring_version,
             };
             merge_within(&self.peers, &replica.address, request, self.node_timeout)
         });
-        let mut tally = QuorumTally::new(replicas.iter().map(|r| r.id.clone()), required.into());
+        let mut tally = write_tally(&plan, required.into());
         for (replica, sent) in replicas.iter().zip(futures::future::join_all(sends).await) {
             if sent { tally.succeeded(&replica.id) } else { tally.failed(&replica.id) }
         }
@@ -402,22 +466,26 @@ impl KvEngine {
 
     /// Reads `key` from the replicas and merges what R of them hold.
     pub async fn read(&self, tenant: &Tenant, key: Bytes, level: Option<Consistency>) -> Result<ReadOutcome, KvError> {
+        self.routed_again_if_stale(|| self.read_once(tenant, key.clone(), level)).await
+    }
+
+    async fn read_once(&self, tenant: &Tenant, key: Bytes, level: Option<Consistency>) -> Result<ReadOutcome, KvError> {
         let replication = tenant.replication.n();
         let required = tenant.replication.read_quorum(level).map_err(invalid)?;
-        let replicas = self.topology.current().replicas(&tenant.id, &key, replication.into());
-        if replicas.len() < required.into() {
+        let plan = self.topology.current().replicas(&tenant.id, &key, replication.into());
+        if plan.smallest_set() < required.into() {
             return Err(KvError::unavailable(
                 "read",
                 0,
                 required.into(),
-                &[format!("only {} storage nodes are on the ring", replicas.len())],
+                &[format!("only {} storage nodes are on the ring", plan.smallest_set())],
             ));
         }
         let (reply, answer) = oneshot::channel();
         let round = ReadRound {
             tenant: tenant.id.clone(),
             key,
-            replicas,
+            plan,
             required: required.into(),
             replication,
             peers: self.peers.clone(),
@@ -434,7 +502,7 @@ impl KvEngine {
 struct ReadRound {
     tenant: String,
     key: Bytes,
-    replicas: Vec<Replica>,
+    plan: ReplicaPlan,
     required: usize,
     replication: u8,
     peers: Arc<PeerPool>,
@@ -448,39 +516,53 @@ type Reply = oneshot::Sender<Result<ReadOutcome, KvError>>;
 impl ReadRound {
     async fn run(self, reply: Reply) {
         let mut reply = Some(reply);
-        let mut pending: FuturesUnordered<_> = self
-            .replicas
-            .iter()
-            .map(|replica| {
-                let client = self.peers.node(&replica.address);
-                let request = ReadRequest { tenant: self.tenant.clone(), key: self.key.clone(), ..Default::default() };
-                let timeout = self.node_timeout;
-                async move {
-                    let result = match client {
-                        Err(status) => Err(status.message().to_string()),
-                        Ok(client) => match within(timeout, client.read(request)).await {
-                            Ok(response) => decode_state(&response.state),
-                            Err(failure) => Err(failure.to_string()),
-                        },
+        let mut pending: FuturesUnordered<_> =
+            self.plan
+                .replicas
+                .iter()
+                .map(|replica| {
+                    let client = self.peers.node(&replica.address);
+                    let request = ReadRequest {
+                        tenant: self.tenant.clone(),
+                        key: self.key.clone(),
+                        ring_version: self.plan.ring_version,
+                        ..Default::default()
                     };
-                    (replica.clone(), result)
-                }
-            })
-            .collect();
+                    let timeout = self.node_timeout;
+                    async move {
+                        let result = match client {
+                            Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
+                            Ok(client) => match within(timeout, client.read(request)).await {
+                                Ok(response) => decode_state(&response.state).map_err(|reason| {
+                                    ReplicaFailure::Refused { code: tonic::Code::DataLoss, message: reason }
+                                }),
+                                Err(failure) => Err(failure),
+                            },
+                        };
+                        (replica.clone(), result)
+                    }
+                })
+                .collect();
 
-        let mut tally = QuorumTally::new(self.replicas.iter().map(|r| r.id.clone()), self.required);
+        let mut tally = QuorumTally::over_sets(self.plan.sets.iter().map(|set| (set.clone(), self.required)));
         let mut answers: Vec<(Replica, SiblingSet)> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
+        let mut stale_ring = false;
         while let Some((replica, result)) = pending.next().await {
             match result {
                 Ok(state) => {
                     tally.succeeded(&replica.id);
                     answers.push((replica, state));
                 }
-                Err(reason) => {
+                Err(ReplicaFailure::Refused { code: tonic::Code::Aborted, message }) => {
+                    tally.failed(&replica.id);
+                    stale_ring = true;
+                    failures.push(format!("{}: {message}", replica.id));
+                }
+                Err(failure) => {
                     tally.failed(&replica.id);
                     self.liveness.suspect(&replica.id, self.node_timeout * SUSPECT_TIMEOUTS);
-                    failures.push(format!("{}: {reason}", replica.id));
+                    failures.push(format!("{}: {failure}", replica.id));
                 }
             }
             // Answer as soon as R replicas have; a failure waits for every
@@ -506,6 +588,8 @@ impl ReadRound {
                 let mut outcome = self.outcome(&answers);
                 outcome.repair = repaired;
                 Ok(outcome)
+            } else if stale_ring {
+                Err(KvError::StaleRing(failures.join("; ")))
             } else {
                 let (got, needed) = tally.shortfall();
                 Err(KvError::unavailable("read", got, needed, &failures))
@@ -534,6 +618,7 @@ impl ReadRound {
                 tenant: self.tenant.clone(),
                 key: self.key.clone(),
                 state: encoded.clone(),
+                ring_version: self.plan.ring_version,
                 ..Default::default()
             };
             let sent = merge_within(&self.peers, &replica.address, request, self.node_timeout);

@@ -205,7 +205,10 @@ mod tests {
     use tonic::async_trait;
 
     use super::*;
-    use crate::metadata::{Lease, MetadataError, NodeHealth, NodeProbe, NodeRecord, Tenant};
+    use crate::metadata::{
+        Checkpoint, Lease, MetadataError, Migration, NodeHealth, NodeProbe, NodeRecord, RingChange, RingHistory,
+        RingStep, Tenant,
+    };
 
     const TTL: Duration = Duration::from_secs(3);
     const GENERATION: u64 = 7;
@@ -276,6 +279,36 @@ mod tests {
             unreachable!("the election uses only the lease")
         }
         async fn ring_version(&self) -> Result<u64, MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn topology_stamp(&self) -> Result<u64, MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn ring_history(&self) -> Result<RingHistory, MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn propose_ring_change(&self, _: RingChange) -> Result<(u64, Option<Migration>), MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn migrations(&self) -> Result<Vec<Migration>, MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn migration(&self, _: u64) -> Result<Migration, MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn request_cancel(&self, _: u64) -> Result<Migration, MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn update_migration(&self, _: u64, _: &Migration) -> Result<(), MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn step_ring(&self, _: u64, _: &Migration, _: RingStep) -> Result<(), MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn checkpoints(&self, _: u64) -> Result<Vec<Checkpoint>, MetadataError> {
+            unreachable!("the election uses only the lease")
+        }
+        async fn save_checkpoints(&self, _: u64, _: u64, _: &[Checkpoint]) -> Result<(), MetadataError> {
             unreachable!("the election uses only the lease")
         }
         async fn current_lease(&self) -> Result<Option<Lease>, MetadataError> {

@@ -19,9 +19,11 @@
 //! - [`topology`]: the current ring and node addresses, refreshed from metadata.
 //! - [`tenants`]: the tenant cache.
 //! - [`kv`]: the quorum write and read paths, and read repair.
-//! - [`service`]: the public gRPC services; conversion between wire and domain
-//!   types happens only here.
+//! - [`service`] and [`admin`]: the public gRPC services (`KeyValue`,
+//!   `Admin`); conversion between wire and domain types happens only there.
 //! - [`server`]: wiring — serve on a bound listener until shutdown.
+//! - [`membership`]: planning ring changes and the leader's worker that
+//!   moves data for them (join, leave, remove dead).
 //! - [`leader`]: leader election over the metadata lease, whose generation
 //!   fences the leader's jobs; [`probe`]: the leader's node reachability
 //!   probe, recorded in metadata under that fence.
@@ -35,11 +37,13 @@
 //! a clock of its own; versions are created only by storage nodes. It never
 //! depends on `cohort-node` or on a storage engine.
 
+pub mod admin;
 pub mod config;
 pub mod contexts;
 pub mod error;
 pub mod kv;
 pub mod leader;
+pub mod membership;
 pub mod metadata;
 pub mod probe;
 pub mod server;

@@ -51,8 +51,8 @@ impl Worker for Probe {
     async fn work(&mut self) -> Result<Step, String> {
         let placement = self.topology.current();
         let (timeout, interval) = (self.timeout, self.interval);
-        let probes = placement.ring.nodes().iter().map(|node| {
-            let client = placement.address(&node.id).map(|address| self.peers.node(address));
+        let probes = placement.nodes().into_iter().map(|node| {
+            let client = placement.address(node).map(|address| self.peers.node(address));
             let liveness = &self.liveness;
             async move {
                 let up = match client {
@@ -60,10 +60,10 @@ impl Worker for Probe {
                     _ => false,
                 };
                 if !up {
-                    liveness.suspect(&node.id, interval + timeout);
+                    liveness.suspect(node, interval + timeout);
                 }
-                metrics::gauge!("cohort_storage_node_up", "node" => node.id.clone()).set(if up { 1.0 } else { 0.0 });
-                NodeProbe { node: node.id.clone(), up }
+                metrics::gauge!("cohort_storage_node_up", "node" => node.to_string()).set(if up { 1.0 } else { 0.0 });
+                NodeProbe { node: node.to_string(), up }
             }
         });
         let round = futures::future::join_all(probes).await;

@@ -11,12 +11,13 @@ use cohort_transport::{InProcessNodes, Liveness, PeerPool};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
+use crate::admin::AdminService;
 use crate::config::CoordinatorConfig;
 use crate::contexts::ContextSeals;
 use crate::kv::KvEngine;
 use crate::leader::{self, LeaderState};
 use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
-use crate::service::{AdminService, KvService};
+use crate::service::KvService;
 use crate::tenants::TenantCache;
 use crate::topology::Topology;
 use cohort_idempotency::IdempotencyStore;
@@ -48,6 +49,9 @@ pub struct Coordinator {
     pub contexts: ContextSeals,
     /// How this coordinator's background workers are doing.
     pub workers: WorkerStatuses,
+    /// Wakes the leader's membership worker: a change was proposed or a
+    /// cancel requested.
+    pub membership_wake: Arc<tokio::sync::Notify>,
     leadership: watch::Sender<LeaderState>,
     metadata_up: AtomicBool,
 }
@@ -105,6 +109,7 @@ impl Coordinator {
             liveness,
             contexts,
             workers: WorkerStatuses::default(),
+            membership_wake: Arc::new(tokio::sync::Notify::new()),
             leadership,
             metadata_up: AtomicBool::new(true),
         }))
@@ -123,7 +128,7 @@ impl Coordinator {
 
     /// Whether the coordinator can serve.
     pub fn readiness(&self) -> Readiness {
-        if self.topology.current().ring.is_empty() {
+        if self.topology.current().is_empty() {
             return Readiness::NotReady("no storage nodes are registered".into());
         }
         if !self.metadata_up.load(Ordering::Relaxed) {
@@ -176,7 +181,9 @@ impl Worker for ChangeFollower {
         let c = &self.coordinator;
         match self.changes.recv().await {
             Ok(MetadataChange::Tenant(id)) => c.tenants.invalidate(&id),
+            Ok(MetadataChange::Migration(_)) => c.membership_wake.notify_one(),
             Ok(MetadataChange::Ring) => {
+                c.membership_wake.notify_one();
                 c.topology.refresh().await.map_err(|e| format!("ring refresh after a change notice: {e}"))?;
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -245,6 +252,11 @@ fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
         // lost) drops the runner, which stops the workers.
         let mut workers = Workers::new(coordinator.workers.clone());
         workers.spawn(probe);
+        workers.spawn(crate::membership::Mover::new(
+            coordinator.clone(),
+            generation,
+            coordinator.membership_wake.clone(),
+        ));
         vec![tokio::spawn(async move { workers.join().await })]
     })
 }

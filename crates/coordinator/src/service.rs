@@ -1,4 +1,4 @@
-//! The public gRPC services: `KeyValue` and `Admin`.
+//! The public `KeyValue` gRPC service.
 //!
 //! This is the only place where wire types meet domain types: requests are
 //! validated while they are converted, and [`KvError`] becomes a gRPC status
@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cohort_proto::internal::v1 as internal;
 use cohort_proto::v1 as pb;
-use cohort_proto::v1::admin_server::Admin;
 use cohort_proto::v1::key_value_server::KeyValue;
-use cohort_ring::{CausalContext, Consistency, ReplicationConfig, ring::MAX_VNODES, valid_node_id};
-use cohort_transport::{ReplicaFailure, within};
+use cohort_ring::{CausalContext, Consistency};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -21,9 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::config::IdempotencyFallback;
 use crate::error::KvError;
 use crate::kv::{ReadOutcome, WriteLimits, WriteOutcome};
-use crate::metadata::{
-    DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, MetadataError, NodeHealth, NodeRecord, NodeState, Tenant,
-};
+use crate::metadata::{MetadataError, Tenant};
 use crate::server::Coordinator;
 use crate::validate;
 use cohort_idempotency::{Claim, Fingerprint};
@@ -49,25 +45,16 @@ impl KvService {
     }
 }
 
-/// The admin service.
-#[derive(Clone)]
-pub struct AdminService {
-    coordinator: Arc<Coordinator>,
-}
-
-impl AdminService {
-    /// The service over `coordinator`.
-    pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        AdminService { coordinator }
-    }
-}
-
-fn metadata_error(error: MetadataError) -> KvError {
+pub(crate) fn metadata_error(error: MetadataError) -> KvError {
     match error {
         MetadataError::TenantNotFound(id) => KvError::TenantNotFound(id),
         MetadataError::TenantExists(id) => KvError::AlreadyExists(format!("tenant {id:?} already exists")),
         conflict @ MetadataError::VersionConflict { .. } => KvError::FailedPrecondition(conflict.to_string()),
-        fenced @ MetadataError::Fenced { .. } => KvError::FailedPrecondition(fenced.to_string()),
+        error @ (MetadataError::Fenced { .. }
+        | MetadataError::RingConflict { .. }
+        | MetadataError::MigrationRunning { .. }
+        | MetadataError::MigrationEnded { .. }) => KvError::FailedPrecondition(error.to_string()),
+        missing @ MetadataError::MigrationNotFound(_) => KvError::NotFound(missing.to_string()),
         MetadataError::Unavailable(reason) => KvError::DependencyUnavailable(reason),
     }
 }
@@ -392,286 +379,9 @@ impl KeyValue for KvService {
     }
 }
 
-fn tenant_to_pb(tenant: &Tenant) -> pb::Tenant {
-    pb::Tenant {
-        id: tenant.id.clone(),
-        replication: tenant.replication.n().into(),
-        read_quorum: tenant.replication.r().into(),
-        write_quorum: tenant.replication.w().into(),
-        version: tenant.version,
-        max_siblings: tenant.max_siblings,
-    }
-}
-
-/// A sibling cap from a request; 0 means `default`.
-fn max_siblings_from(requested: u32, default: u32) -> Result<u32, KvError> {
-    match requested {
-        0 => Ok(default),
-        n if n <= MAX_MAX_SIBLINGS => Ok(n),
-        n => Err(KvError::InvalidArgument(format!("max_siblings {n} is not 1..={MAX_MAX_SIBLINGS}"))),
-    }
-}
-
-fn node_to_pb(node: &NodeRecord) -> pb::StorageNode {
-    pb::StorageNode {
-        id: node.id.clone(),
-        address: node.address.clone(),
-        zone: node.zone.clone().unwrap_or_default(),
-        vnodes: node.vnodes,
-        state: node.state.as_str().into(),
-        health: None,
-    }
-}
-
-fn health_to_pb(health: &NodeHealth) -> pb::NodeHealth {
-    pb::NodeHealth { up: health.up, checked_at_ms: health.checked_at_ms, generation: health.generation }
-}
-
-fn worker_to_pb(status: cohort_worker::WorkerStatus) -> pb::Worker {
-    pb::Worker {
-        name: status.name,
-        state: status.state.into(),
-        steps: status.steps,
-        errors: status.errors,
-        last_error: status.last_error.unwrap_or_default(),
-        last_step_at_ms: status.last_step_at_ms,
-    }
-}
-
-/// Default replication factor of a new tenant.
-pub const DEFAULT_REPLICATION: u32 = 3;
-
-/// Builds a validated replication config; zero quorums mean a majority.
-fn replication_from(n: u32, r: u32, w: u32) -> Result<ReplicationConfig, KvError> {
-    let majority = n / 2 + 1;
-    let pick = |q: u32| if q == 0 { majority } else { q };
-    ReplicationConfig::new(n, pick(r), pick(w)).map_err(|e| KvError::InvalidArgument(e.to_string()))
-}
-
-/// Whether `address` looks like `host:port`.
-fn valid_address(address: &str) -> bool {
-    match address.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
-        None => false,
-    }
-}
-
-impl AdminService {
-    /// Asks the node at `address` who it is: registering an id at an
-    /// address that serves another node would count one disk as two
-    /// replicas.
-    async fn check_node_identity(&self, id: &str, address: &str) -> Result<(), KvError> {
-        let c = &self.coordinator;
-        let client = c.peers.node(address).map_err(|s| KvError::InvalidArgument(s.message().to_string()))?;
-        let timeout = c.config.node_timeout;
-        let info = match within(timeout, client.info()).await {
-            Ok(info) => info,
-            Err(failure @ (ReplicaFailure::Refused { .. } | ReplicaFailure::NotSent(_) | ReplicaFailure::Lost(_))) => {
-                return Err(KvError::FailedPrecondition(format!(
-                    "cannot verify node {id:?}: the node at {address} answered {failure}; start it first"
-                )));
-            }
-            Err(ReplicaFailure::TimedOut(_)) => {
-                return Err(KvError::FailedPrecondition(format!(
-                    "cannot verify node {id:?}: nothing at {address} answered within {} ms; start it first",
-                    timeout.as_millis()
-                )));
-            }
-        };
-        if info.node_id != id {
-            return Err(KvError::FailedPrecondition(format!(
-                "the node at {address} is {:?}, not {id:?}; register it under its own id",
-                info.node_id
-            )));
-        }
-        Ok(())
-    }
-
-    async fn create_tenant(&self, r: pb::CreateTenantRequest) -> Result<pb::Tenant, KvError> {
-        validate::tenant_id(&r.id)?;
-        let n = if r.replication == 0 { DEFAULT_REPLICATION } else { r.replication };
-        let replication = replication_from(n, r.read_quorum, r.write_quorum)?;
-        let max_siblings = max_siblings_from(r.max_siblings, DEFAULT_MAX_SIBLINGS)?;
-        let tenant =
-            self.coordinator.metadata.create_tenant(&r.id, replication, max_siblings).await.map_err(metadata_error)?;
-        tracing::info!(tenant = %tenant.id, n, "tenant created");
-        Ok(tenant_to_pb(&tenant))
-    }
-
-    async fn update_tenant(&self, r: pb::UpdateTenantRequest) -> Result<pb::Tenant, KvError> {
-        validate::tenant_id(&r.id)?;
-        let c = &self.coordinator;
-        let current = c.metadata.get_tenant(&r.id).await.map_err(metadata_error)?;
-        if r.replication == 0 && r.read_quorum == 0 && r.write_quorum == 0 && r.max_siblings == 0 {
-            return Err(KvError::InvalidArgument(
-                "nothing to change: give a new read or write quorum or sibling cap".into(),
-            ));
-        }
-        let n = current.replication.n();
-        if r.replication != 0 && r.replication != u32::from(n) {
-            // Existing keys live on the first N nodes of their preference
-            // lists; a larger N would make quorums count replicas that hold
-            // nothing yet, and hide acknowledged writes until repaired.
-            return Err(KvError::FailedPrecondition(format!(
-                "tenant {:?} has replication factor {n}; changing it needs a data migration, which is not supported",
-                r.id
-            )));
-        }
-        let keep = |new: u32, old: u8| if new == 0 { u32::from(old) } else { new };
-        let (read, write) =
-            (keep(r.read_quorum, current.replication.r()), keep(r.write_quorum, current.replication.w()));
-        let replication = replication_from(n.into(), read, write)?;
-        let max_siblings = max_siblings_from(r.max_siblings, current.max_siblings)?;
-        let updated = c
-            .metadata
-            .update_tenant(&r.id, r.expected_version, replication, max_siblings)
-            .await
-            .map_err(metadata_error)?;
-        c.tenants.invalidate(&r.id);
-        Ok(tenant_to_pb(&updated))
-    }
-
-    async fn add_node(&self, r: pb::AddNodeRequest) -> Result<pb::StorageNode, KvError> {
-        if !valid_node_id(&r.id) {
-            return Err(KvError::InvalidArgument(format!(
-                "node id {:?} is invalid: expected 1-64 characters from [A-Za-z0-9_.-]",
-                r.id
-            )));
-        }
-        if !valid_address(&r.address) {
-            return Err(KvError::InvalidArgument(format!("node address {:?} is not host:port", r.address)));
-        }
-        let c = &self.coordinator;
-        let nodes = c.metadata.list_nodes().await.map_err(metadata_error)?;
-        if let Some(other) = nodes.iter().find(|n| n.address == r.address && n.id != r.id) {
-            return Err(KvError::FailedPrecondition(format!(
-                "node {:?} is already registered at {}; one address serves one node",
-                other.id, r.address
-            )));
-        }
-        self.check_node_identity(&r.id, &r.address).await?;
-        let current = nodes.iter().find(|n| n.id == r.id);
-        // What the request leaves out keeps its registered value: an upsert
-        // that only moves a node must not re-place its data.
-        let vnodes = match (r.vnodes, current) {
-            (Some(0), _) => return Err(KvError::InvalidArgument("vnodes must be at least 1".into())),
-            (Some(v), _) => v,
-            (None, Some(node)) => node.vnodes,
-            (None, None) => cohort_ring::ring::DEFAULT_VNODES,
-        };
-        if vnodes > MAX_VNODES {
-            return Err(KvError::InvalidArgument(format!("vnodes {vnodes} exceeds the limit {MAX_VNODES}")));
-        }
-        let zone = match (r.zone, current) {
-            (Some(zone), _) => Some(zone).filter(|z| !z.is_empty()),
-            (None, Some(node)) => node.zone.clone(),
-            (None, None) => None,
-        };
-        let node = NodeRecord { id: r.id, address: r.address, zone, vnodes, state: NodeState::Active };
-        let node = c.metadata.upsert_node(node).await.map_err(metadata_error)?;
-        c.topology.refresh().await.map_err(metadata_error)?;
-        tracing::info!(node = %node.id, address = %node.address, "storage node registered");
-        Ok(node_to_pb(&node))
-    }
-}
-
-fn finish<T>(op: &'static str, started: Instant, result: Result<T, KvError>) -> Result<Response<T>, Status> {
+pub(crate) fn finish<T>(op: &'static str, started: Instant, result: Result<T, KvError>) -> Result<Response<T>, Status> {
     record(op, started, &result);
     Ok(Response::new(result?))
-}
-
-#[tonic::async_trait]
-impl Admin for AdminService {
-    async fn create_tenant(&self, request: Request<pb::CreateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
-        let started = Instant::now();
-        finish("create_tenant", started, AdminService::create_tenant(self, request.into_inner()).await)
-    }
-
-    async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
-        let started = Instant::now();
-        let id = request.into_inner().id;
-        let result = match validate::tenant_id(&id) {
-            Ok(()) => self.coordinator.metadata.get_tenant(&id).await.map(|t| tenant_to_pb(&t)).map_err(metadata_error),
-            Err(e) => Err(e),
-        };
-        finish("get_tenant", started, result)
-    }
-
-    async fn list_tenants(
-        &self,
-        _request: Request<pb::ListTenantsRequest>,
-    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
-        let started = Instant::now();
-        let result = self.coordinator.metadata.list_tenants().await.map_err(metadata_error);
-        let result =
-            result.map(|tenants| pb::ListTenantsResponse { tenants: tenants.iter().map(tenant_to_pb).collect() });
-        finish("list_tenants", started, result)
-    }
-
-    async fn update_tenant(&self, request: Request<pb::UpdateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
-        let started = Instant::now();
-        finish("update_tenant", started, AdminService::update_tenant(self, request.into_inner()).await)
-    }
-
-    async fn add_node(&self, request: Request<pb::AddNodeRequest>) -> Result<Response<pb::StorageNode>, Status> {
-        let started = Instant::now();
-        finish("add_node", started, AdminService::add_node(self, request.into_inner()).await)
-    }
-
-    async fn list_nodes(
-        &self,
-        _request: Request<pb::ListNodesRequest>,
-    ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let started = Instant::now();
-        let result = self.coordinator.metadata.list_nodes().await.map_err(metadata_error);
-        let result = result.map(|nodes| pb::ListNodesResponse { nodes: nodes.iter().map(node_to_pb).collect() });
-        finish("list_nodes", started, result)
-    }
-
-    async fn rotate_context_key(
-        &self,
-        _request: Request<pb::RotateContextKeyRequest>,
-    ) -> Result<Response<pb::RotateContextKeyResponse>, Status> {
-        let started = Instant::now();
-        let c = &self.coordinator;
-        let result = async {
-            let key = c.metadata.rotate_context_key().await.map_err(metadata_error)?;
-            c.contexts.reload().await.map_err(metadata_error)?;
-            tracing::info!(key_id = key.id, "context key rotated");
-            Ok(pb::RotateContextKeyResponse { key_id: key.id })
-        }
-        .await;
-        finish("rotate_context_key", started, result)
-    }
-
-    async fn cluster_status(
-        &self,
-        _request: Request<pb::ClusterStatusRequest>,
-    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let started = Instant::now();
-        let c = &self.coordinator;
-        let result = async {
-            let nodes = c.metadata.list_nodes().await.map_err(metadata_error)?;
-            let lease = c.metadata.current_lease().await.map_err(metadata_error)?;
-            let health = c.metadata.node_health().await.map_err(metadata_error)?;
-            let nodes = nodes.iter().map(|node| pb::StorageNode {
-                health: health.iter().find(|h| h.node == node.id).map(health_to_pb),
-                ..node_to_pb(node)
-            });
-            Ok(pb::ClusterStatusResponse {
-                // An expired lease names no leader, but keeps its generation.
-                leader: lease.map(|l| pb::Leader {
-                    id: if l.live { l.holder } else { String::new() },
-                    generation: l.generation,
-                }),
-                ring_version: c.topology.current().version,
-                nodes: nodes.collect(),
-                workers: c.workers.list().into_iter().map(worker_to_pb).collect(),
-            })
-        }
-        .await;
-        finish("cluster_status", started, result)
-    }
 }
 
 #[cfg(test)]
@@ -688,18 +398,5 @@ mod tests {
         assert!(level_from(with(Kind::Level(42))).is_err());
         assert!(level_from(with(Kind::Replicas(0))).is_err());
         assert!(level_from(with(Kind::Replicas(300))).is_err());
-    }
-
-    #[test]
-    fn addresses_and_replication() {
-        assert!(valid_address("127.0.0.1:7001"));
-        assert!(valid_address("node-1.cohort:7001"));
-        assert!(!valid_address("127.0.0.1"));
-        assert!(!valid_address(":7001"));
-        assert!(!valid_address("h:0"));
-        let r = replication_from(5, 0, 0).unwrap();
-        assert_eq!((r.n(), r.r(), r.w()), (5, 3, 3));
-        assert!(replication_from(8, 0, 0).is_err());
-        assert!(replication_from(3, 4, 0).is_err());
     }
 }

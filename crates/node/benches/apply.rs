@@ -43,6 +43,7 @@ impl Writer {
                 Some(self.value.clone()),
                 WriteLimits::default(),
                 None,
+                0,
             )
             .expect("staged");
         self.contexts[slot].add(&staged.dot);

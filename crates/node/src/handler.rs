@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, Dot as PbDot, InfoResponse, MergeRequest, MergeResponse, ReadRequest,
-    ReadResponse, WriteTag as PbWriteTag,
+    CoordinateRequest, CoordinateResponse, Dot as PbDot, DropRangeRequest, DropRangeResponse, FenceRequest,
+    FenceResponse, InfoResponse, MergeRequest, MergeResponse, ReadRequest, ReadResponse, ScanEntry, ScanRequest,
+    ScanResponse, WriteTag as PbWriteTag,
 };
 use cohort_ring::{Actor, CausalContext, Dot, QuorumTally, SiblingSet, Verdict};
 use cohort_transport::{PeerPool, ReplicaFailure, StorageHandler, within};
@@ -77,6 +78,7 @@ fn status_from(error: StoreError) -> Status {
         StoreError::TooManySiblings { .. } | StoreError::StateTooLarge { .. } => {
             Status::failed_precondition(error.to_string())
         }
+        StoreError::StaleRing { .. } => Status::aborted(error.to_string()),
         StoreError::Poisoned | StoreError::Engine(_) | StoreError::Closed | StoreError::WrongNode { .. } => {
             Status::unavailable(error.to_string())
         }
@@ -130,7 +132,7 @@ impl StorageHandler for StorageNode {
         let tag = tag_from_pb(&request.write)?;
         let staged = self
             .store
-            .stage_update(&request.tenant, &request.key, &context, request.value, limits, tag)
+            .stage_update(&request.tenant, &request.key, &context, request.value, limits, tag, request.ring_version)
             .map_err(status_from)?;
         let write_dot = dot_to_pb(&staged.dot);
 
@@ -159,6 +161,7 @@ impl StorageHandler for StorageNode {
                 state: staged.encoded.clone(),
                 write: request.write.clone(),
                 write_dot: request.write.as_ref().map(|_| write_dot.clone()),
+                ring_version: request.ring_version,
             };
             let client = self.peers.node(&peer.address);
             pending.0.push(Box::pin(async move {
@@ -173,7 +176,11 @@ impl StorageHandler for StorageNode {
         // Answer once the quorum is reached. A write that cannot reach it
         // still waits for every replica (each bounded by the timeout), so
         // that the answer says exactly which ones hold it.
-        let mut tally = QuorumTally::new(replicas, needed);
+        let mut tally = if request.sets.is_empty() {
+            QuorumTally::new(replicas, needed)
+        } else {
+            QuorumTally::over_sets(request.sets.iter().map(|set| (set.members.clone(), set.needed as usize)))
+        };
         let mut failures = Vec::new();
         while let Some((node_id, result)) = pending.0.next().await {
             match result {
@@ -207,12 +214,16 @@ impl StorageHandler for StorageNode {
             (None, _) => None,
             (Some(_), None) => return Err(Status::invalid_argument("a write tag needs the write's dot")),
         };
-        self.store.merge(&request.tenant, &request.key, &incoming, write).await.map_err(status_from)?;
+        self.store
+            .merge(&request.tenant, &request.key, &incoming, write, request.ring_version)
+            .await
+            .map_err(status_from)?;
         Ok(MergeResponse {})
     }
 
     async fn read(&self, request: ReadRequest) -> Result<ReadResponse, Status> {
         check_target(&request.tenant, &request.key)?;
+        self.store.check_ring(request.ring_version).map_err(status_from)?;
         let state = self.store.read(&request.tenant, &request.key).map_err(status_from)?;
         let state = if state.is_empty() { Bytes::new() } else { Bytes::from(state.encode()) };
         let write_dot = match request.write_id.is_empty() {
@@ -229,4 +240,58 @@ impl StorageHandler for StorageNode {
             incarnation: self.store.incarnation(),
         })
     }
+
+    async fn fence(&self, request: FenceRequest) -> Result<FenceResponse, Status> {
+        let fence = self.store.raise_fence(request.ring_version).await.map_err(status_from)?;
+        if fence == request.ring_version {
+            tracing::info!(ring_version = fence, "ring fence raised: requests routed by older rings are refused");
+        }
+        metrics::gauge!("cohort_node_ring_fence").set(fence as f64);
+        Ok(FenceResponse { ring_version: fence })
+    }
+
+    async fn scan(&self, request: ScanRequest) -> Result<ScanResponse, Status> {
+        if request.start > request.end {
+            return Err(Status::invalid_argument("scan range start is past its end"));
+        }
+        let store = self.store.clone();
+        // A scan reads many keys: off the runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            if request.count_only {
+                let (keys, bytes) = store.count(request.start, request.end).map_err(status_from)?;
+                return Ok(ScanResponse { keys, bytes, ..Default::default() });
+            }
+            let after = (!request.after.is_empty()).then_some(&request.after[..]);
+            let limit = (request.limit as usize).clamp(1, MAX_SCAN_PAGE);
+            let (page, next) = store.scan(request.start, request.end, after, limit).map_err(status_from)?;
+            let mut answer = ScanResponse { next: next.map(Bytes::from).unwrap_or_default(), ..Default::default() };
+            for (tenant, key, state) in page {
+                answer.keys += 1;
+                answer.bytes += state.len() as u64;
+                answer.entries.push(ScanEntry { tenant, key: Bytes::from(key), state });
+            }
+            Ok(answer)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("scan task failed: {e}")))?
+    }
+
+    async fn drop_range(&self, request: DropRangeRequest) -> Result<DropRangeResponse, Status> {
+        if request.start > request.end {
+            return Err(Status::invalid_argument("drop range start is past its end"));
+        }
+        let dropped = self.store.drop_range(request.start, request.end, &request.tenants).await.map_err(status_from)?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                start = request.start,
+                end = request.end,
+                "dropped keys of a range no longer owned"
+            );
+        }
+        Ok(DropRangeResponse { dropped })
+    }
 }
+
+/// Most entries one scan page returns.
+const MAX_SCAN_PAGE: usize = 1024;

@@ -2,7 +2,7 @@
 //!
 //! Each key's sibling set is stored under `token | len(tenant) | tenant |
 //! key` (the key's 8-byte big-endian ring token first), so the keys of one
-//! token range are one contiguous scan ([`Store::keys_in_token_range`]), as
+//! token range are one contiguous scan ([`Store::scan`]), as
 //! range streaming and hash-tree anti-entropy need. A data directory in the
 //! first layout (`len(tenant) | tenant | key`) is converted when it opens.
 //! Read-modify-write of one key happens under one of a fixed set of striped
@@ -25,6 +25,18 @@
 //! issued twice for different values. The directory also records the node id
 //! it was created for and refuses to open under another.
 //!
+//! # Ring fence
+//!
+//! The store keeps a *ring fence*: the oldest ring version by which a write
+//! may still be routed here. A membership change raises it on every node
+//! before it copies data; a write routed by an older ring (a coordinator
+//! that has not seen the change) is then refused, so it cannot land on
+//! replicas the copy has already passed. The fence is checked under the
+//! key's stripe lock, and raising it takes every stripe once after
+//! recording it, so when [`Store::raise_fence`] returns no write admitted
+//! under the old fence can still be staged. It is durable and never moves
+//! back.
+//!
 //! # Write records
 //!
 //! A write that carries a *write id* (an idempotent request) leaves a record
@@ -34,10 +46,11 @@
 //! instead of issuing a second one. Records expire after the TTL the request
 //! names and are purged by [`Store::purge_write_records`].
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cohort_ring::{Actor, CausalContext, DecodeError, Dot, SiblingSet, Token, token_for};
@@ -49,6 +62,7 @@ use crate::config::Durability;
 const STRIPES: usize = 1024;
 const INCARNATION_KEY: &str = "incarnation";
 const NODE_ID_KEY: &str = "node_id";
+const RING_FENCE_KEY: &str = "ring_fence";
 /// Sibling sets by token-ordered storage key.
 const DATA_KEYSPACE: &str = "sibling_sets_by_token";
 /// Sibling sets in the first layout, converted at open.
@@ -112,6 +126,17 @@ pub enum StoreError {
     /// This actor can issue no more dots for the key (a forged context).
     #[error(transparent)]
     DotsExhausted(#[from] cohort_ring::DotsExhausted),
+    /// The request was routed by a ring older than the node's fence: the
+    /// sender must refresh its ring and route again.
+    #[error(
+        "request routed by ring version {routed}, but this node takes only version {fence} or newer: refresh the ring"
+    )]
+    StaleRing {
+        /// The version the request was routed by.
+        routed: u64,
+        /// The node's fence.
+        fence: u64,
+    },
     /// The client's causal context claims writes this replica never issued.
     #[error("causal context claims {claimed} writes by {actor}, which has issued {issued}")]
     ForgedContext {
@@ -201,6 +226,8 @@ pub struct Store {
     actor: Actor,
     incarnation: u64,
     stripes: Box<[Mutex<()>]>,
+    meta: Keyspace,
+    fence: AtomicU64,
     commits: mpsc::UnboundedSender<Waiter>,
     committer: tokio::task::JoinHandle<()>,
     poisoned: Arc<AtomicBool>,
@@ -251,6 +278,12 @@ impl Store {
             ),
             None => 0,
         };
+        let fence = match meta.get(RING_FENCE_KEY)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes.as_ref().try_into().map_err(|_| StoreError::Engine("ring fence record is corrupt".into()))?,
+            ),
+            None => 0,
+        };
         let incarnation = previous + 1;
         meta.insert(INCARNATION_KEY, incarnation.to_be_bytes())?;
         db.persist(PersistMode::SyncAll)?;
@@ -268,6 +301,8 @@ impl Store {
             actor: Actor::new(format!("{node_id}.{incarnation}.{nonce:016x}")),
             incarnation,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            meta,
+            fence: AtomicU64::new(fence),
             commits,
             committer,
             poisoned,
@@ -347,27 +382,105 @@ impl Store {
         if self.is_poisoned() { Err(StoreError::Poisoned) } else { Ok(()) }
     }
 
+    /// The oldest ring version requests may be routed by (0: any).
+    pub fn fence(&self) -> u64 {
+        self.fence.load(Ordering::Acquire)
+    }
+
+    /// Refuses a request routed by a ring older than the fence.
+    pub fn check_ring(&self, routed: u64) -> Result<(), StoreError> {
+        let fence = self.fence();
+        if routed < fence { Err(StoreError::StaleRing { routed, fence }) } else { Ok(()) }
+    }
+
+    /// Raises the fence to `version` (never lowers it), durably; returns the
+    /// fence. When it returns, every write admitted under the old fence has
+    /// been staged, and every later one is checked against the new fence.
+    pub async fn raise_fence(&self, version: u64) -> Result<u64, StoreError> {
+        self.check_writable()?;
+        if version <= self.fence() {
+            return Ok(self.fence());
+        }
+        self.meta.insert(RING_FENCE_KEY, version.to_be_bytes())?;
+        self.durable().await?;
+        self.fence.fetch_max(version, Ordering::AcqRel);
+        // A write that passed the old fence holds its stripe until it is
+        // staged: taking each stripe once waits for all of them.
+        for stripe in self.stripes.iter() {
+            drop(stripe.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        Ok(self.fence())
+    }
+
+    /// A page of the keys stored in the token range `start..=end`, after the
+    /// storage key `after` when given: at most `limit` entries `(tenant,
+    /// key, encoded state)`, and the storage key to resume after when more
+    /// remain.
+    #[allow(clippy::type_complexity)]
+    pub fn scan(
+        &self,
+        start: Token,
+        end: Token,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<(String, Vec<u8>, Bytes)>, Option<Vec<u8>>), StoreError> {
+        self.check_writable()?;
+        let (lower, upper) = token_bounds(start, end, after);
+        let mut out = Vec::new();
+        for item in self.data.range::<Vec<u8>, _>((lower, upper)) {
+            let (skey, value) = item.into_inner()?;
+            if out.len() == limit.max(1) {
+                let last = storage_key_of(&out);
+                return Ok((out, last));
+            }
+            let (_, tenant, key) =
+                parse_storage_key(&skey).ok_or_else(|| StoreError::Engine("a storage key is malformed".into()))?;
+            out.push((tenant.to_string(), key.to_vec(), Bytes::from(value.to_vec())));
+        }
+        Ok((out, None))
+    }
+
+    /// The number of keys and encoded bytes stored in `start..=end`.
+    pub fn count(&self, start: Token, end: Token) -> Result<(u64, u64), StoreError> {
+        self.check_writable()?;
+        let (lower, upper) = token_bounds(start, end, None);
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for item in self.data.range::<Vec<u8>, _>((lower, upper)) {
+            let (_, value) = item.into_inner()?;
+            keys += 1;
+            bytes += value.len() as u64;
+        }
+        Ok((keys, bytes))
+    }
+
+    /// Deletes the keys of `tenants` in `start..=end` and waits until that is
+    /// durable; returns how many were deleted.
+    pub async fn drop_range(&self, start: Token, end: Token, tenants: &[String]) -> Result<u64, StoreError> {
+        self.check_writable()?;
+        let (lower, upper) = token_bounds(start, end, None);
+        let mut dropped = 0u64;
+        let mut batch = self.db.batch();
+        for item in self.data.range::<Vec<u8>, _>((lower, upper)) {
+            let skey = item.key()?;
+            let Some((_, tenant, _)) = parse_storage_key(&skey) else { continue };
+            if tenants.iter().any(|t| t == tenant) {
+                batch.remove(&self.data, skey.to_vec());
+                dropped += 1;
+                if batch.len() >= CONVERT_BATCH {
+                    std::mem::replace(&mut batch, self.db.batch()).commit()?;
+                }
+            }
+        }
+        batch.commit()?;
+        self.durable().await?;
+        metrics::counter!("cohort_node_keys_dropped_total").increment(dropped);
+        Ok(dropped)
+    }
+
     fn stripe(&self, storage_key: &[u8]) -> &Mutex<()> {
         // The key's token leads it: already a uniform hash.
         let token = u64::from_be_bytes(storage_key[..8].try_into().expect("storage keys start with a token"));
         &self.stripes[(token % STRIPES as u64) as usize]
-    }
-
-    /// The `(tenant, key)` of every key stored here whose token lies in
-    /// `range`, in token order: one scan over the token-ordered keys.
-    pub fn keys_in_token_range(
-        &self,
-        range: std::ops::Range<Token>,
-    ) -> Result<Vec<(Token, String, Vec<u8>)>, StoreError> {
-        self.check_writable()?;
-        let mut out = Vec::new();
-        for item in self.data.range(range.start.to_be_bytes()..range.end.to_be_bytes()) {
-            let skey = item.key()?;
-            let (token, tenant, key) =
-                parse_storage_key(&skey).ok_or_else(|| StoreError::Engine("a storage key is malformed".into()))?;
-            out.push((token, tenant.to_string(), key.to_vec()));
-        }
-        Ok(out)
     }
 
     /// Issues a new version of the key at this node's actor and appends it to
@@ -379,6 +492,7 @@ impl Store {
     /// current state is returned with the recorded dot (`replayed`).
     /// A write that would add a sibling past `limits` is refused and stores
     /// nothing; one that resolves siblings is always accepted.
+    #[allow(clippy::too_many_arguments)]
     pub fn stage_update(
         &self,
         tenant: &str,
@@ -387,10 +501,12 @@ impl Store {
         value: Option<Bytes>,
         limits: WriteLimits,
         write: Option<WriteTag<'_>>,
+        ring_version: u64,
     ) -> Result<Staged, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        self.check_ring(ring_version)?;
         let current = self.data.get(&skey)?;
         let mut state = match &current {
             Some(bytes) => SiblingSet::decode(bytes)?,
@@ -448,10 +564,12 @@ impl Store {
         key: &[u8],
         incoming: &SiblingSet,
         write: Option<(WriteTag<'_>, &Dot)>,
+        ring_version: u64,
     ) -> Result<bool, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        self.check_ring(ring_version)?;
         let current = self.read_encoded(&skey)?;
         let merged = SiblingSet::merged(&current, incoming);
         let changed = merged != current;
@@ -481,9 +599,9 @@ impl Store {
     /// Closes the store: stops the group-commit task and releases the
     /// directory, so that it can be opened again (by a restarted node).
     pub async fn close(self) {
-        let Store { db, data, writes, commits, committer, .. } = self;
+        let Store { db, data, writes, meta, commits, committer, .. } = self;
         drop(commits);
-        drop((db, data, writes));
+        drop((db, data, writes, meta));
         let _ = committer.await;
     }
 
@@ -495,8 +613,9 @@ impl Store {
         key: &[u8],
         incoming: &SiblingSet,
         write: Option<(WriteTag<'_>, &Dot)>,
+        ring_version: u64,
     ) -> Result<(), StoreError> {
-        self.stage_merge(tenant, key, incoming, write)?;
+        self.stage_merge(tenant, key, incoming, write, ring_version)?;
         self.durable().await
     }
 }
@@ -511,6 +630,25 @@ pub fn storage_key(tenant: &str, key: &[u8]) -> Vec<u8> {
     out.extend_from_slice(tenant.as_bytes());
     out.extend_from_slice(key);
     out
+}
+
+/// Storage-key bounds of the token range `start..=end`, starting after
+/// `after` when given.
+fn token_bounds(start: Token, end: Token, after: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let lower = match after {
+        Some(after) => Bound::Excluded(after.to_vec()),
+        None => Bound::Included(start.to_be_bytes().to_vec()),
+    };
+    let upper = match end.checked_add(1) {
+        Some(next) => Bound::Excluded(next.to_be_bytes().to_vec()),
+        None => Bound::Unbounded,
+    };
+    (lower, upper)
+}
+
+/// The storage key of the last entry of a scan page.
+fn storage_key_of(page: &[(String, Vec<u8>, Bytes)]) -> Option<Vec<u8>> {
+    page.last().map(|(tenant, key, _)| storage_key(tenant, key))
 }
 
 /// The token, tenant and key of a storage key.
@@ -613,7 +751,7 @@ mod tests {
     const NO_LIMITS: WriteLimits = WriteLimits { max_siblings: 0, max_state_bytes: 0 };
 
     fn put(store: &Store, key: &[u8], context: &CausalContext, value: &'static [u8]) -> Result<Staged, StoreError> {
-        store.stage_update("t", key, context, Some(Bytes::from_static(value)), NO_LIMITS, None)
+        store.stage_update("t", key, context, Some(Bytes::from_static(value)), NO_LIMITS, None, 0)
     }
 
     #[tokio::test]
@@ -628,7 +766,7 @@ mod tests {
             assert_eq!(staged.dot, Dot { actor: store.actor().clone(), counter: 1 });
             let mut other = SiblingSet::new();
             other.update(&CausalContext::new(), &Actor::new("n2.1.00"), Some(Bytes::from_static(b"v2"))).unwrap();
-            store.merge("t", b"k", &other, None).await.unwrap();
+            store.merge("t", b"k", &other, None, 0).await.unwrap();
             assert_eq!(store.read("t", b"k").unwrap().values().count(), 2);
             assert!(store.read("t", b"other").unwrap().is_empty());
             store.close().await;
@@ -713,15 +851,17 @@ mod tests {
         let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
         let limits = WriteLimits { max_siblings: 3, max_state_bytes: 0 };
         for _ in 0..3 {
-            store.stage_update("t", b"k", &CausalContext::new(), Some(Bytes::from_static(b"v")), limits, None).unwrap();
+            store
+                .stage_update("t", b"k", &CausalContext::new(), Some(Bytes::from_static(b"v")), limits, None, 0)
+                .unwrap();
         }
         let before = store.read("t", b"k").unwrap();
         let refused =
-            store.stage_update("t", b"k", &CausalContext::new(), Some(Bytes::from_static(b"x")), limits, None);
+            store.stage_update("t", b"k", &CausalContext::new(), Some(Bytes::from_static(b"x")), limits, None, 0);
         assert!(matches!(refused, Err(StoreError::TooManySiblings { count: 4, max: 3 })), "{refused:?}");
         assert_eq!(store.read("t", b"k").unwrap(), before, "nothing stored");
         let resolved = store
-            .stage_update("t", b"k", before.clock(), Some(Bytes::from_static(b"one")), limits, None)
+            .stage_update("t", b"k", before.clock(), Some(Bytes::from_static(b"one")), limits, None, 0)
             .expect("a resolving write is accepted");
         assert_eq!(resolved.siblings, 1);
         store.close().await;
@@ -733,11 +873,11 @@ mod tests {
         let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
         let limits = WriteLimits { max_siblings: 0, max_state_bytes: 100 };
         let big = Bytes::from(vec![7u8; 60]);
-        store.stage_update("t", b"k", &CausalContext::new(), Some(big.clone()), limits, None).unwrap();
-        let refused = store.stage_update("t", b"k", &CausalContext::new(), Some(big.clone()), limits, None);
+        store.stage_update("t", b"k", &CausalContext::new(), Some(big.clone()), limits, None, 0).unwrap();
+        let refused = store.stage_update("t", b"k", &CausalContext::new(), Some(big.clone()), limits, None, 0);
         assert!(matches!(refused, Err(StoreError::StateTooLarge { max: 100, .. })), "{refused:?}");
         let context = store.read("t", b"k").unwrap().clock().clone();
-        store.stage_update("t", b"k", &context, Some(big), limits, None).expect("a replacing write is accepted");
+        store.stage_update("t", b"k", &context, Some(big), limits, None, 0).expect("a replacing write is accepted");
         store.close().await;
     }
 
@@ -749,8 +889,8 @@ mod tests {
         let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
         let tag = WriteTag { id: b"write-1", expires_at: now_secs() + 60 };
         let value = || Some(Bytes::from_static(b"v"));
-        let first = store.stage_update("t", b"k", &CausalContext::new(), value(), NO_LIMITS, Some(tag)).unwrap();
-        let retry = store.stage_update("t", b"k", &CausalContext::new(), value(), NO_LIMITS, Some(tag)).unwrap();
+        let first = store.stage_update("t", b"k", &CausalContext::new(), value(), NO_LIMITS, Some(tag), 0).unwrap();
+        let retry = store.stage_update("t", b"k", &CausalContext::new(), value(), NO_LIMITS, Some(tag), 0).unwrap();
         assert!(retry.replayed && !first.replayed);
         assert_eq!(retry.dot, first.dot);
         assert_eq!(store.read("t", b"k").unwrap().siblings().len(), 1, "applied once");
@@ -761,11 +901,11 @@ mod tests {
         peer_state.update(&CausalContext::new(), &Actor::new("n2.1.00"), value()).unwrap();
         let peer_dot = Dot { actor: Actor::new("n2.1.00"), counter: 1 };
         let peer_tag = WriteTag { id: b"write-2", expires_at: now_secs() + 60 };
-        store.merge("t", b"k2", &peer_state, Some((peer_tag, &peer_dot))).await.unwrap();
+        store.merge("t", b"k2", &peer_state, Some((peer_tag, &peer_dot)), 0).await.unwrap();
         assert_eq!(store.write_record(b"write-2").unwrap(), Some(peer_dot));
 
         let expired = WriteTag { id: b"write-3", expires_at: now_secs().saturating_sub(1) };
-        store.stage_update("t", b"k3", &CausalContext::new(), value(), NO_LIMITS, Some(expired)).unwrap();
+        store.stage_update("t", b"k3", &CausalContext::new(), value(), NO_LIMITS, Some(expired), 0).unwrap();
         assert_eq!(store.write_record(b"write-3").unwrap(), None, "an expired record is not used");
         assert_eq!(store.purge_write_records().unwrap(), 1);
         assert!(store.write_record(b"write-1").unwrap().is_some(), "live records stay");
@@ -782,7 +922,7 @@ mod tests {
         put(&store, b"k", &CausalContext::new(), b"v").unwrap();
         assert!(store.durable().await.is_err(), "the write is not acknowledged");
         assert!(store.is_poisoned());
-        let refused = store.stage_update("t", b"k2", &CausalContext::new(), None, NO_LIMITS, None);
+        let refused = store.stage_update("t", b"k2", &CausalContext::new(), None, NO_LIMITS, None, 0);
         assert!(matches!(refused, Err(StoreError::Poisoned)), "later writes are refused");
         assert!(matches!(store.read("t", b"k"), Err(StoreError::Poisoned)), "reads are refused");
         store.close().await;
@@ -795,23 +935,81 @@ mod tests {
         assert_eq!(parse_storage_key(&skey), Some((token_for("tenant", b"key"), "tenant", &b"key"[..])));
     }
 
-    /// Keys sort by token, so a token range is one scan.
+    /// Keys sort by token, so a token range is one scan, read in pages.
     #[tokio::test]
     async fn keys_are_stored_in_token_order_and_scanned_by_range() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
         let keys: Vec<Vec<u8>> = (0..50).map(|i| format!("k{i}").into_bytes()).collect();
         for key in &keys {
-            store.stage_update("t", key, &CausalContext::new(), None, NO_LIMITS, None).unwrap();
+            store.stage_update("t", key, &CausalContext::new(), None, NO_LIMITS, None, 0).unwrap();
         }
-        let all = store.keys_in_token_range(0..u64::MAX).unwrap();
-        assert_eq!(all.len(), 50);
-        assert!(all.windows(2).all(|w| w[0].0 <= w[1].0), "ordered by token");
+        let scan_all = |start, end| {
+            let (mut out, mut after) = (Vec::new(), None::<Vec<u8>>);
+            loop {
+                let (page, next) = store.scan(start, end, after.as_deref(), 7).unwrap();
+                assert!(page.len() <= 7);
+                out.extend(page);
+                match next {
+                    Some(next) => after = Some(next),
+                    None => return out,
+                }
+            }
+        };
+        let all = scan_all(0, u64::MAX);
+        assert_eq!(all.len(), 50, "the last token is included");
+        let tokens: Vec<Token> = all.iter().map(|(t, k, _)| token_for(t, k)).collect();
+        assert!(tokens.windows(2).all(|w| w[0] <= w[1]), "ordered by token");
+        assert_eq!(store.count(0, u64::MAX).unwrap().0, 50);
         let half = u64::MAX / 2;
-        let low = store.keys_in_token_range(0..half).unwrap();
-        let expected = keys.iter().filter(|k| token_for("t", k) < half).count();
+        let low = scan_all(0, half);
+        let expected = keys.iter().filter(|k| token_for("t", k) <= half).count();
         assert_eq!(low.len(), expected);
-        assert!(low.iter().all(|(token, tenant, key)| *token < half && tenant == "t" && token_for("t", key) == *token));
+        assert!(low.iter().all(|(tenant, key, _)| tenant == "t" && token_for("t", key) <= half));
+        assert_eq!(scan_all(half + 1, u64::MAX).len(), 50 - expected, "the two halves split the keys");
+        store.close().await;
+    }
+
+    /// A dropped range loses the named tenants' keys and keeps the others'.
+    #[tokio::test]
+    async fn dropping_a_range_deletes_only_the_named_tenants() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        for tenant in ["a", "b"] {
+            for i in 0..20 {
+                let key = format!("k{i}");
+                store.stage_update(tenant, key.as_bytes(), &CausalContext::new(), None, NO_LIMITS, None, 0).unwrap();
+            }
+        }
+        assert_eq!(store.drop_range(0, u64::MAX, &["a".to_string()]).await.unwrap(), 20);
+        let (left, _) = store.scan(0, u64::MAX, None, 100).unwrap();
+        assert!(left.len() == 20 && left.iter().all(|(tenant, _, _)| tenant == "b"));
+        store.close().await;
+    }
+
+    /// The ring fence refuses writes and merges routed by an older ring,
+    /// never moves back, and survives a restart.
+    #[tokio::test]
+    async fn the_ring_fence_refuses_older_rings_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+            assert_eq!(store.fence(), 0);
+            store.stage_update("t", b"k", &CausalContext::new(), None, NO_LIMITS, None, 0).unwrap();
+            assert_eq!(store.raise_fence(5).await.unwrap(), 5);
+            assert_eq!(store.raise_fence(3).await.unwrap(), 5, "a fence never moves back");
+            let stale = store.stage_update("t", b"k", &CausalContext::new(), None, NO_LIMITS, None, 4);
+            assert!(matches!(stale, Err(StoreError::StaleRing { routed: 4, fence: 5 })), "{stale:?}");
+            let merged = store.merge("t", b"k", &SiblingSet::new(), None, 0).await;
+            assert!(matches!(merged, Err(StoreError::StaleRing { routed: 0, fence: 5 })), "{merged:?}");
+            assert!(store.check_ring(4).is_err());
+            store.stage_update("t", b"k", &CausalContext::new(), None, NO_LIMITS, None, 5).unwrap();
+            store.stage_update("t", b"k", &CausalContext::new(), None, NO_LIMITS, None, 6).unwrap();
+            store.close().await;
+        }
+        let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+        assert_eq!(store.fence(), 5);
+        assert!(store.check_ring(4).is_err());
         store.close().await;
     }
 
@@ -836,7 +1034,7 @@ mod tests {
         for key in ["a", "b", "c"] {
             assert_eq!(store.read("t", key.as_bytes()).unwrap(), state, "key {key}");
         }
-        assert_eq!(store.keys_in_token_range(0..u64::MAX).unwrap().len(), 3);
+        assert_eq!(store.count(0, u64::MAX).unwrap().0, 3);
         store.close().await;
         let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
         assert_eq!(store.read("t", b"a").unwrap(), state, "converted once, and kept");

@@ -65,6 +65,7 @@ fn arbitrary_bytes_never_panic_a_node() {
                         actor: String::from_utf8_lossy(&id).into_owned(),
                         counter: raw.len() as u64,
                     }),
+                    ring_version: 0,
                 };
                 acceptable(service.merge(merge).await.map(drop))?;
                 let coordinate = CoordinateRequest {
@@ -78,7 +79,12 @@ fn arbitrary_bytes_never_panic_a_node() {
                     ..Default::default()
                 };
                 acceptable(service.coordinate(coordinate).await.map(drop))?;
-                let read = ReadRequest { tenant: "t".into(), key: Bytes::from_static(b"k"), write_id: Bytes::from(id) };
+                let read = ReadRequest {
+                    tenant: "t".into(),
+                    key: Bytes::from_static(b"k"),
+                    write_id: Bytes::from(id),
+                    ring_version: 0,
+                };
                 acceptable(service.read(read).await.map(drop))?;
                 // Whatever decodes as a pipelined request, run as sent.
                 if let Ok(PipelineRequest { op: Some(op), .. }) = PipelineRequest::decode(bytes) {

@@ -79,8 +79,8 @@ async fn an_oversized_answer_fails_alone_and_the_pipeline_survives() {
         let actor = cohort_ring::Actor::new(format!("other-{i}.1.00"));
         huge.update(&cohort_ring::CausalContext::new(), &actor, Some(Bytes::from(vec![i as u8; 1 << 20]))).unwrap();
     }
-    store.merge("t", b"huge", &huge, None).await.unwrap();
-    store.merge("t", b"small", &cohort_ring::SiblingSet::new(), None).await.unwrap();
+    store.merge("t", b"huge", &huge, None, 0).await.unwrap();
+    store.merge("t", b"small", &cohort_ring::SiblingSet::new(), None, 0).await.unwrap();
     drop(store);
 
     let pool = PeerPool::new(Duration::from_secs(2));

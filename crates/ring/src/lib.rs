@@ -9,6 +9,7 @@
 //!   fallback lists.
 //! - [`quorum`]: consistency levels and the arithmetic that turns them into
 //!   replica counts.
+//! - [`movement`]: which token ranges change owners between two rings.
 //! - [`tally`]: whether the answers an operation got reach its quorum, over
 //!   one replica set or several at once.
 //! - [`dvv`]: dotted version vectors — sibling sets, their merge (sync) and
@@ -21,6 +22,7 @@
 
 pub mod context;
 pub mod dvv;
+pub mod movement;
 pub mod quorum;
 pub mod ring;
 pub mod tally;
@@ -28,6 +30,7 @@ pub mod token;
 
 pub use context::{ContextKey, TokenError};
 pub use dvv::{Actor, CausalContext, DecodeError, Dot, DotsExhausted, Sibling, SiblingSet, VersionVector};
+pub use movement::{MovingRange, RangeOwners, TokenRange, moving_ranges};
 pub use quorum::{Consistency, QuorumError, ReplicationConfig};
 pub use ring::{NodeId, NodeSpec, Ring, RingError, valid_node_id};
 pub use tally::{QuorumTally, Verdict};

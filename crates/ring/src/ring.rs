@@ -122,6 +122,11 @@ impl Ring {
         self.nodes.is_empty()
     }
 
+    /// Every vnode token, in ascending order.
+    pub fn vnode_tokens(&self) -> impl Iterator<Item = Token> + '_ {
+        self.tokens.iter().map(|(token, _)| *token)
+    }
+
     /// Index into `tokens` of the vnode that owns `token`.
     fn owner_position(&self, token: Token) -> usize {
         let pos = self.tokens.partition_point(|(t, _)| *t < token);

@@ -22,8 +22,9 @@ use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::storage_client::StorageClient;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineRequest,
-    PipelineResponse, ReadRequest, ReadResponse,
+    CoordinateRequest, CoordinateResponse, DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse,
+    InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineRequest, PipelineResponse, ReadRequest,
+    ReadResponse, ScanRequest, ScanResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -185,6 +186,12 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A unary call's error: `Unavailable` may mean the call never reached the
+/// node; anything else is the node's answer.
+fn unary_error(status: Status) -> NodeError {
+    if status.code() == tonic::Code::Unavailable { NodeError::Lost(status) } else { NodeError::Rejected(status) }
+}
+
 fn unexpected(what: &str) -> NodeError {
     NodeError::Rejected(Status::internal(format!("node answered a {what} with another kind of result")))
 }
@@ -207,6 +214,35 @@ impl NodeClient {
             Err(status) if status.code() == tonic::Code::Unavailable => Err(NodeError::NotSent(status)),
             Err(status) => Err(NodeError::Rejected(status)),
         }
+    }
+
+    /// Raises the node's ring fence (a unary call, or a direct one
+    /// in-process). Idempotent.
+    pub async fn fence(&self, request: FenceRequest) -> Result<FenceResponse, NodeError> {
+        if let Some(node) = self.local() {
+            return node.handler.fence(request).await.map_err(NodeError::Rejected);
+        }
+        self.raw.clone().fence(request).await.map(tonic::Response::into_inner).map_err(unary_error)
+    }
+
+    /// A page of a token range's keys on the node, or their count.
+    pub async fn scan(&self, request: ScanRequest) -> Result<ScanResponse, NodeError> {
+        if let Some(node) = self.local() {
+            return node.handler.scan(request).await.map_err(NodeError::Rejected);
+        }
+        self.raw.clone().scan(request).await.map(tonic::Response::into_inner).map_err(unary_error)
+    }
+
+    /// Deletes some tenants' keys in a token range on the node. Idempotent.
+    pub async fn drop_range(&self, request: DropRangeRequest) -> Result<DropRangeResponse, NodeError> {
+        if let Some(node) = self.local() {
+            return node.handler.drop_range(request).await.map_err(NodeError::Rejected);
+        }
+        self.raw.clone().drop_range(request).await.map(tonic::Response::into_inner).map_err(unary_error)
+    }
+
+    fn local(&self) -> Option<crate::directory::LocalNode> {
+        self.in_process.as_ref().and_then(|nodes| nodes.get(&self.address))
     }
 
     /// Reads a key's local state on the node.

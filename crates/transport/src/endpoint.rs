@@ -6,8 +6,9 @@ use std::sync::Arc;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::storage_server::{Storage, StorageServer};
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineError,
-    PipelineRequest, PipelineResponse, ReadRequest, ReadResponse,
+    CoordinateRequest, CoordinateResponse, DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse,
+    InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineError, PipelineRequest, PipelineResponse,
+    ReadRequest, ReadResponse, ScanRequest, ScanResponse,
 };
 use prost::Message;
 use tokio::net::TcpListener;
@@ -106,6 +107,18 @@ impl<H: StorageHandler> Storage for StorageEndpoint<H> {
 
     async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         self.handler.info().await.map(Response::new)
+    }
+
+    async fn fence(&self, request: Request<FenceRequest>) -> Result<Response<FenceResponse>, Status> {
+        self.handler.fence(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanResponse>, Status> {
+        self.handler.scan(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn drop_range(&self, request: Request<DropRangeRequest>) -> Result<Response<DropRangeResponse>, Status> {
+        self.handler.drop_range(request.into_inner()).await.map(Response::new)
     }
 }
 

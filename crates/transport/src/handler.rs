@@ -10,8 +10,8 @@
 use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, InfoResponse, MergeRequest, MergeResponse, PipelineError, ReadRequest,
-    ReadResponse,
+    CoordinateRequest, CoordinateResponse, DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse,
+    InfoResponse, MergeRequest, MergeResponse, PipelineError, ReadRequest, ReadResponse, ScanRequest, ScanResponse,
 };
 use tonic::Status;
 
@@ -27,6 +27,12 @@ pub trait StorageHandler: Send + Sync + 'static {
     async fn coordinate(&self, request: CoordinateRequest) -> Result<CoordinateResponse, Status>;
     /// Who the node is.
     async fn info(&self) -> Result<InfoResponse, Status>;
+    /// Raises the node's ring fence.
+    async fn fence(&self, request: FenceRequest) -> Result<FenceResponse, Status>;
+    /// A page of a token range's keys (or their count).
+    async fn scan(&self, request: ScanRequest) -> Result<ScanResponse, Status>;
+    /// Deletes some tenants' keys in a token range.
+    async fn drop_range(&self, request: DropRangeRequest) -> Result<DropRangeResponse, Status>;
 }
 
 /// Runs one pipelined operation on `handler` as its unary call would; an

@@ -64,17 +64,264 @@ impl NodeRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
-    /// On the ring, serving its ranges.
+    /// In the newest ring version, receiving its ranges from their old
+    /// owners; not yet in every live version.
+    Joining,
+    /// In every live ring version, serving its ranges.
     Active,
+    /// Being drained: absent from the newest ring version, its ranges moving
+    /// to their new owners.
+    Leaving,
+    /// In no live ring version; holds nothing the cluster needs.
+    Removed,
 }
 
 impl NodeState {
-    /// The state's name as shown to operators.
+    /// The state's name as shown to operators and stored.
     pub fn as_str(&self) -> &'static str {
         match self {
+            NodeState::Joining => "joining",
             NodeState::Active => "active",
+            NodeState::Leaving => "leaving",
+            NodeState::Removed => "removed",
         }
     }
+
+    /// The state named `name`, as [`NodeState::as_str`] writes it.
+    pub fn parse(name: &str) -> Option<NodeState> {
+        [NodeState::Joining, NodeState::Active, NodeState::Leaving, NodeState::Removed]
+            .into_iter()
+            .find(|state| state.as_str() == name)
+    }
+}
+
+/// One version of the ring: the nodes it places replicas on. Versions are
+/// numbered from 1, each change appending the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingVersion {
+    /// The version number.
+    pub version: u64,
+    /// Its nodes, ordered by id.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// The ring versions in use: the oldest live one to the newest. More than
+/// one while a membership change moves data: writes then need a quorum in
+/// every live version, reads a quorum in each.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RingHistory {
+    /// Live versions, oldest first; empty before the first node joined.
+    pub live: Vec<RingVersion>,
+}
+
+impl RingHistory {
+    /// The newest version's number (0 before the first).
+    pub fn current(&self) -> u64 {
+        self.live.last().map_or(0, |v| v.version)
+    }
+}
+
+/// What a membership change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationKind {
+    /// A node joins: it gains ranges, copied from their old owners.
+    Join,
+    /// A node drains: its ranges are copied to their new owners, then it
+    /// holds nothing.
+    Leave,
+    /// A node gone for good is removed: its ranges are rebuilt on their new
+    /// owners from the surviving replicas.
+    RemoveDead,
+}
+
+impl MigrationKind {
+    /// The kind's name as shown and stored.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MigrationKind::Join => "join",
+            MigrationKind::Leave => "leave",
+            MigrationKind::RemoveDead => "remove_dead",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<MigrationKind> {
+        [MigrationKind::Join, MigrationKind::Leave, MigrationKind::RemoveDead]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
+/// Where a migration stands as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationState {
+    /// Recorded, not yet picked up by a leader.
+    Pending,
+    /// A leader is driving it.
+    InProgress,
+    /// Every range moved, the old version retired and cleaned up.
+    Completed,
+    /// Stopped by an error it cannot get past; `error` says which.
+    Failed,
+    /// Stopped at an operator's request; the ring is back where it was.
+    Cancelled,
+}
+
+impl MigrationState {
+    /// The state's name as shown and stored.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MigrationState::Pending => "pending",
+            MigrationState::InProgress => "in_progress",
+            MigrationState::Completed => "completed",
+            MigrationState::Failed => "failed",
+            MigrationState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `name`.
+    pub fn parse(name: &str) -> Option<MigrationState> {
+        [
+            MigrationState::Pending,
+            MigrationState::InProgress,
+            MigrationState::Completed,
+            MigrationState::Failed,
+            MigrationState::Cancelled,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == name)
+    }
+
+    /// Whether the migration still runs (pending or in progress).
+    pub fn is_running(&self) -> bool {
+        matches!(self, MigrationState::Pending | MigrationState::InProgress)
+    }
+}
+
+/// The step a migration is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// Both versions are live; every node is being told to refuse requests
+    /// routed by an older ring.
+    DualWrite,
+    /// The moving ranges are being copied to their new owners.
+    DataCopy,
+    /// Every range is copied; the old version is being retired.
+    Cutover,
+    /// The old version is retired; nodes drop the ranges they no longer own.
+    Cleanup,
+    /// Nothing is left to do.
+    Done,
+}
+
+impl MigrationPhase {
+    /// The phase's name as shown and stored.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MigrationPhase::DualWrite => "dual_write",
+            MigrationPhase::DataCopy => "data_copy",
+            MigrationPhase::Cutover => "cutover",
+            MigrationPhase::Cleanup => "cleanup",
+            MigrationPhase::Done => "done",
+        }
+    }
+
+    /// The phase named `name`.
+    pub fn parse(name: &str) -> Option<MigrationPhase> {
+        [
+            MigrationPhase::DualWrite,
+            MigrationPhase::DataCopy,
+            MigrationPhase::Cutover,
+            MigrationPhase::Cleanup,
+            MigrationPhase::Done,
+        ]
+        .into_iter()
+        .find(|phase| phase.as_str() == name)
+    }
+}
+
+/// A membership change: one ring version replacing another, and the data
+/// moved between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// Increasing id, from 1.
+    pub id: u64,
+    /// What the change does.
+    pub kind: MigrationKind,
+    /// The node joining, leaving or removed.
+    pub node_id: String,
+    /// Where it stands.
+    pub state: MigrationState,
+    /// The step it is at.
+    pub phase: MigrationPhase,
+    /// The ring version it moves data from.
+    pub from_version: u64,
+    /// The ring version it moves data to.
+    pub to_version: u64,
+    /// Token ranges to copy, and how many are copied.
+    pub ranges_total: u64,
+    /// Ranges copied and checkpointed.
+    pub ranges_done: u64,
+    /// Keys to copy, as counted on the sources when the copy started.
+    pub keys_total: u64,
+    /// Keys copied so far.
+    pub keys_copied: u64,
+    /// Bytes of sibling sets copied so far.
+    pub bytes_copied: u64,
+    /// Why it failed, or what it last retried on.
+    pub error: Option<String>,
+    /// An operator asked to cancel it.
+    pub cancel_requested: bool,
+    /// When it was recorded, in milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    /// When it last changed, in milliseconds since the Unix epoch.
+    pub updated_at_ms: u64,
+}
+
+/// Per token range progress of a migration's copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// First token of the range.
+    pub range_start: u64,
+    /// Last token of the range (inclusive).
+    pub range_end: u64,
+    /// Keys copied from it.
+    pub keys_copied: u64,
+    /// Whether every source of the range has been copied.
+    pub done: bool,
+}
+
+/// A proposed ring change: the next ring version's nodes, built by the
+/// caller from the version it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingChange {
+    /// The newest version the caller planned from; the change applies only
+    /// if it is still the newest.
+    pub expected_version: u64,
+    /// The new version's nodes.
+    pub nodes: Vec<NodeSpec>,
+    /// Node records to write with it (the joining node, new states).
+    pub records: Vec<NodeRecord>,
+    /// The migration that moves data to the new version. `None` only when
+    /// no data can exist yet (the first nodes of an empty ring): the new
+    /// version is then the only live one at once.
+    pub migration: Option<(MigrationKind, String)>,
+}
+
+/// A leader's step of a running migration: the ring versions it retires or
+/// appends and the node states it sets, all in one fenced write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingStep {
+    /// A version to append (a cancelled migration's way back to the nodes it
+    /// started from), given by its nodes.
+    pub append: Option<Vec<NodeSpec>>,
+    /// The new oldest live version (unchanged when equal to the current one).
+    pub oldest_live: u64,
+    /// Node states to set.
+    pub node_states: Vec<(String, NodeState)>,
 }
 
 /// Why a metadata operation failed.
@@ -95,6 +342,39 @@ pub enum MetadataError {
         expected: u64,
         /// The version stored.
         actual: u64,
+    },
+    /// A ring change was planned from an older ring version than the newest.
+    #[error("the ring is at version {current}, not the expected {expected}: plan the change again")]
+    RingConflict {
+        /// The version the caller planned from.
+        expected: u64,
+        /// The newest version stored.
+        current: u64,
+    },
+    /// Another membership change is still running; one runs at a time.
+    #[error(
+        "migration {id} ({kind} of node {node:?}) is still {state}; one change runs at a time: wait for it with `cohort admin migration wait {id}`, or cancel it"
+    )]
+    MigrationRunning {
+        /// The running migration.
+        id: u64,
+        /// Its kind.
+        kind: &'static str,
+        /// Its node.
+        node: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// No migration has this id.
+    #[error("migration {0} not found")]
+    MigrationNotFound(u64),
+    /// The migration has ended and can no longer change.
+    #[error("migration {id} has already ended ({state})")]
+    MigrationEnded {
+        /// The migration.
+        id: u64,
+        /// How it ended.
+        state: &'static str,
     },
     /// A leader-only write carried a generation that no longer holds a live
     /// leader lease: its writer was deposed (or its lease lapsed) and must
@@ -149,8 +429,11 @@ pub struct NodeHealth {
 /// A change made through any coordinator, announced to the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetadataChange {
-    /// The node set changed; rebuild the ring.
+    /// The ring history, the live versions, or a node's address or state
+    /// changed; rebuild the placement.
     Ring,
+    /// A migration changed (progress, phase, a cancel request).
+    Migration(u64),
     /// A tenant changed; drop it from caches.
     Tenant(String),
 }
@@ -179,13 +462,58 @@ pub trait MetadataStore: Send + Sync + 'static {
         replication: ReplicationConfig,
         max_siblings: u32,
     ) -> Result<Tenant, MetadataError>;
-    /// Registers a node or replaces the record with the same id; bumps the
-    /// ring version when placement (zone, vnodes, state) or address changed.
+    /// Registers a node or replaces the record with the same id, without
+    /// changing any ring version (a node moved to a new address); bumps the
+    /// topology stamp when the record changed.
     async fn upsert_node(&self, node: NodeRecord) -> Result<NodeRecord, MetadataError>;
     /// Lists every node, ordered by id.
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, MetadataError>;
-    /// The ring version: changes whenever the node set changes.
+    /// The newest ring version's number (0 before the first).
     async fn ring_version(&self) -> Result<u64, MetadataError>;
+    /// A counter that moves whenever anything placement is built from
+    /// changes: ring versions, the live range, node records. Cheap to poll.
+    async fn topology_stamp(&self) -> Result<u64, MetadataError>;
+    /// The live ring versions, oldest first.
+    async fn ring_history(&self) -> Result<RingHistory, MetadataError>;
+    /// Ring version `version`, live or retired; `None` if it never existed.
+    /// (This default finds live versions only; stores keep every version
+    /// and override it.)
+    async fn ring_at(&self, version: u64) -> Result<Option<RingVersion>, MetadataError> {
+        Ok(self.ring_history().await?.live.into_iter().find(|v| v.version == version))
+    }
+    /// Appends ring version `expected_version + 1` with `change.nodes` and
+    /// writes `change.records`, atomically, and records the migration that
+    /// moves data to it (state `pending`, phase `dual_write`). Refused
+    /// with [`MetadataError::MigrationRunning`] while another migration
+    /// runs, and with [`MetadataError::RingConflict`] when the newest
+    /// version is no longer `expected_version`: of two racing changes
+    /// exactly one applies. Without a migration the new version is at once
+    /// the only live one.
+    async fn propose_ring_change(&self, change: RingChange) -> Result<(u64, Option<Migration>), MetadataError>;
+    /// Every migration, newest first.
+    async fn migrations(&self) -> Result<Vec<Migration>, MetadataError>;
+    /// One migration.
+    async fn migration(&self, id: u64) -> Result<Migration, MetadataError>;
+    /// Asks a running migration to stop; its leader undoes it. Refused with
+    /// [`MetadataError::MigrationEnded`] once it ended.
+    async fn request_cancel(&self, id: u64) -> Result<Migration, MetadataError>;
+    /// A leader's write of a migration's phase, state, progress and error,
+    /// fenced by `generation` like [`MetadataStore::record_node_health`].
+    async fn update_migration(&self, generation: u64, migration: &Migration) -> Result<(), MetadataError>;
+    /// A leader's step of `migration` (retiring or appending ring versions,
+    /// node states) written together with the migration itself, fenced by
+    /// `generation`.
+    async fn step_ring(&self, generation: u64, migration: &Migration, step: RingStep) -> Result<(), MetadataError>;
+    /// The copy checkpoints of a migration, ordered by range start.
+    async fn checkpoints(&self, migration: u64) -> Result<Vec<Checkpoint>, MetadataError>;
+    /// Writes (inserts or replaces by range start) checkpoints of a
+    /// migration, fenced by `generation`.
+    async fn save_checkpoints(
+        &self,
+        generation: u64,
+        migration: u64,
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), MetadataError>;
 
     /// Takes or renews the leader lease for `holder` for `ttl`. Returns the
     /// generation when `holder` holds the lease afterwards, `None` when

@@ -7,28 +7,40 @@
 //! apply each migration exactly once.
 //!
 //! Changes are announced with `NOTIFY cohort_metadata` in the transaction
-//! that makes them; every coordinator LISTENs on a dedicated connection and
-//! turns notifications into [`MetadataChange`]s (ring rebuilds, tenant cache
-//! invalidations). Notifications are an accelerator only: coordinators also
-//! poll the ring version and expire cached tenants.
+//! that makes them (payload `<schema>|ring|<stamp>`, `<schema>|tenant|<id>`
+//! or `<schema>|migration|<id>`); every coordinator LISTENs on a dedicated
+//! connection and turns notifications into [`MetadataChange`]s (placement
+//! rebuilds, tenant cache invalidations, migration progress).
+//! Notifications are an accelerator only: coordinators also poll the
+//! topology stamp and expire cached tenants.
+//!
+//! Ring changes (node upserts, proposals, a leader's ring steps) serialise on
+//! the `ring_state` row (`FOR UPDATE`), so of two racing proposals planned
+//! from the same version exactly one applies.
 //!
 //! The leader lease's expiry is decided by the database's clock. A
-//! leader-only write is one statement that applies only while the lease row
-//! is live at the writer's generation, and holds that row (`FOR SHARE`) until
-//! it commits, so a takeover waits for it and no write of an old generation
-//! lands after the lease changed hands.
+//! leader-only write applies only while the lease row is live at the
+//! writer's generation, and holds that row (`FOR SHARE`) until it commits —
+//! in the same statement (node health) or as the first statement of its
+//! transaction (migrations, ring steps, checkpoints) — so a takeover waits
+//! for it and no write of an old generation lands after the lease changed
+//! hands.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cohort_ring::{ContextKey, ReplicationConfig};
+use cohort_ring::{ContextKey, NodeSpec, ReplicationConfig};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres::{AsyncMessage, NoTls, Row, Transaction};
 use tonic::async_trait;
 
 use super::{
-    Lease, MetadataChange, MetadataError, MetadataStore, NodeHealth, NodeProbe, NodeRecord, NodeState, Tenant,
+    Checkpoint, Lease, MetadataChange, MetadataError, MetadataStore, Migration, MigrationKind, MigrationPhase,
+    MigrationState, NodeHealth, NodeProbe, NodeRecord, NodeState, RingChange, RingHistory, RingStep, RingVersion,
+    Tenant,
 };
 
 /// The migrations, in the order they apply. Never edit an applied one: add
@@ -37,6 +49,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "metadata", include_str!("../../../../migrations/0001_metadata.sql")),
     (2, "context_keys_and_sibling_cap", include_str!("../../../../migrations/0002_context_keys_and_sibling_cap.sql")),
     (3, "node_health", include_str!("../../../../migrations/0003_node_health.sql")),
+    (4, "ring_history", include_str!("../../../../migrations/0004_ring_history.sql")),
 ];
 
 /// The notification channel.
@@ -85,6 +98,12 @@ fn pg_config(url: &str, schema: &str) -> Result<tokio_postgres::Config, Metadata
 
 /// Applies every migration `schema` lacks; returns how many it applied.
 pub async fn migrate(url: &str, schema: &str) -> Result<usize, MetadataError> {
+    apply_migrations(url, schema, MIGRATIONS).await
+}
+
+/// Applies those of `migrations` that `schema` lacks (tests apply a prefix
+/// to build an older schema).
+async fn apply_migrations(url: &str, schema: &str, migrations: &[(i32, &str, &str)]) -> Result<usize, MetadataError> {
     let config = pg_config(url, schema)?;
     let (mut client, connection) = config.connect(NoTls).await.map_err(|e| unreachable_error(url, e))?;
     let driver = tokio::spawn(connection);
@@ -111,7 +130,7 @@ pub async fn migrate(url: &str, schema: &str) -> Result<usize, MetadataError> {
             .map(|row| row.get(0))
             .collect();
         let mut count = 0;
-        for (version, name, sql) in MIGRATIONS {
+        for (version, name, sql) in migrations {
             if applied.contains(version) {
                 continue;
             }
@@ -158,14 +177,157 @@ fn row_to_key(row: &Row) -> Result<ContextKey, MetadataError> {
     Ok(ContextKey { id: id as u32, secret })
 }
 
-fn row_to_node(row: &Row) -> NodeRecord {
-    NodeRecord {
-        id: row.get("id"),
+fn row_to_node(row: &Row) -> Result<NodeRecord, MetadataError> {
+    let id: String = row.get("id");
+    let state: String = row.get("state");
+    let state = NodeState::parse(&state)
+        .ok_or_else(|| MetadataError::Unavailable(format!("stored node {id:?} has an unknown state {state:?}")))?;
+    Ok(NodeRecord {
+        id,
         address: row.get("address"),
         zone: row.get("zone"),
         vnodes: row.get::<_, i32>("vnodes") as u32,
-        state: NodeState::Active,
+        state,
+    })
+}
+
+/// A ring version's node as stored in `ring_versions.nodes`.
+#[derive(Serialize, Deserialize)]
+struct SpecJson {
+    id: String,
+    zone: Option<String>,
+    vnodes: u32,
+}
+
+/// A ring version's nodes as stored: a JSON array ordered by id (passed as
+/// text and cast, as this build has no JSON support in the driver).
+fn nodes_json(nodes: &[NodeSpec]) -> Result<String, MetadataError> {
+    let mut rows: Vec<SpecJson> =
+        nodes.iter().map(|n| SpecJson { id: n.id.clone(), zone: n.zone.clone(), vnodes: n.vnodes }).collect();
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    serde_json::to_string(&rows).map_err(unavailable)
+}
+
+fn row_to_ring_version(row: &Row) -> Result<RingVersion, MetadataError> {
+    let version = row.get::<_, i64>("version") as u64;
+    let nodes: String = row.get("nodes");
+    let nodes: Vec<SpecJson> = serde_json::from_str(&nodes)
+        .map_err(|e| MetadataError::Unavailable(format!("stored ring version {version} is unreadable: {e}")))?;
+    let nodes = nodes.into_iter().map(|n| NodeSpec { id: n.id, zone: n.zone, vnodes: n.vnodes }).collect();
+    Ok(RingVersion { version, nodes })
+}
+
+/// The columns [`row_to_migration`] reads.
+const MIGRATION_COLUMNS: &str = "id, kind, node_id, state, phase, from_version, to_version, ranges_total, ranges_done,
+    keys_total, keys_copied, bytes_copied, error, cancel_requested,
+    (extract(epoch FROM created_at) * 1000)::bigint AS created_at_ms,
+    (extract(epoch FROM updated_at) * 1000)::bigint AS updated_at_ms";
+
+fn row_to_migration(row: &Row) -> Result<Migration, MetadataError> {
+    let id = row.get::<_, i64>("id") as u64;
+    let unknown = |what: &str, name: &str| {
+        MetadataError::Unavailable(format!("stored migration {id} has an unknown {what} {name:?}"))
+    };
+    let (kind, state, phase): (String, String, String) = (row.get("kind"), row.get("state"), row.get("phase"));
+    let count = |column: &str| row.get::<_, i64>(column) as u64;
+    Ok(Migration {
+        id,
+        kind: MigrationKind::parse(&kind).ok_or_else(|| unknown("kind", &kind))?,
+        node_id: row.get("node_id"),
+        state: MigrationState::parse(&state).ok_or_else(|| unknown("state", &state))?,
+        phase: MigrationPhase::parse(&phase).ok_or_else(|| unknown("phase", &phase))?,
+        from_version: count("from_version"),
+        to_version: count("to_version"),
+        ranges_total: count("ranges_total"),
+        ranges_done: count("ranges_done"),
+        keys_total: count("keys_total"),
+        keys_copied: count("keys_copied"),
+        bytes_copied: count("bytes_copied"),
+        error: row.get("error"),
+        cancel_requested: row.get("cancel_requested"),
+        created_at_ms: count("created_at_ms"),
+        updated_at_ms: count("updated_at_ms"),
+    })
+}
+
+/// The names of the migration states that still run.
+fn running_states() -> Vec<&'static str> {
+    [
+        MigrationState::Pending,
+        MigrationState::InProgress,
+        MigrationState::Completed,
+        MigrationState::Failed,
+        MigrationState::Cancelled,
+    ]
+    .into_iter()
+    .filter(MigrationState::is_running)
+    .map(|state| state.as_str())
+    .collect()
+}
+
+/// Registers a node or replaces its record when it differs; returns how many
+/// rows changed.
+const UPSERT_NODE: &str = "INSERT INTO storage_nodes (id, address, zone, vnodes, state) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, zone = EXCLUDED.zone,
+         vnodes = EXCLUDED.vnodes, state = EXCLUDED.state, updated_at = now()
+     WHERE (storage_nodes.address, storage_nodes.zone, storage_nodes.vnodes, storage_nodes.state)
+           IS DISTINCT FROM (EXCLUDED.address, EXCLUDED.zone, EXCLUDED.vnodes, EXCLUDED.state)";
+
+async fn upsert_node_in(tx: &Transaction<'_>, node: &NodeRecord) -> Result<u64, MetadataError> {
+    tx.execute(UPSERT_NODE, &[&node.id, &node.address, &node.zone, &(node.vnodes as i32), &node.state.as_str()])
+        .await
+        .map_err(unavailable)
+}
+
+/// The fence of a leader-only write, as the first statement of its
+/// transaction: passes only while the lease is live at exactly `generation`,
+/// and holds the lease row (`FOR SHARE`) until the transaction ends, so a
+/// takeover waits for the write and one committed meanwhile fails the check.
+async fn fence(tx: &Transaction<'_>, generation: u64) -> Result<(), MetadataError> {
+    let holds = tx
+        .query_opt(
+            "SELECT generation FROM leader_lease
+             WHERE singleton AND holder IS NOT NULL AND generation = $1 AND expires_at > now()
+             FOR SHARE",
+            &[&(generation as i64)],
+        )
+        .await
+        .map_err(unavailable)?;
+    if holds.is_some() {
+        return Ok(());
     }
+    let row = tx.query_one("SELECT generation FROM leader_lease WHERE singleton", &[]).await.map_err(unavailable)?;
+    Err(MetadataError::Fenced { generation, current: row.get::<_, i64>(0) as u64 })
+}
+
+/// Writes a leader's view of a migration (state, phase, progress, error);
+/// a stored cancel request is kept.
+async fn write_migration(tx: &Transaction<'_>, m: &Migration) -> Result<(), MetadataError> {
+    let updated = tx
+        .execute(
+            "UPDATE membership_migrations SET state = $2, phase = $3, ranges_total = $4, ranges_done = $5,
+                 keys_total = $6, keys_copied = $7, bytes_copied = $8, error = $9,
+                 cancel_requested = cancel_requested OR $10, updated_at = now()
+             WHERE id = $1",
+            &[
+                &(m.id as i64),
+                &m.state.as_str(),
+                &m.phase.as_str(),
+                &(m.ranges_total as i64),
+                &(m.ranges_done as i64),
+                &(m.keys_total as i64),
+                &(m.keys_copied as i64),
+                &(m.bytes_copied as i64),
+                &m.error,
+                &m.cancel_requested,
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+    if updated == 0 {
+        return Err(MetadataError::MigrationNotFound(m.id));
+    }
+    Ok(())
 }
 
 impl PostgresMetadata {
@@ -188,6 +350,23 @@ impl PostgresMetadata {
 
     fn payload(&self, change: &str) -> String {
         format!("{}|{change}", self.schema)
+    }
+
+    /// Announces, in `tx`, a change of the ring history, live versions or
+    /// node records (`stamp` is the new topology stamp).
+    async fn notify_ring(&self, tx: &Transaction<'_>, stamp: i64) -> Result<(), MetadataError> {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&format!("ring|{stamp}"))])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Announces, in `tx`, a change of migration `id`.
+    async fn notify_migration(&self, tx: &Transaction<'_>, id: u64) -> Result<(), MetadataError> {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&format!("migration|{id}"))])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 }
 
@@ -223,6 +402,10 @@ async fn listen(config: tokio_postgres::Config, schema: String, changes: broadca
                         let Some(rest) = note.payload().strip_prefix(&format!("{schema}|")) else { continue };
                         let change = match rest.split_once('|') {
                             Some(("tenant", id)) => MetadataChange::Tenant(id.to_string()),
+                            Some(("migration", id)) => match id.parse() {
+                                Ok(id) => MetadataChange::Migration(id),
+                                Err(_) => continue,
+                            },
                             _ => MetadataChange::Ring,
                         };
                         let _ = changes.send(change);
@@ -344,28 +527,14 @@ impl MetadataStore for PostgresMetadata {
     async fn upsert_node(&self, node: NodeRecord) -> Result<NodeRecord, MetadataError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
-        // Serialise node changes so the ring version moves once per change.
+        // Serialise topology changes so the stamp moves once per change.
         tx.execute("SELECT version FROM ring_state WHERE singleton FOR UPDATE", &[]).await.map_err(unavailable)?;
-        let changed = tx
-            .execute(
-                "INSERT INTO storage_nodes (id, address, zone, vnodes, state) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, zone = EXCLUDED.zone,
-                     vnodes = EXCLUDED.vnodes, state = EXCLUDED.state, updated_at = now()
-                 WHERE (storage_nodes.address, storage_nodes.zone, storage_nodes.vnodes, storage_nodes.state)
-                       IS DISTINCT FROM (EXCLUDED.address, EXCLUDED.zone, EXCLUDED.vnodes, EXCLUDED.state)",
-                &[&node.id, &node.address, &node.zone, &(node.vnodes as i32), &node.state.as_str()],
-            )
-            .await
-            .map_err(unavailable)?;
-        if changed > 0 {
+        if upsert_node_in(&tx, &node).await? > 0 {
             let row = tx
-                .query_one("UPDATE ring_state SET version = version + 1 WHERE singleton RETURNING version", &[])
+                .query_one("UPDATE ring_state SET stamp = stamp + 1 WHERE singleton RETURNING stamp", &[])
                 .await
                 .map_err(unavailable)?;
-            let version: i64 = row.get(0);
-            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.payload(&format!("ring|{version}"))])
-                .await
-                .map_err(unavailable)?;
+            self.notify_ring(&tx, row.get(0)).await?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(node)
@@ -377,13 +546,306 @@ impl MetadataStore for PostgresMetadata {
             .query("SELECT id, address, zone, vnodes, state FROM storage_nodes ORDER BY id", &[])
             .await
             .map_err(unavailable)?;
-        Ok(rows.iter().map(row_to_node).collect())
+        rows.iter().map(row_to_node).collect()
     }
 
     async fn ring_version(&self) -> Result<u64, MetadataError> {
         let client = self.client().await?;
         let row = client.query_one("SELECT version FROM ring_state WHERE singleton", &[]).await.map_err(unavailable)?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn topology_stamp(&self) -> Result<u64, MetadataError> {
+        let client = self.client().await?;
+        let row = client.query_one("SELECT stamp FROM ring_state WHERE singleton", &[]).await.map_err(unavailable)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn ring_history(&self) -> Result<RingHistory, MetadataError> {
+        let client = self.client().await?;
+        // One statement: the live range and the versions come from one snapshot.
+        let rows = client
+            .query(
+                "SELECT v.version, v.nodes::text AS nodes FROM ring_versions v, ring_state s
+                 WHERE s.singleton AND v.version BETWEEN s.oldest_live AND s.version
+                 ORDER BY v.version",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(RingHistory { live: rows.iter().map(row_to_ring_version).collect::<Result<_, _>>()? })
+    }
+
+    async fn ring_at(&self, version: u64) -> Result<Option<RingVersion>, MetadataError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, nodes::text AS nodes FROM ring_versions WHERE version = $1",
+                &[&i64::try_from(version).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(row_to_ring_version).transpose()
+    }
+
+    async fn propose_ring_change(&self, change: RingChange) -> Result<(u64, Option<Migration>), MetadataError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        // Serialises ring changes: a racing proposal waits here, then reads
+        // the winner's version (and migration) and is refused.
+        let ring = tx
+            .query_one("SELECT version, oldest_live FROM ring_state WHERE singleton FOR UPDATE", &[])
+            .await
+            .map_err(unavailable)?;
+        let (current, oldest_live) = (ring.get::<_, i64>(0) as u64, ring.get::<_, i64>(1) as u64);
+        let running = tx
+            .query_opt(
+                "SELECT id, kind, node_id, state FROM membership_migrations WHERE state = ANY($1) ORDER BY id LIMIT 1",
+                &[&running_states()],
+            )
+            .await
+            .map_err(unavailable)?;
+        if let Some(row) = running {
+            let id = row.get::<_, i64>("id") as u64;
+            let (kind, state): (String, String) = (row.get("kind"), row.get("state"));
+            let unknown = |what: &str, name: &str| {
+                MetadataError::Unavailable(format!("stored migration {id} has an unknown {what} {name:?}"))
+            };
+            return Err(MetadataError::MigrationRunning {
+                id,
+                kind: MigrationKind::parse(&kind).ok_or_else(|| unknown("kind", &kind))?.as_str(),
+                node: row.get("node_id"),
+                state: MigrationState::parse(&state).ok_or_else(|| unknown("state", &state))?.as_str(),
+            });
+        }
+        if current != change.expected_version {
+            return Err(MetadataError::RingConflict { expected: change.expected_version, current });
+        }
+        let version = current + 1;
+        tx.execute(
+            "INSERT INTO ring_versions (version, nodes) VALUES ($1, $2::text::jsonb)",
+            &[&(version as i64), &nodes_json(&change.nodes)?],
+        )
+        .await
+        .map_err(unavailable)?;
+        for record in &change.records {
+            upsert_node_in(&tx, record).await?;
+        }
+        // Without a migration the new version is at once the only live one.
+        let oldest_live = if change.migration.is_some() { oldest_live } else { version };
+        let stamp: i64 = tx
+            .query_one(
+                "UPDATE ring_state SET version = $1, oldest_live = $2, stamp = stamp + 1 WHERE singleton RETURNING stamp",
+                &[&(version as i64), &(oldest_live as i64)],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let migration = match &change.migration {
+            None => None,
+            Some((kind, node_id)) => {
+                // Ids are max + 1: the ring_state row lock serialises them.
+                let row = tx
+                    .query_one(
+                        &format!(
+                            "INSERT INTO membership_migrations (id, kind, node_id, state, phase, from_version, to_version)
+                             SELECT coalesce(max(id), 0) + 1, $1::text, $2::text, $3::text, $4::text, $5::bigint, $6::bigint
+                             FROM membership_migrations
+                             RETURNING {MIGRATION_COLUMNS}"
+                        ),
+                        &[
+                            &kind.as_str(),
+                            node_id,
+                            &MigrationState::Pending.as_str(),
+                            &MigrationPhase::DualWrite.as_str(),
+                            &(current as i64),
+                            &(version as i64),
+                        ],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Some(row_to_migration(&row)?)
+            }
+        };
+        self.notify_ring(&tx, stamp).await?;
+        if let Some(migration) = &migration {
+            self.notify_migration(&tx, migration.id).await?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok((version, migration))
+    }
+
+    async fn migrations(&self) -> Result<Vec<Migration>, MetadataError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(&format!("SELECT {MIGRATION_COLUMNS} FROM membership_migrations ORDER BY id DESC"), &[])
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(row_to_migration).collect()
+    }
+
+    async fn migration(&self, id: u64) -> Result<Migration, MetadataError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(&format!("SELECT {MIGRATION_COLUMNS} FROM membership_migrations WHERE id = $1"), &[&(id as i64)])
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(row_to_migration).unwrap_or(Err(MetadataError::MigrationNotFound(id)))
+    }
+
+    async fn request_cancel(&self, id: u64) -> Result<Migration, MetadataError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let row = tx
+            .query_opt("SELECT state FROM membership_migrations WHERE id = $1 FOR UPDATE", &[&(id as i64)])
+            .await
+            .map_err(unavailable)?
+            .ok_or(MetadataError::MigrationNotFound(id))?;
+        let state: String = row.get(0);
+        let state = MigrationState::parse(&state).ok_or_else(|| {
+            MetadataError::Unavailable(format!("stored migration {id} has an unknown state {state:?}"))
+        })?;
+        if !state.is_running() {
+            return Err(MetadataError::MigrationEnded { id, state: state.as_str() });
+        }
+        let row = tx
+            .query_one(
+                &format!(
+                    "UPDATE membership_migrations SET cancel_requested = true, updated_at = now() WHERE id = $1
+                     RETURNING {MIGRATION_COLUMNS}"
+                ),
+                &[&(id as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        let migration = row_to_migration(&row)?;
+        self.notify_migration(&tx, id).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(migration)
+    }
+
+    async fn update_migration(&self, generation: u64, migration: &Migration) -> Result<(), MetadataError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        fence(&tx, generation).await?;
+        write_migration(&tx, migration).await?;
+        self.notify_migration(&tx, migration.id).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn step_ring(&self, generation: u64, migration: &Migration, step: RingStep) -> Result<(), MetadataError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        fence(&tx, generation).await?;
+        let ring = tx
+            .query_one("SELECT version, oldest_live FROM ring_state WHERE singleton FOR UPDATE", &[])
+            .await
+            .map_err(unavailable)?;
+        let (mut current, oldest) = (ring.get::<_, i64>(0) as u64, ring.get::<_, i64>(1) as u64);
+        if let Some(nodes) = &step.append {
+            current += 1;
+            tx.execute(
+                "INSERT INTO ring_versions (version, nodes) VALUES ($1, $2::text::jsonb)",
+                &[&(current as i64), &nodes_json(nodes)?],
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        if !(oldest..=current).contains(&step.oldest_live) {
+            return Err(MetadataError::Unavailable(format!(
+                "ring step refused: oldest live version {} is outside the live versions {oldest}..={current}",
+                step.oldest_live
+            )));
+        }
+        // The last state given for a node wins; unknown nodes are ignored.
+        let states: BTreeMap<&str, &str> =
+            step.node_states.iter().map(|(id, state)| (id.as_str(), state.as_str())).collect();
+        let (ids, names): (Vec<&str>, Vec<&str>) = states.into_iter().unzip();
+        tx.execute(
+            "UPDATE storage_nodes SET state = s.state, updated_at = now()
+             FROM unnest($1::text[], $2::text[]) AS s (id, state)
+             WHERE storage_nodes.id = s.id AND storage_nodes.state IS DISTINCT FROM s.state",
+            &[&ids, &names],
+        )
+        .await
+        .map_err(unavailable)?;
+        let stamp: i64 = tx
+            .query_one(
+                "UPDATE ring_state SET version = $1, oldest_live = $2, stamp = stamp + 1 WHERE singleton RETURNING stamp",
+                &[&(current as i64), &(step.oldest_live as i64)],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        write_migration(&tx, migration).await?;
+        self.notify_ring(&tx, stamp).await?;
+        self.notify_migration(&tx, migration.id).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn checkpoints(&self, migration: u64) -> Result<Vec<Checkpoint>, MetadataError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT range_start::text AS range_start, range_end::text AS range_end, keys_copied, done
+                 FROM migration_checkpoints WHERE migration_id = $1 ORDER BY range_start",
+                &[&(migration as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        let token = |row: &Row, column: &str| -> Result<u64, MetadataError> {
+            let text: String = row.get(column);
+            text.parse().map_err(|_| {
+                MetadataError::Unavailable(format!("stored checkpoint of migration {migration} has {column} {text:?}"))
+            })
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(Checkpoint {
+                    range_start: token(row, "range_start")?,
+                    range_end: token(row, "range_end")?,
+                    keys_copied: row.get::<_, i64>("keys_copied") as u64,
+                    done: row.get("done"),
+                })
+            })
+            .collect()
+    }
+
+    async fn save_checkpoints(
+        &self,
+        generation: u64,
+        migration: u64,
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), MetadataError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        fence(&tx, generation).await?;
+        let exists = tx
+            .query_opt("SELECT 1 FROM membership_migrations WHERE id = $1", &[&(migration as i64)])
+            .await
+            .map_err(unavailable)?;
+        if exists.is_none() {
+            return Err(MetadataError::MigrationNotFound(migration));
+        }
+        // By range start, the last given winning: one statement may not
+        // update a row twice. Tokens travel as decimal text (numeric(20)).
+        let by_start: BTreeMap<u64, &Checkpoint> = checkpoints.iter().map(|c| (c.range_start, c)).collect();
+        let starts: Vec<String> = by_start.keys().map(u64::to_string).collect();
+        let ends: Vec<String> = by_start.values().map(|c| c.range_end.to_string()).collect();
+        let keys: Vec<i64> = by_start.values().map(|c| c.keys_copied as i64).collect();
+        let done: Vec<bool> = by_start.values().map(|c| c.done).collect();
+        tx.execute(
+            "INSERT INTO migration_checkpoints (migration_id, range_start, range_end, keys_copied, done)
+             SELECT $1::bigint, c.range_start::numeric, c.range_end::numeric, c.keys_copied, c.done
+             FROM unnest($2::text[], $3::text[], $4::bigint[], $5::boolean[]) AS c (range_start, range_end, keys_copied, done)
+             ON CONFLICT (migration_id, range_start) DO UPDATE
+                 SET range_end = EXCLUDED.range_end, keys_copied = EXCLUDED.keys_copied, done = EXCLUDED.done,
+                     updated_at = now()",
+            &[&(migration as i64), &starts, &ends, &keys, &done],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
     }
 
     async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Option<u64>, MetadataError> {
@@ -610,7 +1072,99 @@ mod tests {
             seen.push(next.expect("notification arrives").expect("open"));
         }
         assert_eq!(seen, [MetadataChange::Tenant("alpha".into()), MetadataChange::Ring]);
+
+        // A proposal with a migration announces both; a cancel request the
+        // migration.
+        let change = RingChange {
+            expected_version: 0,
+            nodes: vec![NodeSpec { id: "n1".into(), zone: None, vnodes: 150 }],
+            records: vec![],
+            migration: Some((MigrationKind::Join, "n1".into())),
+        };
+        writer.propose_ring_change(change).await.unwrap();
+        writer.request_cancel(1).await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let next = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await;
+            seen.push(next.expect("notification arrives").expect("open"));
+        }
+        assert_eq!(seen, [MetadataChange::Ring, MetadataChange::Migration(1), MetadataChange::Migration(1)]);
         drop((writer, reader));
+        testing::drop_schema(&schema).await;
+    }
+
+    /// Migration 4 converts a cluster that ran on migrations 1-3: its active
+    /// nodes become the one live ring version, numbered as the old counter.
+    #[tokio::test]
+    async fn migration_4_converts_a_schema_with_nodes() {
+        let schema = testing::unique_schema("upgrade");
+        let url = testing::url();
+        assert_eq!(apply_migrations(&url, &schema, &MIGRATIONS[..3]).await.unwrap(), 3);
+        let (client, connection) = pg_config(&url, &schema).unwrap().connect(NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        // As the old code left it: every upsert bumped ring_state.version
+        // (two nodes added, one moved).
+        client
+            .batch_execute(
+                "INSERT INTO storage_nodes (id, address, zone, vnodes, state)
+                     VALUES ('n2', '127.0.0.1:2', 'z2', 150, 'active'), ('n1', '127.0.0.1:1', NULL, 64, 'active');
+                 UPDATE ring_state SET version = 3;
+                 INSERT INTO node_health (node_id, up, checked_at, generation) VALUES ('n1', true, now(), 1);
+                 INSERT INTO membership_migrations (kind, node_id, phase) VALUES ('join', 'n1', 'dual_write');",
+            )
+            .await
+            .unwrap();
+        assert_eq!(migrate(&url, &schema).await.unwrap(), 1, "only migration 4 is left");
+
+        let store = store(&schema).await;
+        let n1 = NodeSpec { id: "n1".into(), zone: None, vnodes: 64 };
+        let n2 = NodeSpec { id: "n2".into(), zone: Some("z2".into()), vnodes: 150 };
+        let history = RingHistory { live: vec![RingVersion { version: 3, nodes: vec![n1.clone(), n2.clone()] }] };
+        assert_eq!(store.ring_history().await.unwrap(), history);
+        assert_eq!(store.ring_version().await.unwrap(), 3, "ring_state.version and the newest version agree");
+        assert_eq!(store.topology_stamp().await.unwrap(), 3, "the stamp carries on from the old counter");
+        let nodes: Vec<_> = store.list_nodes().await.unwrap().into_iter().map(|n| (n.id, n.state)).collect();
+        assert_eq!(nodes, [("n1".into(), NodeState::Active), ("n2".into(), NodeState::Active)]);
+        assert_eq!(store.node_health().await.unwrap().len(), 1, "node health is kept");
+        assert!(store.migrations().await.unwrap().is_empty(), "the unused old migrations table is replaced");
+        let bad = client.execute("UPDATE storage_nodes SET state = 'bogus' WHERE id = 'n1'", &[]).await;
+        assert!(bad.is_err(), "node states are checked");
+
+        // The ring changes on from the converted version.
+        let change = RingChange {
+            expected_version: 3,
+            nodes: vec![n1],
+            records: vec![],
+            migration: Some((MigrationKind::Leave, "n2".into())),
+        };
+        let (version, migration) = store.propose_ring_change(change).await.unwrap();
+        let migration = migration.expect("recorded");
+        assert_eq!((version, migration.id, migration.from_version, migration.to_version), (4, 1, 3, 4));
+        assert_eq!(store.ring_history().await.unwrap().live.len(), 2);
+
+        drop(client);
+        let _ = driver.await;
+        drop(store);
+        testing::drop_schema(&schema).await;
+    }
+
+    /// Migration 4 on a schema without active nodes leaves no ring version,
+    /// whatever the old counter said.
+    #[tokio::test]
+    async fn migration_4_converts_a_schema_without_nodes() {
+        let schema = testing::unique_schema("upgrade_empty");
+        let url = testing::url();
+        assert_eq!(apply_migrations(&url, &schema, &MIGRATIONS[..3]).await.unwrap(), 3);
+        let (client, connection) = pg_config(&url, &schema).unwrap().connect(NoTls).await.unwrap();
+        let driver = tokio::spawn(connection);
+        client.batch_execute("UPDATE ring_state SET version = 5").await.unwrap();
+        drop(client);
+        let _ = driver.await;
+        assert_eq!(migrate(&url, &schema).await.unwrap(), 1);
+        let store = store(&schema).await;
+        assert_eq!(store.ring_history().await.unwrap(), RingHistory::default());
+        assert_eq!(store.ring_version().await.unwrap(), 0);
+        drop(store);
         testing::drop_schema(&schema).await;
     }
 
