@@ -11,7 +11,7 @@ use crate::{TENANT, TestCluster, strings, values_of};
 
 /// After faults healed: reads every key at `all` (the cluster must run with
 /// synchronous read repair, so these reads repair every replica), reads every
-/// replica directly, and audits the history. Writes abandoned by timeouts
+/// replica of the key in the current ring directly, and audits the history. Writes abandoned by timeouts
 /// may still land late, so the passes repeat until two in a row see the same
 /// replica states (at most five).
 pub async fn final_audit(cluster: &TestCluster, client: &Client, history: &History) -> Verdict {
@@ -29,7 +29,7 @@ pub async fn final_audit(cluster: &TestCluster, client: &Client, history: &Histo
                 client.get_with(TENANT, key.clone(), all.clone()).await.expect("final read at ALL after healing");
             final_state.insert(key.clone(), strings(&read.siblings));
             let mut states = Vec::new();
-            for index in 0..cluster.node_count() {
+            for index in cluster.replica_indices(&key).await {
                 let state = cluster.replica_state(index, &key).await;
                 states.push(ReplicaState::from((format!("node-{}", index + 1), values_of(&state), state.encode())));
             }

@@ -210,6 +210,22 @@ impl TestCluster {
         if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodable state") }
     }
 
+    /// The indices of the nodes that hold `key` of the default tenant in the
+    /// live ring versions, as the first coordinator sees them.
+    pub async fn replica_indices(&self, key: &str) -> Vec<usize> {
+        let coordinator = &self.cluster.coordinator.coordinator;
+        coordinator.topology.refresh().await.expect("ring refresh");
+        let tenant = coordinator.metadata.get_tenant(TENANT).await.expect("default tenant");
+        let plan = coordinator.topology.current().replicas(TENANT, key.as_bytes(), tenant.replication.n().into());
+        let mut indices: Vec<usize> = plan
+            .replicas
+            .iter()
+            .map(|r| r.id.trim_start_matches("node-").parse::<usize>().expect("node ids are node-<n>") - 1)
+            .collect();
+        indices.sort_unstable();
+        indices
+    }
+
     /// The states of every running node for `key`.
     pub async fn replica_states(&self, key: &str) -> Vec<SiblingSet> {
         let mut states = Vec::new();
