@@ -102,8 +102,8 @@ impl Setup {
     }
 }
 
-/// The lease row as PostgreSQL has it now: holder, generation, and the
-/// milliseconds it has left (negative once expired).
+/// The lease row as PostgreSQL has it now: the holder's coordinator id,
+/// the generation, and the milliseconds it has left (negative once expired).
 async fn lease_row(client: &tokio_postgres::Client, schema: &str) -> (String, u64, i64) {
     let row = client
         .query_one(
@@ -115,7 +115,8 @@ async fn lease_row(client: &tokio_postgres::Client, schema: &str) -> (String, u6
         )
         .await
         .expect("read the lease row");
-    (row.get(0), row.get::<_, i64>(1) as u64, row.get(2))
+    let holder: String = row.get(0);
+    (cohort_coordinator::leader::coordinator_of(&holder).to_string(), row.get::<_, i64>(1) as u64, row.get(2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

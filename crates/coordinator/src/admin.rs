@@ -507,7 +507,7 @@ impl Admin for AdminService {
             Ok(pb::ClusterStatusResponse {
                 // An expired lease names no leader, but keeps its generation.
                 leader: lease.map(|l| pb::Leader {
-                    id: if l.live { l.holder } else { String::new() },
+                    id: if l.live { crate::leader::coordinator_of(&l.holder).to_string() } else { String::new() },
                     generation: l.generation,
                 }),
                 ring_version: placement.ring_version(),

@@ -25,6 +25,13 @@
 //! [`MetadataError::Fenced`](crate::metadata::MetadataError::Fenced). A
 //! deposed leader cannot change metadata once another coordinator may lead.
 //!
+//! **Who holds it.** The holder is `{coordinator id}/{instance}`, the
+//! instance drawn at every start ([`holder_for`]): a coordinator restarted
+//! under the same id is a new holder and leads under a new generation. (With
+//! the bare id, a restarted process renewed its predecessor's lease under
+//! the same generation, so a paused predecessor that resumed would have
+//! passed the fence too.)
+//!
 //! With embedded metadata there is one coordinator, which always wins.
 
 use std::sync::Arc;
@@ -87,6 +94,17 @@ pub struct Election {
     running: Option<Running>,
     /// When this coordinator must consider itself deposed, if it leads.
     deadline: Instant,
+}
+
+/// The lease holder of coordinator `id` for this process: the id and an
+/// instance drawn now.
+pub fn holder_for(id: &str) -> String {
+    format!("{id}/{:08x}", rand::random::<u32>())
+}
+
+/// The coordinator id of lease holder `holder`.
+pub fn coordinator_of(holder: &str) -> &str {
+    holder.rsplit_once('/').map_or(holder, |(id, _)| id)
 }
 
 impl Election {
@@ -205,6 +223,16 @@ mod tests {
     use tonic::async_trait;
 
     use super::*;
+
+    /// A coordinator restarted under the same id is another holder: it
+    /// cannot renew its predecessor's lease under the same generation.
+    #[test]
+    fn every_start_is_a_new_holder_of_the_same_coordinator() {
+        let (first, second) = (holder_for("c1"), holder_for("c1"));
+        assert_ne!(first, second);
+        assert_eq!((coordinator_of(&first), coordinator_of(&second)), ("c1", "c1"));
+        assert_eq!(coordinator_of("plain"), "plain");
+    }
     use crate::metadata::{
         Checkpoint, Lease, MetadataError, Migration, NodeHealth, NodeProbe, NodeRecord, RingChange, RingHistory,
         RingStep, Tenant,

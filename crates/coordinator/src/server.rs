@@ -271,7 +271,7 @@ pub async fn serve(
     let mut workers = start_workers(&coordinator);
     workers.spawn(leader::Election::new(
         coordinator.metadata.clone(),
-        coordinator.config.id.clone(),
+        leader::holder_for(&coordinator.config.id),
         coordinator.config.leader.lease,
         coordinator.leadership.clone(),
         leader_jobs(&coordinator),
