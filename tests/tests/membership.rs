@@ -354,3 +354,43 @@ async fn bad_membership_requests_are_refused_and_change_nothing() {
     assert!(status.nodes.iter().all(|n| n.state == "active"), "{status:?}");
     cluster.shutdown().await;
 }
+
+/// The whole cluster replaced node by node under writes: three joins, then
+/// three drains of the original nodes, one change at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_replaced_node_by_node_loses_nothing() {
+    let mut cluster = TestCluster::start_with_config(3, config()).await;
+    let client = cluster.client().await;
+    let written = preload(&client, 0..PRELOADED).await;
+    let mut admin = admin(&cluster.endpoint()).await;
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        let index = cluster.start_extra_node().await.expect("a new node");
+        fresh.push((index, cluster.node_address(index).expect("runs").to_string()));
+    }
+    let mut ends = Vec::new();
+    under_load(&cluster, 14, || async {
+        for (index, address) in &fresh {
+            let id = cohort_cluster::node_id(*index);
+            let answer = admin.add_node(add(&id, address.clone())).await.expect("join").into_inner();
+            ends.push(ended(&mut admin.clone(), answer.migration.expect("a join").id).await);
+        }
+        for old in ["node-1", "node-2", "node-3"] {
+            let request = pb::RemoveNodeRequest { id: old.into(), dead: false, dry_run: false };
+            let answer = admin.remove_node(request).await.expect("drain").into_inner();
+            ends.push(ended(&mut admin.clone(), answer.migration.expect("a leave").id).await);
+        }
+    })
+    .await;
+    assert!(ends.iter().all(|m| m.state == "completed"), "{ends:?}");
+    check_on_new_owners(&cluster, &written).await;
+    check_preloaded(&client, &written).await;
+    let status = admin.cluster_status(pb::ClusterStatusRequest {}).await.expect("status").into_inner();
+    let ids: Vec<&str> = status.ring_versions[0].nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["node-4", "node-5", "node-6"]);
+    for index in 0..3 {
+        let store = cluster.node_store(index).expect("still runs");
+        assert_eq!(store.count(0, u64::MAX).expect("count").0, 0, "node-{} holds nothing", index + 1);
+    }
+    cluster.shutdown().await;
+}

@@ -65,6 +65,22 @@ type StepResult<T = ()> = Result<T, StepError>;
 /// made through this coordinator wake it at once.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// One copy step ends after this many ranges, keys or this long, whichever
+/// comes first; its ranges are checkpointed together. A leader that takes
+/// over repeats at most one step.
+const STEP_RANGES: usize = 64;
+const STEP_KEYS: u64 = 4096;
+const STEP_TIME: Duration = Duration::from_secs(2);
+
+/// What every range copy of one step needs.
+struct CopyContext<'a> {
+    migration: &'a Migration,
+    from: &'a Ring,
+    to: &'a Ring,
+    replication: &'a [(String, usize)],
+    addresses: &'a HashMap<String, String>,
+}
+
 /// The leader's membership worker.
 pub struct Mover {
     coordinator: Arc<Coordinator>,
@@ -211,40 +227,69 @@ impl Mover {
             .map_err(|failure| StepError::Retry(format!("scanning node {node}: {failure}")))
     }
 
-    /// data_copy: copies the next range not yet done.
+    /// data_copy: copies the next ranges not yet done — as many as fit in
+    /// one step's budget — and checkpoints them together.
     async fn copy_next(&self, migration: &mut Migration) -> StepResult {
         let checkpoints = self.coordinator.metadata.checkpoints(migration.id).await?;
-        let Some(mut next) = checkpoints.iter().find(|c| !c.done).cloned() else {
+        let pending: Vec<Checkpoint> = checkpoints.iter().filter(|c| !c.done).cloned().collect();
+        if pending.is_empty() {
             migration.phase = MigrationPhase::Cutover;
             return self.save(migration).await;
-        };
+        }
         let (from, to) = (self.ring_at(migration.from_version).await?, self.ring_at(migration.to_version).await?);
         let replication = self.replication().await?;
-        let factor: HashMap<&str, usize> = replication.iter().map(|(t, n)| (t.as_str(), *n)).collect();
         let addresses = self.addresses().await?;
+        let context = CopyContext { migration, from: &from, to: &to, replication: &replication, addresses: &addresses };
+        let started = Instant::now();
+        let mut copied = Vec::new();
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        for mut range in pending {
+            let (range_keys, range_bytes) = self.copy_range(&context, &range).await?;
+            range.keys_copied = range_keys;
+            range.done = true;
+            copied.push(range);
+            keys += range_keys;
+            bytes += range_bytes;
+            if copied.len() >= STEP_RANGES || keys >= STEP_KEYS || started.elapsed() >= STEP_TIME {
+                break;
+            }
+        }
+        self.coordinator.metadata.save_checkpoints(self.generation, migration.id, &copied).await?;
+        migration.ranges_done = checkpoints.iter().filter(|c| c.done).count() as u64 + copied.len() as u64;
+        migration.keys_copied += keys;
+        migration.bytes_copied += bytes;
+        metrics::counter!("cohort_migration_keys_copied_total").increment(keys);
+        metrics::counter!("cohort_migration_bytes_copied_total").increment(bytes);
+        metrics::counter!("cohort_migration_ranges_copied_total").increment(copied.len() as u64);
+        self.save(migration).await
+    }
+
+    /// Copies one range from every old owner into its new owners; returns
+    /// the keys found on its first source and the bytes merged.
+    async fn copy_range(&self, cx: &CopyContext<'_>, range: &Checkpoint) -> StepResult<(u64, u64)> {
+        let factor: HashMap<&str, usize> = cx.replication.iter().map(|(t, n)| (t.as_str(), *n)).collect();
         let mut sources: Vec<String> = Vec::new();
-        for n in plan::factors(&replication) {
-            for node in from.preference_list(next.range_end, n) {
-                if !sources.contains(&node.id) && !self.skipped(migration, &node.id) {
+        for n in plan::factors(cx.replication) {
+            for node in cx.from.preference_list(range.range_end, n) {
+                if !sources.contains(&node.id) && !self.skipped(cx.migration, &node.id) {
                     sources.push(node.id.clone());
                 }
             }
         }
-        let config = &self.coordinator.config;
-        let page_keys = config.membership.copy_page_keys;
+        let page_keys = self.coordinator.config.membership.copy_page_keys;
         let (mut keys, mut bytes) = (0u64, 0u64);
         for (index, source) in sources.iter().enumerate() {
             let mut after = bytes::Bytes::new();
             loop {
                 let started = Instant::now();
                 let request = ScanRequest {
-                    start: next.range_start,
-                    end: next.range_end,
+                    start: range.range_start,
+                    end: range.range_end,
                     after: after.clone(),
                     limit: page_keys,
                     count_only: false,
                 };
-                let page = self.scan(&addresses, source, request).await?;
+                let page = self.scan(cx.addresses, source, request).await?;
                 let mut merges = Vec::new();
                 let mut page_bytes = 0u64;
                 for entry in &page.entries {
@@ -253,17 +298,17 @@ impl Mover {
                         continue;
                     };
                     let token = token_for(&entry.tenant, &entry.key);
-                    let old: Vec<&str> = from.preference_list(token, n).iter().map(|s| s.id.as_str()).collect();
+                    let old: Vec<&str> = cx.from.preference_list(token, n).iter().map(|s| s.id.as_str()).collect();
                     if !old.contains(&source.as_str()) {
                         // Not one of its replicas here: left over, not authoritative.
                         continue;
                     }
-                    for target in to.preference_list(token, n) {
+                    for target in cx.to.preference_list(token, n) {
                         if old.contains(&target.id.as_str()) {
                             continue;
                         }
                         page_bytes += entry.state.len() as u64;
-                        merges.push(self.merge_into(&addresses, &target.id, migration.to_version, entry));
+                        merges.push(self.merge_into(cx.addresses, &target.id, cx.migration.to_version, entry));
                     }
                 }
                 for result in futures::future::join_all(merges).await {
@@ -280,16 +325,7 @@ impl Mover {
                 after = page.next;
             }
         }
-        next.keys_copied = keys;
-        next.done = true;
-        self.coordinator.metadata.save_checkpoints(self.generation, migration.id, &[next]).await?;
-        migration.ranges_done = checkpoints.iter().filter(|c| c.done).count() as u64 + 1;
-        migration.keys_copied += keys;
-        migration.bytes_copied += bytes;
-        metrics::counter!("cohort_migration_keys_copied_total").increment(keys);
-        metrics::counter!("cohort_migration_bytes_copied_total").increment(bytes);
-        metrics::counter!("cohort_migration_ranges_copied_total").increment(1);
-        self.save(migration).await
+        Ok((keys, bytes))
     }
 
     /// Merges one scanned entry into `target`.
