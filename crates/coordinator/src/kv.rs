@@ -61,6 +61,10 @@ pub struct WriteOutcome {
     pub required: u8,
     /// The tenant's replication factor.
     pub replication: u8,
+    /// Some replica had not acknowledged when the write was answered: the
+    /// coordinating replica keeps a hint for it and hands the write off
+    /// when it answers.
+    pub hinted: bool,
 }
 
 /// The result of a successful read.
@@ -313,10 +317,12 @@ impl KvEngine {
                     response.acked.iter().for_each(|id| tally.succeeded(id));
                     response.failures.iter().for_each(|f| tally.failed(&f.node_id));
                     if tally.verdict() == Verdict::Reached {
+                        let acked = tally.successes();
                         return Ok(WriteOutcome {
                             dot,
                             siblings: response.siblings,
-                            acked: tally.successes(),
+                            hinted: acked.len() < replicas.len(),
+                            acked,
                             required,
                             replication,
                         });
@@ -447,7 +453,14 @@ impl KvEngine {
             return Err(KvError::unavailable("write", got, needed, &missing).applied_somewhere());
         }
         let acked = tally.successes();
-        Ok(Some(WriteOutcome { dot, siblings: merged.siblings().len() as u32, acked, required, replication }))
+        Ok(Some(WriteOutcome {
+            dot,
+            siblings: merged.siblings().len() as u32,
+            acked,
+            required,
+            replication,
+            hinted: false,
+        }))
     }
 
     fn suspect(&self, node: &str) {

@@ -131,7 +131,7 @@ fn write_receipt(outcome: &WriteOutcome) -> pb::Receipt {
         replication: outcome.replication.into(),
         read_repair: false,
         siblings: outcome.siblings,
-        hint_stored: false,
+        hint_stored: outcome.hinted,
     }
 }
 

@@ -135,6 +135,10 @@ impl StorageHandler for StorageNode {
             .stage_update(&request.tenant, &request.key, &context, request.value, limits, tag, request.ring_version)
             .map_err(status_from)?;
         let write_dot = dot_to_pb(&staged.dot);
+        // A hint for every peer, durable with the write; each peer's
+        // acknowledgement clears its own.
+        let targets: Vec<(&str, &str)> = request.peers.iter().map(|p| (p.id.as_str(), p.address.as_str())).collect();
+        let hint_seq = self.store.stage_hints(&request.tenant, &request.key, &targets).map_err(status_from)?;
 
         // The local sync and the sends to the peers run concurrently in one
         // future set. Whatever is still running when this call ends — the
@@ -164,11 +168,17 @@ impl StorageHandler for StorageNode {
                 ring_version: request.ring_version,
             };
             let client = self.peers.node(&peer.address);
+            let (store, tenant, key) = (self.store.clone(), request.tenant.clone(), request.key.clone());
             pending.0.push(Box::pin(async move {
                 let result = match client {
                     Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
                     Ok(client) => within(timeout, client.merge(merge)).await.map(drop),
                 };
+                if result.is_ok()
+                    && let Err(error) = store.clear_hint(&peer.id, &tenant, &key, hint_seq)
+                {
+                    tracing::debug!(%error, peer = %peer.id, "could not clear a delivered hint; it is delivered again");
+                }
                 (peer.id, result)
             }));
         }

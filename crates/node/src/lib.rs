@@ -11,6 +11,8 @@
 //!   a new version and fans it out to the other replicas. It implements the
 //!   transport's `StorageHandler`; the gRPC service, the pipelined stream
 //!   and the clients of other nodes live in `cohort-transport`.
+//! - [`hints`]: hinted handoff — the worker that delivers the hints the
+//!   write path keeps for peers that did not acknowledge.
 //! - [`server`]: wiring — open the store, start the node's workers, serve on
 //!   a bound listener until a shutdown future completes.
 //!
@@ -20,6 +22,7 @@
 
 pub mod config;
 pub mod handler;
+pub mod hints;
 pub mod server;
 pub mod store;
 

@@ -8,6 +8,8 @@ use cohort_proto::internal::v1::storage_server::StorageServer;
 use cohort_transport::limits::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 use cohort_transport::{InProcessNodes, PeerPool, StorageEndpoint, StorageHandler, incoming};
 use cohort_worker::{Periodic, Step, Worker, WorkerStatuses, Workers};
+
+use crate::hints::HintDelivery;
 use tokio::net::TcpListener;
 use tonic::async_trait;
 
@@ -21,6 +23,9 @@ const WRITE_RECORD_PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// How often the store's health is checked for the gRPC health service.
 const HEALTH_WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// How often pending hints are swept and delivered.
+const HINT_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How long stopping workers may take at shutdown.
 const WORKER_EXIT_DEADLINE: Duration = Duration::from_secs(5);
@@ -118,7 +123,7 @@ pub async fn serve_with(
         None => PeerPool::new(peer_timeout),
     });
     let (stop_pipelines, stopping) = tokio::sync::watch::channel(false);
-    let node = Arc::new(StorageNode::new(&config.id, store.clone(), peers, peer_timeout));
+    let node = Arc::new(StorageNode::new(&config.id, store.clone(), peers.clone(), peer_timeout));
     let registered = match (&in_process, listener.local_addr()) {
         (Some(nodes), Ok(address)) => {
             let address = address.to_string();
@@ -136,6 +141,7 @@ pub async fn serve_with(
     health.set_serving::<StorageServer<StorageEndpoint<StorageNode>>>().await;
     let mut workers = Workers::new(WorkerStatuses::default());
     workers.spawn(HealthWatch { store: store.clone(), health, tick: interval(HEALTH_WATCH_EVERY) });
+    workers.spawn(HintDelivery::new(store.clone(), peers, peer_timeout, HINT_SWEEP_EVERY));
     let purging = store.clone();
     workers.spawn(Periodic::new("write-record-purge", WRITE_RECORD_PURGE_EVERY, move || {
         let store = purging.clone();

@@ -37,6 +37,17 @@
 //! under the old fence can still be staged. It is durable and never moves
 //! back.
 //!
+//! # Hints
+//!
+//! A coordinated write stages a *hint* for every peer it is sent to,
+//! appended before the group commit that makes the write durable, so a write
+//! acknowledged to a client never lacks the hint for a replica that missed
+//! it. A peer's acknowledgement clears its hint. A hint names the key, the
+//! peer and its address, and a sequence number that grows across restarts;
+//! it is cleared only by an acknowledgement of a write at least as new, and
+//! delivered by sending the key's *current* local state, which holds the
+//! hinted write and everything after it (see `hints.rs`).
+//!
 //! # Write records
 //!
 //! A write that carries a *write id* (an idempotent request) leaves a record
@@ -69,6 +80,8 @@ const DATA_KEYSPACE: &str = "sibling_sets_by_token";
 const LEGACY_DATA_KEYSPACE: &str = "sibling_sets";
 /// Entries per batch while converting the first layout.
 const CONVERT_BATCH: usize = 1024;
+/// Hints for peers that have not acknowledged a write.
+const HINTS_KEYSPACE: &str = "hints";
 /// Format byte of a write record.
 const WRITE_RECORD_FORMAT: u8 = 1;
 /// Under load, how many times the group commit lets ready tasks run to
@@ -227,6 +240,10 @@ pub struct Store {
     incarnation: u64,
     stripes: Box<[Mutex<()>]>,
     meta: Keyspace,
+    hints: Keyspace,
+    /// The next hint's sequence number: the incarnation in the high bits, so
+    /// it grows across restarts.
+    hint_seq: AtomicU64,
     fence: AtomicU64,
     commits: mpsc::UnboundedSender<Waiter>,
     committer: tokio::task::JoinHandle<()>,
@@ -258,6 +275,7 @@ impl Store {
             tracing::info!(converted, dir = %dir.display(), "converted the data directory to token-ordered keys");
         }
         let writes = db.keyspace("write_records", deferred)?;
+        let hints = db.keyspace(HINTS_KEYSPACE, deferred)?;
         let meta = db.keyspace("node_meta", deferred)?;
         match meta.get(NODE_ID_KEY)? {
             Some(stored) if stored.as_ref() != node_id.as_bytes() => {
@@ -302,6 +320,8 @@ impl Store {
             incarnation,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             meta,
+            hints,
+            hint_seq: AtomicU64::new(incarnation << 40),
             fence: AtomicU64::new(fence),
             commits,
             committer,
@@ -380,6 +400,71 @@ impl Store {
 
     fn check_writable(&self) -> Result<(), StoreError> {
         if self.is_poisoned() { Err(StoreError::Poisoned) } else { Ok(()) }
+    }
+
+    /// Stages a hint of `(tenant, key)` for every `(peer id, address)` of
+    /// `peers`, to be made durable by the next group commit like the write
+    /// it accompanies; returns the hints' sequence number.
+    pub fn stage_hints(&self, tenant: &str, key: &[u8], peers: &[(&str, &str)]) -> Result<u64, StoreError> {
+        self.check_writable()?;
+        let skey = storage_key(tenant, key);
+        let seq = self.hint_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = self.db.batch();
+        for (peer, address) in peers {
+            let mut value = seq.to_be_bytes().to_vec();
+            value.extend_from_slice(address.as_bytes());
+            batch.insert(&self.hints, hint_key(peer, &skey), value);
+        }
+        batch.commit()?;
+        metrics::counter!("cohort_node_hints_stored_total").increment(peers.len() as u64);
+        Ok(seq)
+    }
+
+    /// Clears the hint of `(tenant, key)` for `peer` if it is no newer than
+    /// `seq`: the peer acknowledged a state that holds the hinted write.
+    /// Not synced: a hint that comes back after a crash is delivered again,
+    /// which merges nothing new.
+    pub fn clear_hint(&self, peer: &str, tenant: &str, key: &[u8], seq: u64) -> Result<(), StoreError> {
+        let skey = storage_key(tenant, key);
+        let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        let hkey = hint_key(peer, &skey);
+        if let Some(value) = self.hints.get(&hkey)?
+            && decode_hint(&value).is_some_and(|(stored, _)| stored <= seq)
+        {
+            self.hints.remove(hkey)?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` pending hints, grouped by peer.
+    pub fn pending_hints(&self, limit: usize) -> Result<Vec<Hint>, StoreError> {
+        self.check_writable()?;
+        let mut out = Vec::new();
+        for item in self.hints.iter().take(limit) {
+            let (hkey, value) = item.into_inner()?;
+            let parsed = parse_hint_key(&hkey).and_then(|(peer, skey)| {
+                let (_, tenant, key) = parse_storage_key(skey)?;
+                let (seq, address) = decode_hint(&value)?;
+                Some(Hint { peer: peer.to_string(), address, tenant: tenant.to_string(), key: key.to_vec(), seq })
+            });
+            match parsed {
+                Some(hint) => out.push(hint),
+                // Unreadable: nothing could deliver it.
+                None => {
+                    tracing::warn!("dropping an unreadable hint");
+                    metrics::counter!("cohort_node_hints_dropped_total", "reason" => "unreadable").increment(1);
+                    self.hints.remove(hkey.to_vec())?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The encoded local state of `(tenant, key)`, empty when never written.
+    pub fn read_encoded_state(&self, tenant: &str, key: &[u8]) -> Result<Bytes, StoreError> {
+        self.check_writable()?;
+        Ok(self.data.get(storage_key(tenant, key))?.map_or_else(Bytes::new, |v| Bytes::from(v.to_vec())))
     }
 
     /// The oldest ring version requests may be routed by (0: any).
@@ -599,9 +684,9 @@ impl Store {
     /// Closes the store: stops the group-commit task and releases the
     /// directory, so that it can be opened again (by a restarted node).
     pub async fn close(self) {
-        let Store { db, data, writes, meta, commits, committer, .. } = self;
+        let Store { db, data, writes, meta, hints, commits, committer, .. } = self;
         drop(commits);
-        drop((db, data, writes, meta));
+        drop((db, data, writes, meta, hints));
         let _ = committer.await;
     }
 
@@ -649,6 +734,43 @@ fn token_bounds(start: Token, end: Token, after: Option<&[u8]>) -> (Bound<Vec<u8
 /// The storage key of the last entry of a scan page.
 fn storage_key_of(page: &[(String, Vec<u8>, Bytes)]) -> Option<Vec<u8>> {
     page.last().map(|(tenant, key, _)| storage_key(tenant, key))
+}
+
+/// A hint waiting for its peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hint {
+    /// The peer that has not acknowledged.
+    pub peer: String,
+    /// Where it listens.
+    pub address: String,
+    /// The key's tenant.
+    pub tenant: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The hint's sequence number.
+    pub seq: u64,
+}
+
+/// `len(peer) | peer | storage key`.
+fn hint_key(peer: &str, skey: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + peer.len() + skey.len());
+    out.push(peer.len() as u8);
+    out.extend_from_slice(peer.as_bytes());
+    out.extend_from_slice(skey);
+    out
+}
+
+fn parse_hint_key(hkey: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = hkey.split_first()?;
+    let peer = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
+    Some((peer, &rest[usize::from(len)..]))
+}
+
+/// `seq (8 bytes BE) | address`.
+fn decode_hint(value: &[u8]) -> Option<(u64, String)> {
+    let seq = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let address = std::str::from_utf8(&value[8..]).ok()?.to_string();
+    Some((seq, address))
 }
 
 /// The token, tenant and key of a storage key.
@@ -984,6 +1106,34 @@ mod tests {
         assert_eq!(store.drop_range(0, u64::MAX, &["a".to_string()]).await.unwrap(), 20);
         let (left, _) = store.scan(0, u64::MAX, None, 100).unwrap();
         assert!(left.len() == 20 && left.iter().all(|(tenant, _, _)| tenant == "b"));
+        store.close().await;
+    }
+
+    /// A hint is cleared only by an acknowledgement of a write at least as
+    /// new as the one that staged it, and survives a restart.
+    #[tokio::test]
+    async fn a_hint_is_cleared_only_by_an_acknowledgement_at_least_as_new() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+            let older = store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2"), ("n3", "127.0.0.1:3")]).unwrap();
+            let newer = store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2")]).unwrap();
+            assert!(newer > older);
+            store.clear_hint("n2", "t", b"k", older).unwrap();
+            let pending = store.pending_hints(10).unwrap();
+            let peers: Vec<(&str, u64)> = pending.iter().map(|h| (h.peer.as_str(), h.seq)).collect();
+            assert_eq!(peers, [("n2", newer), ("n3", older)], "the older ack leaves the newer hint");
+            store.clear_hint("n3", "t", b"k", newer).unwrap();
+            store.durable().await.unwrap();
+            store.close().await;
+        }
+        let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+        let pending = store.pending_hints(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].peer.as_str(), pending[0].address.as_str()), ("n2", "127.0.0.1:2"));
+        assert_eq!((pending[0].tenant.as_str(), pending[0].key.as_slice()), ("t", &b"k"[..]));
+        let later = store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2")]).unwrap();
+        assert!(later > pending[0].seq, "sequence numbers grow across restarts");
         store.close().await;
     }
 
