@@ -132,6 +132,10 @@ pub struct RunArgs {
     /// the loads of earlier runs as siblings of blind writes, since the load phase writes without a context).
     #[arg(long, default_value = "user")]
     key_prefix: String,
+    /// The records are there already (an earlier run with the same --records and --key-prefix loaded them):
+    /// skip the load phase.
+    #[arg(long)]
+    skip_load: bool,
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
@@ -323,7 +327,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         length: args.length(),
         done: Arc::default(),
     };
-    if target.needs_load() {
+    if target.needs_load() && !args.skip_load {
         load(&ctx, args.records).await?;
     }
 
