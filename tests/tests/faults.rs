@@ -279,3 +279,42 @@ async fn causal_chains_survive_a_crashed_replica() {
         assert!(summary.chains_checked > 0, "no key qualified as a causal chain: {summary}");
     }
 }
+
+/// A membership change in the middle of a fault: a seeded replica is cut off
+/// (or crashes) at 20% of the run, a fourth node starts joining at 35%, the
+/// fault heals at 60%. The copy waits for every old owner of a range, so it
+/// resumes once the replica answers again; the join completes and the
+/// audit runs on the new ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_while_a_replica_is_cut_off_or_crashed() {
+    use cohort_proto::v1 as pb;
+    for seed in seeds() {
+        let _replay = replay("a_join_while_a_replica_is_cut_off_or_crashed", seed);
+        let mut env = Env::start_workload(seed, 1, mixed(seed)).await;
+        let clients = env.start_clients();
+        let victim = env.rng.random_range(0..3);
+        let window = if env.rng.random_bool(0.5) { Window::Freeze } else { Window::Crash };
+        env.at(0.2).await;
+        env.inject(victim, window).await;
+        env.at(0.35).await;
+        let index = env.cluster.start_extra_node().await.expect("a fourth node");
+        let address = env.cluster.node_address(index).expect("runs").to_string();
+        let mut admin =
+            cohort_proto::v1::admin_client::AdminClient::connect(env.cluster.endpoint()).await.expect("admin API");
+        let request = pb::AddNodeRequest { id: "node-4".into(), address, ..Default::default() };
+        let id = admin.add_node(request).await.expect("join").into_inner().migration.expect("a join").id;
+        env.at(0.6).await;
+        env.heal(victim, window).await;
+        cohort_tests::eventually("the join ends", Duration::from_secs(120), || {
+            let mut admin = admin.clone();
+            async move {
+                let m = admin.get_migration(pb::GetMigrationRequest { id }).await.expect("get").into_inner();
+                !matches!(m.state.as_str(), "pending" | "in_progress")
+            }
+        })
+        .await;
+        let ended = admin.get_migration(pb::GetMigrationRequest { id }).await.expect("get").into_inner();
+        assert_eq!(ended.state, "completed", "{ended:?}");
+        env.finish(clients).await;
+    }
+}
