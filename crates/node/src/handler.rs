@@ -53,6 +53,33 @@ impl Drop for Replication {
     }
 }
 
+/// The hint record of one coordinated write, settled when the last of its
+/// peers has answered (wherever that happens: in the request, or in the
+/// background task that finishes its replication).
+struct HintSettlement {
+    store: Arc<Store>,
+    tenant: String,
+    key: Bytes,
+    seq: u64,
+    outstanding: std::sync::atomic::AtomicUsize,
+    failed: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl HintSettlement {
+    fn answered(&self, peer: &cohort_proto::internal::v1::Peer, ok: bool) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if !ok {
+            failed.push((peer.id.clone(), peer.address.clone()));
+        }
+        if self.outstanding.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            let left: Vec<(&str, &str)> = failed.iter().map(|(p, a)| (p.as_str(), a.as_str())).collect();
+            if let Err(error) = self.store.settle_hints(&self.tenant, &self.key, self.seq, &left) {
+                tracing::debug!(%error, "could not settle a hint record; it is delivered again");
+            }
+        }
+    }
+}
+
 /// Longest tenant id, which the storage key encoding relies on.
 const MAX_TENANT_BYTES: usize = 63;
 
@@ -130,15 +157,24 @@ impl StorageHandler for StorageNode {
 
         let limits = WriteLimits { max_siblings: request.max_siblings, max_state_bytes: request.max_state_bytes };
         let tag = tag_from_pb(&request.write)?;
-        let staged = self
-            .store
-            .stage_update(&request.tenant, &request.key, &context, request.value, limits, tag, request.ring_version)
-            .map_err(status_from)?;
-        let write_dot = dot_to_pb(&staged.dot);
-        // A hint for every peer, durable with the write; each peer's
+        // A hint for every peer, in the write's own batch; each peer's
         // acknowledgement clears its own.
         let targets: Vec<(&str, &str)> = request.peers.iter().map(|p| (p.id.as_str(), p.address.as_str())).collect();
-        let hint_seq = self.store.stage_hints(&request.tenant, &request.key, &targets).map_err(status_from)?;
+        let staged = self
+            .store
+            .stage_update_hinted(
+                &request.tenant,
+                &request.key,
+                &context,
+                request.value,
+                limits,
+                tag,
+                request.ring_version,
+                &targets,
+            )
+            .map_err(status_from)?;
+        let hint_seq = staged.hint_seq;
+        let write_dot = dot_to_pb(&staged.dot);
 
         // The local sync and the sends to the peers run concurrently in one
         // future set. Whatever is still running when this call ends — the
@@ -158,6 +194,14 @@ impl StorageHandler for StorageNode {
                 (id, durable)
             }));
         }
+        let hints = Arc::new(HintSettlement {
+            store: self.store.clone(),
+            tenant: request.tenant.clone(),
+            key: request.key.clone(),
+            seq: hint_seq,
+            outstanding: std::sync::atomic::AtomicUsize::new(request.peers.len()),
+            failed: std::sync::Mutex::new(Vec::new()),
+        });
         for peer in request.peers {
             let merge = MergeRequest {
                 tenant: request.tenant.clone(),
@@ -168,17 +212,13 @@ impl StorageHandler for StorageNode {
                 ring_version: request.ring_version,
             };
             let client = self.peers.node(&peer.address);
-            let (store, tenant, key) = (self.store.clone(), request.tenant.clone(), request.key.clone());
+            let hints = hints.clone();
             pending.0.push(Box::pin(async move {
                 let result = match client {
                     Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
                     Ok(client) => within(timeout, client.merge(merge)).await.map(drop),
                 };
-                if result.is_ok()
-                    && let Err(error) = store.clear_hint(&peer.id, &tenant, &key, hint_seq)
-                {
-                    tracing::debug!(%error, peer = %peer.id, "could not clear a delivered hint; it is delivered again");
-                }
+                hints.answered(&peer, result.is_ok());
                 (peer.id, result)
             }));
         }

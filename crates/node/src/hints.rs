@@ -1,11 +1,12 @@
 //! Hinted handoff: delivering the hints a node keeps for peers that missed
 //! writes it coordinated.
 //!
-//! The `hint-delivery` worker sweeps the pending hints every second. For
-//! each peer it sends the current local state of every hinted key with a
-//! `Merge` (a DVV merge, so delivering twice, late or out of order changes
-//! nothing), and clears the hint once the peer holds it. A peer that does
-//! not answer is skipped until the next sweep; so a replica that was down
+//! The `hint-delivery` worker sweeps the pending hint records every second.
+//! For each it sends the key's current local state to every peer the record
+//! names with a `Merge` (a DVV merge, so delivering twice, late or out of
+//! order changes nothing), and settles the record: removed once every peer
+//! holds the state, narrowed to those that did not answer otherwise. A peer
+//! that does not answer is tried again at the next sweep; so a replica that was down
 //! or cut off receives every write it missed within about a second of
 //! answering again, without any client reading those keys.
 //!
@@ -13,7 +14,6 @@
 //! refuses as malformed (it never will take it) is dropped, with a warning
 //! and `cohort_node_hints_dropped_total`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,8 +27,8 @@ use crate::store::{Hint, Store};
 
 /// Hints read per sweep.
 const SWEEP_LIMIT: usize = 4096;
-/// Deliveries in flight to one peer.
-const PER_PEER: usize = 32;
+/// Hint records delivered at once.
+const IN_FLIGHT: usize = 32;
 
 /// The node's hint-delivery worker.
 pub struct HintDelivery {
@@ -48,37 +48,46 @@ impl HintDelivery {
     }
 }
 
-/// Delivers one hint: whether it may be cleared, or why not.
+/// Delivers one hint record to each of its peers; returns the peers it
+/// could not reach, and whether one refused the state as malformed.
 async fn deliver(
     store: Arc<Store>,
     peers: Arc<PeerPool>,
     timeout: Duration,
     hint: Hint,
-) -> (Hint, Result<(), ReplicaFailure>) {
+) -> (Hint, Vec<(String, String)>) {
     let state = match store.read_encoded_state(&hint.tenant, &hint.key) {
         Ok(state) => state,
-        Err(e) => {
-            let failure = ReplicaFailure::Refused { code: tonic::Code::Unavailable, message: e.to_string() };
-            return (hint, Err(failure));
-        }
+        Err(_) => return (hint.clone(), hint.peers),
     };
     if state.is_empty() {
         // Dropped here since (its range moved away): nothing to hand off.
-        return (hint, Ok(()));
+        return (hint, Vec::new());
     }
-    let client = match peers.node(&hint.address) {
-        Ok(client) => client,
-        Err(status) => return (hint, Err(ReplicaFailure::NotSent(status.message().to_string()))),
-    };
-    let request = MergeRequest {
-        tenant: hint.tenant.clone(),
-        key: hint.key.clone().into(),
-        state,
-        ring_version: store.fence(),
-        ..Default::default()
-    };
-    let result = within(timeout, client.merge(request)).await.map(drop);
-    (hint, result)
+    let mut left = Vec::new();
+    for (peer, address) in &hint.peers {
+        let request = MergeRequest {
+            tenant: hint.tenant.clone(),
+            key: hint.key.clone().into(),
+            state: state.clone(),
+            ring_version: store.fence(),
+            ..Default::default()
+        };
+        let result = match peers.node(address) {
+            Ok(client) => within(timeout, client.merge(request)).await.map(drop),
+            Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
+        };
+        match result {
+            Ok(()) => {}
+            Err(ReplicaFailure::Refused { code: tonic::Code::InvalidArgument, message }) => {
+                tracing::warn!(%peer, %message, "peer refuses a hinted state as malformed; hint dropped");
+                metrics::counter!("cohort_node_hints_dropped_total", "reason" => "refused").increment(1);
+            }
+            // Down, cut off or behind on the ring fence: next sweep.
+            Err(_) => left.push((peer.clone(), address.clone())),
+        }
+    }
+    (hint, left)
 }
 
 #[tonic::async_trait]
@@ -98,47 +107,26 @@ impl Worker for HintDelivery {
             return Ok(Step::Idle);
         }
         let swept = pending.len();
-        let mut by_peer: BTreeMap<String, Vec<Hint>> = BTreeMap::new();
-        for hint in pending {
-            by_peer.entry(hint.peer.clone()).or_default().push(hint);
-        }
-        let (mut delivered, mut unreachable) = (0u64, Vec::new());
-        let this = &*self;
-        for (peer, hints) in by_peer {
-            let (store, peers, timeout) = (this.store.clone(), this.peers.clone(), this.timeout);
-            let mut results = futures::stream::iter(hints)
-                .map(move |hint| deliver(store.clone(), peers.clone(), timeout, hint))
-                .buffer_unordered(PER_PEER);
-            while let Some((hint, result)) = results.next().await {
-                match result {
-                    Ok(()) => {
-                        this.store
-                            .clear_hint(&hint.peer, &hint.tenant, &hint.key, hint.seq)
-                            .map_err(|e| format!("clearing a delivered hint: {e}"))?;
-                        delivered += 1;
-                    }
-                    Err(ReplicaFailure::Refused { code: tonic::Code::InvalidArgument, message }) => {
-                        tracing::warn!(%peer, %message, "peer refuses a hinted state as malformed; hint dropped");
-                        metrics::counter!("cohort_node_hints_dropped_total", "reason" => "refused").increment(1);
-                        this.store
-                            .clear_hint(&hint.peer, &hint.tenant, &hint.key, hint.seq)
-                            .map_err(|e| format!("clearing a refused hint: {e}"))?;
-                    }
-                    // Down, cut off or behind on the ring fence: next sweep.
-                    Err(failure) => {
-                        unreachable.push(format!("{peer}: {failure}"));
-                        break;
-                    }
-                }
-            }
+        let (store, peers, timeout) = (self.store.clone(), self.peers.clone(), self.timeout);
+        let mut results = futures::stream::iter(pending)
+            .map(move |hint| deliver(store.clone(), peers.clone(), timeout, hint))
+            .buffer_unordered(IN_FLIGHT);
+        let (mut delivered, mut waiting) = (0u64, 0usize);
+        while let Some((hint, left)) = results.next().await {
+            delivered += (hint.peers.len() - left.len()) as u64;
+            waiting += left.len();
+            let left: Vec<(&str, &str)> = left.iter().map(|(p, a)| (p.as_str(), a.as_str())).collect();
+            self.store
+                .settle_hints(&hint.tenant, &hint.key, hint.seq, &left)
+                .map_err(|e| format!("settling a delivered hint: {e}"))?;
         }
         metrics::counter!("cohort_node_hints_delivered_total").increment(delivered);
         if delivered > 0 {
             tracing::info!(delivered, "delivered hints");
         }
-        if !unreachable.is_empty() {
+        if waiting > 0 {
             // Expected while a peer is down: not a failure of this worker.
-            tracing::debug!(peers = %unreachable.join("; "), "hints wait for unreachable peers");
+            tracing::debug!(waiting, "hints wait for unreachable peers");
             return Ok(Step::Idle);
         }
         // More may be waiting beyond this sweep's limit.

@@ -39,14 +39,15 @@
 //!
 //! # Hints
 //!
-//! A coordinated write stages a *hint* for every peer it is sent to,
-//! appended before the group commit that makes the write durable, so a write
-//! acknowledged to a client never lacks the hint for a replica that missed
-//! it. A peer's acknowledgement clears its hint. A hint names the key, the
-//! peer and its address, and a sequence number that grows across restarts;
-//! it is cleared only by an acknowledgement of a write at least as new, and
-//! delivered by sending the key's *current* local state, which holds the
-//! hinted write and everything after it (see `hints.rs`).
+//! A coordinated write stages one *hint* record naming the peers it is sent
+//! to, in the write's own batch, so a write acknowledged to a client never
+//! lacks the hint for a replica that missed it. When every peer has
+//! answered, the record is removed, or rewritten to name only the peers
+//! that failed. A record carries a sequence number that grows across
+//! restarts; it is settled only by the write that staged it (a newer write
+//! of the key has replaced it with a record of its own). Hints are delivered
+//! by sending the key's *current* local state, which holds the hinted write
+//! and everything after it (see `hints.rs`).
 //!
 //! # Write records
 //!
@@ -204,6 +205,8 @@ pub struct Staged {
     /// True when the write id was already recorded: nothing new was issued,
     /// and `dot` is the version the first attempt issued.
     pub replayed: bool,
+    /// The sequence number of the hints staged with the write.
+    pub hint_seq: u64,
 }
 
 /// Seconds since the Unix epoch.
@@ -402,51 +405,58 @@ impl Store {
         if self.is_poisoned() { Err(StoreError::Poisoned) } else { Ok(()) }
     }
 
-    /// Stages a hint of `(tenant, key)` for every `(peer id, address)` of
-    /// `peers`, to be made durable by the next group commit like the write
-    /// it accompanies; returns the hints' sequence number.
+    /// Stages a hint record of `(tenant, key)` naming `peers` (`(id,
+    /// address)`), to be made durable by the next group commit like the
+    /// write it accompanies; returns its sequence number.
     pub fn stage_hints(&self, tenant: &str, key: &[u8], peers: &[(&str, &str)]) -> Result<u64, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
-        let seq = self.hint_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = self.db.batch();
-        for (peer, address) in peers {
-            let mut value = seq.to_be_bytes().to_vec();
-            value.extend_from_slice(address.as_bytes());
-            batch.insert(&self.hints, hint_key(peer, &skey), value);
-        }
+        let seq = self.add_hints(&mut batch, &skey, peers);
         batch.commit()?;
-        metrics::counter!("cohort_node_hints_stored_total").increment(peers.len() as u64);
         Ok(seq)
     }
 
-    /// Clears the hint of `(tenant, key)` for `peer` if it is no newer than
-    /// `seq`: the peer acknowledged a state that holds the hinted write.
-    /// Not synced: a hint that comes back after a crash is delivered again,
-    /// which merges nothing new.
-    pub fn clear_hint(&self, peer: &str, tenant: &str, key: &[u8], seq: u64) -> Result<(), StoreError> {
+    /// Adds a hint record of `skey` for `peers` to `batch`; returns its
+    /// sequence number. The caller holds the key's stripe.
+    fn add_hints(&self, batch: &mut fjall::OwnedWriteBatch, skey: &[u8], peers: &[(&str, &str)]) -> u64 {
+        let seq = self.hint_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        if !peers.is_empty() {
+            batch.insert(&self.hints, skey, encode_hint(seq, peers));
+            metrics::counter!("cohort_node_hints_stored_total").increment(peers.len() as u64);
+        }
+        seq
+    }
+
+    /// Settles the hint record `seq` of `(tenant, key)` once its peers have
+    /// answered: removed when none of them is left in `failed`, otherwise
+    /// rewritten to name only those. A newer record of the key is left
+    /// alone. Not synced: a record that comes back after a crash is
+    /// delivered again, which merges nothing new.
+    pub fn settle_hints(&self, tenant: &str, key: &[u8], seq: u64, failed: &[(&str, &str)]) -> Result<(), StoreError> {
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
-        let hkey = hint_key(peer, &skey);
-        if let Some(value) = self.hints.get(&hkey)?
-            && decode_hint(&value).is_some_and(|(stored, _)| stored <= seq)
-        {
-            self.hints.remove(hkey)?;
+        let Some(value) = self.hints.get(&skey)? else { return Ok(()) };
+        if decode_hint(&value).is_some_and(|(stored, _)| stored == seq) {
+            if failed.is_empty() {
+                self.hints.remove(skey)?;
+            } else {
+                self.hints.insert(skey, encode_hint(seq, failed))?;
+            }
         }
         Ok(())
     }
 
-    /// Up to `limit` pending hints, grouped by peer.
+    /// Up to `limit` pending hint records.
     pub fn pending_hints(&self, limit: usize) -> Result<Vec<Hint>, StoreError> {
         self.check_writable()?;
         let mut out = Vec::new();
         for item in self.hints.iter().take(limit) {
-            let (hkey, value) = item.into_inner()?;
-            let parsed = parse_hint_key(&hkey).and_then(|(peer, skey)| {
-                let (_, tenant, key) = parse_storage_key(skey)?;
-                let (seq, address) = decode_hint(&value)?;
-                Some(Hint { peer: peer.to_string(), address, tenant: tenant.to_string(), key: key.to_vec(), seq })
+            let (skey, value) = item.into_inner()?;
+            let parsed = parse_storage_key(&skey).and_then(|(_, tenant, key)| {
+                let (seq, peers) = decode_hint(&value)?;
+                Some(Hint { tenant: tenant.to_string(), key: key.to_vec(), seq, peers })
             });
             match parsed {
                 Some(hint) => out.push(hint),
@@ -454,7 +464,7 @@ impl Store {
                 None => {
                     tracing::warn!("dropping an unreadable hint");
                     metrics::counter!("cohort_node_hints_dropped_total", "reason" => "unreadable").increment(1);
-                    self.hints.remove(hkey.to_vec())?;
+                    self.hints.remove(skey.to_vec())?;
                 }
             }
         }
@@ -588,6 +598,24 @@ impl Store {
         write: Option<WriteTag<'_>>,
         ring_version: u64,
     ) -> Result<Staged, StoreError> {
+        self.stage_update_hinted(tenant, key, context, value, limits, write, ring_version, &[])
+    }
+
+    /// [`Store::stage_update`], staging in the same batch a hint for every
+    /// `(peer id, address)` of `hints` (see the module docs); the hints'
+    /// sequence number is in [`Staged::hint_seq`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn stage_update_hinted(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        context: &CausalContext,
+        value: Option<Bytes>,
+        limits: WriteLimits,
+        write: Option<WriteTag<'_>>,
+        ring_version: u64,
+        hints: &[(&str, &str)],
+    ) -> Result<Staged, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
@@ -602,7 +630,10 @@ impl Store {
         {
             metrics::counter!("cohort_node_write_replays_total").increment(1);
             let encoded = current.map_or_else(|| Bytes::from(state.encode()), |bytes| Bytes::from(bytes.to_vec()));
-            return Ok(Staged { encoded, dot, siblings: state.siblings().len(), replayed: true });
+            let mut batch = self.db.batch();
+            let hint_seq = self.add_hints(&mut batch, &skey, hints);
+            batch.commit()?;
+            return Ok(Staged { encoded, dot, siblings: state.siblings().len(), replayed: true, hint_seq });
         }
         // This actor issued every dot it ever had for this key, so a context
         // can only cover what the local clock covers; more is forged, and
@@ -630,13 +661,14 @@ impl Store {
         metrics::histogram!("cohort_node_siblings").record(siblings as f64);
         let encoded = Bytes::from(encoded);
         let mut batch = self.db.batch();
+        let hint_seq = self.add_hints(&mut batch, &skey, hints);
         batch.insert(&self.data, skey, &encoded[..]);
         if let Some(tag) = write {
             batch.insert(&self.writes, tag.id, encode_write_record(&dot, tag.expires_at));
         }
         batch.commit()?;
         metrics::counter!("cohort_node_updates_total").increment(1);
-        Ok(Staged { encoded, dot, siblings, replayed: false })
+        Ok(Staged { encoded, dot, siblings, replayed: false, hint_seq })
     }
 
     /// Merges `incoming` into the key's local state and appends the result if
@@ -736,41 +768,50 @@ fn storage_key_of(page: &[(String, Vec<u8>, Bytes)]) -> Option<Vec<u8>> {
     page.last().map(|(tenant, key, _)| storage_key(tenant, key))
 }
 
-/// A hint waiting for its peer.
+/// A hint record: a key some peers have not acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hint {
-    /// The peer that has not acknowledged.
-    pub peer: String,
-    /// Where it listens.
-    pub address: String,
     /// The key's tenant.
     pub tenant: String,
     /// The key.
     pub key: Vec<u8>,
-    /// The hint's sequence number.
+    /// The record's sequence number.
     pub seq: u64,
+    /// The peers (id, address) that have not acknowledged.
+    pub peers: Vec<(String, String)>,
 }
 
-/// `len(peer) | peer | storage key`.
-fn hint_key(peer: &str, skey: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + peer.len() + skey.len());
-    out.push(peer.len() as u8);
-    out.extend_from_slice(peer.as_bytes());
-    out.extend_from_slice(skey);
+/// `seq (8 bytes BE) | count | (len | peer id | len | address)*`.
+fn encode_hint(seq: u64, peers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + peers.iter().map(|(p, a)| 2 + p.len() + a.len()).sum::<usize>());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(peers.len() as u8);
+    for (peer, address) in peers {
+        out.push(peer.len() as u8);
+        out.extend_from_slice(peer.as_bytes());
+        out.push(address.len() as u8);
+        out.extend_from_slice(address.as_bytes());
+    }
     out
 }
 
-fn parse_hint_key(hkey: &[u8]) -> Option<(&str, &[u8])> {
-    let (&len, rest) = hkey.split_first()?;
-    let peer = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
-    Some((peer, &rest[usize::from(len)..]))
-}
-
-/// `seq (8 bytes BE) | address`.
-fn decode_hint(value: &[u8]) -> Option<(u64, String)> {
+fn decode_hint(value: &[u8]) -> Option<(u64, Vec<(String, String)>)> {
     let seq = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
-    let address = std::str::from_utf8(&value[8..]).ok()?.to_string();
-    Some((seq, address))
+    let count = *value.get(8)?;
+    let mut rest = &value[9..];
+    let take = |rest: &mut &[u8]| -> Option<String> {
+        let (&len, tail) = rest.split_first()?;
+        let text = std::str::from_utf8(tail.get(..usize::from(len))?).ok()?.to_string();
+        *rest = &tail[usize::from(len)..];
+        Some(text)
+    };
+    let mut peers = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let peer = take(&mut rest)?;
+        let address = take(&mut rest)?;
+        peers.push((peer, address));
+    }
+    Some((seq, peers))
 }
 
 /// The token, tenant and key of a storage key.
@@ -1109,30 +1150,32 @@ mod tests {
         store.close().await;
     }
 
-    /// A hint is cleared only by an acknowledgement of a write at least as
-    /// new as the one that staged it, and survives a restart.
+    /// A hint record is settled only by the write that staged it: removed
+    /// when every peer acknowledged, narrowed to the peers that failed; it
+    /// survives a restart, and its sequence numbers keep growing.
     #[tokio::test]
-    async fn a_hint_is_cleared_only_by_an_acknowledgement_at_least_as_new() {
+    async fn a_hint_record_is_settled_only_by_its_own_write() {
         let dir = tempfile::tempdir().unwrap();
+        let peers = [("n2", "127.0.0.1:2"), ("n3", "127.0.0.1:3")];
         {
             let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
-            let older = store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2"), ("n3", "127.0.0.1:3")]).unwrap();
-            let newer = store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2")]).unwrap();
+            let older = store.stage_hints("t", b"k", &peers).unwrap();
+            let newer = store.stage_hints("t", b"k", &peers).unwrap();
             assert!(newer > older);
-            store.clear_hint("n2", "t", b"k", older).unwrap();
-            let pending = store.pending_hints(10).unwrap();
-            let peers: Vec<(&str, u64)> = pending.iter().map(|h| (h.peer.as_str(), h.seq)).collect();
-            assert_eq!(peers, [("n2", newer), ("n3", older)], "the older ack leaves the newer hint");
-            store.clear_hint("n3", "t", b"k", newer).unwrap();
+            store.settle_hints("t", b"k", older, &[]).unwrap();
+            assert_eq!(store.pending_hints(10).unwrap().len(), 1, "the older write leaves the newer record");
+            store.settle_hints("t", b"k", newer, &peers[1..]).unwrap();
+            let other = store.stage_hints("t", b"gone", &peers).unwrap();
+            store.settle_hints("t", b"gone", other, &[]).unwrap();
             store.durable().await.unwrap();
             store.close().await;
         }
         let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
         let pending = store.pending_hints(10).unwrap();
         assert_eq!(pending.len(), 1);
-        assert_eq!((pending[0].peer.as_str(), pending[0].address.as_str()), ("n2", "127.0.0.1:2"));
         assert_eq!((pending[0].tenant.as_str(), pending[0].key.as_slice()), ("t", &b"k"[..]));
-        let later = store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2")]).unwrap();
+        assert_eq!(pending[0].peers, [("n3".to_string(), "127.0.0.1:3".to_string())], "narrowed to the failed peer");
+        let later = store.stage_hints("t", b"k", &peers).unwrap();
         assert!(later > pending[0].seq, "sequence numbers grow across restarts");
         store.close().await;
     }
