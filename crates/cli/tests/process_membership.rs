@@ -143,7 +143,8 @@ fn node_dir(dir: &Path, index: usize) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_survives_its_leader_killed_mid_copy() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let schema = format!("procjoin_{}_{}", std::process::id(), Instant::now().elapsed().as_nanos() % 1000);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let schema = format!("procjoin_{}_{nanos}", std::process::id());
     let config = dir.path().join("coordinator.toml");
     std::fs::write(&config, coordinator_toml(&schema)).expect("write the configuration");
 

@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::error::KvError;
 use crate::membership::{self, Change, PlanError, plan};
 use crate::metadata::{
-    DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, Migration, MigrationKind, NodeHealth, NodeRecord, NodeState, RingChange,
-    RingHistory, Tenant,
+    DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, Migration, MigrationKind, MigrationPhase, NodeHealth, NodeRecord,
+    NodeState, RingChange, RingHistory, Tenant,
 };
 use crate::server::Coordinator;
 use crate::service::{finish, metadata_error};
@@ -453,7 +453,16 @@ impl Admin for AdminService {
         let started = Instant::now();
         let id = request.into_inner().id;
         let c = &self.coordinator;
-        let result = c.metadata.request_cancel(id).await.map_err(metadata_error);
+        let result = async {
+            let current = c.metadata.migration(id).await.map_err(metadata_error)?;
+            if current.state.is_running() && current.phase >= MigrationPhase::Cleanup {
+                return Err(KvError::FailedPrecondition(format!(
+                    "migration {id} is past its cutover: the new ring is in force and the migration finishes; undo it with the opposite change once it has ended"
+                )));
+            }
+            c.metadata.request_cancel(id).await.map_err(metadata_error)
+        }
+        .await;
         if result.is_ok() {
             tracing::info!(migration = id, "migration cancel requested");
             c.membership_wake.notify_one();

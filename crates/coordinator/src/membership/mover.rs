@@ -413,10 +413,13 @@ impl Mover {
 
     /// cleanup: every node drops the ranges it no longer owns.
     async fn clean_up(&self, migration: &mut Migration) -> StepResult {
-        // After a cancel the copy's targets drop what they got; otherwise
-        // the old owners drop what moved away.
-        let (old, new, newest) = if migration.cancel_requested {
-            let newest = self.coordinator.metadata.ring_version().await?;
+        // After a cancel (which appended a version past `to`) the copy's
+        // targets drop what they got; otherwise — also when the cancel came
+        // after the cutover, too late to undo — the old owners drop what
+        // moved away.
+        let newest = self.coordinator.metadata.ring_version().await?;
+        let reverted = newest > migration.to_version;
+        let (old, new, newest) = if reverted {
             (self.ring_at(migration.to_version).await?, self.ring_at(newest).await?, newest)
         } else {
             (
@@ -457,8 +460,7 @@ impl Mover {
         }
         metrics::counter!("cohort_migration_keys_dropped_total").increment(dropped);
         migration.phase = MigrationPhase::Done;
-        migration.state =
-            if migration.cancel_requested { MigrationState::Cancelled } else { MigrationState::Completed };
+        migration.state = if reverted { MigrationState::Cancelled } else { MigrationState::Completed };
         migration.error = None;
         self.save(migration).await?;
         tracing::info!(migration = migration.id, state = migration.state.as_str(), dropped, "migration ended");
@@ -472,6 +474,8 @@ impl Mover {
             tracing::info!(migration = migration.id, kind = migration.kind.as_str(), node = %migration.node_id, "migration started");
             self.save(&migration).await?;
         }
+        // What it last waited on is cleared by the next step that succeeds.
+        migration.error = None;
         let result = if migration.cancel_requested && migration.phase < MigrationPhase::Cleanup {
             self.cancel(&mut migration).await
         } else {
