@@ -318,7 +318,8 @@ impl StorageHandler for StorageNode {
             for (tenant, key, state) in page {
                 answer.keys += 1;
                 answer.bytes += state.len() as u64;
-                answer.entries.push(ScanEntry { tenant, key: Bytes::from(key), state });
+                let position = Bytes::from(crate::store::storage_key(&tenant, &key));
+                answer.entries.push(ScanEntry { tenant, key: Bytes::from(key), state, position });
             }
             Ok(answer)
         })

@@ -25,12 +25,12 @@
 //! Every metadata write is fenced by the leader generation; a deposed leader
 //! stops at its next write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cohort_proto::internal::v1::{DropRangeRequest, FenceRequest, MergeRequest, ScanRequest};
-use cohort_ring::{MovingRange, Ring, token_for};
+use cohort_ring::{MovingRange, Ring, SiblingSet, token_for};
 use cohort_transport::{ReplicaFailure, within};
 use cohort_worker::{Step, Worker};
 use tokio::sync::Notify;
@@ -71,6 +71,16 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 const STEP_RANGES: usize = 64;
 const STEP_KEYS: u64 = 4096;
 const STEP_TIME: Duration = Duration::from_secs(2);
+
+/// One old owner's scan of a range: where it stands and what it returned
+/// that is not merged yet.
+#[derive(Default)]
+struct Cursor {
+    source: String,
+    after: bytes::Bytes,
+    buffer: std::collections::VecDeque<cohort_proto::internal::v1::ScanEntry>,
+    done: bool,
+}
 
 /// What every range copy of one step needs.
 struct CopyContext<'a> {
@@ -265,88 +275,108 @@ impl Mover {
     }
 
     /// Copies one range from every old owner into its new owners; returns
-    /// the keys found on its first source and the bytes merged.
+    /// the distinct keys copied and the bytes merged. The old owners' scans
+    /// advance together, merged by scan position, so a key held by several
+    /// of them is merged once (DVV merge of their states) and sent once to
+    /// each new owner.
     async fn copy_range(&self, cx: &CopyContext<'_>, range: &Checkpoint) -> StepResult<(u64, u64)> {
         let factor: HashMap<&str, usize> = cx.replication.iter().map(|(t, n)| (t.as_str(), *n)).collect();
-        let mut sources: Vec<String> = Vec::new();
+        let mut cursors: Vec<Cursor> = Vec::new();
         for n in plan::factors(cx.replication) {
             for node in cx.from.preference_list(range.range_end, n) {
-                if !sources.contains(&node.id) && !self.skipped(cx.migration, &node.id) {
-                    sources.push(node.id.clone());
+                if !cursors.iter().any(|c| c.source == node.id) && !self.skipped(cx.migration, &node.id) {
+                    cursors.push(Cursor { source: node.id.clone(), ..Cursor::default() });
                 }
             }
         }
         let page_keys = self.coordinator.config.membership.copy_page_keys;
         let (mut keys, mut bytes) = (0u64, 0u64);
-        for (index, source) in sources.iter().enumerate() {
-            let mut after = bytes::Bytes::new();
-            loop {
-                let started = Instant::now();
+        loop {
+            let started = Instant::now();
+            for cursor in cursors.iter_mut().filter(|c| c.buffer.is_empty() && !c.done) {
                 let request = ScanRequest {
                     start: range.range_start,
                     end: range.range_end,
-                    after: after.clone(),
+                    after: cursor.after.clone(),
                     limit: page_keys,
                     count_only: false,
                 };
-                let page = self.scan(cx.addresses, source, request).await?;
-                let mut merges = Vec::new();
-                let mut page_bytes = 0u64;
-                for entry in &page.entries {
+                let page = self.scan(cx.addresses, &cursor.source, request).await?;
+                cursor.buffer.extend(page.entries);
+                if page.next.is_empty() {
+                    cursor.done = true;
+                } else {
+                    cursor.after = page.next;
+                }
+            }
+            // Everything up to the smallest last position of a scan that
+            // has more to give is complete on every source.
+            let frontier =
+                cursors.iter().filter(|c| !c.done).filter_map(|c| c.buffer.back()).map(|e| &e.position).min().cloned();
+            let mut keys_here: BTreeMap<bytes::Bytes, (String, bytes::Bytes, SiblingSet)> = BTreeMap::new();
+            for cursor in &mut cursors {
+                while cursor.buffer.front().is_some_and(|e| frontier.as_ref().is_none_or(|f| e.position <= *f)) {
+                    let entry = cursor.buffer.pop_front().expect("checked");
                     let Some(&n) = factor.get(entry.tenant.as_str()) else {
                         tracing::warn!(tenant = %entry.tenant, "a stored key's tenant is unknown; not copied");
                         continue;
                     };
                     let token = token_for(&entry.tenant, &entry.key);
-                    let old: Vec<&str> = cx.from.preference_list(token, n).iter().map(|s| s.id.as_str()).collect();
-                    if !old.contains(&source.as_str()) {
+                    if !cx.from.preference_list(token, n).iter().any(|s| s.id == cursor.source) {
                         // Not one of its replicas here: left over, not authoritative.
                         continue;
                     }
-                    for target in cx.to.preference_list(token, n) {
-                        if old.contains(&target.id.as_str()) {
-                            continue;
+                    let state = SiblingSet::decode(&entry.state).map_err(|e| {
+                        StepError::Retry(format!("node {} holds an unreadable state: {e}", cursor.source))
+                    })?;
+                    match keys_here.entry(entry.position) {
+                        std::collections::btree_map::Entry::Occupied(mut held) => held.get_mut().2.sync(&state),
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            slot.insert((entry.tenant, entry.key, state));
                         }
-                        page_bytes += entry.state.len() as u64;
-                        merges.push(self.merge_into(cx.addresses, &target.id, cx.migration.to_version, entry));
                     }
                 }
-                for result in futures::future::join_all(merges).await {
-                    result?;
+            }
+            let mut merges = Vec::new();
+            let mut page_bytes = 0u64;
+            for (tenant, key, state) in keys_here.values() {
+                let n = factor[tenant.as_str()];
+                let token = token_for(tenant, key);
+                let old = cx.from.preference_list(token, n);
+                let encoded = bytes::Bytes::from(state.encode());
+                for target in cx.to.preference_list(token, n) {
+                    if old.iter().any(|o| o.id == target.id) {
+                        continue;
+                    }
+                    page_bytes += encoded.len() as u64;
+                    let request = MergeRequest {
+                        tenant: tenant.clone(),
+                        key: key.clone(),
+                        state: encoded.clone(),
+                        ring_version: cx.migration.to_version,
+                        ..Default::default()
+                    };
+                    merges.push(self.merge_into(cx.addresses, &target.id, request));
                 }
-                if index == 0 {
-                    keys += page.entries.len() as u64;
-                }
-                bytes += page_bytes;
-                self.throttle(page_bytes, started.elapsed()).await;
-                if page.next.is_empty() {
-                    break;
-                }
-                after = page.next;
+            }
+            for result in futures::future::join_all(merges).await {
+                result?;
+            }
+            keys += keys_here.len() as u64;
+            bytes += page_bytes;
+            self.throttle(page_bytes, started.elapsed()).await;
+            if cursors.iter().all(|c| c.done && c.buffer.is_empty()) {
+                return Ok((keys, bytes));
             }
         }
-        Ok((keys, bytes))
     }
 
-    /// Merges one scanned entry into `target`.
-    async fn merge_into(
-        &self,
-        addresses: &HashMap<String, String>,
-        target: &str,
-        ring_version: u64,
-        entry: &cohort_proto::internal::v1::ScanEntry,
-    ) -> StepResult {
+    /// Sends one merged state to `target`.
+    async fn merge_into(&self, addresses: &HashMap<String, String>, target: &str, request: MergeRequest) -> StepResult {
         let address = addresses
             .get(target)
             .ok_or_else(|| StepError::Retry(format!("node {target} has no registered address")))?;
         let client = self.coordinator.peers.node(address).map_err(|s| StepError::Retry(s.message().to_string()))?;
-        let request = MergeRequest {
-            tenant: entry.tenant.clone(),
-            key: entry.key.clone(),
-            state: entry.state.clone(),
-            ring_version,
-            ..Default::default()
-        };
         within(self.coordinator.config.node_timeout, client.merge(request))
             .await
             .map(drop)
