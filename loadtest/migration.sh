@@ -85,16 +85,15 @@ run --skip-load --workload a --concurrency 256 --rate "$RATE" --duration "$DURAT
     --label steady --json "$RAW/migration-steady.json" >/dev/null
 
 log "the same open loop while node-4 joins"
-started_ms=$(date +%s%3N)
-"$COHORT" admin node add --id node-4 --address "${NODES[3]}" --endpoint "$ENDPOINT" >/dev/null
+ID=$("$COHORT" admin node add --json --id node-4 --address "${NODES[3]}" --endpoint "$ENDPOINT" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["migration"]["id"])')
 run --skip-load --workload a --concurrency 256 --rate "$RATE" --duration "$DURATION" --warmup 0s \
     --label migrating --json "$RAW/migration-during.json" >/dev/null
-"$COHORT" admin migration wait --json --endpoint "$ENDPOINT" >"$RAW/migration-result.json"
-ended_ms=$(date +%s%3N)
+"$COHORT" admin migration wait "$ID" --json --endpoint "$ENDPOINT" >"$RAW/migration-result.json"
 
-python3 - "$RAW" "$OUT" "$RECORDS" "$RATE" "$DURATION" "$started_ms" "$ended_ms" <<'PY'
+python3 - "$RAW" "$OUT" "$RECORDS" "$RATE" "$DURATION" <<'PY'
 import json, sys, os
-raw, out, records, rate, duration, started, ended = sys.argv[1:]
+raw, out, records, rate, duration = sys.argv[1:]
 m = json.load(open(os.path.join(raw, "migration-result.json")))[0]
 def latency(name):
     doc = json.load(open(os.path.join(raw, name)))
