@@ -5,8 +5,10 @@
 //! the copy and started again; the other coordinator takes the lease and
 //! resumes the copy from its checkpoints. Afterwards every preloaded key is
 //! on a write quorum of its new replicas (read from the nodes directly,
-//! before any client read could repair them) and reads back at quorum and at
-//! `all`, and the workload's history passes the checkers.
+//! before any client read could repair them); then the first node drains
+//! and they are on a quorum of the remaining three, the drained node
+//! holding nothing; every key reads back at quorum and at `all`, and the
+//! workload's history passes the checkers.
 //!
 //! Needs PostgreSQL and Redis (`COHORT_TEST_POSTGRES_URL`,
 //! `COHORT_TEST_REDIS_URL`; the defaults are the local ones) and fails
@@ -25,12 +27,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cohort_client::{Client, Consistency, ReadOptions, RetryPolicy};
 use cohort_loadtest::workload::{Recorder, Workload, start};
-use cohort_proto::internal::v1::ReadRequest;
 use cohort_proto::internal::v1::storage_client::StorageClient;
+use cohort_proto::internal::v1::{ReadRequest, ScanRequest};
 use cohort_proto::v1 as pb;
 use cohort_proto::v1::admin_client::AdminClient;
 use cohort_ring::{NodeSpec, Ring, SiblingSet, token_for};
 use common::{Proc, admin, node_id, try_start_node};
+use tonic::transport::Channel;
 
 const TENANT: &str = "app";
 const PRELOADED: usize = 1500;
@@ -136,12 +139,37 @@ async fn drop_schema(schema: &str) {
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.expect("drop the test schema");
 }
 
+/// Every key of `written` is held by at least two of its three replicas on
+/// the ring of nodes `on` (indices), read from the nodes directly.
+async fn on_a_write_quorum(storage: &mut [StorageClient<Channel>], on: &[usize], written: &[(String, String)]) {
+    let ring = Ring::new(on.iter().map(|&i| NodeSpec::new(node_id(i))).collect()).expect("ring");
+    for (key, value) in written {
+        let mut holders = 0;
+        for owner in ring.preference_list(token_for(TENANT, key.as_bytes()), 3) {
+            let index: usize = owner.id.trim_start_matches("node-").parse::<usize>().expect("node-<n>") - 1;
+            // Inspection, not routing: past any ring fence.
+            let request = ReadRequest {
+                tenant: TENANT.into(),
+                key: Bytes::from(key.clone()),
+                ring_version: u64::MAX,
+                ..Default::default()
+            };
+            let state = storage[index].read(request).await.expect("replica read").into_inner().state;
+            let state = if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodes") };
+            if state.values().any(|v| v == value.as_bytes()) {
+                holders += 1;
+            }
+        }
+        assert!(holders >= 2, "key {key}: only {holders} of its replicas on nodes {on:?} hold {value}");
+    }
+}
+
 fn node_dir(dir: &Path, index: usize) -> PathBuf {
     dir.join(node_id(index))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_survives_its_leader_killed_mid_copy() {
+async fn a_join_survives_its_leader_killed_mid_copy_then_a_node_drains() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let schema = format!("procjoin_{}_{nanos}", std::process::id());
@@ -234,31 +262,21 @@ async fn a_join_survives_its_leader_killed_mid_copy() {
 
     // Every preloaded key on a write quorum of its new replicas, read from
     // the nodes before any client read.
-    let ring = Ring::new((0..4).map(|i| NodeSpec::new(node_id(i))).collect()).expect("ring");
     let mut storage = Vec::new();
     for address in &addresses {
         storage.push(StorageClient::connect(format!("http://{address}")).await.expect("connect to a node"));
     }
-    for (key, value) in &written {
-        let owners = ring.preference_list(token_for(TENANT, key.as_bytes()), 3);
-        let mut holders = 0;
-        for owner in owners {
-            let index: usize = owner.id.trim_start_matches("node-").parse::<usize>().expect("node-<n>") - 1;
-            // Inspection, not routing: past any ring fence.
-            let request = ReadRequest {
-                tenant: TENANT.into(),
-                key: Bytes::from(key.clone()),
-                ring_version: u64::MAX,
-                ..Default::default()
-            };
-            let state = storage[index].read(request).await.expect("replica read").into_inner().state;
-            let state = if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodes") };
-            if state.values().any(|v| v == value.as_bytes()) {
-                holders += 1;
-            }
-        }
-        assert!(holders >= 2, "key {key}: only {holders} of its new replicas hold {value}");
-    }
+    on_a_write_quorum(&mut storage, &[0, 1, 2, 3], &written).await;
+
+    // Then node-1 drains (through the coordinator that was not killed), and
+    // the keys are on a quorum of nodes 2-4; node-1 holds nothing.
+    let survivor_endpoint = endpoint(&listen[1 - victim]);
+    blocking(|| admin(&survivor_endpoint, &["node", "remove", "--wait", "--id", &node_id(0)]));
+    on_a_write_quorum(&mut storage, &[1, 2, 3], &written).await;
+    let count = ScanRequest { start: 0, end: u64::MAX, count_only: true, ..Default::default() };
+    let left = storage[0].scan(count).await.expect("count node-1's keys").into_inner().keys;
+    assert_eq!(left, 0, "a drained node holds nothing");
+
     let all = ReadOptions { consistency: Some(Consistency::All) };
     for (key, value) in &written {
         let read = writer.get(TENANT, key.clone()).await.expect("quorum read");
