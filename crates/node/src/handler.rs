@@ -293,6 +293,17 @@ impl StorageHandler for StorageNode {
 
     async fn fence(&self, request: FenceRequest) -> Result<FenceResponse, Status> {
         let fence = self.store.raise_fence(request.ring_version).await.map_err(status_from)?;
+        if !request.removed.is_empty() {
+            let store = self.store.clone();
+            let removed = request.removed.clone();
+            let dropped = tokio::task::spawn_blocking(move || store.forget_hints_for(&removed))
+                .await
+                .map_err(|e| Status::internal(format!("hint cleanup task failed: {e}")))?
+                .map_err(status_from)?;
+            if dropped > 0 {
+                tracing::info!(dropped, removed = ?request.removed, "dropped hints for nodes that left the ring");
+            }
+        }
         if fence == request.ring_version {
             tracing::info!(ring_version = fence, "ring fence raised: requests routed by older rings are refused");
         }

@@ -14,7 +14,8 @@
 //! refuses as malformed (it never will take it) is dropped, with a warning
 //! and `cohort_node_hints_dropped_total`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cohort_proto::internal::v1::MergeRequest;
@@ -48,12 +49,18 @@ impl HintDelivery {
     }
 }
 
+/// Peers found unreachable during one sweep: the rest of the sweep does not
+/// try them again, so a dead peer costs a few timeouts per sweep, not one
+/// per hint, and never holds up the others.
+type Unreachable = Arc<Mutex<HashSet<String>>>;
+
 /// Delivers one hint record to each of its peers; returns the peers it
-/// could not reach, and whether one refused the state as malformed.
+/// could not reach (or did not try, being unreachable this sweep).
 async fn deliver(
     store: Arc<Store>,
     peers: Arc<PeerPool>,
     timeout: Duration,
+    unreachable: Unreachable,
     hint: Hint,
 ) -> (Hint, Vec<(String, String)>) {
     let state = match store.read_encoded_state(&hint.tenant, &hint.key) {
@@ -66,6 +73,10 @@ async fn deliver(
     }
     let mut left = Vec::new();
     for (peer, address) in &hint.peers {
+        if unreachable.lock().unwrap_or_else(|p| p.into_inner()).contains(peer) {
+            left.push((peer.clone(), address.clone()));
+            continue;
+        }
         let request = MergeRequest {
             tenant: hint.tenant.clone(),
             key: hint.key.clone().into(),
@@ -84,7 +95,10 @@ async fn deliver(
                 metrics::counter!("cohort_node_hints_dropped_total", "reason" => "refused").increment(1);
             }
             // Down, cut off or behind on the ring fence: next sweep.
-            Err(_) => left.push((peer.clone(), address.clone())),
+            Err(_) => {
+                unreachable.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.clone());
+                left.push((peer.clone(), address.clone()));
+            }
         }
     }
     (hint, left)
@@ -108,8 +122,9 @@ impl Worker for HintDelivery {
         }
         let swept = pending.len();
         let (store, peers, timeout) = (self.store.clone(), self.peers.clone(), self.timeout);
+        let unreachable = Unreachable::default();
         let mut results = futures::stream::iter(pending)
-            .map(move |hint| deliver(store.clone(), peers.clone(), timeout, hint))
+            .map(move |hint| deliver(store.clone(), peers.clone(), timeout, unreachable.clone(), hint))
             .buffer_unordered(IN_FLIGHT);
         let (mut delivered, mut waiting) = (0u64, 0usize);
         while let Some((hint, left)) = results.next().await {

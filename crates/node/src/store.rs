@@ -448,6 +448,33 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the hints for `removed` peers (nodes no longer on any live
+    /// ring: what they missed reached their successors through the
+    /// migration's copy); returns how many.
+    pub fn forget_hints_for(&self, removed: &[String]) -> Result<usize, StoreError> {
+        self.check_writable()?;
+        let mut dropped = 0;
+        for item in self.hints.iter() {
+            let (skey, value) = item.into_inner()?;
+            let Some((seq, peers)) = decode_hint(&value) else { continue };
+            if !peers.iter().any(|(peer, _)| removed.contains(peer)) {
+                continue;
+            }
+            let Some((_, tenant, key)) = parse_storage_key(&skey) else { continue };
+            let kept: Vec<(&str, &str)> = peers
+                .iter()
+                .filter(|(peer, _)| !removed.contains(peer))
+                .map(|(p, a)| (p.as_str(), a.as_str()))
+                .collect();
+            dropped += peers.len() - kept.len();
+            self.settle_hints(tenant, key, seq, &kept)?;
+        }
+        if dropped > 0 {
+            metrics::counter!("cohort_node_hints_dropped_total", "reason" => "peer_removed").increment(dropped as u64);
+        }
+        Ok(dropped)
+    }
+
     /// Up to `limit` pending hint records.
     pub fn pending_hints(&self, limit: usize) -> Result<Vec<Hint>, StoreError> {
         self.check_writable()?;

@@ -148,6 +148,19 @@ impl Mover {
     /// Raises the fence of every node in `rings` (the dead one excepted) to
     /// `version`. With `best_effort`, unreachable nodes are skipped.
     async fn fence(&self, migration: &Migration, rings: &[&Ring], version: u64, best_effort: bool) -> StepResult {
+        self.fence_dropping(migration, rings, version, best_effort, &[]).await
+    }
+
+    /// [`Mover::fence`], also telling the nodes that `removed` left the ring
+    /// (their hints are dropped).
+    async fn fence_dropping(
+        &self,
+        migration: &Migration,
+        rings: &[&Ring],
+        version: u64,
+        best_effort: bool,
+        removed: &[String],
+    ) -> StepResult {
         let addresses = self.addresses().await?;
         let mut nodes: Vec<&str> = rings.iter().flat_map(|r| r.nodes().iter().map(|n| n.id.as_str())).collect();
         nodes.sort_unstable();
@@ -156,7 +169,10 @@ impl Mover {
         for node in nodes.into_iter().filter(|n| !self.skipped(migration, n)) {
             let Some(address) = addresses.get(node) else { continue };
             let result = match self.coordinator.peers.node(address) {
-                Ok(client) => within(timeout, client.fence(FenceRequest { ring_version: version })).await.map(drop),
+                Ok(client) => {
+                    let request = FenceRequest { ring_version: version, removed: removed.to_vec() };
+                    within(timeout, client.fence(request)).await.map(drop)
+                }
                 Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
             };
             match result {
@@ -461,7 +477,13 @@ impl Mover {
         // Cleanup relies on the fence raised before the copy; raising it
         // to the newest version again only matters after a cancel, and a
         // node that cannot be reached then is skipped.
-        self.fence(migration, &[&old, &new], newest, true).await?;
+        let gone: Vec<String> = match (reverted, migration.kind) {
+            (true, MigrationKind::Join) | (false, MigrationKind::Leave | MigrationKind::RemoveDead) => {
+                vec![migration.node_id.clone()]
+            }
+            _ => Vec::new(),
+        };
+        self.fence_dropping(migration, &[&old, &new], newest, true, &gone).await?;
         let replication = self.replication().await?;
         let addresses = self.addresses().await?;
         let timeout = self.coordinator.config.node_timeout * 4;
