@@ -11,9 +11,9 @@
 //!   clients.
 //! - [`validate`]: input limits and identifier rules, checked before anything
 //!   is stored.
-//! - [`metadata`]: the metadata store contract (tenants, nodes, ring version,
-//!   leader lease, node health) and its embedded and PostgreSQL
-//!   implementations.
+//! - [`metadata`]: the metadata store contract (tenants, nodes, ring history
+//!   and migrations, leader lease, node health) and its embedded and
+//!   PostgreSQL implementations.
 //! - [`contexts`]: sealing the causal contexts handed to clients, and
 //!   opening the ones they send back.
 //! - [`topology`]: the current ring and node addresses, refreshed from metadata.

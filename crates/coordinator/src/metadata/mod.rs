@@ -1,5 +1,6 @@
-//! Cluster metadata: tenants, storage nodes, the ring version, the leader
-//! lease and what the leader records about the nodes.
+//! Cluster metadata: tenants, storage nodes, the ring history (its live
+//! versions), membership migrations and their checkpoints, the leader lease
+//! and what the leader records about the nodes.
 //!
 //! [`MetadataStore`] is the contract; [`embedded::EmbeddedMetadata`] keeps it
 //! in one JSON file for the dev cluster and single-coordinator setups, and
