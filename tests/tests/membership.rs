@@ -273,6 +273,9 @@ async fn a_coordinator_with_a_stale_ring_is_refused_and_routes_again() {
     let mut stale_config = config();
     stale_config.metadata.ring_refresh = Duration::from_secs(3600);
     let mut cluster = TestCluster::start_with_config(3, stale_config).await;
+    // The first coordinator leads (and so runs the migration and refreshes
+    // its own ring); the second never refreshes by itself.
+    cluster.coordinator.coordinator.wait_for_leadership(|s| s.leader).await;
     let stale = cluster.add_coordinator().await.expect("second coordinator");
     let before = stale.coordinator.topology.current().ring_version();
     let index = cluster.start_extra_node().await.unwrap();

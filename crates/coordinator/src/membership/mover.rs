@@ -33,6 +33,7 @@ use cohort_proto::internal::v1::{DropRangeRequest, FenceRequest, MergeRequest, S
 use cohort_ring::{MovingRange, Ring, SiblingSet, token_for};
 use cohort_transport::{ReplicaFailure, within};
 use cohort_worker::{Step, Worker};
+use futures::StreamExt;
 use tokio::sync::Notify;
 use tonic::async_trait;
 
@@ -81,6 +82,9 @@ struct Cursor {
     buffer: std::collections::VecDeque<cohort_proto::internal::v1::ScanEntry>,
     done: bool,
 }
+
+/// Merges of a range copy in flight at once.
+const COPY_IN_FLIGHT: usize = 16;
 
 /// What every range copy of one step needs.
 struct CopyContext<'a> {
@@ -375,7 +379,10 @@ impl Mover {
                     merges.push(self.merge_into(cx.addresses, &target.id, request));
                 }
             }
-            for result in futures::future::join_all(merges).await {
+            // A bounded number in flight: the copy shares the new owners'
+            // group commits with client writes.
+            let mut sent = futures::stream::iter(merges).buffer_unordered(COPY_IN_FLIGHT);
+            while let Some(result) = sent.next().await {
                 result?;
             }
             keys += keys_here.len() as u64;
