@@ -268,10 +268,8 @@ impl AdminService {
         let tenants = c.metadata.list_tenants().await.map_err(metadata_error)?;
         let replication: Vec<(String, usize)> =
             tenants.iter().map(|t| (t.id.clone(), usize::from(t.replication.n()))).collect();
-        let next = plan::next_nodes(newest, &change, &replication).map_err(|e| match e {
-            PlanError::NotOnRing(_) => KvError::FailedPrecondition(e.to_string()),
-            other => KvError::FailedPrecondition(other.to_string()),
-        })?;
+        let next = plan::next_nodes(newest, &change, &replication)
+            .map_err(|e: PlanError| KvError::FailedPrecondition(e.to_string()))?;
         let old = Ring::new(newest.to_vec()).map_err(|e| KvError::Internal(e.to_string()))?;
         let new = Ring::new(next.clone()).map_err(|e| KvError::Internal(e.to_string()))?;
         let from = history.current();
