@@ -32,33 +32,13 @@ log "building release binaries"
 cargo build --release -q -p cohort-cli -p cohort-loadtest
 COHORT=$ROOT/target/release/cohort
 LOADTEST=$ROOT/target/release/cohort-loadtest
-WORK=$(mktemp -d)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/cohort-migration.XXXXXX")
 RAW="$(dirname "$OUT")/raw"
 mkdir -p "$RAW"
 PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-start() {
-    local name=$1; shift
-    "$@" >"$WORK/$name.log" 2>&1 &
-    PIDS+=($!)
-}
-wait_line() {
-    for _ in $(seq 300); do
-        line=$(grep -m1 -E "$2" "$WORK/$1.log" || true)
-        if [ -n "$line" ]; then echo "$line"; return 0; fi
-        sleep 0.1
-    done
-    echo "$1 did not print /$2/ within 30 s" >&2
-    tail -20 "$WORK/$1.log" >&2
-    return 1
-}
+NAMES=()
+# shellcheck source=loadtest/processes.sh
+. "$ROOT/loadtest/processes.sh"
 
 NODES=()
 for i in 1 2 3 4; do
