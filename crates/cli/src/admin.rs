@@ -1,5 +1,5 @@
-//! `cohort admin`: tenants, storage nodes, membership changes and cluster
-//! status.
+//! `cohort admin`: tenants, storage nodes, membership changes, repair and
+//! cluster status.
 
 use clap::{Args, Subcommand};
 use cohort_proto::v1 as pb;
@@ -25,6 +25,9 @@ pub enum AdminCommand {
     /// Cluster-wide state.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Anti-entropy: its status, and repairs run now.
+    #[command(subcommand)]
+    Repair(crate::repair::RepairCommand),
 }
 
 /// Flags shared by admin commands.
@@ -418,6 +421,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             report_change(&mut client, answer, &target, &change).await?;
         }
         AdminCommand::Migration(command) => crate::migrations::run(command).await?,
+        AdminCommand::Repair(command) => crate::repair::run(command).await?,
         AdminCommand::Node(NodeCommand::List { target }) => {
             let nodes = connect(&target).await?.list_nodes(pb::ListNodesRequest {}).await.map_err(status_error)?;
             let nodes = nodes.into_inner().nodes;

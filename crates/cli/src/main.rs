@@ -7,6 +7,7 @@ mod admin;
 mod dev;
 mod kv;
 mod migrations;
+mod repair;
 mod servers;
 mod settings;
 mod telemetry;

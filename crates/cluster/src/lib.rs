@@ -394,12 +394,18 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The data directory of node `index` (open it only while the node is
+    /// stopped).
+    pub fn node_dir(&self, index: usize) -> PathBuf {
+        self.options.data_dir.join(node_id(index))
+    }
+
     /// Stops node `index`, deletes its data directory and starts it again
     /// under the same id and port, as after a disk replacement: a new,
     /// empty replica that repair fills.
     pub async fn wipe_node(&mut self, index: usize) -> Result<(), LocalClusterError> {
         self.stop_node(index).await;
-        let dir = self.options.data_dir.join(node_id(index));
+        let dir = self.node_dir(index);
         std::fs::remove_dir_all(&dir).map_err(|e| LocalClusterError::Store(format!("wipe {}: {e}", dir.display())))?;
         self.restart_node(index).await
     }

@@ -20,6 +20,7 @@ use crate::metadata::{
     DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, Migration, MigrationKind, MigrationPhase, NodeHealth, NodeRecord,
     NodeState, RingChange, RingHistory, Tenant,
 };
+use crate::repair;
 use crate::server::Coordinator;
 use crate::service::{finish, metadata_error};
 use crate::validate;
@@ -538,6 +539,120 @@ impl Admin for AdminService {
         }
         .await;
         finish("cluster_status", started, result)
+    }
+
+    async fn repair_status(
+        &self,
+        _request: Request<pb::RepairStatusRequest>,
+    ) -> Result<Response<pb::RepairStatusResponse>, Status> {
+        let started = Instant::now();
+        let c = &self.coordinator;
+        let snapshot = c.repair.snapshot();
+        // Every range of the current ring, or (while a change moves data)
+        // the ranges exchanged so far.
+        let universe: Vec<(String, u64, Vec<String>)> = match repair::current_targets(c).await {
+            Ok(targets) => targets
+                .into_iter()
+                .map(|t| (t.tenant, t.range.start, t.replicas.into_iter().map(|r| r.id).collect()))
+                .collect(),
+            Err(_) => snapshot.ranges.iter().map(|r| (r.tenant.clone(), r.range.start, r.replicas.clone())).collect(),
+        };
+        let records: std::collections::HashMap<(&str, u64), &repair::RangeRecord> =
+            snapshot.ranges.iter().map(|r| ((r.tenant.as_str(), r.range.start), r)).collect();
+        let mut nodes: std::collections::BTreeMap<String, pb::RepairNodeStatus> = std::collections::BTreeMap::new();
+        for (tenant, start, replicas) in &universe {
+            let record = records.get(&(tenant.as_str(), *start));
+            for id in replicas {
+                let node = nodes.entry(id.clone()).or_insert_with(|| pb::RepairNodeStatus {
+                    id: id.clone(),
+                    last_exchange_ms: u64::MAX,
+                    ..Default::default()
+                });
+                node.ranges += 1;
+                let last = record.map_or(0, |r| r.last_exchange_ms);
+                node.last_exchange_ms = node.last_exchange_ms.min(last);
+                node.keys_repaired += record.map_or(0, |r| r.keys_repaired);
+                if last == 0 || last < snapshot.round_started_ms {
+                    node.backlog += 1;
+                }
+            }
+        }
+        let response = pb::RepairStatusResponse {
+            leader: c.leadership().leader,
+            state: snapshot.state.clone(),
+            round: snapshot.round,
+            round_started_ms: snapshot.round_started_ms,
+            round_total: snapshot.round_total,
+            round_done: snapshot.round_done,
+            nodes: nodes.into_values().collect(),
+            ranges: snapshot
+                .ranges
+                .iter()
+                .map(|r| pb::RepairRangeStatus {
+                    tenant: r.tenant.clone(),
+                    start: r.range.start,
+                    end: r.range.end,
+                    replicas: r.replicas.clone(),
+                    last_exchange_ms: r.last_exchange_ms,
+                    exchanges: r.exchanges,
+                    last_keys_repaired: r.last_keys_repaired,
+                    keys_repaired: r.keys_repaired,
+                    differing_segments: r.differing_segments,
+                    unreachable: r.unreachable.clone(),
+                    tombstones_reaped: r.tombstones_reaped,
+                    gc_blocked: r.gc_blocked,
+                })
+                .collect(),
+        };
+        finish("repair_status", started, Ok(response))
+    }
+
+    async fn repair(&self, request: Request<pb::RepairRequest>) -> Result<Response<pb::RepairResponse>, Status> {
+        let started = Instant::now();
+        let c = &self.coordinator;
+        let r = request.into_inner();
+        let result = async {
+            if !r.tenant.is_empty() {
+                c.metadata.get_tenant(&r.tenant).await.map_err(metadata_error)?;
+            }
+            let targets = repair::current_targets(c).await.map_err(KvError::FailedPrecondition)?;
+            let in_tenant = |t: &repair::Target| r.tenant.is_empty() || t.tenant == r.tenant;
+            let chosen: Vec<repair::Target> = match &r.scope {
+                Some(pb::repair_request::Scope::Node(node)) => {
+                    if !c.topology.current().nodes().contains(&node.as_str()) {
+                        return Err(KvError::NotFound(format!("node {node:?} is not on the ring")));
+                    }
+                    targets.into_iter().filter(|t| in_tenant(t) && t.replicas.iter().any(|x| &x.id == node)).collect()
+                }
+                Some(pb::repair_request::Scope::Range(span)) => {
+                    if span.start > span.end {
+                        return Err(KvError::InvalidArgument(format!(
+                            "range start {} is past its end {}",
+                            span.start, span.end
+                        )));
+                    }
+                    targets
+                        .into_iter()
+                        .filter(|t| in_tenant(t) && t.range.start <= span.end && span.start <= t.range.end)
+                        .collect()
+                }
+                None => return Err(KvError::InvalidArgument("name a node or a token range to repair".into())),
+            };
+            let ranges = chosen.len() as u64;
+            let report = repair::run_now(c, chosen).await;
+            tracing::info!(ranges, keys_repaired = report.keys_repaired, "forced repair done");
+            Ok(pb::RepairResponse {
+                ranges,
+                differing_segments: report.differing_segments,
+                keys_compared: report.keys_compared,
+                keys_repaired: report.keys_repaired,
+                bytes: report.bytes,
+                unreachable: report.unreachable,
+                tombstones_reaped: report.tombstones_reaped,
+            })
+        }
+        .await;
+        finish("repair", started, result)
     }
 }
 

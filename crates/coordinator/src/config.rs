@@ -138,6 +138,45 @@ impl Default for MembershipConfig {
     }
 }
 
+/// Anti-entropy and tombstone garbage collection, run by the leader
+/// (`[repair]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepairConfig {
+    /// Whether the leader compares replicas in the background. Forced
+    /// repairs (`cohort admin repair`) work either way.
+    pub enabled: bool,
+    /// How long one round — every tenant's every token range compared once —
+    /// is spread over. Exchanges are paced evenly over it, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub round: Duration,
+    /// Most bytes per second an exchange may read and send (0: no limit).
+    pub bytes_per_sec: u64,
+    /// An exchange that takes longer than this doubles the pause before the
+    /// next one (up to 64 times), until one fits again.
+    #[serde(with = "humantime_serde")]
+    pub exchange_budget: Duration,
+    /// Whether converged ranges have their old tombstones reaped.
+    pub gc: bool,
+    /// How long a key must have held nothing but tombstones before it may
+    /// be reaped — and then only once every replica holds exactly them.
+    #[serde(with = "humantime_serde")]
+    pub gc_grace: Duration,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            enabled: true,
+            round: Duration::from_secs(600),
+            bytes_per_sec: 8 * 1024 * 1024,
+            exchange_budget: Duration::from_secs(10),
+            gc: true,
+            gc_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// Everything a coordinator needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -166,6 +205,8 @@ pub struct CoordinatorConfig {
     pub leader: LeaderConfig,
     /// Data movement on membership changes.
     pub membership: MembershipConfig,
+    /// Anti-entropy and tombstone garbage collection.
+    pub repair: RepairConfig,
     /// Input limits.
     pub limits: Limits,
 }
@@ -184,6 +225,7 @@ impl Default for CoordinatorConfig {
             idempotency: IdempotencyConfig::default(),
             leader: LeaderConfig::default(),
             membership: MembershipConfig::default(),
+            repair: RepairConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -214,6 +256,8 @@ impl CoordinatorConfig {
             ("idempotency.in_flight", self.idempotency.in_flight),
             ("leader.lease", self.leader.lease),
             ("leader.node_probe", self.leader.node_probe),
+            ("repair.round", self.repair.round),
+            ("repair.exchange_budget", self.repair.exchange_budget),
         ] {
             if value.is_zero() {
                 return Err(format!("{name} must be positive, got 0s"));

@@ -24,6 +24,9 @@
 //! - [`server`]: wiring — serve on a bound listener until shutdown.
 //! - [`membership`]: planning ring changes and the leader's worker that
 //!   moves data for them (join, leave, remove dead).
+//! - [`repair`]: anti-entropy — the leader's exchanges of hash-tree digests
+//!   between the replicas of every range, the sync of the keys that differ,
+//!   and the reaping of tombstones every replica holds.
 //! - [`leader`]: leader election over the metadata lease, whose generation
 //!   fences the leader's jobs; [`probe`]: the leader's node reachability
 //!   probe, recorded in metadata under that fence.
@@ -46,6 +49,7 @@ pub mod leader;
 pub mod membership;
 pub mod metadata;
 pub mod probe;
+pub mod repair;
 pub mod server;
 pub mod service;
 pub mod tenants;

@@ -52,6 +52,8 @@ pub struct Coordinator {
     /// Wakes the leader's membership worker: a change was proposed or a
     /// cancel requested.
     pub membership_wake: Arc<tokio::sync::Notify>,
+    /// What anti-entropy exchanges found, range by range.
+    pub repair: crate::repair::RepairLedger,
     leadership: watch::Sender<LeaderState>,
     metadata_up: AtomicBool,
 }
@@ -110,6 +112,7 @@ impl Coordinator {
             contexts,
             workers: WorkerStatuses::default(),
             membership_wake: Arc::new(tokio::sync::Notify::new()),
+            repair: crate::repair::RepairLedger::default(),
             leadership,
             metadata_up: AtomicBool::new(true),
         }))
@@ -257,6 +260,7 @@ fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
             generation,
             coordinator.membership_wake.clone(),
         ));
+        workers.spawn(crate::repair::AntiEntropy::new(coordinator.clone()));
         vec![tokio::spawn(async move { workers.join().await })]
     })
 }

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cohort_proto::internal::v1::tombstones_response::Entry as TombstoneEntry;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, Dot as PbDot, DropRangeRequest, DropRangeResponse, FenceRequest,
-    FenceResponse, InfoResponse, MergeRequest, MergeResponse, ReadRequest, ReadResponse, ScanEntry, ScanRequest,
-    ScanResponse, WriteTag as PbWriteTag,
+    CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, Dot as PbDot, DropRangeRequest,
+    DropRangeResponse, FenceRequest, FenceResponse, InfoResponse, MergeRequest, MergeResponse, PurgeRequest,
+    PurgeResponse, ReadRequest, ReadResponse, ScanEntry, ScanRequest, ScanResponse, TombstonesRequest,
+    TombstonesResponse, WriteTag as PbWriteTag,
 };
-use cohort_ring::{Actor, CausalContext, Dot, QuorumTally, SiblingSet, Verdict};
+use cohort_ring::{Actor, CausalContext, Dot, QuorumTally, SiblingSet, TokenRange, Verdict};
 use cohort_transport::{PeerPool, ReplicaFailure, StorageHandler, within};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -324,7 +326,9 @@ impl StorageHandler for StorageNode {
             }
             let after = (!request.after.is_empty()).then_some(&request.after[..]);
             let limit = (request.limit as usize).clamp(1, MAX_SCAN_PAGE);
-            let (page, next) = store.scan(request.start, request.end, after, limit).map_err(status_from)?;
+            let only = (!request.tenant.is_empty()).then_some(request.tenant.as_str());
+            let (page, next) =
+                store.scan_tenant(request.start, request.end, after, limit, only).map_err(status_from)?;
             let mut answer = ScanResponse { next: next.map(Bytes::from).unwrap_or_default(), ..Default::default() };
             for (tenant, key, state) in page {
                 answer.keys += 1;
@@ -352,6 +356,51 @@ impl StorageHandler for StorageNode {
             );
         }
         Ok(DropRangeResponse { dropped })
+    }
+
+    async fn digest(&self, request: DigestRequest) -> Result<DigestResponse, Status> {
+        if request.start > request.end {
+            return Err(Status::invalid_argument("digest range start is past its end"));
+        }
+        self.store.check_ring(request.ring_version).map_err(status_from)?;
+        let store = self.store.clone();
+        // Partly covered leaves are hashed from their keys: off the runtime.
+        tokio::task::spawn_blocking(move || {
+            let range = TokenRange { start: request.start, end: request.end };
+            let segments = store.digest(&request.tenant, range).map_err(status_from)?;
+            Ok(DigestResponse { segments })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("digest task failed: {e}")))?
+    }
+
+    async fn tombstones(&self, request: TombstonesRequest) -> Result<TombstonesResponse, Status> {
+        if request.start > request.end {
+            return Err(Status::invalid_argument("tombstone range start is past its end"));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let range = TokenRange { start: request.start, end: request.end };
+            let limit = (request.limit as usize).clamp(1, MAX_SCAN_PAGE);
+            let found = store.tombstones(&request.tenant, range, request.grace_secs, limit).map_err(status_from)?;
+            let entries =
+                found.into_iter().map(|(key, state)| TombstoneEntry { key: Bytes::from(key), state }).collect();
+            Ok(TombstonesResponse { entries })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("tombstone listing task failed: {e}")))?
+    }
+
+    async fn purge(&self, request: PurgeRequest) -> Result<PurgeResponse, Status> {
+        check_target(&request.tenant, &request.key)?;
+        let expected = SiblingSet::decode(&request.state)
+            .map_err(|e| Status::invalid_argument(format!("sibling set is invalid: {e}")))?;
+        let purged = self
+            .store
+            .purge(&request.tenant, &request.key, &expected, request.ring_version)
+            .await
+            .map_err(status_from)?;
+        Ok(PurgeResponse { purged })
     }
 }
 

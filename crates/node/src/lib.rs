@@ -11,6 +11,8 @@
 //!   a new version and fans it out to the other replicas. It implements the
 //!   transport's `StorageHandler`; the gRPC service, the pipelined stream
 //!   and the clients of other nodes live in `cohort-transport`.
+//! - [`trees`]: the in-memory anti-entropy hash trees the store keeps in
+//!   step with every change.
 //! - [`hints`]: hinted handoff — the worker that delivers the hints the
 //!   write path keeps for peers that did not acknowledge.
 //! - [`server`]: wiring — open the store, start the node's workers, serve on
@@ -25,6 +27,7 @@ pub mod handler;
 pub mod hints;
 pub mod server;
 pub mod store;
+pub mod trees;
 
 pub use config::{Durability, NodeConfig};
 pub use handler::StorageNode;

@@ -49,6 +49,15 @@
 //! by sending the key's *current* local state, which holds the hinted write
 //! and everything after it (see `hints.rs`).
 //!
+//! # Anti-entropy trees
+//!
+//! Every change of a key's state toggles the key's old hash out of its
+//! tenant's hash tree and the new one in (see `trees.rs`), under the key's
+//! stripe lock, once the change is appended. The trees live in memory and
+//! are rebuilt from the data at every open. [`Store::digest`] answers a
+//! token range's segment hashes from them, for an exchange between
+//! replicas.
+//!
 //! # Write records
 //!
 //! A write that carries a *write id* (an idempotent request) leaves a record
@@ -65,11 +74,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use cohort_ring::{Actor, CausalContext, DecodeError, Dot, SiblingSet, Token, token_for};
+use cohort_ring::merkle::{self, key_hash};
+use cohort_ring::{Actor, CausalContext, DecodeError, Dot, SiblingSet, Token, TokenRange, token_for};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Durability;
+use crate::trees::RepairTrees;
 
 const STRIPES: usize = 1024;
 const INCARNATION_KEY: &str = "incarnation";
@@ -83,6 +94,9 @@ const LEGACY_DATA_KEYSPACE: &str = "sibling_sets";
 const CONVERT_BATCH: usize = 1024;
 /// Hints for peers that have not acknowledged a write.
 const HINTS_KEYSPACE: &str = "hints";
+/// Keys that hold only tombstones, with the time they became so: the
+/// candidates of garbage collection.
+const TOMBSTONES_KEYSPACE: &str = "tombstones";
 /// Format byte of a write record.
 const WRITE_RECORD_FORMAT: u8 = 1;
 /// Under load, how many times the group commit lets ready tasks run to
@@ -252,6 +266,18 @@ pub struct Store {
     committer: tokio::task::JoinHandle<()>,
     poisoned: Arc<AtomicBool>,
     failing_disk: Arc<AtomicBool>,
+    trees: RepairTrees,
+    tombstones: Keyspace,
+    /// The highest counter of this actor in any state purged since the
+    /// store opened: new dots are issued above it (see
+    /// [`SiblingSet::update_above`]). Dots of earlier actors are never
+    /// issued again, so it need not survive a restart.
+    purged_floor: AtomicU64,
+}
+
+/// Whether a state holds siblings, and every one is a tombstone.
+fn only_tombstones(state: &SiblingSet) -> bool {
+    !state.siblings().is_empty() && !state.has_values()
 }
 
 impl Store {
@@ -279,6 +305,7 @@ impl Store {
         }
         let writes = db.keyspace("write_records", deferred)?;
         let hints = db.keyspace(HINTS_KEYSPACE, deferred)?;
+        let tombstones = db.keyspace(TOMBSTONES_KEYSPACE, deferred)?;
         let meta = db.keyspace("node_meta", deferred)?;
         match meta.get(NODE_ID_KEY)? {
             Some(stored) if stored.as_ref() != node_id.as_bytes() => {
@@ -309,6 +336,7 @@ impl Store {
         meta.insert(INCARNATION_KEY, incarnation.to_be_bytes())?;
         db.persist(PersistMode::SyncAll)?;
         let nonce: u64 = rand::random();
+        let trees = rebuild_trees(&data, dir)?;
 
         let poisoned = Arc::new(AtomicBool::new(false));
         let failing_disk = Arc::new(AtomicBool::new(false));
@@ -330,6 +358,9 @@ impl Store {
             committer,
             poisoned,
             failing_disk,
+            trees,
+            tombstones,
+            purged_floor: AtomicU64::new(0),
         })
     }
 
@@ -546,6 +577,19 @@ impl Store {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<(String, Vec<u8>, Bytes)>, Option<Vec<u8>>), StoreError> {
+        self.scan_tenant(start, end, after, limit, None)
+    }
+
+    /// [`Store::scan`], keeping only `tenant`'s keys when one is given.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_tenant(
+        &self,
+        start: Token,
+        end: Token,
+        after: Option<&[u8]>,
+        limit: usize,
+        only: Option<&str>,
+    ) -> Result<(Vec<(String, Vec<u8>, Bytes)>, Option<Vec<u8>>), StoreError> {
         self.check_writable()?;
         let (lower, upper) = token_bounds(start, end, after);
         let mut out = Vec::new();
@@ -557,6 +601,9 @@ impl Store {
             }
             let (_, tenant, key) =
                 parse_storage_key(&skey).ok_or_else(|| StoreError::Engine("a storage key is malformed".into()))?;
+            if only.is_some_and(|only| only != tenant) {
+                continue;
+            }
             out.push((tenant.to_string(), key.to_vec(), Bytes::from(value.to_vec())));
         }
         Ok((out, None))
@@ -583,9 +630,13 @@ impl Store {
         let mut dropped = 0u64;
         let mut batch = self.db.batch();
         for item in self.data.range::<Vec<u8>, _>((lower, upper)) {
-            let skey = item.key()?;
-            let Some((_, tenant, _)) = parse_storage_key(&skey) else { continue };
+            let (skey, value) = item.into_inner()?;
+            let Some((token, tenant, key)) = parse_storage_key(&skey) else { continue };
             if tenants.iter().any(|t| t == tenant) {
+                if let Ok(state) = SiblingSet::decode(&value) {
+                    self.trees.toggle(tenant, token, key_hash(tenant, key, state.clock()));
+                }
+                batch.remove(&self.tombstones, skey.to_vec());
                 batch.remove(&self.data, skey.to_vec());
                 dropped += 1;
                 if batch.len() >= CONVERT_BATCH {
@@ -597,6 +648,151 @@ impl Store {
         self.durable().await?;
         metrics::counter!("cohort_node_keys_dropped_total").increment(dropped);
         Ok(dropped)
+    }
+
+    /// Moves `(tenant, key)` in its tree from the state whose clock hashed
+    /// to `old` (none: the key was absent) to the state with clock `new`
+    /// (none: removed). The caller holds the key's stripe.
+    fn retree(&self, tenant: &str, key: &[u8], old: Option<u64>, new: Option<&CausalContext>) {
+        let token = token_for(tenant, key);
+        if let Some(hash) = old {
+            self.trees.toggle(tenant, token, hash);
+        }
+        if let Some(clock) = new {
+            self.trees.toggle(tenant, token, key_hash(tenant, key, clock));
+        }
+    }
+
+    /// The hashes of `tenant`'s keys in `range`, one per digest segment
+    /// ([`merkle::segments`]): from the tree for a whole leaf, from the
+    /// keys themselves for a leaf the range covers in part.
+    pub fn digest(&self, tenant: &str, range: TokenRange) -> Result<Vec<u64>, StoreError> {
+        self.check_writable()?;
+        merkle::segments(range)
+            .into_iter()
+            .map(|segment| {
+                if merkle::is_whole_leaf(segment) {
+                    Ok(self.trees.leaf(tenant, merkle::leaf_of(segment.start)))
+                } else {
+                    self.hash_keys(tenant, segment)
+                }
+            })
+            .collect()
+    }
+
+    /// The XOR of the hashes of `tenant`'s keys in `segment`, read from data.
+    fn hash_keys(&self, tenant: &str, segment: TokenRange) -> Result<u64, StoreError> {
+        let (lower, upper) = token_bounds(segment.start, segment.end, None);
+        let mut hash = 0;
+        for item in self.data.range::<Vec<u8>, _>((lower, upper)) {
+            let (skey, value) = item.into_inner()?;
+            match parse_storage_key(&skey) {
+                Some((_, stored, key)) if stored == tenant => {
+                    hash ^= key_hash(tenant, key, SiblingSet::decode(&value)?.clock());
+                }
+                _ => {}
+            }
+        }
+        Ok(hash)
+    }
+
+    /// Deletes `(tenant, key)`'s state outright, as if it had never been
+    /// written here, and waits until that is durable. For operators' repair
+    /// drills and fault tests: the replica then lacks the key until
+    /// anti-entropy or a read brings it back.
+    pub async fn remove_key(&self, tenant: &str, key: &[u8]) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let skey = storage_key(tenant, key);
+        let removed = {
+            let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+            let Some(bytes) = self.data.get(&skey)? else { return Ok(false) };
+            let clock = SiblingSet::decode(&bytes)?.clock().clone();
+            let mut batch = self.db.batch();
+            batch.remove(&self.tombstones, skey.clone());
+            batch.remove(&self.data, skey);
+            batch.commit()?;
+            self.retree(tenant, key, Some(key_hash(tenant, key, &clock)), None);
+            true
+        };
+        self.durable().await?;
+        Ok(removed)
+    }
+
+    /// Keeps the tombstone record of `skey` in step with a change of its
+    /// state to `new` (from a state that held only tombstones or not): added
+    /// when the key comes to hold only tombstones, removed when it holds a
+    /// value again, left alone otherwise so its time stays the first one.
+    fn track_tombstones(&self, batch: &mut fjall::OwnedWriteBatch, skey: &[u8], was: bool, new: &SiblingSet) {
+        match (was, only_tombstones(new)) {
+            (false, true) => batch.insert(&self.tombstones, skey, now_secs().to_be_bytes()),
+            (true, false) => batch.remove(&self.tombstones, skey.to_vec()),
+            _ => {}
+        }
+    }
+
+    /// Up to `limit` keys of `tenant` in `range` that have held only
+    /// tombstones for at least `grace_secs`, with their states.
+    pub fn tombstones(
+        &self,
+        tenant: &str,
+        range: TokenRange,
+        grace_secs: u64,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StoreError> {
+        self.check_writable()?;
+        let cutoff = now_secs().saturating_sub(grace_secs);
+        let (lower, upper) = token_bounds(range.start, range.end, None);
+        let mut out = Vec::new();
+        for item in self.tombstones.range::<Vec<u8>, _>((lower, upper)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (skey, since) = item.into_inner()?;
+            let Some((_, stored, key)) = parse_storage_key(&skey) else { continue };
+            let since = since.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            if stored != tenant || since > cutoff {
+                continue;
+            }
+            if let Some(state) = self.data.get(&skey)? {
+                out.push((key.to_vec(), Bytes::from(state.to_vec())));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes `(tenant, key)` outright if its state is still `expected`
+    /// and holds only tombstones, and no hint for it is pending; waits until
+    /// that is durable. Returns whether it was deleted. Garbage collection
+    /// calls it once every replica of the key is known to hold `expected`.
+    pub async fn purge(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        expected: &SiblingSet,
+        ring_version: u64,
+    ) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let skey = storage_key(tenant, key);
+        {
+            let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+            self.check_ring(ring_version)?;
+            let Some(bytes) = self.data.get(&skey)? else { return Ok(false) };
+            let current = SiblingSet::decode(&bytes)?;
+            if current != *expected || !only_tombstones(&current) || self.hints.get(&skey)?.is_some() {
+                return Ok(false);
+            }
+            // Raised before the removal is visible: no dot this actor issues
+            // from now on can be one the purged state had seen.
+            self.purged_floor.fetch_max(current.clock().max_counter(&self.actor), Ordering::AcqRel);
+            let mut batch = self.db.batch();
+            batch.remove(&self.tombstones, skey.clone());
+            batch.remove(&self.data, skey);
+            batch.commit()?;
+            self.retree(tenant, key, Some(key_hash(tenant, key, current.clock())), None);
+        }
+        self.durable().await?;
+        metrics::counter!("cohort_node_tombstones_purged_total").increment(1);
+        Ok(true)
     }
 
     fn stripe(&self, storage_key: &[u8]) -> &Mutex<()> {
@@ -665,13 +861,17 @@ impl Store {
         // This actor issued every dot it ever had for this key, so a context
         // can only cover what the local clock covers; more is forged, and
         // honouring it would skip (or overflow) counters.
-        let (claimed, issued) = (context.max_counter(&self.actor), state.clock().max_counter(&self.actor));
+        // After a purge the key's own counters are gone; the floor bounds them.
+        let floor = self.purged_floor.load(Ordering::Acquire);
+        let (claimed, issued) = (context.max_counter(&self.actor), state.clock().max_counter(&self.actor).max(floor));
         if claimed > issued {
             return Err(StoreError::ForgedContext { actor: self.actor.to_string(), claimed, issued });
         }
         let before = state.siblings().len();
         let old_bytes = current.as_ref().map_or(0, |b| b.len());
-        let dot = state.update(context, &self.actor, value)?;
+        let old_hash = current.as_ref().map(|_| key_hash(tenant, key, state.clock()));
+        let was_tombstones = only_tombstones(&state);
+        let dot = state.update_above(context, &self.actor, value, floor)?;
         let siblings = state.siblings().len();
         if limits.max_siblings > 0 && siblings > before && siblings > limits.max_siblings as usize {
             metrics::counter!("cohort_node_writes_refused_total", "reason" => "siblings").increment(1);
@@ -689,11 +889,13 @@ impl Store {
         let encoded = Bytes::from(encoded);
         let mut batch = self.db.batch();
         let hint_seq = self.add_hints(&mut batch, &skey, hints);
+        self.track_tombstones(&mut batch, &skey, was_tombstones, &state);
         batch.insert(&self.data, skey, &encoded[..]);
         if let Some(tag) = write {
             batch.insert(&self.writes, tag.id, encode_write_record(&dot, tag.expires_at));
         }
         batch.commit()?;
+        self.retree(tenant, key, old_hash, Some(state.clock()));
         metrics::counter!("cohort_node_updates_total").increment(1);
         Ok(Staged { encoded, dot, siblings, replayed: false, hint_seq })
     }
@@ -714,17 +916,26 @@ impl Store {
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         self.check_ring(ring_version)?;
-        let current = self.read_encoded(&skey)?;
+        let stored = self.data.get(&skey)?;
+        let current = match &stored {
+            Some(bytes) => SiblingSet::decode(bytes)?,
+            None => SiblingSet::new(),
+        };
         let merged = SiblingSet::merged(&current, incoming);
         let changed = merged != current;
         let mut batch = self.db.batch();
         if changed {
+            self.track_tombstones(&mut batch, &skey, only_tombstones(&current), &merged);
             batch.insert(&self.data, skey, merged.encode());
         }
         if let Some((tag, dot)) = write {
             batch.insert(&self.writes, tag.id, encode_write_record(dot, tag.expires_at));
         }
         batch.commit()?;
+        if changed {
+            let old_hash = stored.map(|_| key_hash(tenant, key, current.clock()));
+            self.retree(tenant, key, old_hash, Some(merged.clock()));
+        }
         metrics::counter!("cohort_node_merges_total", "changed" => if changed { "true" } else { "false" }).increment(1);
         Ok(changed)
     }
@@ -743,9 +954,9 @@ impl Store {
     /// Closes the store: stops the group-commit task and releases the
     /// directory, so that it can be opened again (by a restarted node).
     pub async fn close(self) {
-        let Store { db, data, writes, meta, hints, commits, committer, .. } = self;
+        let Store { db, data, writes, meta, hints, tombstones, commits, committer, .. } = self;
         drop(commits);
-        drop((db, data, writes, meta, hints));
+        drop((db, data, writes, meta, hints, tombstones));
         let _ = committer.await;
     }
 
@@ -853,6 +1064,28 @@ fn split_tenant(bytes: &[u8]) -> Option<(&str, &[u8])> {
     let (&len, rest) = bytes.split_first()?;
     let tenant = std::str::from_utf8(rest.get(..usize::from(len))?).ok()?;
     Some((tenant, &rest[usize::from(len)..]))
+}
+
+/// Builds every tenant's anti-entropy tree from the data (see `trees.rs`).
+fn rebuild_trees(data: &Keyspace, dir: &Path) -> Result<RepairTrees, StoreError> {
+    let started = std::time::Instant::now();
+    let trees = RepairTrees::default();
+    let mut keys = 0u64;
+    for item in data.iter() {
+        let (skey, value) = item.into_inner()?;
+        let (token, tenant, key) =
+            parse_storage_key(&skey).ok_or_else(|| StoreError::Engine("a storage key is malformed".into()))?;
+        match SiblingSet::decode(&value) {
+            Ok(state) => trees.toggle(tenant, token, key_hash(tenant, key, state.clock())),
+            // Left out: the key then differs from every healthy replica,
+            // and the exchange's merge reports the unreadable state.
+            Err(error) => tracing::warn!(%error, "a stored state is unreadable; left out of its hash tree"),
+        }
+        keys += 1;
+    }
+    metrics::counter!("cohort_node_repair_tree_rebuilds_total").increment(1);
+    tracing::info!(keys, took_ms = started.elapsed().as_millis() as u64, dir = %dir.display(), "built the anti-entropy trees");
+    Ok(trees)
 }
 
 /// Copies every sibling set of the first layout into the token-ordered
@@ -1204,6 +1437,131 @@ mod tests {
         assert_eq!(pending[0].peers, [("n3".to_string(), "127.0.0.1:3".to_string())], "narrowed to the failed peer");
         let later = store.stage_hints("t", b"k", &peers).unwrap();
         assert!(later > pending[0].seq, "sequence numbers grow across restarts");
+        store.close().await;
+    }
+
+    /// The whole token space, for digests.
+    const EVERYTHING: TokenRange = TokenRange { start: 0, end: Token::MAX };
+
+    /// A digest hashed from the keys themselves, segment by segment.
+    fn digest_from_keys(store: &Store, tenant: &str) -> Vec<u64> {
+        merkle::segments(EVERYTHING).into_iter().map(|segment| store.hash_keys(tenant, segment).unwrap()).collect()
+    }
+
+    /// The trees kept in step with updates, merges, removals and dropped
+    /// ranges equal trees hashed from the data, per tenant, and a reopened
+    /// store rebuilds the same ones.
+    #[tokio::test]
+    async fn hash_trees_follow_every_change_and_are_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        let empty = store.digest("t", EVERYTHING).unwrap();
+        assert!(empty.iter().all(|&h| h == 0), "no keys, nothing hashed");
+        let mut contexts = Vec::new();
+        for i in 0..200u32 {
+            let key = format!("k{i}");
+            let staged = store
+                .stage_update("t", key.as_bytes(), &CausalContext::new(), Some(Bytes::from("v")), NO_LIMITS, None, 0)
+                .unwrap();
+            contexts.push((key, SiblingSet::decode(&staged.encoded).unwrap()));
+            store
+                .stage_update("u", b"other", &CausalContext::new(), Some(Bytes::from("x")), NO_LIMITS, None, 0)
+                .unwrap();
+        }
+        // Replace some, delete some, merge foreign states into some.
+        for (key, state) in contexts.iter().take(50) {
+            store.stage_update("t", key.as_bytes(), state.clock(), None, NO_LIMITS, None, 0).unwrap();
+        }
+        let mut foreign = SiblingSet::new();
+        foreign.update(&CausalContext::new(), &Actor::new("n2.1.0"), Some(Bytes::from("f"))).unwrap();
+        for (key, _) in contexts.iter().skip(50).take(50) {
+            store.stage_merge("t", key.as_bytes(), &foreign, None, 0).unwrap();
+        }
+        assert!(store.remove_key("t", b"k199").await.unwrap());
+        assert!(!store.remove_key("t", b"k199").await.unwrap(), "already gone");
+        let half = Token::MAX / 2;
+        store.drop_range(0, half, &["t".to_string()]).await.unwrap();
+        let kept = store.digest("t", EVERYTHING).unwrap();
+        assert_eq!(kept, digest_from_keys(&store, "t"));
+        assert!(kept.iter().any(|&h| h != 0));
+        assert_eq!(store.digest("u", EVERYTHING).unwrap(), digest_from_keys(&store, "u"));
+        // A range cut anywhere: whole leaves from the tree, the rest hashed.
+        let part = TokenRange { start: half + 12_345, end: Token::MAX - 999 };
+        let from_tree = store.digest("t", part).unwrap();
+        let hashed: Vec<u64> =
+            merkle::segments(part).into_iter().map(|segment| store.hash_keys("t", segment).unwrap()).collect();
+        assert_eq!(from_tree, hashed);
+        store.durable().await.unwrap();
+        store.close().await;
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        assert_eq!(store.digest("t", EVERYTHING).unwrap(), kept, "rebuilt from the data");
+        store.close().await;
+    }
+
+    /// Replicas with the same keys and clocks have equal digests whatever
+    /// order the writes reached them in.
+    #[tokio::test]
+    async fn replicas_that_saw_the_same_writes_have_equal_digests() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (one, two) = (
+            Store::open(a.path(), "n1", Durability::Flush).unwrap(),
+            Store::open(b.path(), "n2", Durability::Flush).unwrap(),
+        );
+        let mut states = Vec::new();
+        for i in 0..50u32 {
+            let key = format!("k{i}");
+            let staged = one
+                .stage_update("t", key.as_bytes(), &CausalContext::new(), Some(Bytes::from("v")), NO_LIMITS, None, 0)
+                .unwrap();
+            states.push((key, SiblingSet::decode(&staged.encoded).unwrap()));
+        }
+        for (key, state) in states.iter().rev() {
+            two.stage_merge("t", key.as_bytes(), state, None, 0).unwrap();
+        }
+        assert_eq!(one.digest("t", EVERYTHING).unwrap(), two.digest("t", EVERYTHING).unwrap());
+        two.remove_key("t", b"k7").await.unwrap();
+        let (x, y) = (one.digest("t", EVERYTHING).unwrap(), two.digest("t", EVERYTHING).unwrap());
+        assert_eq!(x.iter().zip(&y).filter(|(p, q)| p != q).count(), 1, "one key missing: one segment differs");
+        one.close().await;
+        two.close().await;
+    }
+
+    /// A key that holds only tombstones is listed once its grace has passed,
+    /// is purged only while its state is exactly the one listed and no hint
+    /// for it is pending, and a later write is issued a dot above every
+    /// counter the purged state had seen.
+    #[tokio::test]
+    async fn a_purge_takes_only_the_listed_tombstones_and_later_dots_skip_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        let written = put(&store, b"k", &CausalContext::new(), b"v").unwrap();
+        let written = SiblingSet::decode(&written.encoded).unwrap();
+        assert!(store.tombstones("t", EVERYTHING, 0, 10).unwrap().is_empty(), "a value is no tombstone");
+        let deleted = store.stage_update("t", b"k", written.clock(), None, NO_LIMITS, None, 0).unwrap();
+        let deleted_state = SiblingSet::decode(&deleted.encoded).unwrap();
+        assert!(store.tombstones("t", EVERYTHING, 3600, 10).unwrap().is_empty(), "within its grace");
+        let listed = store.tombstones("t", EVERYTHING, 0, 10).unwrap();
+        assert_eq!(listed, vec![(b"k".to_vec(), deleted.encoded.clone())]);
+        assert!(store.tombstones("other", EVERYTHING, 0, 10).unwrap().is_empty(), "only the tenant's keys");
+
+        // Not the state listed: kept.
+        assert!(!store.purge("t", b"k", &written, 0).await.unwrap());
+        // A pending hint: kept.
+        let seq = store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2")]).unwrap();
+        assert!(!store.purge("t", b"k", &deleted_state, 0).await.unwrap());
+        store.settle_hints("t", b"k", seq, &[]).unwrap();
+        assert!(store.purge("t", b"k", &deleted_state, 0).await.unwrap());
+        assert!(store.read("t", b"k").unwrap().is_empty());
+        assert!(store.tombstones("t", EVERYTHING, 0, 10).unwrap().is_empty());
+        assert!(store.digest("t", EVERYTHING).unwrap().iter().all(|&h| h == 0), "gone from the tree too");
+
+        // A blind write after the purge must not reuse the deleted value's
+        // dot, which a replica that still holds the tombstone has seen.
+        let again = put(&store, b"k", &CausalContext::new(), b"new").unwrap();
+        assert!(again.dot.counter > deleted_state.clock().max_counter(store.actor()), "{:?}", again.dot);
+        assert!(!deleted_state.clock().covers(&again.dot));
+        // A context read before the purge is still accepted.
+        put(&store, b"k", deleted_state.clock(), b"newer").unwrap();
         store.close().await;
     }
 

@@ -328,16 +328,35 @@ impl SiblingSet {
         actor: &Actor,
         value: Option<Bytes>,
     ) -> Result<Dot, DotsExhausted> {
+        self.update_above(context, actor, value, 0)
+    }
+
+    /// [`SiblingSet::update`], issuing a counter above `floor` as well.
+    ///
+    /// A replica that purged a key's tombstone no longer knows which of
+    /// its counters the key had used; other replicas (or a partitioned one)
+    /// may still hold them. Issuing above the highest counter it ever purged
+    /// never hands out a dot they have seen, so a new write can never be
+    /// mistaken for the deleted one. The vector then covers the skipped
+    /// counters too, which the key never had from this actor but for the
+    /// purged, deleted writes.
+    pub fn update_above(
+        &mut self,
+        context: &CausalContext,
+        actor: &Actor,
+        value: Option<Bytes>,
+        floor: u64,
+    ) -> Result<Dot, DotsExhausted> {
         // Checked before anything changes: the counter must not wrap to 0,
         // which would store a state that `decode` rejects ("zero counter").
-        if self.clock.max_counter(actor).max(context.max_counter(actor)) == u64::MAX {
+        if self.clock.max_counter(actor).max(context.max_counter(actor)).max(floor) == u64::MAX {
             return Err(DotsExhausted(actor.clone()));
         }
         self.siblings.retain(|s| !context.covers(&s.dot));
         self.clock.merge(context);
         // Contiguous: the actor's own dots are always in the vector (it
         // issues them in order from this very clock).
-        let counter = self.clock.max_counter(actor) + 1;
+        let counter = self.clock.max_counter(actor).max(floor) + 1;
         self.clock.vv.insert(actor.clone(), counter);
         self.clock.compact();
         let dot = Dot { actor: actor.clone(), counter };

@@ -10,6 +10,8 @@
 //! - [`quorum`]: consistency levels and the arithmetic that turns them into
 //!   replica counts.
 //! - [`movement`]: which token ranges change owners between two rings.
+//! - [`merkle`]: the shape of the anti-entropy hash trees (leaves, digest
+//!   segments, what a key contributes).
 //! - [`tally`]: whether the answers an operation got reach its quorum, over
 //!   one replica set or several at once.
 //! - [`dvv`]: dotted version vectors — sibling sets, their merge (sync) and
@@ -22,6 +24,7 @@
 
 pub mod context;
 pub mod dvv;
+pub mod merkle;
 pub mod movement;
 pub mod quorum;
 pub mod ring;

@@ -14,7 +14,7 @@ use crate::ring::{NodeId, Ring};
 use crate::token::Token;
 
 /// A contiguous range of tokens, both bounds included; never wraps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TokenRange {
     /// First token.
     pub start: Token,

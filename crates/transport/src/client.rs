@@ -22,9 +22,10 @@ use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::storage_client::StorageClient;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse,
-    InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineRequest, PipelineResponse, ReadRequest,
-    ReadResponse, ScanRequest, ScanResponse,
+    CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, DropRangeRequest, DropRangeResponse,
+    FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineRequest,
+    PipelineResponse, PurgeRequest, PurgeResponse, ReadRequest, ReadResponse, ScanRequest, ScanResponse,
+    TombstonesRequest, TombstonesResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -239,6 +240,31 @@ impl NodeClient {
             return node.handler.drop_range(request).await.map_err(NodeError::Rejected);
         }
         self.raw.clone().drop_range(request).await.map(tonic::Response::into_inner).map_err(unary_error)
+    }
+
+    /// A tenant's anti-entropy hashes of a token range on the node.
+    pub async fn digest(&self, request: DigestRequest) -> Result<DigestResponse, NodeError> {
+        if let Some(node) = self.local() {
+            return node.handler.digest(request).await.map_err(NodeError::Rejected);
+        }
+        self.raw.clone().digest(request).await.map(tonic::Response::into_inner).map_err(unary_error)
+    }
+
+    /// A tenant's keys in a range that hold only old tombstones.
+    pub async fn tombstones(&self, request: TombstonesRequest) -> Result<TombstonesResponse, NodeError> {
+        if let Some(node) = self.local() {
+            return node.handler.tombstones(request).await.map_err(NodeError::Rejected);
+        }
+        self.raw.clone().tombstones(request).await.map(tonic::Response::into_inner).map_err(unary_error)
+    }
+
+    /// Deletes a key on the node if it still holds exactly the given
+    /// tombstones.
+    pub async fn purge(&self, request: PurgeRequest) -> Result<PurgeResponse, NodeError> {
+        if let Some(node) = self.local() {
+            return node.handler.purge(request).await.map_err(NodeError::Rejected);
+        }
+        self.raw.clone().purge(request).await.map(tonic::Response::into_inner).map_err(unary_error)
     }
 
     fn local(&self) -> Option<crate::directory::LocalNode> {

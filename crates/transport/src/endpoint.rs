@@ -6,9 +6,10 @@ use std::sync::Arc;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::storage_server::{Storage, StorageServer};
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse,
-    InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineError, PipelineRequest, PipelineResponse,
-    ReadRequest, ReadResponse, ScanRequest, ScanResponse,
+    CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, DropRangeRequest, DropRangeResponse,
+    FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineError,
+    PipelineRequest, PipelineResponse, PurgeRequest, PurgeResponse, ReadRequest, ReadResponse, ScanRequest,
+    ScanResponse, TombstonesRequest, TombstonesResponse,
 };
 use prost::Message;
 use tokio::net::TcpListener;
@@ -119,6 +120,18 @@ impl<H: StorageHandler> Storage for StorageEndpoint<H> {
 
     async fn drop_range(&self, request: Request<DropRangeRequest>) -> Result<Response<DropRangeResponse>, Status> {
         self.handler.drop_range(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn digest(&self, request: Request<DigestRequest>) -> Result<Response<DigestResponse>, Status> {
+        self.handler.digest(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn tombstones(&self, request: Request<TombstonesRequest>) -> Result<Response<TombstonesResponse>, Status> {
+        self.handler.tombstones(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn purge(&self, request: Request<PurgeRequest>) -> Result<Response<PurgeResponse>, Status> {
+        self.handler.purge(request.into_inner()).await.map(Response::new)
     }
 }
 

@@ -10,8 +10,9 @@
 use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse,
-    InfoResponse, MergeRequest, MergeResponse, PipelineError, ReadRequest, ReadResponse, ScanRequest, ScanResponse,
+    CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, DropRangeRequest, DropRangeResponse,
+    FenceRequest, FenceResponse, InfoResponse, MergeRequest, MergeResponse, PipelineError, PurgeRequest, PurgeResponse,
+    ReadRequest, ReadResponse, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
 };
 use tonic::Status;
 
@@ -33,6 +34,12 @@ pub trait StorageHandler: Send + Sync + 'static {
     async fn scan(&self, request: ScanRequest) -> Result<ScanResponse, Status>;
     /// Deletes some tenants' keys in a token range.
     async fn drop_range(&self, request: DropRangeRequest) -> Result<DropRangeResponse, Status>;
+    /// A tenant's anti-entropy hashes of a token range.
+    async fn digest(&self, request: DigestRequest) -> Result<DigestResponse, Status>;
+    /// A tenant's keys in a range that hold only old tombstones.
+    async fn tombstones(&self, request: TombstonesRequest) -> Result<TombstonesResponse, Status>;
+    /// Deletes a key whose state is still exactly the given tombstones.
+    async fn purge(&self, request: PurgeRequest) -> Result<PurgeResponse, Status>;
 }
 
 /// Runs one pipelined operation on `handler` as its unary call would; an

@@ -320,6 +320,7 @@ impl Mover {
                     after: cursor.after.clone(),
                     limit: page_keys,
                     count_only: false,
+                    tenant: String::new(),
                 };
                 let page = self.scan(cx.addresses, &cursor.source, request).await?;
                 cursor.buffer.extend(page.entries);

@@ -1,0 +1,370 @@
+//! Anti-entropy and tombstone garbage collection.
+//!
+//! Replicas that missed writes converge without any client reading the
+//! keys: the leader's [`AntiEntropy`] worker walks every tenant's every
+//! token range of the ring (a *round*, spread evenly over
+//! `repair.round`), and for each runs an [`exchange`]: the range's
+//! replicas send their hash-tree digests, the keys of the segments that
+//! differ are merged and sent back to the replicas that lack the merge (both
+//! directions at once: every replica ends with the union). A range found
+//! converged then has its old tombstones reaped, only where every replica
+//! holds exactly the same ones (see [`exchange::exchange`]).
+//!
+//! Rounds pause while a membership change moves data (the migration's
+//! copy already merges every old owner into the new ones, and reaping a
+//! tombstone needs one ring). Every exchange is recorded in the
+//! [`RepairLedger`], which `cohort admin repair status` shows; `cohort admin
+//! repair node|range` runs exchanges at once, on the coordinator asked.
+
+pub mod exchange;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cohort_ring::TokenRange;
+use cohort_ring::movement::segments;
+use cohort_worker::{Step, Worker};
+use rand::Rng;
+
+pub use exchange::{ExchangeReport, exchange};
+
+use crate::server::Coordinator;
+use crate::topology::{Placement, Replica};
+
+/// One unit of anti-entropy: a tenant's token range and its replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The tenant.
+    pub tenant: String,
+    /// The range: one arc of the ring, where every token has the same
+    /// replicas.
+    pub range: TokenRange,
+    /// The range's preference list for the tenant's replication factor.
+    pub replicas: Vec<Replica>,
+}
+
+/// Every tenant's every range with at least two replicas, in token order,
+/// under the single live ring version; `None` while a membership change
+/// keeps two versions live.
+pub fn targets(placement: &Placement, tenants: &[(String, usize)]) -> Option<Vec<Target>> {
+    let [live] = placement.live.as_slice() else {
+        return if placement.live.is_empty() { Some(Vec::new()) } else { None };
+    };
+    let mut out = Vec::new();
+    for range in segments(&live.ring, &live.ring) {
+        for (tenant, n) in tenants {
+            let replicas: Vec<Replica> = live
+                .ring
+                .preference_list(range.end, *n)
+                .into_iter()
+                .filter_map(|node| {
+                    placement.address(&node.id).map(|address| Replica { id: node.id.clone(), address: address.into() })
+                })
+                .collect();
+            if replicas.len() >= 2 {
+                out.push(Target { tenant: tenant.clone(), range, replicas });
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The last exchange of one range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeRecord {
+    /// The tenant.
+    pub tenant: String,
+    /// The range.
+    pub range: TokenRange,
+    /// Its replicas' ids.
+    pub replicas: Vec<String>,
+    /// When it was last exchanged, in milliseconds since the Unix epoch.
+    pub last_exchange_ms: u64,
+    /// Exchanges of the range recorded.
+    pub exchanges: u64,
+    /// Keys repaired by its last exchange.
+    pub last_keys_repaired: u64,
+    /// Keys repaired by all its exchanges.
+    pub keys_repaired: u64,
+    /// Segments that differed in its last exchange.
+    pub differing_segments: u64,
+    /// Replicas that did not answer its last exchange.
+    pub unreachable: Vec<String>,
+    /// Tombstones reaped in it.
+    pub tombstones_reaped: u64,
+    /// Whether its last exchange could not reap (a replica missing or
+    /// differing).
+    pub gc_blocked: bool,
+}
+
+/// How anti-entropy is doing, on this coordinator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairSnapshot {
+    /// `running`, `suspended` (a membership change moves data), `disabled`
+    /// or `stopped` (this coordinator does not lead).
+    pub state: String,
+    /// Rounds started since this coordinator began to lead.
+    pub round: u64,
+    /// When the current round started (milliseconds since the epoch).
+    pub round_started_ms: u64,
+    /// Ranges in the current round, and how many were exchanged.
+    pub round_total: u64,
+    /// Ranges of the current round already exchanged.
+    pub round_done: u64,
+    /// Every range's last exchange.
+    pub ranges: Vec<RangeRecord>,
+}
+
+/// Exchange records, by tenant and range start.
+#[derive(Debug, Default)]
+pub struct RepairLedger {
+    inner: Mutex<RepairSnapshot>,
+    ranges: Mutex<BTreeMap<(String, u64), RangeRecord>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RepairLedger {
+    /// Records one exchange of `target`.
+    pub fn record(&self, target: &Target, report: &ExchangeReport) {
+        let mut ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        let record = ranges.entry((target.tenant.clone(), target.range.start)).or_default();
+        record.tenant = target.tenant.clone();
+        record.range = target.range;
+        record.replicas = target.replicas.iter().map(|r| r.id.clone()).collect();
+        record.last_exchange_ms = now_ms();
+        record.exchanges += 1;
+        record.last_keys_repaired = report.keys_repaired;
+        record.keys_repaired += report.keys_repaired;
+        record.differing_segments = report.differing_segments;
+        record.unreachable = report.unreachable.clone();
+        record.tombstones_reaped += report.tombstones_reaped;
+        record.gc_blocked = report.gc_blocked;
+    }
+
+    fn set(&self, change: impl FnOnce(&mut RepairSnapshot)) {
+        change(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The state, the round and every range's last exchange.
+    pub fn snapshot(&self) -> RepairSnapshot {
+        let mut out = self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if out.state.is_empty() {
+            out.state = "stopped".into();
+        }
+        out.ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        out
+    }
+}
+
+/// The tenants and their replication factors.
+async fn replication(coordinator: &Coordinator) -> Result<Vec<(String, usize)>, String> {
+    let tenants = coordinator.metadata.list_tenants().await.map_err(|e| format!("listing tenants: {e}"))?;
+    Ok(tenants.into_iter().map(|t| (t.id, usize::from(t.replication.n()))).collect())
+}
+
+/// The current targets, or why there are none to run.
+pub async fn current_targets(coordinator: &Coordinator) -> Result<Vec<Target>, String> {
+    let tenants = replication(coordinator).await?;
+    targets(&coordinator.topology.current(), &tenants)
+        .ok_or_else(|| "a membership change is moving data; anti-entropy resumes once it ends".to_string())
+}
+
+/// Exchanges every target at once (a forced repair), records them, and
+/// adds up their reports.
+pub async fn run_now(coordinator: &Coordinator, chosen: Vec<Target>) -> ExchangeReport {
+    let ring_version = coordinator.topology.current().ring_version();
+    let grace = coordinator.config.repair.gc.then_some(coordinator.config.repair.gc_grace);
+    let mut total = ExchangeReport::default();
+    for target in &chosen {
+        let report = exchange(coordinator, target, ring_version, grace).await;
+        coordinator.repair.record(target, &report);
+        add(&mut total, report);
+    }
+    total
+}
+
+fn add(total: &mut ExchangeReport, report: ExchangeReport) {
+    total.segments += report.segments;
+    total.differing_segments += report.differing_segments;
+    total.keys_compared += report.keys_compared;
+    total.keys_repaired += report.keys_repaired;
+    total.bytes += report.bytes;
+    total.tombstones_reaped += report.tombstones_reaped;
+    total.gc_blocked |= report.gc_blocked;
+    for node in report.unreachable {
+        if !total.unreachable.contains(&node) {
+            total.unreachable.push(node);
+        }
+    }
+}
+
+/// Most the pause between exchanges grows after overruns.
+const MAX_BACKOFF: u32 = 64;
+
+/// The leader's anti-entropy worker: one exchange per step, paced so a
+/// round takes `repair.round`.
+pub struct AntiEntropy {
+    coordinator: Arc<Coordinator>,
+    round: Vec<Target>,
+    next: usize,
+    /// The pause before the next exchange.
+    pause: Duration,
+    /// The factor the pause is multiplied by after exchanges that overran
+    /// their budget.
+    backoff: u32,
+}
+
+impl AntiEntropy {
+    /// A worker for `coordinator`'s leader.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        AntiEntropy { coordinator, round: Vec::new(), next: 0, pause: Duration::ZERO, backoff: 1 }
+    }
+
+    /// The pause between two exchanges of a round of `ranges`, jittered by
+    /// up to half each way so that rounds never line up.
+    fn paced(&self, ranges: usize) -> Duration {
+        let even = self.coordinator.config.repair.round / ranges.max(1) as u32;
+        even.mul_f64(rand::rng().random_range(0.5..1.5)) * self.backoff
+    }
+}
+
+impl Drop for AntiEntropy {
+    fn drop(&mut self) {
+        self.coordinator.repair.set(|s| s.state = "stopped".into());
+    }
+}
+
+#[tonic::async_trait]
+impl Worker for AntiEntropy {
+    fn name(&self) -> &'static str {
+        "anti-entropy"
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        let c = self.coordinator.clone();
+        let config = &c.config.repair;
+        if !config.enabled {
+            c.repair.set(|s| s.state = "disabled".into());
+            return Ok(Step::Done);
+        }
+        if self.next >= self.round.len() {
+            match current_targets(&c).await {
+                Ok(round) => {
+                    self.round = round;
+                    self.next = 0;
+                    let total = self.round.len() as u64;
+                    c.repair.set(|s| {
+                        s.state = "running".into();
+                        s.round += 1;
+                        s.round_started_ms = now_ms();
+                        s.round_total = total;
+                        s.round_done = 0;
+                    });
+                }
+                Err(why) => {
+                    c.repair.set(|s| s.state = "suspended".into());
+                    tracing::debug!(%why, "anti-entropy suspended");
+                    self.pause = Duration::from_secs(1);
+                    return Ok(Step::Idle);
+                }
+            }
+            if self.round.is_empty() {
+                self.pause = config.round;
+                return Ok(Step::Idle);
+            }
+        }
+        let placement = c.topology.current();
+        if placement.live.len() > 1 {
+            // A change began mid-round: start over once it ends.
+            self.round.clear();
+            c.repair.set(|s| s.state = "suspended".into());
+            self.pause = Duration::from_secs(1);
+            return Ok(Step::Idle);
+        }
+        let target = self.round[self.next].clone();
+        self.next += 1;
+        let started = Instant::now();
+        let grace = config.gc.then_some(config.gc_grace);
+        let report = exchange(&c, &target, placement.ring_version(), grace).await;
+        c.repair.record(&target, &report);
+        c.repair.set(|s| s.round_done += 1);
+        let took = started.elapsed();
+        self.backoff = if took > config.exchange_budget { (self.backoff * 2).min(MAX_BACKOFF) } else { 1 };
+        // The byte budget: an exchange that moved b bytes is followed by at
+        // least b / rate of quiet.
+        let owed = match config.bytes_per_sec {
+            0 => Duration::ZERO,
+            rate => Duration::from_secs_f64(report.bytes as f64 / rate as f64).saturating_sub(took),
+        };
+        self.pause = self.paced(self.round.len()).max(owed);
+        Ok(Step::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cohort_ring::NodeSpec;
+
+    use super::*;
+    use crate::metadata::{NodeRecord, RingHistory, RingVersion};
+
+    fn placement(live: Vec<Vec<&str>>) -> Placement {
+        let history = RingHistory {
+            live: live
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| RingVersion {
+                    version: i as u64 + 1,
+                    nodes: ids.iter().map(|id| NodeSpec::new(*id).with_vnodes(8)).collect(),
+                })
+                .collect(),
+        };
+        let ids: Vec<&str> = live.iter().flatten().copied().collect();
+        let nodes = ids
+            .iter()
+            .map(|id| NodeRecord {
+                id: id.to_string(),
+                address: format!("{id}:1"),
+                zone: None,
+                vnodes: 8,
+                state: crate::metadata::NodeState::Active,
+            })
+            .collect();
+        Placement::new(history, nodes, 1).expect("a valid placement")
+    }
+
+    #[test]
+    fn every_tenants_every_range_is_a_target_with_its_replicas() {
+        let placement = placement(vec![vec!["a", "b", "c"]]);
+        let tenants = vec![("three".to_string(), 3), ("one".to_string(), 1), ("two".to_string(), 2)];
+        let targets = targets(&placement, &tenants).expect("one live version");
+        let ring = &placement.live[0].ring;
+        let ranges = segments(ring, ring);
+        // N = 1 has nothing to compare.
+        assert_eq!(targets.len(), ranges.len() * 2);
+        for target in &targets {
+            let n = if target.tenant == "three" { 3 } else { 2 };
+            let expected: Vec<String> =
+                ring.preference_list(target.range.start, n).into_iter().map(|node| node.id.clone()).collect();
+            let got: Vec<String> = target.replicas.iter().map(|r| r.id.clone()).collect();
+            assert_eq!(got, expected, "every token of a range has the same replicas");
+        }
+        let covered: u128 =
+            targets.iter().filter(|t| t.tenant == "three").map(|t| u128::from(t.range.end - t.range.start) + 1).sum();
+        assert_eq!(covered, u128::from(u64::MAX) + 1, "the ranges cover the token space once");
+    }
+
+    #[test]
+    fn nothing_is_exchanged_while_two_ring_versions_are_live() {
+        let placement = placement(vec![vec!["a", "b", "c"], vec!["a", "b", "c", "d"]]);
+        assert_eq!(targets(&placement, &[("t".to_string(), 3)]), None);
+    }
+}
