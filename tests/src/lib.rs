@@ -122,6 +122,9 @@ pub fn test_config(read_repair: ReadRepairMode) -> CoordinatorConfig {
         ..CoordinatorConfig::default()
     };
     config.metadata.ring_refresh = Duration::from_millis(200);
+    // Background anti-entropy would repair the stale replicas many tests
+    // look at; the tests of anti-entropy turn it on.
+    config.repair.enabled = false;
     config
 }
 
