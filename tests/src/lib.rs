@@ -150,9 +150,25 @@ impl TestCluster {
         Self::start_cluster(nodes, config, false).await
     }
 
+    /// Three nodes keeping hints within `hints`, one coordinator with
+    /// `config`.
+    pub async fn start_with_hints(config: CoordinatorConfig, hints: cohort_node::HintsConfig) -> TestCluster {
+        Self::start_cluster_with(3, config, false, hints).await
+    }
+
     async fn start_cluster(nodes: usize, config: CoordinatorConfig, in_process: bool) -> TestCluster {
+        Self::start_cluster_with(nodes, config, in_process, cohort_node::HintsConfig::default()).await
+    }
+
+    async fn start_cluster_with(
+        nodes: usize,
+        config: CoordinatorConfig,
+        in_process: bool,
+        hints: cohort_node::HintsConfig,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut options = LocalClusterOptions::new(dir.path());
+        options.node_hints = hints;
         options.nodes = nodes;
         options.in_process = in_process;
         // Flush durability: these tests stop nodes gracefully; the fsync path

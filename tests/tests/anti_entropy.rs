@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use cohort_client::{Consistency, ReadOptions};
 use cohort_coordinator::{CoordinatorConfig, ReadRepairMode};
-use cohort_node::{Durability, Store};
+use cohort_node::{Durability, HintsConfig, Store};
 use cohort_proto::v1 as pb;
 use cohort_proto::v1::admin_client::AdminClient;
-use cohort_ring::SiblingSet;
 use cohort_tests::{TENANT, TestCluster, eventually, strings, test_config, values_of};
 use tonic::transport::Channel;
 
@@ -225,16 +224,12 @@ async fn a_write_after_a_partial_reap_is_not_swallowed_by_a_remaining_tombstone(
         .iter()
         .map(|r| r.id.trim_start_matches("node-").parse::<usize>().expect("node ids are node-<n>") - 1)
         .collect();
-    let mut tombstone = SiblingSet::new();
     eventually("every replica holds the tombstone", Duration::from_secs(10), || async {
         let states = cluster.replica_states(key).await;
-        let done = states.iter().all(|s| !s.is_empty() && !s.has_values()) && states.windows(2).all(|w| w[0] == w[1]);
-        done
+        states.iter().all(|s| !s.is_empty() && !s.has_values()) && states.windows(2).all(|w| w[0] == w[1])
     })
     .await;
-    for &i in &replicas {
-        tombstone = cluster.replica_state(i, key).await;
-    }
+    let tombstone = cluster.replica_state(replicas[0], key).await;
     // Purged on all but the last replica; the first, which issued the
     // deleted value's dot, issues the next write's.
     for &i in &replicas[..2] {
@@ -247,6 +242,41 @@ async fn a_write_after_a_partial_reap_is_not_swallowed_by_a_remaining_tombstone(
     assert_eq!(read_all(&cluster, key).await, ["after"]);
     for &i in &replicas {
         assert_eq!(values_of(&cluster.replica_state(i, key).await), ["after"], "node {}", i + 1);
+    }
+    cluster.shutdown().await;
+}
+
+/// A hint that waits past its age bound is escalated: its record is
+/// dropped and its range handed to the leader's anti-entropy, which syncs
+/// it once the missing replica answers — with periodic rounds off and no
+/// read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_past_their_age_are_escalated_to_anti_entropy_which_delivers_them() {
+    let hints = HintsConfig { max_age: Duration::from_millis(300), ..HintsConfig::default() };
+    let mut cluster = TestCluster::start_with_hints(config(false), hints).await;
+    cluster.stop_node(2).await;
+    let client = cluster.client().await;
+    let mut written = Vec::new();
+    for i in 0..30 {
+        let (key, value) = (format!("esc-{i}"), format!("v{i}"));
+        let receipt = client.put(TENANT, key.clone(), value.clone()).await.expect("write").receipt.expect("receipt");
+        assert!(receipt.hint_stored, "{key}: node 3 missed it");
+        written.push((key, value));
+    }
+    for index in 0..2 {
+        let store = cluster.node_store(index).expect("running");
+        eventually(&format!("node {} escalated its hints", index + 1), Duration::from_secs(30), || {
+            let store = store.clone();
+            async move { store.pending_hints(100).expect("hints").is_empty() }
+        })
+        .await;
+    }
+    cluster.restart_node(2).await.expect("restart");
+    for (key, value) in &written {
+        eventually(&format!("{key} reaches node 3"), Duration::from_secs(30), || async {
+            values_of(&cluster.replica_state(2, key).await) == [value.clone()]
+        })
+        .await;
     }
     cluster.shutdown().await;
 }

@@ -23,7 +23,7 @@ use crate::telemetry;
 #[derive(Args)]
 pub struct NodeArgs {
     /// TOML file with node settings (id, data_dir, listen, metrics_listen,
-    /// durability, peer_timeout; see deploy/node.toml); flags and COHORT_*
+    /// durability, peer_timeout, [hints]; see deploy/node.toml); flags and COHORT_*
     /// variables override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -62,6 +62,8 @@ pub(crate) struct NodeSettings {
     durability: Durability,
     #[serde(with = "humantime_serde")]
     peer_timeout: std::time::Duration,
+    #[serde(default)]
+    hints: cohort_node::HintsConfig,
     /// A coordinator run in the same process, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     coordinator: Option<CoordinatorConfig>,
@@ -76,6 +78,7 @@ impl Default for NodeSettings {
             metrics_listen: String::new(),
             durability: Durability::Fsync,
             peer_timeout: std::time::Duration::from_secs(2),
+            hints: cohort_node::HintsConfig::default(),
             coordinator: None,
         }
     }
@@ -101,6 +104,7 @@ pub async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         data_dir: s.data_dir.clone(),
         durability: s.durability,
         peer_timeout: s.peer_timeout,
+        hints: s.hints.clone(),
     };
     config.validate().map_err(|e| anyhow::anyhow!(e))?;
     let coordinator = match &s.coordinator {

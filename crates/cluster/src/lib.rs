@@ -9,7 +9,7 @@
 //! `metadata/`, `idempotency/` and `node-<i>/`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use cohort_node::{Durability, NodeConfig};
@@ -37,6 +37,8 @@ pub struct LocalClusterOptions {
     pub listen: SocketAddr,
     /// Node durability mode.
     pub durability: Durability,
+    /// Bounds on the hints each node keeps.
+    pub node_hints: cohort_node::HintsConfig,
     /// Coordinator settings; `listen`, `data_dir` are taken from above.
     pub coordinator: CoordinatorConfig,
     /// Tenant created (N = 3) on first start; `None` for none.
@@ -56,6 +58,7 @@ impl LocalClusterOptions {
             nodes: 3,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             durability: Durability::Fsync,
+            node_hints: cohort_node::HintsConfig::default(),
             coordinator: CoordinatorConfig::default(),
             default_tenant: Some("default".into()),
             in_process: false,
@@ -146,9 +149,8 @@ async fn bind(address: SocketAddr) -> Result<TcpListener, LocalClusterError> {
 }
 
 async fn start_node(
-    dir: &Path,
+    options: &LocalClusterOptions,
     index: usize,
-    durability: Durability,
     metadata: &dyn MetadataStore,
     listen: SocketAddr,
     registered: Option<&str>,
@@ -157,8 +159,9 @@ async fn start_node(
     let id = node_id(index);
     let listener = bind(listen).await?;
     let address = listener.local_addr().map_err(|e| LocalClusterError::Node(id.clone(), e.to_string()))?;
-    let mut config = NodeConfig::new(&id, dir.join(&id));
-    config.durability = durability;
+    let mut config = NodeConfig::new(&id, options.data_dir.join(&id));
+    config.durability = options.durability;
+    config.hints = options.node_hints.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let (ready_tx, ready_rx) = oneshot::channel::<cohort_node::NodeHandle>();
     let task = tokio::spawn(cohort_node::serve_with(
@@ -242,16 +245,7 @@ impl LocalCluster {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         let in_process = options.in_process.then(Arc::default);
         for index in 0..options.nodes {
-            let node = start_node(
-                &options.data_dir,
-                index,
-                options.durability,
-                metadata.as_ref(),
-                any_port,
-                None,
-                in_process.clone(),
-            )
-            .await?;
+            let node = start_node(&options, index, metadata.as_ref(), any_port, None, in_process.clone()).await?;
             nodes.push(Some(node));
         }
         bootstrap_ring(metadata.as_ref()).await?;
@@ -352,16 +346,8 @@ impl LocalCluster {
     pub async fn start_extra_node(&mut self) -> Result<usize, LocalClusterError> {
         let index = self.nodes.len();
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        let node = start_node(
-            &self.options.data_dir,
-            index,
-            self.options.durability,
-            self.metadata.as_ref(),
-            any_port,
-            None,
-            self.in_process.clone(),
-        )
-        .await?;
+        let node =
+            start_node(&self.options, index, self.metadata.as_ref(), any_port, None, self.in_process.clone()).await?;
         self.listen.push(node.address);
         self.routes.push(None);
         self.nodes.push(Some(node));
@@ -380,9 +366,8 @@ impl LocalCluster {
     pub async fn restart_node(&mut self, index: usize) -> Result<(), LocalClusterError> {
         self.stop_node(index).await;
         let node = start_node(
-            &self.options.data_dir,
+            &self.options,
             index,
-            self.options.durability,
             self.metadata.as_ref(),
             self.listen[index],
             self.routes[index].as_deref(),

@@ -8,14 +8,21 @@
 //! with, and the store refuses it once that generation no longer holds a live
 //! lease: a deposed leader — even one that has not noticed yet — cannot
 //! overwrite what its successor recorded. Refused, the job ends.
+//!
+//! Each probe also collects the token ranges a node escalated to
+//! anti-entropy (hints it gave up on) and queues them in the
+//! [`RepairLedger`], whose worker syncs them first.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use cohort_proto::internal::v1::InfoRequest;
+use cohort_ring::TokenRange;
 use cohort_transport::{Liveness, PeerPool, within};
 use tonic::async_trait;
 
 use crate::metadata::{MetadataError, MetadataStore, NodeProbe};
+use crate::repair::RepairLedger;
 use crate::topology::Topology;
 use cohort_worker::{Step, Worker};
 
@@ -38,6 +45,8 @@ pub struct Probe {
     pub timeout: Duration,
     /// When the next round is due (made on the first wait).
     pub tick: Option<tokio::time::Interval>,
+    /// Where escalated ranges are queued for anti-entropy.
+    pub repair: Arc<RepairLedger>,
 }
 
 #[async_trait]
@@ -53,10 +62,20 @@ impl Worker for Probe {
         let (timeout, interval) = (self.timeout, self.interval);
         let probes = placement.nodes().into_iter().map(|node| {
             let client = placement.address(node).map(|address| self.peers.node(address));
-            let liveness = &self.liveness;
+            let (liveness, repair) = (&self.liveness, &self.repair);
             async move {
+                let asked = InfoRequest { take_escalations: true };
                 let up = match client {
-                    Some(Ok(client)) => within(timeout, client.info()).await.is_ok(),
+                    Some(Ok(client)) => match within(timeout, client.info_with(asked)).await {
+                        Ok(info) => {
+                            for range in info.escalations {
+                                let tokens = TokenRange { start: range.start, end: range.end };
+                                repair.escalate(range.tenant, tokens);
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    },
                     _ => false,
                 };
                 if !up {

@@ -52,8 +52,9 @@ pub struct Coordinator {
     /// Wakes the leader's membership worker: a change was proposed or a
     /// cancel requested.
     pub membership_wake: Arc<tokio::sync::Notify>,
-    /// What anti-entropy exchanges found, range by range.
-    pub repair: crate::repair::RepairLedger,
+    /// What anti-entropy exchanges found, range by range, and the ranges
+    /// escalated to it.
+    pub repair: Arc<crate::repair::RepairLedger>,
     leadership: watch::Sender<LeaderState>,
     metadata_up: AtomicBool,
 }
@@ -112,7 +113,7 @@ impl Coordinator {
             contexts,
             workers: WorkerStatuses::default(),
             membership_wake: Arc::new(tokio::sync::Notify::new()),
-            repair: crate::repair::RepairLedger::default(),
+            repair: Arc::default(),
             leadership,
             metadata_up: AtomicBool::new(true),
         }))
@@ -250,6 +251,7 @@ fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
             interval: coordinator.config.leader.node_probe,
             timeout: coordinator.config.node_timeout,
             tick: None,
+            repair: coordinator.repair.clone(),
         };
         // The job's runner lives in its task: aborting the task (leadership
         // lost) drops the runner, which stops the workers.

@@ -19,6 +19,27 @@ pub enum Durability {
     Flush,
 }
 
+/// Bounds on the hints a node keeps for peers that missed writes
+/// (`[hints]`). A hint past either bound is *escalated*: dropped, with its
+/// key's token range handed to the leader's anti-entropy, which syncs that
+/// range among all its replicas as soon as they all answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HintsConfig {
+    /// How long a hint may wait for its peer (counted from when this
+    /// process first tried to deliver it).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Most hint records the node keeps; those past it are escalated.
+    pub max_pending: u64,
+}
+
+impl Default for HintsConfig {
+    fn default() -> Self {
+        HintsConfig { max_age: Duration::from_secs(3 * 3600), max_pending: 1_000_000 }
+    }
+}
+
 /// Everything a storage node needs to start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeConfig {
@@ -32,6 +53,9 @@ pub struct NodeConfig {
     /// How long the coordinating replica waits for another replica.
     #[serde(default = "default_peer_timeout", with = "humantime_serde")]
     pub peer_timeout: Duration,
+    /// Bounds on pending hints.
+    #[serde(default)]
+    pub hints: HintsConfig,
 }
 
 fn default_peer_timeout() -> Duration {
@@ -46,6 +70,7 @@ impl NodeConfig {
             data_dir: data_dir.into(),
             durability: Durability::default(),
             peer_timeout: default_peer_timeout(),
+            hints: HintsConfig::default(),
         }
     }
 
@@ -56,6 +81,9 @@ impl NodeConfig {
         }
         if self.peer_timeout.is_zero() {
             return Err("peer_timeout must be positive".into());
+        }
+        if self.hints.max_age.is_zero() || self.hints.max_pending == 0 {
+            return Err("hints.max_age and hints.max_pending must be positive".into());
         }
         Ok(())
     }

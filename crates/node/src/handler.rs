@@ -16,9 +16,9 @@ use bytes::Bytes;
 use cohort_proto::internal::v1::tombstones_response::Entry as TombstoneEntry;
 use cohort_proto::internal::v1::{
     CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, Dot as PbDot, DropRangeRequest,
-    DropRangeResponse, FenceRequest, FenceResponse, InfoResponse, MergeRequest, MergeResponse, PurgeRequest,
-    PurgeResponse, ReadRequest, ReadResponse, ScanEntry, ScanRequest, ScanResponse, TombstonesRequest,
-    TombstonesResponse, WriteTag as PbWriteTag,
+    DropRangeResponse, EscalatedRange, FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest,
+    MergeResponse, PurgeRequest, PurgeResponse, ReadRequest, ReadResponse, ScanEntry, ScanRequest, ScanResponse,
+    TombstonesRequest, TombstonesResponse, WriteTag as PbWriteTag,
 };
 use cohort_ring::{Actor, CausalContext, Dot, QuorumTally, SiblingSet, TokenRange, Verdict};
 use cohort_transport::{PeerPool, ReplicaFailure, StorageHandler, within};
@@ -285,11 +285,21 @@ impl StorageHandler for StorageNode {
         Ok(ReadResponse { state, write_dot })
     }
 
-    async fn info(&self) -> Result<InfoResponse, Status> {
+    async fn info(&self, request: InfoRequest) -> Result<InfoResponse, Status> {
+        // Handed over at most once: a range whose answer is lost is still
+        // synced by the leader's next anti-entropy round.
+        let escalations = match request.take_escalations {
+            true => self.store.take_escalations(MAX_ESCALATIONS_PER_INFO).map_err(status_from)?,
+            false => Vec::new(),
+        };
         Ok(InfoResponse {
             node_id: self.node_id.to_string(),
             actor: self.store.actor().to_string(),
             incarnation: self.store.incarnation(),
+            escalations: escalations
+                .into_iter()
+                .map(|(tenant, range)| EscalatedRange { tenant, start: range.start, end: range.end })
+                .collect(),
         })
     }
 
@@ -403,6 +413,9 @@ impl StorageHandler for StorageNode {
         Ok(PurgeResponse { purged })
     }
 }
+
+/// Most escalated ranges one info answer hands over.
+const MAX_ESCALATIONS_PER_INFO: usize = 1024;
 
 /// Most entries one scan page returns.
 const MAX_SCAN_PAGE: usize = 1024;

@@ -12,11 +12,16 @@
 //!
 //! A hint is never dropped silently: only one whose delivery the peer
 //! refuses as malformed (it never will take it) is dropped, with a warning
-//! and `cohort_node_hints_dropped_total`.
+//! and `cohort_node_hints_dropped_total`. A hint that waits longer than
+//! `hints.max_age`, or any undelivered one while more than
+//! `hints.max_pending` are kept, is *escalated*: its record is replaced, in
+//! one batch, by a marker of its key's hash-tree leaf, which the leader's
+//! probe collects and its anti-entropy syncs among every replica of the
+//! range (`cohort_node_hints_escalated_total`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cohort_proto::internal::v1::MergeRequest;
 use cohort_transport::{PeerPool, ReplicaFailure, within};
@@ -24,6 +29,7 @@ use cohort_worker::{Step, Worker};
 use futures::StreamExt;
 use tokio::time::Interval;
 
+use crate::config::HintsConfig;
 use crate::store::{Hint, Store};
 
 /// Hints read per sweep.
@@ -37,15 +43,34 @@ pub struct HintDelivery {
     peers: Arc<PeerPool>,
     timeout: Duration,
     tick: Interval,
+    bounds: HintsConfig,
+    /// When this worker first saw each undelivered record.
+    first_seen: HashMap<(String, Vec<u8>, u64), Instant>,
 }
 
 impl HintDelivery {
     /// Delivers `store`'s hints through `peers`, each call bounded by
-    /// `timeout`, sweeping every `every`.
-    pub fn new(store: Arc<Store>, peers: Arc<PeerPool>, timeout: Duration, every: Duration) -> Self {
+    /// `timeout`, sweeping every `every`, escalating past `bounds`.
+    pub fn new(
+        store: Arc<Store>,
+        peers: Arc<PeerPool>,
+        timeout: Duration,
+        every: Duration,
+        bounds: HintsConfig,
+    ) -> Self {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        HintDelivery { store, peers, timeout, tick }
+        HintDelivery { store, peers, timeout, tick, bounds, first_seen: HashMap::new() }
+    }
+
+    /// Escalates `hint` to anti-entropy: its peers in `left` get the key's
+    /// range synced by the leader instead.
+    fn escalate(&self, hint: &Hint, reason: &'static str) -> Result<(), String> {
+        if self.store.escalate_hint(hint).map_err(|e| format!("escalating a hint: {e}"))? {
+            tracing::warn!(tenant = %hint.tenant, reason, "hint escalated to anti-entropy");
+            metrics::counter!("cohort_node_hints_escalated_total", "reason" => reason).increment(1);
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +146,8 @@ impl Worker for HintDelivery {
             return Ok(Step::Idle);
         }
         let swept = pending.len();
+        let over_quota = self.store.hints_pending() > self.bounds.max_pending;
+        let mut seen_now = HashMap::with_capacity(pending.len());
         let (store, peers, timeout) = (self.store.clone(), self.peers.clone(), self.timeout);
         let unreachable = Unreachable::default();
         let mut results = futures::stream::iter(pending)
@@ -129,11 +156,26 @@ impl Worker for HintDelivery {
         let (mut delivered, mut waiting) = (0u64, 0usize);
         while let Some((hint, left)) = results.next().await {
             delivered += (hint.peers.len() - left.len()) as u64;
+            if !left.is_empty() {
+                let id = (hint.tenant.clone(), hint.key.clone(), hint.seq);
+                let since = self.first_seen.get(&id).copied().unwrap_or_else(Instant::now);
+                if over_quota || since.elapsed() >= self.bounds.max_age {
+                    self.escalate(&hint, if over_quota { "quota" } else { "age" })?;
+                    continue;
+                }
+                seen_now.insert(id, since);
+            }
             waiting += left.len();
             let left: Vec<(&str, &str)> = left.iter().map(|(p, a)| (p.as_str(), a.as_str())).collect();
             self.store
                 .settle_hints(&hint.tenant, &hint.key, hint.seq, &left)
                 .map_err(|e| format!("settling a delivered hint: {e}"))?;
+        }
+        // Only records still waiting are remembered.
+        if swept < SWEEP_LIMIT {
+            self.first_seen = seen_now;
+        } else {
+            self.first_seen.extend(seen_now);
         }
         metrics::counter!("cohort_node_hints_delivered_total").increment(delivered);
         if delivered > 0 {

@@ -29,7 +29,7 @@ pub mod server;
 pub mod store;
 pub mod trees;
 
-pub use config::{Durability, NodeConfig};
+pub use config::{Durability, HintsConfig, NodeConfig};
 pub use handler::StorageNode;
 pub use server::{NodeHandle, serve, serve_with};
 pub use store::{Store, StoreError};

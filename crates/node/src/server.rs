@@ -141,7 +141,7 @@ pub async fn serve_with(
     health.set_serving::<StorageServer<StorageEndpoint<StorageNode>>>().await;
     let mut workers = Workers::new(WorkerStatuses::default());
     workers.spawn(HealthWatch { store: store.clone(), health, tick: interval(HEALTH_WATCH_EVERY) });
-    workers.spawn(HintDelivery::new(store.clone(), peers, peer_timeout, HINT_SWEEP_EVERY));
+    workers.spawn(HintDelivery::new(store.clone(), peers, peer_timeout, HINT_SWEEP_EVERY, config.hints.clone()));
     let purging = store.clone();
     workers.spawn(Periodic::new("write-record-purge", WRITE_RECORD_PURGE_EVERY, move || {
         let store = purging.clone();

@@ -97,6 +97,9 @@ const HINTS_KEYSPACE: &str = "hints";
 /// Keys that hold only tombstones, with the time they became so: the
 /// candidates of garbage collection.
 const TOMBSTONES_KEYSPACE: &str = "tombstones";
+/// Hash-tree leaves whose hints were escalated to anti-entropy, until the
+/// leader takes them.
+const ESCALATIONS_KEYSPACE: &str = "escalations";
 /// Format byte of a write record.
 const WRITE_RECORD_FORMAT: u8 = 1;
 /// Under load, how many times the group commit lets ready tasks run to
@@ -268,6 +271,7 @@ pub struct Store {
     failing_disk: Arc<AtomicBool>,
     trees: RepairTrees,
     tombstones: Keyspace,
+    escalations: Keyspace,
     /// The highest counter of this actor in any state purged since the
     /// store opened: new dots are issued above it (see
     /// [`SiblingSet::update_above`]). Dots of earlier actors are never
@@ -306,6 +310,7 @@ impl Store {
         let writes = db.keyspace("write_records", deferred)?;
         let hints = db.keyspace(HINTS_KEYSPACE, deferred)?;
         let tombstones = db.keyspace(TOMBSTONES_KEYSPACE, deferred)?;
+        let escalations = db.keyspace(ESCALATIONS_KEYSPACE, deferred)?;
         let meta = db.keyspace("node_meta", deferred)?;
         match meta.get(NODE_ID_KEY)? {
             Some(stored) if stored.as_ref() != node_id.as_bytes() => {
@@ -360,6 +365,7 @@ impl Store {
             failing_disk,
             trees,
             tombstones,
+            escalations,
             purged_floor: AtomicU64::new(0),
         })
     }
@@ -504,6 +510,50 @@ impl Store {
             metrics::counter!("cohort_node_hints_dropped_total", "reason" => "peer_removed").increment(dropped as u64);
         }
         Ok(dropped)
+    }
+
+    /// About how many hint records are pending.
+    pub fn hints_pending(&self) -> u64 {
+        self.hints.approximate_len() as u64
+    }
+
+    /// Gives up on delivering `hint` (its record, if no newer write has
+    /// replaced it): the record is removed and, in the same batch, the
+    /// hash-tree leaf of its key is recorded for the leader's anti-entropy
+    /// to sync among all the key's replicas ([`Store::take_escalations`]).
+    pub fn escalate_hint(&self, hint: &Hint) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let skey = storage_key(&hint.tenant, &hint.key);
+        let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        let Some(value) = self.hints.get(&skey)? else { return Ok(false) };
+        if decode_hint(&value).is_none_or(|(stored, _)| stored != hint.seq) {
+            return Ok(false);
+        }
+        let leaf = merkle::leaf_of(token_for(&hint.tenant, &hint.key)) as u16;
+        let mut marker = Vec::with_capacity(3 + hint.tenant.len());
+        marker.push(hint.tenant.len() as u8);
+        marker.extend_from_slice(hint.tenant.as_bytes());
+        marker.extend_from_slice(&leaf.to_be_bytes());
+        let mut batch = self.db.batch();
+        batch.remove(&self.hints, skey);
+        batch.insert(&self.escalations, marker, []);
+        batch.commit()?;
+        Ok(true)
+    }
+
+    /// Removes and returns up to `limit` escalated ranges: `(tenant, the
+    /// token range of a hash-tree leaf)`.
+    pub fn take_escalations(&self, limit: usize) -> Result<Vec<(String, TokenRange)>, StoreError> {
+        self.check_writable()?;
+        let mut out = Vec::new();
+        for item in self.escalations.iter().take(limit) {
+            let marker = item.key()?;
+            self.escalations.remove(marker.to_vec())?;
+            let Some((tenant, leaf)) = split_tenant(&marker) else { continue };
+            let Ok(leaf) = <[u8; 2]>::try_from(leaf) else { continue };
+            out.push((tenant.to_string(), merkle::leaf_range(usize::from(u16::from_be_bytes(leaf)))));
+        }
+        Ok(out)
     }
 
     /// Up to `limit` pending hint records.
@@ -954,9 +1004,9 @@ impl Store {
     /// Closes the store: stops the group-commit task and releases the
     /// directory, so that it can be opened again (by a restarted node).
     pub async fn close(self) {
-        let Store { db, data, writes, meta, hints, tombstones, commits, committer, .. } = self;
+        let Store { db, data, writes, meta, hints, tombstones, escalations, commits, committer, .. } = self;
         drop(commits);
-        drop((db, data, writes, meta, hints, tombstones));
+        drop((db, data, writes, meta, hints, tombstones, escalations));
         let _ = committer.await;
     }
 

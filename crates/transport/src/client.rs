@@ -205,10 +205,15 @@ impl NodeClient {
 
     /// Asks the node who it is (a unary call, or a direct one in-process).
     pub async fn info(&self) -> Result<InfoResponse, NodeError> {
+        self.info_with(InfoRequest::default()).await
+    }
+
+    /// [`NodeClient::info`] with the request's options.
+    pub async fn info_with(&self, request: InfoRequest) -> Result<InfoResponse, NodeError> {
         if let Some(node) = self.in_process.as_ref().and_then(|nodes| nodes.get(&self.address)) {
-            return node.handler.info().await.map_err(NodeError::Rejected);
+            return node.handler.info(request).await.map_err(NodeError::Rejected);
         }
-        match self.raw.clone().info(InfoRequest {}).await {
+        match self.raw.clone().info(request).await {
             Ok(response) => Ok(response.into_inner()),
             // No answer at all: the call may not have reached the node; an
             // info call changes nothing either way.

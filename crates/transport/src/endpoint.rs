@@ -106,8 +106,8 @@ impl<H: StorageHandler> Storage for StorageEndpoint<H> {
         self.handler.read(request.into_inner()).await.map(Response::new)
     }
 
-    async fn info(&self, _request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        self.handler.info().await.map(Response::new)
+    async fn info(&self, request: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        self.handler.info(request.into_inner()).await.map(Response::new)
     }
 
     async fn fence(&self, request: Request<FenceRequest>) -> Result<Response<FenceResponse>, Status> {

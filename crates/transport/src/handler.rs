@@ -11,8 +11,8 @@ use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::{
     CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, DropRangeRequest, DropRangeResponse,
-    FenceRequest, FenceResponse, InfoResponse, MergeRequest, MergeResponse, PipelineError, PurgeRequest, PurgeResponse,
-    ReadRequest, ReadResponse, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
+    FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineError, PurgeRequest,
+    PurgeResponse, ReadRequest, ReadResponse, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
 };
 use tonic::Status;
 
@@ -26,8 +26,8 @@ pub trait StorageHandler: Send + Sync + 'static {
     /// Issues a new version as the key's coordinating replica and
     /// replicates it.
     async fn coordinate(&self, request: CoordinateRequest) -> Result<CoordinateResponse, Status>;
-    /// Who the node is.
-    async fn info(&self) -> Result<InfoResponse, Status>;
+    /// Who the node is (and, when asked, the ranges it escalated).
+    async fn info(&self, request: InfoRequest) -> Result<InfoResponse, Status>;
     /// Raises the node's ring fence.
     async fn fence(&self, request: FenceRequest) -> Result<FenceResponse, Status>;
     /// A page of a token range's keys (or their count).

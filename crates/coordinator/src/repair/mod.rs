@@ -10,6 +10,10 @@
 //! converged then has its old tombstones reaped, only where every replica
 //! holds exactly the same ones (see [`exchange::exchange`]).
 //!
+//! Ranges whose hints a node gave up on (escalated, see the node's `hints`
+//! module) reach the worker through the leader's probe and are synced
+//! before the round goes on, until an exchange reached every replica.
+//!
 //! Rounds pause while a membership change moves data (the migration's
 //! copy already merges every old owner into the new ones, and reaping a
 //! tombstone needs one ring). Every exchange is recorded in the
@@ -116,11 +120,15 @@ pub struct RepairSnapshot {
     pub ranges: Vec<RangeRecord>,
 }
 
-/// Exchange records, by tenant and range start.
+/// Exchange records, by tenant and range start, and the ranges escalated
+/// to anti-entropy.
 #[derive(Debug, Default)]
 pub struct RepairLedger {
     inner: Mutex<RepairSnapshot>,
     ranges: Mutex<BTreeMap<(String, u64), RangeRecord>>,
+    escalated: Mutex<Vec<(String, TokenRange)>>,
+    /// Wakes the worker when a range is escalated.
+    wake: tokio::sync::Notify,
 }
 
 fn now_ms() -> u64 {
@@ -143,6 +151,33 @@ impl RepairLedger {
         record.unreachable = report.unreachable.clone();
         record.tombstones_reaped += report.tombstones_reaped;
         record.gc_blocked = report.gc_blocked;
+    }
+
+    /// Queues a tenant's token range whose hints a node gave up on: the
+    /// worker syncs it before anything else, and keeps it queued until an
+    /// exchange reached every replica.
+    pub fn escalate(&self, tenant: String, range: TokenRange) {
+        metrics::counter!("cohort_repair_escalations_total").increment(1);
+        self.requeue(tenant, range);
+        self.wake.notify_one();
+    }
+
+    /// Queues a range again without waking the worker (its exchange
+    /// missed a replica; it is retried shortly).
+    fn requeue(&self, tenant: String, range: TokenRange) {
+        let mut escalated = self.escalated.lock().unwrap_or_else(|p| p.into_inner());
+        if !escalated.iter().any(|(t, r)| *t == tenant && *r == range) {
+            escalated.push((tenant, range));
+        }
+    }
+
+    fn take_escalated(&self) -> Vec<(String, TokenRange)> {
+        std::mem::take(&mut *self.escalated.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Ranges escalated and not yet synced on every replica.
+    pub fn escalated(&self) -> usize {
+        self.escalated.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn set(&self, change: impl FnOnce(&mut RepairSnapshot)) {
@@ -204,15 +239,21 @@ fn add(total: &mut ExchangeReport, report: ExchangeReport) {
 
 /// Most the pause between exchanges grows after overruns.
 const MAX_BACKOFF: u32 = 64;
+/// How soon an escalated range whose exchange missed a replica is tried
+/// again.
+const ESCALATION_RETRY: Duration = Duration::from_secs(1);
+/// How soon a suspended round looks again whether the change ended.
+const SUSPENDED_RETRY: Duration = Duration::from_secs(1);
 
-/// The leader's anti-entropy worker: one exchange per step, paced so a
-/// round takes `repair.round`.
+/// The leader's anti-entropy worker: the ranges nodes escalated first,
+/// then one exchange of the round whenever the round's pacing says one is
+/// due, so a round takes about `repair.round`.
 pub struct AntiEntropy {
     coordinator: Arc<Coordinator>,
     round: Vec<Target>,
     next: usize,
-    /// The pause before the next exchange.
-    pause: Duration,
+    /// When the round's next exchange is due.
+    due: Instant,
     /// The factor the pause is multiplied by after exchanges that overran
     /// their budget.
     backoff: u32,
@@ -221,7 +262,7 @@ pub struct AntiEntropy {
 impl AntiEntropy {
     /// A worker for `coordinator`'s leader.
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        AntiEntropy { coordinator, round: Vec::new(), next: 0, pause: Duration::ZERO, backoff: 1 }
+        AntiEntropy { coordinator, round: Vec::new(), next: 0, due: Instant::now(), backoff: 1 }
     }
 
     /// The pause between two exchanges of a round of `ranges`, jittered by
@@ -230,27 +271,42 @@ impl AntiEntropy {
         let even = self.coordinator.config.repair.round / ranges.max(1) as u32;
         even.mul_f64(rand::rng().random_range(0.5..1.5)) * self.backoff
     }
-}
 
-impl Drop for AntiEntropy {
-    fn drop(&mut self) {
-        self.coordinator.repair.set(|s| s.state = "stopped".into());
+    /// Exchanges every range that overlaps an escalated one; a range whose
+    /// exchange missed a replica stays queued.
+    async fn sync_escalated(&self, escalated: Vec<(String, TokenRange)>) {
+        let c = &self.coordinator;
+        let targets = match current_targets(c).await {
+            Ok(targets) => targets,
+            Err(_) => {
+                for (tenant, range) in escalated {
+                    c.repair.requeue(tenant, range);
+                }
+                return;
+            }
+        };
+        let ring_version = c.topology.current().ring_version();
+        for (tenant, range) in escalated {
+            let mut complete = true;
+            let overlapping = targets
+                .iter()
+                .filter(|t| t.tenant == tenant && t.range.start <= range.end && range.start <= t.range.end);
+            for target in overlapping {
+                let report = exchange(c, target, ring_version, None).await;
+                c.repair.record(target, &report);
+                complete &= report.unreachable.is_empty();
+            }
+            if !complete {
+                c.repair.requeue(tenant, range);
+            }
+        }
     }
-}
 
-#[tonic::async_trait]
-impl Worker for AntiEntropy {
-    fn name(&self) -> &'static str {
-        "anti-entropy"
-    }
-
-    async fn work(&mut self) -> Result<Step, String> {
+    /// One exchange of the round, starting the next round when this one is
+    /// done; returns the pause until the next is due.
+    async fn round_step(&mut self) -> Duration {
         let c = self.coordinator.clone();
         let config = &c.config.repair;
-        if !config.enabled {
-            c.repair.set(|s| s.state = "disabled".into());
-            return Ok(Step::Done);
-        }
         if self.next >= self.round.len() {
             match current_targets(&c).await {
                 Ok(round) => {
@@ -268,13 +324,11 @@ impl Worker for AntiEntropy {
                 Err(why) => {
                     c.repair.set(|s| s.state = "suspended".into());
                     tracing::debug!(%why, "anti-entropy suspended");
-                    self.pause = Duration::from_secs(1);
-                    return Ok(Step::Idle);
+                    return SUSPENDED_RETRY;
                 }
             }
             if self.round.is_empty() {
-                self.pause = config.round;
-                return Ok(Step::Idle);
+                return config.round;
             }
         }
         let placement = c.topology.current();
@@ -282,8 +336,7 @@ impl Worker for AntiEntropy {
             // A change began mid-round: start over once it ends.
             self.round.clear();
             c.repair.set(|s| s.state = "suspended".into());
-            self.pause = Duration::from_secs(1);
-            return Ok(Step::Idle);
+            return SUSPENDED_RETRY;
         }
         let target = self.round[self.next].clone();
         self.next += 1;
@@ -300,12 +353,49 @@ impl Worker for AntiEntropy {
             0 => Duration::ZERO,
             rate => Duration::from_secs_f64(report.bytes as f64 / rate as f64).saturating_sub(took),
         };
-        self.pause = self.paced(self.round.len()).max(owed);
+        self.paced(self.round.len()).max(owed)
+    }
+}
+
+impl Drop for AntiEntropy {
+    fn drop(&mut self) {
+        self.coordinator.repair.set(|s| s.state = "stopped".into());
+    }
+}
+
+#[tonic::async_trait]
+impl Worker for AntiEntropy {
+    fn name(&self) -> &'static str {
+        "anti-entropy"
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        let escalated = self.coordinator.repair.take_escalated();
+        if !escalated.is_empty() {
+            self.sync_escalated(escalated).await;
+        }
+        if !self.coordinator.config.repair.enabled {
+            self.coordinator.repair.set(|s| s.state = "disabled".into());
+        } else if Instant::now() >= self.due {
+            let pause = self.round_step().await;
+            self.due = Instant::now() + pause;
+        }
         Ok(Step::Idle)
     }
 
     async fn wait_for_work(&mut self) {
-        tokio::time::sleep(self.pause).await;
+        let repair = &self.coordinator.repair;
+        let mut until = match self.coordinator.config.repair.enabled {
+            true => self.due,
+            false => Instant::now() + Duration::from_secs(3600),
+        };
+        if repair.escalated() > 0 {
+            until = until.min(Instant::now() + ESCALATION_RETRY);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until.into()) => {}
+            _ = repair.wake.notified() => {}
+        }
     }
 }
 
