@@ -115,7 +115,7 @@ async fn bad_admin_requests_get_their_status_and_change_nothing() {
         replication,
         read_quorum,
         write_quorum,
-        max_siblings: 0,
+        ..Default::default()
     };
     let cases = vec![
         ("bad id", create("Bad Id", 3, 0, 0), Code::InvalidArgument),

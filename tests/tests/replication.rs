@@ -21,7 +21,11 @@ async fn a_write_whose_caller_gave_up_still_reaches_every_replica() {
     for index in [1, 2] {
         let proxy = FaultProxy::start(cluster.node_address(index).expect("node runs")).await;
         proxy.set(Fault::Delay(Duration::from_millis(300)));
-        peers.push(Peer { id: format!("node-{}", index + 1), address: proxy.address().to_string() });
+        peers.push(Peer {
+            id: format!("node-{}", index + 1),
+            address: proxy.address().to_string(),
+            ..Default::default()
+        });
         proxies.push(proxy);
     }
     let coordinating = cluster.node_address(0).expect("node runs");

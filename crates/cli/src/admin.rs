@@ -76,6 +76,11 @@ pub enum TenantCommand {
         /// that would add one more is refused until the key is resolved.
         #[arg(long)]
         max_siblings: Option<u32>,
+        /// Let a write count acknowledgements of fallback nodes that hold it
+        /// for replicas believed down (sloppy quorum). Default: strict, W
+        /// counts only the key's own replicas.
+        #[arg(long)]
+        sloppy_quorum: bool,
     },
     /// Show a tenant.
     Get {
@@ -110,6 +115,9 @@ pub enum TenantCommand {
         /// New sibling cap per key.
         #[arg(long)]
         max_siblings: Option<u32>,
+        /// Sloppy (true) or strict (false) write quorums.
+        #[arg(long)]
+        sloppy_quorum: Option<bool>,
     },
 }
 
@@ -207,6 +215,7 @@ fn tenant_json(t: &pb::Tenant) -> serde_json::Value {
         "read": t.read_quorum,
         "write": t.write_quorum,
         "max_siblings": t.max_siblings,
+        "sloppy_quorum": t.sloppy_quorum,
         "version": t.version,
     })
 }
@@ -216,8 +225,14 @@ fn print_tenant(t: &pb::Tenant, as_json: bool) {
         println!("{}", tenant_json(t));
     } else {
         println!(
-            "{}  N={} R={} W={}  max siblings {}  version {}",
-            t.id, t.replication, t.read_quorum, t.write_quorum, t.max_siblings, t.version
+            "{}  N={} R={} W={}{}  max siblings {}  version {}",
+            t.id,
+            t.replication,
+            t.read_quorum,
+            t.write_quorum,
+            if t.sloppy_quorum { " (sloppy)" } else { "" },
+            t.max_siblings,
+            t.version
         );
     }
 }
@@ -362,13 +377,22 @@ async fn report_change(
 /// Runs an admin command.
 pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
-        AdminCommand::Tenant(TenantCommand::Create { target, name, replication, read, write, max_siblings }) => {
+        AdminCommand::Tenant(TenantCommand::Create {
+            target,
+            name,
+            replication,
+            read,
+            write,
+            max_siblings,
+            sloppy_quorum,
+        }) => {
             let request = pb::CreateTenantRequest {
                 id: name,
                 replication,
                 read_quorum: read.unwrap_or(0),
                 write_quorum: write.unwrap_or(0),
                 max_siblings: max_siblings.unwrap_or(0),
+                sloppy_quorum,
             };
             let tenant = connect(&target).await?.create_tenant(request).await.map_err(status_error)?.into_inner();
             print_tenant(&tenant, target.json);
@@ -396,6 +420,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
             read,
             write,
             max_siblings,
+            sloppy_quorum,
         }) => {
             let request = pb::UpdateTenantRequest {
                 id: name,
@@ -404,6 +429,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<()> {
                 read_quorum: read.unwrap_or(0),
                 write_quorum: write.unwrap_or(0),
                 max_siblings: max_siblings.unwrap_or(0),
+                sloppy_quorum,
             };
             let tenant = connect(&target).await?.update_tenant(request).await.map_err(status_error)?.into_inner();
             print_tenant(&tenant, target.json);

@@ -258,9 +258,11 @@ impl LocalCluster {
                     let n = DEFAULT_REPLICATION.min(options.nodes.max(1) as u32);
                     let replication = cohort_ring::ReplicationConfig::majority(n)
                         .map_err(|e| LocalClusterError::Store(e.to_string()))?;
-                    metadata
-                        .create_tenant(tenant, replication, cohort_coordinator::metadata::DEFAULT_MAX_SIBLINGS)
-                        .await?;
+                    let settings = cohort_coordinator::metadata::TenantSettings::new(
+                        replication,
+                        cohort_coordinator::metadata::DEFAULT_MAX_SIBLINGS,
+                    );
+                    metadata.create_tenant(tenant, settings).await?;
                 }
                 Err(e) => return Err(e.into()),
             }

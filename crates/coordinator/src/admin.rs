@@ -18,7 +18,7 @@ use crate::error::KvError;
 use crate::membership::{self, Change, PlanError, plan};
 use crate::metadata::{
     DEFAULT_MAX_SIBLINGS, MAX_MAX_SIBLINGS, Migration, MigrationKind, MigrationPhase, NodeHealth, NodeRecord,
-    NodeState, RingChange, RingHistory, Tenant,
+    NodeState, RingChange, RingHistory, Tenant, TenantSettings,
 };
 use crate::repair;
 use crate::server::Coordinator;
@@ -46,6 +46,7 @@ fn tenant_to_pb(tenant: &Tenant) -> pb::Tenant {
         write_quorum: tenant.replication.w().into(),
         version: tenant.version,
         max_siblings: tenant.max_siblings,
+        sloppy_quorum: tenant.sloppy_quorum,
     }
 }
 
@@ -138,8 +139,8 @@ impl AdminService {
         let n = if r.replication == 0 { DEFAULT_REPLICATION } else { r.replication };
         let replication = replication_from(n, r.read_quorum, r.write_quorum)?;
         let max_siblings = max_siblings_from(r.max_siblings, DEFAULT_MAX_SIBLINGS)?;
-        let tenant =
-            self.coordinator.metadata.create_tenant(&r.id, replication, max_siblings).await.map_err(metadata_error)?;
+        let settings = TenantSettings { replication, max_siblings, sloppy_quorum: r.sloppy_quorum };
+        let tenant = self.coordinator.metadata.create_tenant(&r.id, settings).await.map_err(metadata_error)?;
         tracing::info!(tenant = %tenant.id, n, "tenant created");
         Ok(tenant_to_pb(&tenant))
     }
@@ -148,9 +149,14 @@ impl AdminService {
         validate::tenant_id(&r.id)?;
         let c = &self.coordinator;
         let current = c.metadata.get_tenant(&r.id).await.map_err(metadata_error)?;
-        if r.replication == 0 && r.read_quorum == 0 && r.write_quorum == 0 && r.max_siblings == 0 {
+        if r.replication == 0
+            && r.read_quorum == 0
+            && r.write_quorum == 0
+            && r.max_siblings == 0
+            && r.sloppy_quorum.is_none()
+        {
             return Err(KvError::InvalidArgument(
-                "nothing to change: give a new read or write quorum or sibling cap".into(),
+                "nothing to change: give a new read or write quorum, sibling cap or quorum kind".into(),
             ));
         }
         let n = current.replication.n();
@@ -168,11 +174,9 @@ impl AdminService {
             (keep(r.read_quorum, current.replication.r()), keep(r.write_quorum, current.replication.w()));
         let replication = replication_from(n.into(), read, write)?;
         let max_siblings = max_siblings_from(r.max_siblings, current.max_siblings)?;
-        let updated = c
-            .metadata
-            .update_tenant(&r.id, r.expected_version, replication, max_siblings)
-            .await
-            .map_err(metadata_error)?;
+        let sloppy_quorum = r.sloppy_quorum.unwrap_or(current.sloppy_quorum);
+        let settings = TenantSettings { replication, max_siblings, sloppy_quorum };
+        let updated = c.metadata.update_tenant(&r.id, r.expected_version, settings).await.map_err(metadata_error)?;
         c.tenants.invalidate(&r.id);
         Ok(tenant_to_pb(&updated))
     }

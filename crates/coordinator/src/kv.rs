@@ -63,8 +63,11 @@ pub struct WriteOutcome {
     pub replication: u8,
     /// Some replica had not acknowledged when the write was answered: the
     /// coordinating replica keeps a hint for it and hands the write off
-    /// when it answers.
+    /// when it answers (or a fallback does, under a sloppy quorum).
     pub hinted: bool,
+    /// Of `acked`, the fallback nodes that hold the write for a replica
+    /// believed down (sloppy quorum only).
+    pub fallbacks: Vec<String>,
 }
 
 /// The result of a successful read.
@@ -97,6 +100,9 @@ pub struct KvEngine {
     node_timeout: Duration,
     request_timeout: Duration,
     read_repair: ReadRepairMode,
+    /// How long a fallback may hand a write off: half the tombstone grace,
+    /// so every handoff lands before a tombstone that covers it is reaped.
+    handoff_window: Duration,
 }
 
 /// The merge of every answered state.
@@ -198,7 +204,30 @@ impl KvEngine {
             node_timeout: config.node_timeout,
             request_timeout: config.request_timeout,
             read_repair: config.read_repair,
+            handoff_window: config.repair.gc_grace / 2,
         }
+    }
+
+    /// Under a sloppy quorum: for each replica of `plan` believed down, the
+    /// next node after the key's preference list that is not, to hold the
+    /// write for it. `(replica id, stand-in)`; empty while a membership
+    /// change keeps two ring versions live.
+    fn stand_ins(&self, placement: &crate::topology::Placement, tenant: &Tenant, key: &[u8]) -> Vec<(String, Replica)> {
+        let [live] = placement.live.as_slice() else { return Vec::new() };
+        let n = usize::from(tenant.replication.n());
+        let token = cohort_ring::token_for(&tenant.id, key);
+        let mut spare = live
+            .ring
+            .fallback_list(token, n)
+            .into_iter()
+            .filter(|node| !self.liveness.is_suspect(&node.id))
+            .filter_map(|node| placement.address(&node.id).map(|a| Replica { id: node.id.clone(), address: a.into() }));
+        live.ring
+            .preference_list(token, n)
+            .into_iter()
+            .filter(|node| self.liveness.is_suspect(&node.id))
+            .map_while(|node| spare.next().map(|stand_in| (node.id.clone(), stand_in)))
+            .collect()
     }
 
     /// Writes `value` (a tombstone when `None`) under `key`, replacing what
@@ -252,7 +281,10 @@ impl KvEngine {
     ) -> Result<WriteOutcome, KvError> {
         let replication = tenant.replication.n();
         let required = tenant.replication.write_quorum(level).map_err(invalid)?;
-        let plan = self.topology.current().replicas(&tenant.id, &key, replication.into());
+        let placement = self.topology.current();
+        let plan = placement.replicas(&tenant.id, &key, replication.into());
+        let stand_ins = if tenant.sloppy_quorum { self.stand_ins(&placement, tenant, &key) } else { Vec::new() };
+        let stand_in = |id: &str| stand_ins.iter().find(|(x, _)| x == id).map(|(_, f)| f);
         if plan.smallest_set() < required.into() {
             return Err(KvError::unavailable(
                 "write",
@@ -262,14 +294,22 @@ impl KvEngine {
             ));
         }
         let replicas = &plan.replicas;
-        let sets: Vec<ReplicaSet> = match plan.is_moving() {
-            true => plan
-                .sets
-                .iter()
-                .map(|members| ReplicaSet { members: members.clone(), needed: required.into() })
-                .collect(),
+        // The sets the quorum is counted in: every live version's list, a
+        // stand-in in place of the replica it holds the write for.
+        let counted: Vec<Vec<String>> = plan
+            .sets
+            .iter()
+            .map(|set| set.iter().map(|id| stand_in(id).map_or_else(|| id.clone(), |f| f.id.clone())).collect())
+            .collect();
+        let sets: Vec<ReplicaSet> = match plan.is_moving() || !stand_ins.is_empty() {
+            true => {
+                counted.iter().map(|members| ReplicaSet { members: members.clone(), needed: required.into() }).collect()
+            }
             false => Vec::new(),
         };
+        let handoff_expires_at = (std::time::SystemTime::now() + self.handoff_window)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let deadline = Instant::now() + self.request_timeout;
         let mut reasons = Vec::new();
         for index in self.coordinator_order(replicas) {
@@ -278,11 +318,23 @@ impl KvEngine {
             if remaining.is_zero() {
                 break;
             }
+            if stand_in(&coordinator.id).is_some() {
+                // Believed down, and its stand-in holds the write for it.
+                continue;
+            }
             let peers = replicas
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| *i != index)
-                .map(|(_, r)| Peer { id: r.id.clone(), address: r.address.clone() })
+                .map(|(_, r)| match stand_in(&r.id) {
+                    Some(f) => Peer {
+                        id: f.id.clone(),
+                        address: f.address.clone(),
+                        hinted_for: r.id.clone(),
+                        hinted_for_address: r.address.clone(),
+                    },
+                    None => Peer { id: r.id.clone(), address: r.address.clone(), ..Default::default() },
+                })
                 .collect();
             let request = CoordinateRequest {
                 tenant: tenant.id.clone(),
@@ -297,6 +349,7 @@ impl KvEngine {
                 write: write.clone(),
                 ring_version: plan.ring_version,
                 sets: sets.clone(),
+                handoff_expires_at,
             };
             let client = match self.peers.node(&coordinator.address) {
                 Ok(client) => client,
@@ -313,18 +366,22 @@ impl KvEngine {
                     let dot = dot_from_pb(response.dot.as_ref()).ok_or_else(|| {
                         KvError::Internal(format!("node {} answered a write without its dot", coordinator.id))
                     })?;
-                    let mut tally = write_tally(&plan, required.into());
+                    let mut tally = QuorumTally::over_sets(counted.iter().map(|set| (set.clone(), required.into())));
                     response.acked.iter().for_each(|id| tally.succeeded(id));
                     response.failures.iter().for_each(|f| tally.failed(&f.node_id));
                     if tally.verdict() == Verdict::Reached {
                         let acked = tally.successes();
+                        let fallbacks: Vec<String> =
+                            acked.iter().filter(|id| stand_ins.iter().any(|(_, f)| &f.id == *id)).cloned().collect();
+                        metrics::counter!("cohort_fallback_acks_total").increment(fallbacks.len() as u64);
                         return Ok(WriteOutcome {
                             dot,
                             siblings: response.siblings,
-                            hinted: acked.len() < replicas.len(),
+                            hinted: acked.len() < replicas.len() || !fallbacks.is_empty(),
                             acked,
                             required,
                             replication,
+                            fallbacks,
                         });
                     }
                     for failure in &response.failures {
@@ -440,6 +497,7 @@ impl KvEngine {
                 write: Some(write.clone()),
                 write_dot: Some(dot_to_pb(&dot)),
                 ring_version: plan.ring_version,
+                handoff: None,
             };
             merge_within(&self.peers, &replica.address, request, self.node_timeout)
         });
@@ -460,6 +518,7 @@ impl KvEngine {
             required,
             replication,
             hinted: false,
+            fallbacks: Vec::new(),
         }))
     }
 

@@ -219,7 +219,6 @@ pub async fn run(
 mod tests {
     use std::sync::Mutex;
 
-    use cohort_ring::ReplicationConfig;
     use tonic::async_trait;
 
     use super::*;
@@ -235,7 +234,7 @@ mod tests {
     }
     use crate::metadata::{
         Checkpoint, Lease, MetadataError, Migration, NodeHealth, NodeProbe, NodeRecord, RingChange, RingHistory,
-        RingStep, Tenant,
+        RingStep, Tenant, TenantSettings,
     };
 
     const TTL: Duration = Duration::from_secs(3);
@@ -288,7 +287,7 @@ mod tests {
             std::future::pending().await
         }
 
-        async fn create_tenant(&self, _: &str, _: ReplicationConfig, _: u32) -> Result<Tenant, MetadataError> {
+        async fn create_tenant(&self, _: &str, _: TenantSettings) -> Result<Tenant, MetadataError> {
             unreachable!("the election uses only the lease")
         }
         async fn get_tenant(&self, _: &str) -> Result<Tenant, MetadataError> {
@@ -297,7 +296,7 @@ mod tests {
         async fn list_tenants(&self) -> Result<Vec<Tenant>, MetadataError> {
             unreachable!("the election uses only the lease")
         }
-        async fn update_tenant(&self, _: &str, _: u64, _: ReplicationConfig, _: u32) -> Result<Tenant, MetadataError> {
+        async fn update_tenant(&self, _: &str, _: u64, _: TenantSettings) -> Result<Tenant, MetadataError> {
             unreachable!("the election uses only the lease")
         }
         async fn upsert_node(&self, _: NodeRecord) -> Result<NodeRecord, MetadataError> {

@@ -125,7 +125,11 @@ fn write_receipt(outcome: &WriteOutcome) -> pb::Receipt {
         replicas: outcome
             .acked
             .iter()
-            .map(|id| pb::ReplicaAck { node_id: id.clone(), role: pb::ReplicaRole::Primary.into() })
+            .map(|id| {
+                let role =
+                    if outcome.fallbacks.contains(id) { pb::ReplicaRole::Fallback } else { pb::ReplicaRole::Primary };
+                pb::ReplicaAck { node_id: id.clone(), role: role.into() }
+            })
             .collect(),
         required: outcome.required.into(),
         replication: outcome.replication.into(),

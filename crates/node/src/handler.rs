@@ -16,7 +16,7 @@ use bytes::Bytes;
 use cohort_proto::internal::v1::tombstones_response::Entry as TombstoneEntry;
 use cohort_proto::internal::v1::{
     CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, Dot as PbDot, DropRangeRequest,
-    DropRangeResponse, EscalatedRange, FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest,
+    DropRangeResponse, EscalatedRange, FenceRequest, FenceResponse, Handoff, InfoRequest, InfoResponse, MergeRequest,
     MergeResponse, PurgeRequest, PurgeResponse, ReadRequest, ReadResponse, ScanEntry, ScanRequest, ScanResponse,
     TombstonesRequest, TombstonesResponse, WriteTag as PbWriteTag,
 };
@@ -71,7 +71,8 @@ impl HintSettlement {
     fn answered(&self, peer: &cohort_proto::internal::v1::Peer, ok: bool) {
         let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if !ok {
-            failed.push((peer.id.clone(), peer.address.clone()));
+            let (id, address) = hint_target(peer);
+            failed.push((id.to_string(), address.to_string()));
         }
         if self.outstanding.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
             let left: Vec<(&str, &str)> = failed.iter().map(|(p, a)| (p.as_str(), a.as_str())).collect();
@@ -79,6 +80,16 @@ impl HintSettlement {
                 tracing::debug!(%error, "could not settle a hint record; it is delivered again");
             }
         }
+    }
+}
+
+/// Whom the hint for `peer` names: the replica it stands in for when it is
+/// a fallback (a fallback that failed leaves that replica without the
+/// write), otherwise the peer itself.
+fn hint_target(peer: &cohort_proto::internal::v1::Peer) -> (&str, &str) {
+    match peer.hinted_for.is_empty() {
+        true => (&peer.id, &peer.address),
+        false => (&peer.hinted_for, &peer.hinted_for_address),
     }
 }
 
@@ -161,7 +172,7 @@ impl StorageHandler for StorageNode {
         let tag = tag_from_pb(&request.write)?;
         // A hint for every peer, in the write's own batch; each peer's
         // acknowledgement clears its own.
-        let targets: Vec<(&str, &str)> = request.peers.iter().map(|p| (p.id.as_str(), p.address.as_str())).collect();
+        let targets: Vec<(&str, &str)> = request.peers.iter().map(hint_target).collect();
         let staged = self
             .store
             .stage_update_hinted(
@@ -212,6 +223,11 @@ impl StorageHandler for StorageNode {
                 write: request.write.clone(),
                 write_dot: request.write.as_ref().map(|_| write_dot.clone()),
                 ring_version: request.ring_version,
+                handoff: (!peer.hinted_for.is_empty()).then(|| Handoff {
+                    node_id: peer.hinted_for.clone(),
+                    address: peer.hinted_for_address.clone(),
+                    expires_at: request.handoff_expires_at,
+                }),
             };
             let client = self.peers.node(&peer.address);
             let hints = hints.clone();
@@ -259,6 +275,20 @@ impl StorageHandler for StorageNode {
         check_target(&request.tenant, &request.key)?;
         let incoming = SiblingSet::decode(&request.state)
             .map_err(|e| Status::invalid_argument(format!("sibling set is invalid: {e}")))?;
+        if let Some(handoff) = &request.handoff {
+            // A fallback's copy for a replica believed down: kept apart from
+            // this node's own data until handed off.
+            if handoff.node_id.is_empty() || handoff.address.is_empty() || handoff.expires_at == 0 {
+                return Err(Status::invalid_argument("a handoff names its replica, address and expiry"));
+            }
+            self.store.check_ring(request.ring_version).map_err(status_from)?;
+            let owner = (handoff.node_id.as_str(), handoff.address.as_str());
+            self.store
+                .stage_handoff(&request.tenant, &request.key, owner, handoff.expires_at, &incoming)
+                .map_err(status_from)?;
+            self.store.durable().await.map_err(status_from)?;
+            return Ok(MergeResponse {});
+        }
         let tag = tag_from_pb(&request.write)?;
         let dot = dot_from_pb(request.write_dot.as_ref());
         let write = match (tag, &dot) {

@@ -18,6 +18,13 @@
 //! one batch, by a marker of its key's hash-tree leaf, which the leader's
 //! probe collects and its anti-entropy syncs among every replica of the
 //! range (`cohort_node_hints_escalated_total`).
+//!
+//! The same worker hands off the states this node holds as a *fallback*
+//! (a sloppy quorum counted it for a replica believed down; see the store's
+//! `stage_handoff`): each is merged into the replica it is held for and
+//! removed, unless a write reached it meanwhile. Past the expiry the write
+//! set, it is escalated instead: handing it off later could bring back a
+//! value whose tombstone every replica has since reaped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -30,7 +37,7 @@ use futures::StreamExt;
 use tokio::time::Interval;
 
 use crate::config::HintsConfig;
-use crate::store::{Hint, Store};
+use crate::store::{Handoff, Hint, Store, now_secs};
 
 /// Hints read per sweep.
 const SWEEP_LIMIT: usize = 4096;
@@ -61,6 +68,46 @@ impl HintDelivery {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         HintDelivery { store, peers, timeout, tick, bounds, first_seen: HashMap::new() }
+    }
+
+    /// Hands the states this node holds as a fallback to their replicas;
+    /// one past its expiry is escalated instead. Returns how many wait for
+    /// a replica that did not answer.
+    async fn deliver_handoffs(&self) -> Result<usize, String> {
+        let store = self.store.clone();
+        let held = tokio::task::spawn_blocking(move || store.pending_handoffs(SWEEP_LIMIT))
+            .await
+            .map_err(|e| format!("the handoff sweep task failed: {e}"))?
+            .map_err(|e| format!("reading handoffs: {e}"))?;
+        metrics::gauge!("cohort_node_handoffs_pending").set(held.len() as f64);
+        let (store, peers, timeout) = (self.store.clone(), self.peers.clone(), self.timeout);
+        let unreachable = Unreachable::default();
+        let mut results = futures::stream::iter(held)
+            .map(move |handoff| hand_off(store.clone(), peers.clone(), timeout, unreachable.clone(), handoff))
+            .buffer_unordered(IN_FLIGHT);
+        let mut waiting = 0;
+        while let Some((handoff, outcome)) = results.next().await {
+            let delivered = match outcome {
+                HandoffOutcome::Delivered => true,
+                HandoffOutcome::Expired => false,
+                HandoffOutcome::Waiting => {
+                    waiting += 1;
+                    continue;
+                }
+            };
+            let ended =
+                self.store.settle_handoff(&handoff, delivered).map_err(|e| format!("settling a handoff: {e}"))?;
+            match (ended, delivered) {
+                (true, true) => metrics::counter!("cohort_node_handoffs_delivered_total").increment(1),
+                (true, false) => {
+                    tracing::warn!(tenant = %handoff.tenant, owner = %handoff.owner, "handoff expired; escalated to anti-entropy");
+                    metrics::counter!("cohort_node_hints_escalated_total", "reason" => "handoff_expired").increment(1);
+                }
+                // A write reached the record meanwhile: the next sweep.
+                (false, _) => {}
+            }
+        }
+        Ok(waiting)
     }
 
     /// Escalates `hint` to anti-entropy: its peers in `left` get the key's
@@ -129,6 +176,53 @@ async fn deliver(
     (hint, left)
 }
 
+/// What became of one handoff attempt.
+enum HandoffOutcome {
+    /// The replica holds the state.
+    Delivered,
+    /// Past its expiry: never handed off now.
+    Expired,
+    /// The replica did not answer.
+    Waiting,
+}
+
+/// Merges one held state into the replica it is held for.
+async fn hand_off(
+    store: Arc<Store>,
+    peers: Arc<PeerPool>,
+    timeout: Duration,
+    unreachable: Unreachable,
+    handoff: Handoff,
+) -> (Handoff, HandoffOutcome) {
+    // Past its expiry a reaped tombstone may already have replaced what it
+    // holds on every replica: handing it off could bring a deleted value
+    // back.
+    if handoff.expires_at <= now_secs() {
+        return (handoff, HandoffOutcome::Expired);
+    }
+    if unreachable.lock().unwrap_or_else(|p| p.into_inner()).contains(&handoff.owner) {
+        return (handoff, HandoffOutcome::Waiting);
+    }
+    let request = MergeRequest {
+        tenant: handoff.tenant.clone(),
+        key: handoff.key.clone().into(),
+        state: handoff.state.clone(),
+        ring_version: store.fence(),
+        ..Default::default()
+    };
+    let result = match peers.node(&handoff.address) {
+        Ok(client) => within(timeout, client.merge(request)).await.map(drop),
+        Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
+    };
+    match result {
+        Ok(()) => (handoff, HandoffOutcome::Delivered),
+        Err(_) => {
+            unreachable.lock().unwrap_or_else(|p| p.into_inner()).insert(handoff.owner.clone());
+            (handoff, HandoffOutcome::Waiting)
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Worker for HintDelivery {
     fn name(&self) -> &'static str {
@@ -136,6 +230,10 @@ impl Worker for HintDelivery {
     }
 
     async fn work(&mut self) -> Result<Step, String> {
+        let handoffs_waiting = self.deliver_handoffs().await?;
+        if handoffs_waiting > 0 {
+            tracing::debug!(handoffs_waiting, "handoffs wait for unreachable replicas");
+        }
         let store = self.store.clone();
         let pending = tokio::task::spawn_blocking(move || store.pending_hints(SWEEP_LIMIT))
             .await

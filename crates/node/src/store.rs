@@ -100,6 +100,9 @@ const TOMBSTONES_KEYSPACE: &str = "tombstones";
 /// Hash-tree leaves whose hints were escalated to anti-entropy, until the
 /// leader takes them.
 const ESCALATIONS_KEYSPACE: &str = "escalations";
+/// States this node holds as a fallback for replicas believed down (a
+/// sloppy quorum), apart from its own data.
+const HANDOFFS_KEYSPACE: &str = "handoffs";
 /// Format byte of a write record.
 const WRITE_RECORD_FORMAT: u8 = 1;
 /// Under load, how many times the group commit lets ready tasks run to
@@ -272,6 +275,7 @@ pub struct Store {
     trees: RepairTrees,
     tombstones: Keyspace,
     escalations: Keyspace,
+    handoffs: Keyspace,
     /// The highest counter of this actor in any state purged since the
     /// store opened: new dots are issued above it (see
     /// [`SiblingSet::update_above`]). Dots of earlier actors are never
@@ -311,6 +315,7 @@ impl Store {
         let hints = db.keyspace(HINTS_KEYSPACE, deferred)?;
         let tombstones = db.keyspace(TOMBSTONES_KEYSPACE, deferred)?;
         let escalations = db.keyspace(ESCALATIONS_KEYSPACE, deferred)?;
+        let handoffs = db.keyspace(HANDOFFS_KEYSPACE, deferred)?;
         let meta = db.keyspace("node_meta", deferred)?;
         match meta.get(NODE_ID_KEY)? {
             Some(stored) if stored.as_ref() != node_id.as_bytes() => {
@@ -366,6 +371,7 @@ impl Store {
             trees,
             tombstones,
             escalations,
+            handoffs,
             purged_floor: AtomicU64::new(0),
         })
     }
@@ -529,14 +535,88 @@ impl Store {
         if decode_hint(&value).is_none_or(|(stored, _)| stored != hint.seq) {
             return Ok(false);
         }
-        let leaf = merkle::leaf_of(token_for(&hint.tenant, &hint.key)) as u16;
-        let mut marker = Vec::with_capacity(3 + hint.tenant.len());
-        marker.push(hint.tenant.len() as u8);
-        marker.extend_from_slice(hint.tenant.as_bytes());
-        marker.extend_from_slice(&leaf.to_be_bytes());
         let mut batch = self.db.batch();
         batch.remove(&self.hints, skey);
-        batch.insert(&self.escalations, marker, []);
+        batch.insert(&self.escalations, escalation_marker(&hint.tenant, &hint.key), []);
+        batch.commit()?;
+        Ok(true)
+    }
+
+    /// Keeps `incoming` as a fallback for `owner` (at `address`): merged
+    /// into what this node already holds for that owner and key, apart from
+    /// its own data, until [`Store::settle_handoff`]. Not yet durable: call
+    /// [`Store::durable`] before acknowledging.
+    pub fn stage_handoff(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        owner: (&str, &str),
+        expires_at: u64,
+        incoming: &SiblingSet,
+    ) -> Result<(), StoreError> {
+        self.check_writable()?;
+        let skey = storage_key(tenant, key);
+        let record = handoff_key(owner.0, &skey);
+        let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        let (mut state, mut until) = (incoming.clone(), expires_at);
+        if let Some(held) = self.handoffs.get(&record)? {
+            let held =
+                decode_handoff(&held).ok_or_else(|| StoreError::Engine("a handoff record is unreadable".into()))?;
+            state.sync(&SiblingSet::decode(&held.2)?);
+            until = until.max(held.0);
+        }
+        self.handoffs.insert(record, encode_handoff(until, owner.1, &state.encode()))?;
+        metrics::counter!("cohort_node_handoffs_stored_total").increment(1);
+        Ok(())
+    }
+
+    /// Up to `limit` states held for other replicas.
+    pub fn pending_handoffs(&self, limit: usize) -> Result<Vec<Handoff>, StoreError> {
+        self.check_writable()?;
+        let mut out = Vec::new();
+        for item in self.handoffs.iter().take(limit) {
+            let (record, value) = item.into_inner()?;
+            let parsed = split_tenant(&record).and_then(|(owner, skey)| {
+                let (_, tenant, key) = parse_storage_key(skey)?;
+                let (expires_at, address, state) = decode_handoff(&value)?;
+                Some(Handoff {
+                    tenant: tenant.to_string(),
+                    key: key.to_vec(),
+                    owner: owner.to_string(),
+                    address,
+                    expires_at,
+                    state: Bytes::from(state),
+                    record: value.to_vec(),
+                })
+            });
+            match parsed {
+                Some(handoff) => out.push(handoff),
+                None => {
+                    tracing::warn!("dropping an unreadable handoff record");
+                    metrics::counter!("cohort_node_hints_dropped_total", "reason" => "unreadable").increment(1);
+                    self.handoffs.remove(record.to_vec())?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends `handoff` if no write has reached its record since it was read:
+    /// removed once `delivered`, otherwise (expired) replaced in the same
+    /// batch by an escalation marker of its key's range. Returns whether it
+    /// ended.
+    pub fn settle_handoff(&self, handoff: &Handoff, delivered: bool) -> Result<bool, StoreError> {
+        let skey = storage_key(&handoff.tenant, &handoff.key);
+        let record = handoff_key(&handoff.owner, &skey);
+        let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        if self.handoffs.get(&record)?.is_none_or(|held| *held != handoff.record[..]) {
+            return Ok(false);
+        }
+        let mut batch = self.db.batch();
+        batch.remove(&self.handoffs, record);
+        if !delivered {
+            batch.insert(&self.escalations, escalation_marker(&handoff.tenant, &handoff.key), []);
+        }
         batch.commit()?;
         Ok(true)
     }
@@ -1004,9 +1084,9 @@ impl Store {
     /// Closes the store: stops the group-commit task and releases the
     /// directory, so that it can be opened again (by a restarted node).
     pub async fn close(self) {
-        let Store { db, data, writes, meta, hints, tombstones, escalations, commits, committer, .. } = self;
+        let Store { db, data, writes, meta, hints, tombstones, escalations, handoffs, commits, committer, .. } = self;
         drop(commits);
-        drop((db, data, writes, meta, hints, tombstones, escalations));
+        drop((db, data, writes, meta, hints, tombstones, escalations, handoffs));
         let _ = committer.await;
     }
 
@@ -1067,6 +1147,61 @@ pub struct Hint {
     pub seq: u64,
     /// The peers (id, address) that have not acknowledged.
     pub peers: Vec<(String, String)>,
+}
+
+/// A state held for another replica (see [`Store::stage_handoff`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// The key's tenant.
+    pub tenant: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The replica it is held for.
+    pub owner: String,
+    /// Where that replica listens.
+    pub address: String,
+    /// Seconds since the Unix epoch; never handed off after it.
+    pub expires_at: u64,
+    /// The encoded state.
+    pub state: Bytes,
+    /// The stored record, to settle it only if unchanged.
+    record: Vec<u8>,
+}
+
+/// `len(owner) | owner | storage key`.
+fn handoff_key(owner: &str, skey: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + owner.len() + skey.len());
+    out.push(owner.len() as u8);
+    out.extend_from_slice(owner.as_bytes());
+    out.extend_from_slice(skey);
+    out
+}
+
+/// `expires_at (8 bytes BE) | len | address | encoded state`.
+fn encode_handoff(expires_at: u64, address: &str, state: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + address.len() + state.len());
+    out.extend_from_slice(&expires_at.to_be_bytes());
+    out.push(address.len() as u8);
+    out.extend_from_slice(address.as_bytes());
+    out.extend_from_slice(state);
+    out
+}
+
+fn decode_handoff(value: &[u8]) -> Option<(u64, String, Vec<u8>)> {
+    let expires_at = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let (address, state) = split_tenant(&value[8..])?;
+    Some((expires_at, address.to_string(), state.to_vec()))
+}
+
+/// The escalation marker of `(tenant, key)`: `len(tenant) | tenant | leaf
+/// (2 bytes BE)`.
+fn escalation_marker(tenant: &str, key: &[u8]) -> Vec<u8> {
+    let leaf = merkle::leaf_of(token_for(tenant, key)) as u16;
+    let mut marker = Vec::with_capacity(3 + tenant.len());
+    marker.push(tenant.len() as u8);
+    marker.extend_from_slice(tenant.as_bytes());
+    marker.extend_from_slice(&leaf.to_be_bytes());
+    marker
 }
 
 /// `seq (8 bytes BE) | count | (len | peer id | len | address)*`.
@@ -1612,6 +1747,38 @@ mod tests {
         assert!(!deleted_state.clock().covers(&again.dot));
         // A context read before the purge is still accepted.
         put(&store, b"k", deleted_state.clock(), b"newer").unwrap();
+        store.close().await;
+    }
+
+    /// A fallback's copies for another replica merge into one record kept
+    /// apart from the node's own data; a record that changed since it was
+    /// read is not settled; an expired one leaves an escalation marker.
+    #[tokio::test]
+    async fn handoffs_merge_apart_from_own_data_and_settle_only_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n4", Durability::Flush).unwrap();
+        let mut first = SiblingSet::new();
+        first.update(&CausalContext::new(), &Actor::new("n1.1.0"), Some(Bytes::from("a"))).unwrap();
+        let mut second = SiblingSet::new();
+        second.update(&CausalContext::new(), &Actor::new("n2.1.0"), Some(Bytes::from("b"))).unwrap();
+        let owner = ("n3", "127.0.0.1:3");
+        store.stage_handoff("t", b"k", owner, 100, &first).unwrap();
+        assert!(store.read("t", b"k").unwrap().is_empty(), "apart from the node's own data");
+        assert!(store.digest("t", EVERYTHING).unwrap().iter().all(|&h| h == 0), "and from its trees");
+        let read = store.pending_handoffs(10).unwrap();
+        store.stage_handoff("t", b"k", owner, 50, &second).unwrap();
+        assert!(!store.settle_handoff(&read[0], true).unwrap(), "a write reached it since: kept");
+        let held = store.pending_handoffs(10).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!((held[0].owner.as_str(), held[0].address.as_str(), held[0].expires_at), ("n3", "127.0.0.1:3", 100));
+        let state = SiblingSet::decode(&held[0].state).unwrap();
+        assert_eq!(state, SiblingSet::merged(&first, &second), "merged");
+        assert!(store.settle_handoff(&held[0], false).unwrap());
+        assert!(store.pending_handoffs(10).unwrap().is_empty());
+        let escalated = store.take_escalations(10).unwrap();
+        let leaf = merkle::leaf_range(merkle::leaf_of(token_for("t", b"k")));
+        assert_eq!(escalated, vec![("t".to_string(), leaf)], "expired: its range goes to anti-entropy");
+        assert!(store.take_escalations(10).unwrap().is_empty(), "handed over once");
         store.close().await;
     }
 

@@ -14,8 +14,8 @@ use cohort_node::StorageNode;
 use cohort_node::{Durability, Store};
 use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, Dot, MergeRequest, PipelineRequest, PipelineResponse, ReadRequest,
-    ReadResponse, WriteTag,
+    CoordinateRequest, CoordinateResponse, Dot, Handoff, MergeRequest, PipelineRequest, PipelineResponse, PurgeRequest,
+    ReadRequest, ReadResponse, WriteTag,
 };
 use cohort_transport::PeerPool;
 use cohort_transport::StorageHandler;
@@ -66,8 +66,21 @@ fn arbitrary_bytes_never_panic_a_node() {
                         counter: raw.len() as u64,
                     }),
                     ring_version: 0,
+                    // Odd lengths take the fallback's path.
+                    handoff: (raw.len() % 2 == 1).then(|| Handoff {
+                        node_id: "n3".into(),
+                        address: "127.0.0.1:1".into(),
+                        expires_at: 1,
+                    }),
                 };
                 acceptable(service.merge(merge).await.map(drop))?;
+                let purge = PurgeRequest {
+                    tenant: "t".into(),
+                    key: Bytes::from_static(b"k"),
+                    state: bytes.clone(),
+                    ring_version: 0,
+                };
+                acceptable(service.purge(purge).await.map(drop))?;
                 let coordinate = CoordinateRequest {
                     tenant: "t".into(),
                     key: Bytes::from_static(b"k"),

@@ -9,7 +9,7 @@ use cohort_ring::{NodeSpec, ReplicationConfig};
 
 use super::{
     Checkpoint, MetadataError, MetadataStore, Migration, MigrationKind, MigrationPhase, MigrationState, NodeHealth,
-    NodeProbe, NodeRecord, NodeState, RingChange, RingHistory, RingStep, RingVersion,
+    NodeProbe, NodeRecord, NodeState, RingChange, RingHistory, RingStep, RingVersion, TenantSettings,
 };
 
 /// Lease length used by the contract: long enough never to lapse mid-test.
@@ -18,23 +18,31 @@ const LONG: Duration = Duration::from_secs(60);
 /// Runs the contract against an empty store; panics on the first violation.
 pub async fn run(store: &dyn MetadataStore) {
     let three = ReplicationConfig::majority(3).unwrap();
-    let created = store.create_tenant("alpha", three, 100).await.unwrap();
+    let created = store.create_tenant("alpha", TenantSettings::new(three, 100)).await.unwrap();
     assert_eq!((created.version, created.max_siblings), (1, 100));
-    assert_eq!(store.create_tenant("alpha", three, 100).await, Err(MetadataError::TenantExists("alpha".into())));
+    assert_eq!(
+        store.create_tenant("alpha", TenantSettings::new(three, 100)).await,
+        Err(MetadataError::TenantExists("alpha".into()))
+    );
     assert_eq!(store.get_tenant("alpha").await.unwrap(), created);
     assert_eq!(store.get_tenant("nope").await, Err(MetadataError::TenantNotFound("nope".into())));
 
     let five = ReplicationConfig::new(5, 2, 4).unwrap();
-    let updated = store.update_tenant("alpha", 1, five, 7).await.unwrap();
+    let sloppy = TenantSettings { replication: five, max_siblings: 7, sloppy_quorum: true };
+    let updated = store.update_tenant("alpha", 1, sloppy).await.unwrap();
+    assert!(updated.sloppy_quorum && store.get_tenant("alpha").await.unwrap().sloppy_quorum);
     assert_eq!((updated.version, updated.replication, updated.max_siblings), (2, five, 7));
     assert_eq!(
-        store.update_tenant("alpha", 1, three, 100).await,
+        store.update_tenant("alpha", 1, TenantSettings::new(three, 100)).await,
         Err(MetadataError::VersionConflict { id: "alpha".into(), expected: 1, actual: 2 })
     );
     assert_eq!(store.get_tenant("alpha").await.unwrap(), updated, "a failed update changes nothing");
-    assert!(matches!(store.update_tenant("nope", 1, three, 100).await, Err(MetadataError::TenantNotFound(_))));
+    assert!(matches!(
+        store.update_tenant("nope", 1, TenantSettings::new(three, 100)).await,
+        Err(MetadataError::TenantNotFound(_))
+    ));
 
-    store.create_tenant("beta", three, 100).await.unwrap();
+    store.create_tenant("beta", TenantSettings::new(three, 100)).await.unwrap();
     let ids: Vec<_> = store.list_tenants().await.unwrap().into_iter().map(|t| t.id).collect();
     assert_eq!(ids, ["alpha", "beta"]);
 

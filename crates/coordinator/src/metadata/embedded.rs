@@ -26,7 +26,7 @@ use tonic::async_trait;
 use super::{
     Checkpoint, DEFAULT_MAX_SIBLINGS, Lease, MetadataError, MetadataStore, Migration, MigrationKind, MigrationPhase,
     MigrationState, NodeHealth, NodeProbe, NodeRecord, NodeState, RingChange, RingHistory, RingStep, RingVersion,
-    Tenant,
+    Tenant, TenantSettings,
 };
 
 /// Current file format; format 1 (before ring versions) is upgraded on load.
@@ -40,6 +40,8 @@ struct TenantRow {
     write_quorum: u32,
     #[serde(default = "default_max_siblings")]
     max_siblings: u32,
+    #[serde(default)]
+    sloppy_quorum: bool,
     version: u64,
 }
 
@@ -280,7 +282,13 @@ pub struct EmbeddedMetadata {
 fn row_to_tenant(row: &TenantRow) -> Result<Tenant, MetadataError> {
     let replication = ReplicationConfig::new(row.replication, row.read_quorum, row.write_quorum)
         .map_err(|e| MetadataError::Unavailable(format!("stored tenant {:?} is invalid: {e}", row.id)))?;
-    Ok(Tenant { id: row.id.clone(), replication, max_siblings: row.max_siblings, version: row.version })
+    Ok(Tenant {
+        id: row.id.clone(),
+        replication,
+        max_siblings: row.max_siblings,
+        sloppy_quorum: row.sloppy_quorum,
+        version: row.version,
+    })
 }
 
 fn tenant_to_row(tenant: &Tenant) -> TenantRow {
@@ -290,6 +298,7 @@ fn tenant_to_row(tenant: &Tenant) -> TenantRow {
         read_quorum: tenant.replication.r().into(),
         write_quorum: tenant.replication.w().into(),
         max_siblings: tenant.max_siblings,
+        sloppy_quorum: tenant.sloppy_quorum,
         version: tenant.version,
     }
 }
@@ -373,17 +382,12 @@ impl EmbeddedMetadata {
 
 #[async_trait]
 impl MetadataStore for EmbeddedMetadata {
-    async fn create_tenant(
-        &self,
-        id: &str,
-        replication: ReplicationConfig,
-        max_siblings: u32,
-    ) -> Result<Tenant, MetadataError> {
+    async fn create_tenant(&self, id: &str, settings: TenantSettings) -> Result<Tenant, MetadataError> {
         self.change(|state| {
             if state.tenants.contains_key(id) {
                 return Err(MetadataError::TenantExists(id.to_string()));
             }
-            let tenant = Tenant { id: id.to_string(), replication, max_siblings, version: 1 };
+            let tenant = settings.tenant(id, 1);
             state.tenants.insert(id.to_string(), tenant_to_row(&tenant));
             Ok(tenant)
         })
@@ -403,8 +407,7 @@ impl MetadataStore for EmbeddedMetadata {
         &self,
         id: &str,
         expected_version: u64,
-        replication: ReplicationConfig,
-        max_siblings: u32,
+        settings: TenantSettings,
     ) -> Result<Tenant, MetadataError> {
         self.change(|state| {
             let row = state.tenants.get_mut(id).ok_or_else(|| MetadataError::TenantNotFound(id.to_string()))?;
@@ -415,7 +418,7 @@ impl MetadataStore for EmbeddedMetadata {
                     actual: row.version,
                 });
             }
-            let tenant = Tenant { id: id.to_string(), replication, max_siblings, version: row.version + 1 };
+            let tenant = settings.tenant(id, row.version + 1);
             *row = tenant_to_row(&tenant);
             Ok(tenant)
         })

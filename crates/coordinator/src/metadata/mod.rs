@@ -35,8 +35,40 @@ pub struct Tenant {
     /// Most siblings a key may have; a write that would add one more is
     /// refused until the key is resolved.
     pub max_siblings: u32,
+    /// Whether a write may count acknowledgements of fallback nodes holding
+    /// it for replicas believed down (a sloppy quorum).
+    pub sloppy_quorum: bool,
     /// Starts at 1; every update bumps it.
     pub version: u64,
+}
+
+/// The settings of a tenant a create or an update writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// N, R and W.
+    pub replication: ReplicationConfig,
+    /// The sibling cap.
+    pub max_siblings: u32,
+    /// Whether fallback acknowledgements count toward W.
+    pub sloppy_quorum: bool,
+}
+
+impl TenantSettings {
+    /// Strict-quorum settings.
+    pub fn new(replication: ReplicationConfig, max_siblings: u32) -> Self {
+        TenantSettings { replication, max_siblings, sloppy_quorum: false }
+    }
+
+    /// The tenant `id` at `version` with these settings.
+    pub fn tenant(&self, id: &str, version: u64) -> Tenant {
+        Tenant {
+            id: id.to_string(),
+            replication: self.replication,
+            max_siblings: self.max_siblings,
+            sloppy_quorum: self.sloppy_quorum,
+            version,
+        }
+    }
 }
 
 /// A registered storage node.
@@ -444,12 +476,7 @@ pub enum MetadataChange {
 #[async_trait]
 pub trait MetadataStore: Send + Sync + 'static {
     /// Creates a tenant at version 1.
-    async fn create_tenant(
-        &self,
-        id: &str,
-        replication: ReplicationConfig,
-        max_siblings: u32,
-    ) -> Result<Tenant, MetadataError>;
+    async fn create_tenant(&self, id: &str, settings: TenantSettings) -> Result<Tenant, MetadataError>;
     /// Reads a tenant.
     async fn get_tenant(&self, id: &str) -> Result<Tenant, MetadataError>;
     /// Lists every tenant, ordered by id.
@@ -460,8 +487,7 @@ pub trait MetadataStore: Send + Sync + 'static {
         &self,
         id: &str,
         expected_version: u64,
-        replication: ReplicationConfig,
-        max_siblings: u32,
+        settings: TenantSettings,
     ) -> Result<Tenant, MetadataError>;
     /// Registers a node or replaces the record with the same id, without
     /// changing any ring version (a node moved to a new address); bumps the

@@ -40,7 +40,7 @@ use tonic::async_trait;
 use super::{
     Checkpoint, Lease, MetadataChange, MetadataError, MetadataStore, Migration, MigrationKind, MigrationPhase,
     MigrationState, NodeHealth, NodeProbe, NodeRecord, NodeState, RingChange, RingHistory, RingStep, RingVersion,
-    Tenant,
+    Tenant, TenantSettings,
 };
 
 /// The migrations, in the order they apply. Never edit an applied one: add
@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "context_keys_and_sibling_cap", include_str!("../../../../migrations/0002_context_keys_and_sibling_cap.sql")),
     (3, "node_health", include_str!("../../../../migrations/0003_node_health.sql")),
     (4, "ring_history", include_str!("../../../../migrations/0004_ring_history.sql")),
+    (5, "sloppy_quorum", include_str!("../../../../migrations/0005_sloppy_quorum.sql")),
 ];
 
 /// The notification channel.
@@ -164,6 +165,7 @@ fn row_to_tenant(row: &Row) -> Result<Tenant, MetadataError> {
         id,
         replication,
         max_siblings: row.get::<_, i32>("max_siblings") as u32,
+        sloppy_quorum: row.get("sloppy_quorum"),
         version: row.get::<_, i64>("version") as u64,
     })
 }
@@ -422,24 +424,21 @@ async fn listen(config: tokio_postgres::Config, schema: String, changes: broadca
 
 #[async_trait]
 impl MetadataStore for PostgresMetadata {
-    async fn create_tenant(
-        &self,
-        id: &str,
-        replication: ReplicationConfig,
-        max_siblings: u32,
-    ) -> Result<Tenant, MetadataError> {
+    async fn create_tenant(&self, id: &str, settings: TenantSettings) -> Result<Tenant, MetadataError> {
+        let (replication, max_siblings) = (settings.replication, settings.max_siblings);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let inserted = tx
             .execute(
-                "INSERT INTO tenants (id, replication, read_quorum, write_quorum, max_siblings, version)
-                 VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO tenants (id, replication, read_quorum, write_quorum, max_siblings, sloppy_quorum, version)
+                 VALUES ($1, $2, $3, $4, $5, $6, 1) ON CONFLICT (id) DO NOTHING",
                 &[
                     &id,
                     &i32::from(replication.n()),
                     &i32::from(replication.r()),
                     &i32::from(replication.w()),
                     &(max_siblings as i32),
+                    &settings.sloppy_quorum,
                 ],
             )
             .await
@@ -451,14 +450,14 @@ impl MetadataStore for PostgresMetadata {
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(Tenant { id: id.to_string(), replication, max_siblings, version: 1 })
+        Ok(settings.tenant(id, 1))
     }
 
     async fn get_tenant(&self, id: &str) -> Result<Tenant, MetadataError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT id, replication, read_quorum, write_quorum, max_siblings, version FROM tenants WHERE id = $1",
+                "SELECT id, replication, read_quorum, write_quorum, max_siblings, sloppy_quorum, version FROM tenants WHERE id = $1",
                 &[&id],
             )
             .await
@@ -470,7 +469,7 @@ impl MetadataStore for PostgresMetadata {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, replication, read_quorum, write_quorum, max_siblings, version FROM tenants ORDER BY id",
+                "SELECT id, replication, read_quorum, write_quorum, max_siblings, sloppy_quorum, version FROM tenants ORDER BY id",
                 &[],
             )
             .await
@@ -482,17 +481,17 @@ impl MetadataStore for PostgresMetadata {
         &self,
         id: &str,
         expected_version: u64,
-        replication: ReplicationConfig,
-        max_siblings: u32,
+        settings: TenantSettings,
     ) -> Result<Tenant, MetadataError> {
+        let (replication, max_siblings) = (settings.replication, settings.max_siblings);
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(unavailable)?;
         let updated = tx
             .query_opt(
                 "UPDATE tenants SET replication = $3, read_quorum = $4, write_quorum = $5, max_siblings = $6,
-                        version = version + 1, updated_at = now()
+                        sloppy_quorum = $7, version = version + 1, updated_at = now()
                  WHERE id = $1 AND version = $2
-                 RETURNING id, replication, read_quorum, write_quorum, max_siblings, version",
+                 RETURNING id, replication, read_quorum, write_quorum, max_siblings, sloppy_quorum, version",
                 &[
                     &id,
                     &(expected_version as i64),
@@ -500,6 +499,7 @@ impl MetadataStore for PostgresMetadata {
                     &i32::from(replication.r()),
                     &i32::from(replication.w()),
                     &(max_siblings as i32),
+                    &settings.sloppy_quorum,
                 ],
             )
             .await
@@ -1057,7 +1057,7 @@ mod tests {
         // so the writes below cannot race the LISTEN.
         let first = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await;
         assert_eq!(first.expect("listener subscribes").expect("open"), MetadataChange::Ring);
-        writer.create_tenant("alpha", ReplicationConfig::majority(3).unwrap(), 100).await.unwrap();
+        writer.create_tenant("alpha", TenantSettings::new(ReplicationConfig::majority(3).unwrap(), 100)).await.unwrap();
         let node = NodeRecord {
             id: "n1".into(),
             address: "127.0.0.1:1".into(),
