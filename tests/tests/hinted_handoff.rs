@@ -65,3 +65,33 @@ async fn hints_survive_a_restart_of_the_nodes_that_hold_them() {
     handed_off(&cluster, 2, &written).await;
     cluster.shutdown().await;
 }
+
+/// A hint follows the ring: a replica whose fence has moved past the ring
+/// the write was routed by (a membership change began while it was away)
+/// is not handed the write — it may no longer replicate the key — and the
+/// hint is escalated to anti-entropy, which knows the current ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_for_a_replica_that_moved_past_its_ring_is_escalated_not_delivered() {
+    let mut cluster = TestCluster::start_with(3, ReadRepairMode::Background).await;
+    cluster.stop_node(2).await;
+    let written = write_while_down(&cluster).await;
+    // While away, node 3 learns of a newer ring (as the leader's fence at
+    // the start of a migration would tell it).
+    let store = cohort_node::Store::open(&cluster.node_dir(2), "node-3", cohort_node::Durability::Flush)
+        .expect("open the stopped node's directory");
+    store.raise_fence(u64::MAX / 2).await.expect("fence");
+    store.close().await;
+    cluster.restart_node(2).await.expect("restart");
+    for index in 0..2 {
+        let holder = cluster.node_store(index).expect("running");
+        eventually(&format!("node {} settles its hints", index + 1), Duration::from_secs(30), || {
+            let holder = holder.clone();
+            async move { holder.pending_hints(1000).expect("hints").is_empty() }
+        })
+        .await;
+    }
+    for (key, _) in &written {
+        assert!(cluster.replica_state(2, key).await.is_empty(), "{key} was not handed to node 3");
+    }
+    cluster.shutdown().await;
+}

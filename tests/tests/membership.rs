@@ -364,6 +364,30 @@ async fn bad_membership_requests_are_refused_and_change_nothing() {
     cluster.shutdown().await;
 }
 
+/// A node that already holds keys (left from an earlier membership) cannot
+/// join: its old data may predate tombstones the ring has since reaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holding_keys_from_before_cannot_join() {
+    let mut cluster = TestCluster::start_with_config(3, config()).await;
+    let index = cluster.start_extra_node().await.expect("a fourth node");
+    let store = cluster.node_store(index).expect("running");
+    let empty = cohort_ring::CausalContext::new();
+    let limits = cohort_node::store::WriteLimits::default();
+    store.stage_update(TENANT, b"left-over", &empty, Some("old".into()), limits, None, 0).expect("stage");
+    store.durable().await.expect("durable");
+    let id = cohort_cluster::node_id(index);
+    let address = cluster.node_address(index).expect("runs").to_string();
+    let mut admin = admin(&cluster.endpoint()).await;
+    let status = admin.add_node(add(&id, address)).await.expect_err("a node with data");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    assert!(status.message().contains("holds 1 keys from before"), "{}", status.message());
+    let status = admin.cluster_status(pb::ClusterStatusRequest {}).await.expect("status").into_inner();
+    assert_eq!(status.ring_versions.len(), 1, "{status:?}");
+    assert!(!status.ring_versions[0].nodes.iter().any(|n| n.id == id), "not on the ring: {status:?}");
+    assert!(status.migrations.is_empty(), "{status:?}");
+    cluster.shutdown().await;
+}
+
 /// The whole cluster replaced node by node under writes: three joins, then
 /// three drains of the original nodes, one change at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

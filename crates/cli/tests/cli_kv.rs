@@ -224,7 +224,10 @@ fn admin_tenant_commands_create_show_list_and_update_with_optimistic_versions() 
     let created = admin(&dev, "tenant", "create", &["app", "--replication", "3", "--json"]).json();
     assert_eq!(
         created,
-        serde_json::json!({"id": "app", "replication": 3, "read": 2, "write": 2, "max_siblings": 100, "version": 1})
+        serde_json::json!({
+            "id": "app", "replication": 3, "read": 2, "write": 2, "max_siblings": 100, "sloppy_quorum": false,
+            "version": 1
+        })
     );
     assert_eq!(admin(&dev, "tenant", "get", &["app", "--json"]).json(), created);
 
@@ -236,7 +239,16 @@ fn admin_tenant_commands_create_show_list_and_update_with_optimistic_versions() 
     let updated = admin(&dev, "tenant", "update", &["app", "--expected-version", "1", "--read", "3", "--json"]).json();
     assert_eq!(
         updated,
-        serde_json::json!({"id": "app", "replication": 3, "read": 3, "write": 2, "max_siblings": 100, "version": 2})
+        serde_json::json!({
+            "id": "app", "replication": 3, "read": 3, "write": 2, "max_siblings": 100, "sloppy_quorum": false,
+            "version": 2
+        })
+    );
+    let sloppy = ["app", "--expected-version", "2", "--sloppy-quorum", "true", "--json"];
+    let updated = admin(&dev, "tenant", "update", &sloppy).json();
+    assert_eq!(
+        (&updated["sloppy_quorum"], &updated["read"], &updated["version"]),
+        (&serde_json::json!(true), &serde_json::json!(3), &serde_json::json!(3))
     );
     // A stale version is refused and changes nothing.
     admin(&dev, "tenant", "update", &["app", "--expected-version", "1", "--write", "3"])

@@ -134,6 +134,26 @@ impl AdminService {
         Ok(())
     }
 
+    /// Refuses a node that joins a ring holding keys already: data left from
+    /// an earlier membership (a removal that never reached it, another
+    /// cluster) may predate tombstones its new peers have since reaped, and
+    /// the copy would not delete it, so deleted values could come back.
+    async fn check_node_empty(&self, id: &str, address: &str) -> Result<(), KvError> {
+        let c = &self.coordinator;
+        let client = c.peers.node(address).map_err(|s| KvError::InvalidArgument(s.message().to_string()))?;
+        let count = internal::ScanRequest { start: 0, end: u64::MAX, count_only: true, ..Default::default() };
+        let held = within(c.config.node_timeout * 4, client.scan(count))
+            .await
+            .map_err(|f| KvError::FailedPrecondition(format!("cannot count the keys node {id:?} holds: {f}")))?;
+        if held.keys > 0 {
+            return Err(KvError::FailedPrecondition(format!(
+                "node {id:?} holds {} keys from before: a joining node must start empty, or values deleted since could come back; stop it, move its data directory away and start it again",
+                held.keys
+            )));
+        }
+        Ok(())
+    }
+
     async fn create_tenant(&self, r: pb::CreateTenantRequest) -> Result<pb::Tenant, KvError> {
         validate::tenant_id(&r.id)?;
         let n = if r.replication == 0 { DEFAULT_REPLICATION } else { r.replication };
@@ -239,6 +259,9 @@ impl AdminService {
         }
         let spec = NodeSpec { id: r.id.clone(), zone: zone.clone(), vnodes };
         let bootstrap = newest.is_empty();
+        if !bootstrap {
+            self.check_node_empty(&r.id, &r.address).await?;
+        }
         let state = if bootstrap { NodeState::Active } else { NodeState::Joining };
         let node = NodeRecord { id: r.id, address: r.address, zone, vnodes, state };
         self.change_ring(&history, &newest, Change::Join(spec), node, r.dry_run, bootstrap).await

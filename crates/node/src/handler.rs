@@ -284,7 +284,14 @@ impl StorageHandler for StorageNode {
             self.store.check_ring(request.ring_version).map_err(status_from)?;
             let owner = (handoff.node_id.as_str(), handoff.address.as_str());
             self.store
-                .stage_handoff(&request.tenant, &request.key, owner, handoff.expires_at, &incoming)
+                .stage_handoff(
+                    &request.tenant,
+                    &request.key,
+                    owner,
+                    handoff.expires_at,
+                    request.ring_version,
+                    &incoming,
+                )
                 .map_err(status_from)?;
             self.store.durable().await.map_err(status_from)?;
             return Ok(MergeResponse {});

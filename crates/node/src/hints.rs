@@ -80,16 +80,16 @@ impl HintDelivery {
             .map_err(|e| format!("the handoff sweep task failed: {e}"))?
             .map_err(|e| format!("reading handoffs: {e}"))?;
         metrics::gauge!("cohort_node_handoffs_pending").set(held.len() as f64);
-        let (store, peers, timeout) = (self.store.clone(), self.peers.clone(), self.timeout);
+        let (peers, timeout) = (self.peers.clone(), self.timeout);
         let unreachable = Unreachable::default();
         let mut results = futures::stream::iter(held)
-            .map(move |handoff| hand_off(store.clone(), peers.clone(), timeout, unreachable.clone(), handoff))
+            .map(move |handoff| hand_off(peers.clone(), timeout, unreachable.clone(), handoff))
             .buffer_unordered(IN_FLIGHT);
         let mut waiting = 0;
         while let Some((handoff, outcome)) = results.next().await {
             let delivered = match outcome {
                 HandoffOutcome::Delivered => true,
-                HandoffOutcome::Expired => false,
+                HandoffOutcome::Escalate => false,
                 HandoffOutcome::Waiting => {
                     waiting += 1;
                     continue;
@@ -100,8 +100,8 @@ impl HintDelivery {
             match (ended, delivered) {
                 (true, true) => metrics::counter!("cohort_node_handoffs_delivered_total").increment(1),
                 (true, false) => {
-                    tracing::warn!(tenant = %handoff.tenant, owner = %handoff.owner, "handoff expired; escalated to anti-entropy");
-                    metrics::counter!("cohort_node_hints_escalated_total", "reason" => "handoff_expired").increment(1);
+                    tracing::warn!(tenant = %handoff.tenant, owner = %handoff.owner, "handoff escalated to anti-entropy");
+                    metrics::counter!("cohort_node_hints_escalated_total", "reason" => "handoff").increment(1);
                 }
                 // A write reached the record meanwhile: the next sweep.
                 (false, _) => {}
@@ -126,24 +126,37 @@ impl HintDelivery {
 /// per hint, and never holds up the others.
 type Unreachable = Arc<Mutex<HashSet<String>>>;
 
-/// Delivers one hint record to each of its peers; returns the peers it
-/// could not reach (or did not try, being unreachable this sweep).
+/// What became of one hint record's delivery.
+struct Delivery {
+    hint: Hint,
+    /// Peers not reached (or not tried, being unreachable this sweep).
+    left: Vec<(String, String)>,
+    /// A peer refused it as routed by a ring it has moved past: the key may
+    /// have other replicas now, which only anti-entropy knows.
+    ring_moved: bool,
+}
+
+/// Delivers one hint record to each of its peers.
 async fn deliver(
     store: Arc<Store>,
     peers: Arc<PeerPool>,
     timeout: Duration,
     unreachable: Unreachable,
     hint: Hint,
-) -> (Hint, Vec<(String, String)>) {
+) -> Delivery {
     let state = match store.read_encoded_state(&hint.tenant, &hint.key) {
         Ok(state) => state,
-        Err(_) => return (hint.clone(), hint.peers),
+        Err(_) => return Delivery { left: hint.peers.clone(), hint, ring_moved: false },
     };
     if state.is_empty() {
         // Dropped here since (its range moved away): nothing to hand off.
-        return (hint, Vec::new());
+        return Delivery { hint, left: Vec::new(), ring_moved: false };
     }
     let mut left = Vec::new();
+    let mut ring_moved = false;
+    // Routed as the write was: a peer whose fence has passed that ring
+    // refuses it instead of taking a key it may no longer replicate.
+    let ring_version = if hint.ring_version > 0 { hint.ring_version } else { store.fence() };
     for (peer, address) in &hint.peers {
         if unreachable.lock().unwrap_or_else(|p| p.into_inner()).contains(peer) {
             left.push((peer.clone(), address.clone()));
@@ -153,7 +166,7 @@ async fn deliver(
             tenant: hint.tenant.clone(),
             key: hint.key.clone().into(),
             state: state.clone(),
-            ring_version: store.fence(),
+            ring_version,
             ..Default::default()
         };
         let result = match peers.node(address) {
@@ -166,6 +179,10 @@ async fn deliver(
                 tracing::warn!(%peer, %message, "peer refuses a hinted state as malformed; hint dropped");
                 metrics::counter!("cohort_node_hints_dropped_total", "reason" => "refused").increment(1);
             }
+            Err(ReplicaFailure::Refused { code: tonic::Code::Aborted, .. }) => {
+                ring_moved = true;
+                left.push((peer.clone(), address.clone()));
+            }
             // Down, cut off or behind on the ring fence: next sweep.
             Err(_) => {
                 unreachable.lock().unwrap_or_else(|p| p.into_inner()).insert(peer.clone());
@@ -173,22 +190,22 @@ async fn deliver(
             }
         }
     }
-    (hint, left)
+    Delivery { hint, left, ring_moved }
 }
 
 /// What became of one handoff attempt.
 enum HandoffOutcome {
     /// The replica holds the state.
     Delivered,
-    /// Past its expiry: never handed off now.
-    Expired,
+    /// Past its expiry, or its replica moved past its ring: never handed
+    /// off now, its range goes to anti-entropy.
+    Escalate,
     /// The replica did not answer.
     Waiting,
 }
 
 /// Merges one held state into the replica it is held for.
 async fn hand_off(
-    store: Arc<Store>,
     peers: Arc<PeerPool>,
     timeout: Duration,
     unreachable: Unreachable,
@@ -198,7 +215,7 @@ async fn hand_off(
     // holds on every replica: handing it off could bring a deleted value
     // back.
     if handoff.expires_at <= now_secs() {
-        return (handoff, HandoffOutcome::Expired);
+        return (handoff, HandoffOutcome::Escalate);
     }
     if unreachable.lock().unwrap_or_else(|p| p.into_inner()).contains(&handoff.owner) {
         return (handoff, HandoffOutcome::Waiting);
@@ -207,7 +224,7 @@ async fn hand_off(
         tenant: handoff.tenant.clone(),
         key: handoff.key.clone().into(),
         state: handoff.state.clone(),
-        ring_version: store.fence(),
+        ring_version: handoff.ring_version,
         ..Default::default()
     };
     let result = match peers.node(&handoff.address) {
@@ -216,6 +233,7 @@ async fn hand_off(
     };
     match result {
         Ok(()) => (handoff, HandoffOutcome::Delivered),
+        Err(ReplicaFailure::Refused { code: tonic::Code::Aborted, .. }) => (handoff, HandoffOutcome::Escalate),
         Err(_) => {
             unreachable.lock().unwrap_or_else(|p| p.into_inner()).insert(handoff.owner.clone());
             (handoff, HandoffOutcome::Waiting)
@@ -252,8 +270,12 @@ impl Worker for HintDelivery {
             .map(move |hint| deliver(store.clone(), peers.clone(), timeout, unreachable.clone(), hint))
             .buffer_unordered(IN_FLIGHT);
         let (mut delivered, mut waiting) = (0u64, 0usize);
-        while let Some((hint, left)) = results.next().await {
+        while let Some(Delivery { hint, left, ring_moved }) = results.next().await {
             delivered += (hint.peers.len() - left.len()) as u64;
+            if ring_moved {
+                self.escalate(&hint, "ring_changed")?;
+                continue;
+            }
             if !left.is_empty() {
                 let id = (hint.tenant.clone(), hint.key.clone(), hint.seq);
                 let since = self.first_seen.get(&id).copied().unwrap_or_else(Instant::now);

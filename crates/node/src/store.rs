@@ -456,17 +456,23 @@ impl Store {
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = self.db.batch();
-        let seq = self.add_hints(&mut batch, &skey, peers);
+        let seq = self.add_hints(&mut batch, &skey, peers, 0);
         batch.commit()?;
         Ok(seq)
     }
 
     /// Adds a hint record of `skey` for `peers` to `batch`; returns its
     /// sequence number. The caller holds the key's stripe.
-    fn add_hints(&self, batch: &mut fjall::OwnedWriteBatch, skey: &[u8], peers: &[(&str, &str)]) -> u64 {
+    fn add_hints(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        skey: &[u8],
+        peers: &[(&str, &str)],
+        ring_version: u64,
+    ) -> u64 {
         let seq = self.hint_seq.fetch_add(1, Ordering::Relaxed) + 1;
         if !peers.is_empty() {
-            batch.insert(&self.hints, skey, encode_hint(seq, peers));
+            batch.insert(&self.hints, skey, encode_hint(seq, peers, ring_version));
             metrics::counter!("cohort_node_hints_stored_total").increment(peers.len() as u64);
         }
         seq
@@ -481,11 +487,13 @@ impl Store {
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         let Some(value) = self.hints.get(&skey)? else { return Ok(()) };
-        if decode_hint(&value).is_some_and(|(stored, _)| stored == seq) {
+        if let Some((stored, _, ring_version)) = decode_hint(&value)
+            && stored == seq
+        {
             if failed.is_empty() {
                 self.hints.remove(skey)?;
             } else {
-                self.hints.insert(skey, encode_hint(seq, failed))?;
+                self.hints.insert(skey, encode_hint(seq, failed, ring_version))?;
             }
         }
         Ok(())
@@ -499,7 +507,7 @@ impl Store {
         let mut dropped = 0;
         for item in self.hints.iter() {
             let (skey, value) = item.into_inner()?;
-            let Some((seq, peers)) = decode_hint(&value) else { continue };
+            let Some((seq, peers, _)) = decode_hint(&value) else { continue };
             if !peers.iter().any(|(peer, _)| removed.contains(peer)) {
                 continue;
             }
@@ -532,7 +540,7 @@ impl Store {
         let skey = storage_key(&hint.tenant, &hint.key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         let Some(value) = self.hints.get(&skey)? else { return Ok(false) };
-        if decode_hint(&value).is_none_or(|(stored, _)| stored != hint.seq) {
+        if decode_hint(&value).is_none_or(|(stored, _, _)| stored != hint.seq) {
             return Ok(false);
         }
         let mut batch = self.db.batch();
@@ -552,20 +560,24 @@ impl Store {
         key: &[u8],
         owner: (&str, &str),
         expires_at: u64,
+        ring_version: u64,
         incoming: &SiblingSet,
     ) -> Result<(), StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
         let record = handoff_key(owner.0, &skey);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
-        let (mut state, mut until) = (incoming.clone(), expires_at);
+        let (mut state, mut until, mut version) = (incoming.clone(), expires_at, ring_version);
         if let Some(held) = self.handoffs.get(&record)? {
             let held =
                 decode_handoff(&held).ok_or_else(|| StoreError::Engine("a handoff record is unreadable".into()))?;
-            state.sync(&SiblingSet::decode(&held.2)?);
-            until = until.max(held.0);
+            state.sync(&SiblingSet::decode(&held.state)?);
+            // The earliest expiry and ring: what the oldest write it holds
+            // may still do.
+            until = until.min(held.expires_at);
+            version = version.min(held.ring_version);
         }
-        self.handoffs.insert(record, encode_handoff(until, owner.1, &state.encode()))?;
+        self.handoffs.insert(record, encode_handoff(until, version, owner.1, &state.encode()))?;
         metrics::counter!("cohort_node_handoffs_stored_total").increment(1);
         Ok(())
     }
@@ -578,14 +590,15 @@ impl Store {
             let (record, value) = item.into_inner()?;
             let parsed = split_tenant(&record).and_then(|(owner, skey)| {
                 let (_, tenant, key) = parse_storage_key(skey)?;
-                let (expires_at, address, state) = decode_handoff(&value)?;
+                let held = decode_handoff(&value)?;
                 Some(Handoff {
                     tenant: tenant.to_string(),
                     key: key.to_vec(),
                     owner: owner.to_string(),
-                    address,
-                    expires_at,
-                    state: Bytes::from(state),
+                    address: held.address,
+                    expires_at: held.expires_at,
+                    ring_version: held.ring_version,
+                    state: Bytes::from(held.state),
                     record: value.to_vec(),
                 })
             });
@@ -643,8 +656,8 @@ impl Store {
         for item in self.hints.iter().take(limit) {
             let (skey, value) = item.into_inner()?;
             let parsed = parse_storage_key(&skey).and_then(|(_, tenant, key)| {
-                let (seq, peers) = decode_hint(&value)?;
-                Some(Hint { tenant: tenant.to_string(), key: key.to_vec(), seq, peers })
+                let (seq, peers, ring_version) = decode_hint(&value)?;
+                Some(Hint { tenant: tenant.to_string(), key: key.to_vec(), seq, peers, ring_version })
             });
             match parsed {
                 Some(hint) => out.push(hint),
@@ -984,7 +997,7 @@ impl Store {
             metrics::counter!("cohort_node_write_replays_total").increment(1);
             let encoded = current.map_or_else(|| Bytes::from(state.encode()), |bytes| Bytes::from(bytes.to_vec()));
             let mut batch = self.db.batch();
-            let hint_seq = self.add_hints(&mut batch, &skey, hints);
+            let hint_seq = self.add_hints(&mut batch, &skey, hints, ring_version);
             batch.commit()?;
             return Ok(Staged { encoded, dot, siblings: state.siblings().len(), replayed: true, hint_seq });
         }
@@ -1018,7 +1031,7 @@ impl Store {
         metrics::histogram!("cohort_node_siblings").record(siblings as f64);
         let encoded = Bytes::from(encoded);
         let mut batch = self.db.batch();
-        let hint_seq = self.add_hints(&mut batch, &skey, hints);
+        let hint_seq = self.add_hints(&mut batch, &skey, hints, ring_version);
         self.track_tombstones(&mut batch, &skey, was_tombstones, &state);
         batch.insert(&self.data, skey, &encoded[..]);
         if let Some(tag) = write {
@@ -1147,6 +1160,11 @@ pub struct Hint {
     pub seq: u64,
     /// The peers (id, address) that have not acknowledged.
     pub peers: Vec<(String, String)>,
+    /// The ring version the write was routed by (0: not recorded). A peer
+    /// whose fence has passed it may no longer replicate the key, so the
+    /// hint is not delivered to it but escalated to anti-entropy, which
+    /// knows the current ring.
+    pub ring_version: u64,
 }
 
 /// A state held for another replica (see [`Store::stage_handoff`]).
@@ -1162,6 +1180,8 @@ pub struct Handoff {
     pub address: String,
     /// Seconds since the Unix epoch; never handed off after it.
     pub expires_at: u64,
+    /// The ring version its writes were routed by.
+    pub ring_version: u64,
     /// The encoded state.
     pub state: Bytes,
     /// The stored record, to settle it only if unchanged.
@@ -1177,20 +1197,31 @@ fn handoff_key(owner: &str, skey: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `expires_at (8 bytes BE) | len | address | encoded state`.
-fn encode_handoff(expires_at: u64, address: &str, state: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + address.len() + state.len());
+/// `expires_at (8 bytes BE) | ring version (8 bytes BE) | len | address |
+/// encoded state`.
+fn encode_handoff(expires_at: u64, ring_version: u64, address: &str, state: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + address.len() + state.len());
     out.extend_from_slice(&expires_at.to_be_bytes());
+    out.extend_from_slice(&ring_version.to_be_bytes());
     out.push(address.len() as u8);
     out.extend_from_slice(address.as_bytes());
     out.extend_from_slice(state);
     out
 }
 
-fn decode_handoff(value: &[u8]) -> Option<(u64, String, Vec<u8>)> {
+/// A decoded handoff record.
+struct HeldState {
+    expires_at: u64,
+    ring_version: u64,
+    address: String,
+    state: Vec<u8>,
+}
+
+fn decode_handoff(value: &[u8]) -> Option<HeldState> {
     let expires_at = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
-    let (address, state) = split_tenant(&value[8..])?;
-    Some((expires_at, address.to_string(), state.to_vec()))
+    let ring_version = u64::from_be_bytes(value.get(8..16)?.try_into().ok()?);
+    let (address, state) = split_tenant(&value[16..])?;
+    Some(HeldState { expires_at, ring_version, address: address.to_string(), state: state.to_vec() })
 }
 
 /// The escalation marker of `(tenant, key)`: `len(tenant) | tenant | leaf
@@ -1204,9 +1235,10 @@ fn escalation_marker(tenant: &str, key: &[u8]) -> Vec<u8> {
     marker
 }
 
-/// `seq (8 bytes BE) | count | (len | peer id | len | address)*`.
-fn encode_hint(seq: u64, peers: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + peers.iter().map(|(p, a)| 2 + p.len() + a.len()).sum::<usize>());
+/// `seq (8 bytes BE) | count | (len | peer id | len | address)* | ring
+/// version (8 bytes BE, when known)`.
+fn encode_hint(seq: u64, peers: &[(&str, &str)], ring_version: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + peers.iter().map(|(p, a)| 2 + p.len() + a.len()).sum::<usize>());
     out.extend_from_slice(&seq.to_be_bytes());
     out.push(peers.len() as u8);
     for (peer, address) in peers {
@@ -1215,10 +1247,18 @@ fn encode_hint(seq: u64, peers: &[(&str, &str)]) -> Vec<u8> {
         out.push(address.len() as u8);
         out.extend_from_slice(address.as_bytes());
     }
+    if ring_version > 0 {
+        out.extend_from_slice(&ring_version.to_be_bytes());
+    }
     out
 }
 
-fn decode_hint(value: &[u8]) -> Option<(u64, Vec<(String, String)>)> {
+/// Peers a hint names, `(id, address)`.
+type Peers = Vec<(String, String)>;
+
+/// `(sequence, peers, ring version)`; records written before the version
+/// was kept read as version 0.
+fn decode_hint(value: &[u8]) -> Option<(u64, Peers, u64)> {
     let seq = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
     let count = *value.get(8)?;
     let mut rest = &value[9..];
@@ -1234,7 +1274,12 @@ fn decode_hint(value: &[u8]) -> Option<(u64, Vec<(String, String)>)> {
         let address = take(&mut rest)?;
         peers.push((peer, address));
     }
-    Some((seq, peers))
+    let ring_version = match rest.len() {
+        0 => 0,
+        8 => u64::from_be_bytes(rest.try_into().ok()?),
+        _ => return None,
+    };
+    Some((seq, peers, ring_version))
 }
 
 /// The token, tenant and key of a storage key.
@@ -1762,11 +1807,11 @@ mod tests {
         let mut second = SiblingSet::new();
         second.update(&CausalContext::new(), &Actor::new("n2.1.0"), Some(Bytes::from("b"))).unwrap();
         let owner = ("n3", "127.0.0.1:3");
-        store.stage_handoff("t", b"k", owner, 100, &first).unwrap();
+        store.stage_handoff("t", b"k", owner, 100, 1, &first).unwrap();
         assert!(store.read("t", b"k").unwrap().is_empty(), "apart from the node's own data");
         assert!(store.digest("t", EVERYTHING).unwrap().iter().all(|&h| h == 0), "and from its trees");
         let read = store.pending_handoffs(10).unwrap();
-        store.stage_handoff("t", b"k", owner, 50, &second).unwrap();
+        store.stage_handoff("t", b"k", owner, 150, 2, &second).unwrap();
         assert!(!store.settle_handoff(&read[0], true).unwrap(), "a write reached it since: kept");
         let held = store.pending_handoffs(10).unwrap();
         assert_eq!(held.len(), 1);

@@ -151,6 +151,8 @@ impl RepairLedger {
         record.unreachable = report.unreachable.clone();
         record.tombstones_reaped += report.tombstones_reaped;
         record.gc_blocked = report.gc_blocked;
+        let blocked = ranges.values().filter(|r| r.gc_blocked).count();
+        metrics::gauge!("cohort_gc_blocked_ranges").set(blocked as f64);
     }
 
     /// Queues a tenant's token range whose hints a node gave up on: the
