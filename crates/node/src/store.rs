@@ -346,7 +346,7 @@ impl Store {
         meta.insert(INCARNATION_KEY, incarnation.to_be_bytes())?;
         db.persist(PersistMode::SyncAll)?;
         let nonce: u64 = rand::random();
-        let trees = rebuild_trees(&data, dir)?;
+        let trees = rebuild_trees(&data, &tombstones, dir)?;
 
         let poisoned = Arc::new(AtomicBool::new(false));
         let failing_disk = Arc::new(AtomicBool::new(false));
@@ -896,7 +896,10 @@ impl Store {
             if stored != tenant || since > cutoff {
                 continue;
             }
-            if let Some(state) = self.data.get(&skey)? {
+            // A record left behind by a change that raced it is skipped.
+            if let Some(state) = self.data.get(&skey)?
+                && SiblingSet::decode(&state).is_ok_and(|s| only_tombstones(&s))
+            {
                 out.push((key.to_vec(), Bytes::from(state.to_vec())));
             }
         }
@@ -1296,8 +1299,10 @@ fn split_tenant(bytes: &[u8]) -> Option<(&str, &[u8])> {
     Some((tenant, &rest[usize::from(len)..]))
 }
 
-/// Builds every tenant's anti-entropy tree from the data (see `trees.rs`).
-fn rebuild_trees(data: &Keyspace, dir: &Path) -> Result<RepairTrees, StoreError> {
+/// Builds every tenant's anti-entropy tree from the data (see `trees.rs`),
+/// and records the keys that hold only tombstones but have no tombstone
+/// record (written by a release that kept none) as of now.
+fn rebuild_trees(data: &Keyspace, tombstones: &Keyspace, dir: &Path) -> Result<RepairTrees, StoreError> {
     let started = std::time::Instant::now();
     let trees = RepairTrees::default();
     let mut keys = 0u64;
@@ -1306,7 +1311,12 @@ fn rebuild_trees(data: &Keyspace, dir: &Path) -> Result<RepairTrees, StoreError>
         let (token, tenant, key) =
             parse_storage_key(&skey).ok_or_else(|| StoreError::Engine("a storage key is malformed".into()))?;
         match SiblingSet::decode(&value) {
-            Ok(state) => trees.toggle(tenant, token, key_hash(tenant, key, state.clock())),
+            Ok(state) => {
+                trees.toggle(tenant, token, key_hash(tenant, key, state.clock()));
+                if only_tombstones(&state) && !tombstones.contains_key(&skey)? {
+                    tombstones.insert(skey.to_vec(), now_secs().to_be_bytes())?;
+                }
+            }
             // Left out: the key then differs from every healthy replica,
             // and the exchange's merge reports the unreadable state.
             Err(error) => tracing::warn!(%error, "a stored state is unreadable; left out of its hash tree"),
@@ -1792,6 +1802,25 @@ mod tests {
         assert!(!deleted_state.clock().covers(&again.dot));
         // A context read before the purge is still accepted.
         put(&store, b"k", deleted_state.clock(), b"newer").unwrap();
+        store.close().await;
+    }
+
+    /// Tombstones written by a release that kept no tombstone records are
+    /// recorded when the store opens, so they can be reaped too.
+    #[tokio::test]
+    async fn tombstones_without_a_record_are_recorded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+            let written = SiblingSet::decode(&put(&store, b"k", &CausalContext::new(), b"v").unwrap().encoded).unwrap();
+            store.stage_update("t", b"k", written.clock(), None, NO_LIMITS, None, 0).unwrap();
+            store.tombstones.remove(storage_key("t", b"k")).unwrap();
+            assert!(store.tombstones("t", EVERYTHING, 0, 10).unwrap().is_empty());
+            store.durable().await.unwrap();
+            store.close().await;
+        }
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        assert_eq!(store.tombstones("t", EVERYTHING, 0, 10).unwrap().len(), 1);
         store.close().await;
     }
 
