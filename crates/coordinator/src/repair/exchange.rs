@@ -19,6 +19,8 @@ use crate::topology::Replica;
 
 /// Keys per scan page of a differing segment.
 const PAGE_KEYS: u32 = 256;
+/// How many node timeouts a replica that failed a digest stays suspected.
+const SUSPECT_TIMEOUTS: u32 = 3;
 /// Most tombstones one replica lists per range and exchange.
 const TOMBSTONES_PER_EXCHANGE: u32 = 1024;
 
@@ -65,10 +67,18 @@ pub async fn exchange(
             end: target.range.end,
             ring_version,
         };
+        // A replica believed down costs no timeout: it is left out (and
+        // reaping in the range waits for it).
+        if coordinator.liveness.is_suspect(&replica.id) {
+            return (replica, Err("believed down".to_string()));
+        }
         let answer = match client(coordinator, replica) {
             Some(client) => within(timeout, client.digest(request)).await.map_err(|f| f.to_string()),
             None => Err("not reachable".to_string()),
         };
+        if answer.is_err() {
+            coordinator.liveness.suspect(&replica.id, coordinator.config.node_timeout * SUSPECT_TIMEOUTS);
+        }
         (replica, answer)
     }))
     .await;
