@@ -158,7 +158,7 @@ lines = [
     "",
     "## Hint delivery",
     "",
-    f"node-3 was stopped while $HINTED keys were written: $PENDING hint records waited on nodes 1 and 2.",
+    f"node-3 was stopped while $HINTED keys were written: about $PENDING hint records waited on nodes 1 and 2.",
     f"After node-3 started again, the last was delivered in **$DELIVERY s**.",
     "",
     "## Anti-entropy on an idle, converged cluster",

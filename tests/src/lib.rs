@@ -214,13 +214,19 @@ impl TestCluster {
         client_for(&self.endpoint()).await
     }
 
-    /// The state node `index` holds for `key`, read through its Storage API.
+    /// The state node `index` holds for `key` of the default tenant, read
+    /// through its Storage API.
     pub async fn replica_state(&self, index: usize, key: &str) -> SiblingSet {
+        self.replica_state_in(index, TENANT, key).await
+    }
+
+    /// The state node `index` holds in its own data for `key` of `tenant`.
+    pub async fn replica_state_in(&self, index: usize, tenant: &str, key: &str) -> SiblingSet {
         let address = self.node_address(index).expect("node is running");
         let mut client = StorageClient::connect(format!("http://{address}")).await.expect("connect to node");
         // Inspection, not routing: past any ring fence.
         let request = ReadRequest {
-            tenant: TENANT.into(),
+            tenant: tenant.into(),
             key: Bytes::copy_from_slice(key.as_bytes()),
             ring_version: u64::MAX,
             ..Default::default()
@@ -236,11 +242,7 @@ impl TestCluster {
         coordinator.topology.refresh().await.expect("ring refresh");
         let tenant = coordinator.metadata.get_tenant(TENANT).await.expect("default tenant");
         let plan = coordinator.topology.current().replicas(TENANT, key.as_bytes(), tenant.replication.n().into());
-        let mut indices: Vec<usize> = plan
-            .replicas
-            .iter()
-            .map(|r| r.id.trim_start_matches("node-").parse::<usize>().expect("node ids are node-<n>") - 1)
-            .collect();
+        let mut indices: Vec<usize> = plan.replicas.iter().map(|r| node_index(&r.id)).collect();
         indices.sort_unstable();
         indices
     }
@@ -255,6 +257,11 @@ impl TestCluster {
         }
         states
     }
+}
+
+/// The index of node `id` (`node-<index + 1>`) in a test cluster.
+pub fn node_index(id: &str) -> usize {
+    id.trim_start_matches("node-").parse::<usize>().expect("node ids are node-<n>") - 1
 }
 
 /// A client of `endpoint` without retries.

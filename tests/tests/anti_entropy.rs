@@ -222,7 +222,7 @@ async fn a_write_after_a_partial_reap_is_not_swallowed_by_a_remaining_tombstone(
         .replicas(TENANT, key.as_bytes(), 3)
         .replicas
         .iter()
-        .map(|r| r.id.trim_start_matches("node-").parse::<usize>().expect("node ids are node-<n>") - 1)
+        .map(|r| cohort_tests::node_index(&r.id))
         .collect();
     eventually("every replica holds the tombstone", Duration::from_secs(10), || async {
         let states = cluster.replica_states(key).await;

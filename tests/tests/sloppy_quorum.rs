@@ -5,34 +5,12 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use cohort_coordinator::ReadRepairMode;
-use cohort_proto::internal::v1::ReadRequest;
-use cohort_proto::internal::v1::storage_client::StorageClient;
 use cohort_proto::v1 as pb;
 use cohort_proto::v1::admin_client::AdminClient;
-use cohort_ring::SiblingSet;
-use cohort_tests::{TestCluster, eventually, test_config, values_of};
+use cohort_tests::{TestCluster, eventually, node_index, test_config, values_of};
 
 const SLOPPY: &str = "sloppy";
-
-fn index_of(id: &str) -> usize {
-    id.trim_start_matches("node-").parse::<usize>().expect("node ids are node-<n>") - 1
-}
-
-/// The state node `index` keeps in its own data for `key` of `tenant`.
-async fn own_state(cluster: &TestCluster, index: usize, tenant: &str, key: &str) -> SiblingSet {
-    let address = cluster.node_address(index).expect("node is running");
-    let mut client = StorageClient::connect(format!("http://{address}")).await.expect("connect to node");
-    let request = ReadRequest {
-        tenant: tenant.into(),
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        ring_version: u64::MAX,
-        ..Default::default()
-    };
-    let state = client.read(request).await.expect("replica read").into_inner().state;
-    if state.is_empty() { SiblingSet::new() } else { SiblingSet::decode(&state).expect("decodable state") }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sloppy_write_counts_a_fallback_that_hands_it_off_when_the_replicas_return() {
@@ -47,7 +25,7 @@ async fn a_sloppy_write_counts_a_fallback_that_hands_it_off_when_the_replicas_re
     let coordinator = cluster.coordinator.coordinator.clone();
     let placement = coordinator.topology.current();
     let preferred: Vec<usize> =
-        placement.replicas(SLOPPY, key.as_bytes(), 3).replicas.iter().map(|r| index_of(&r.id)).collect();
+        placement.replicas(SLOPPY, key.as_bytes(), 3).replicas.iter().map(|r| node_index(&r.id)).collect();
     let fallback = (0..4).find(|i| !preferred.contains(i)).expect("a fourth node");
     let (up, down) = (preferred[0], [preferred[1], preferred[2]]);
     for index in down {
@@ -70,7 +48,7 @@ async fn a_sloppy_write_counts_a_fallback_that_hands_it_off_when_the_replicas_re
     assert!(roles.contains(&(format!("node-{}", up + 1), pb::ReplicaRole::Primary as i32)), "{roles:?}");
     assert!(roles.contains(&(format!("node-{}", fallback + 1), pb::ReplicaRole::Fallback as i32)), "{roles:?}");
     // The fallback keeps it apart from its own data.
-    assert!(own_state(&cluster, fallback, SLOPPY, key).await.is_empty());
+    assert!(cluster.replica_state_in(fallback, SLOPPY, key).await.is_empty());
     let store = cluster.node_store(fallback).expect("running");
     assert_eq!(store.pending_handoffs(10).expect("handoffs").len(), 1);
 
@@ -80,7 +58,7 @@ async fn a_sloppy_write_counts_a_fallback_that_hands_it_off_when_the_replicas_re
     let cluster_ref = &cluster;
     for index in down {
         eventually(&format!("node {} holds the write", index + 1), Duration::from_secs(30), || async move {
-            values_of(&own_state(cluster_ref, index, SLOPPY, key).await) == ["v"]
+            values_of(&cluster_ref.replica_state_in(index, SLOPPY, key).await) == ["v"]
         })
         .await;
     }
@@ -89,7 +67,7 @@ async fn a_sloppy_write_counts_a_fallback_that_hands_it_off_when_the_replicas_re
         async move { store.pending_handoffs(10).expect("handoffs").is_empty() }
     })
     .await;
-    assert!(own_state(&cluster, fallback, SLOPPY, key).await.is_empty(), "nothing left on the fallback");
+    assert!(cluster.replica_state_in(fallback, SLOPPY, key).await.is_empty(), "nothing left on the fallback");
     cluster.shutdown().await;
 }
 
@@ -106,7 +84,7 @@ async fn a_strict_tenant_never_counts_a_fallback() {
         .replicas(cohort_tests::TENANT, key.as_bytes(), 3)
         .replicas
         .iter()
-        .map(|r| index_of(&r.id))
+        .map(|r| node_index(&r.id))
         .collect();
     for &index in &preferred[1..] {
         cluster.stop_node(index).await;

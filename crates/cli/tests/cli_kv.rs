@@ -327,3 +327,52 @@ fn admin_cluster_status_json_has_the_documented_shape() {
     });
     assert_eq!(listed, registered);
 }
+
+#[test]
+fn admin_repair_commands_repair_a_node_and_report_per_node_and_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(&dir.path().join("data"));
+    write_json(&kv(&dev, "put", &["k", "v", "--json"]));
+
+    let repaired = admin(&dev, "repair", "node", &["node-1", "--json"]).json();
+    let fields =
+        ["ranges", "differing_segments", "keys_compared", "keys_repaired", "bytes", "unreachable", "tombstones_reaped"];
+    assert_eq!(keys(&repaired), BTreeSet::from(fields), "{repaired}");
+    assert!(repaired["ranges"].as_u64().is_some_and(|r| r > 0), "{repaired}");
+    assert_eq!(repaired["unreachable"], serde_json::json!([]), "{repaired}");
+    let one = admin(&dev, "repair", "range", &["0", "1000", "--tenant", "default", "--json"]).json();
+    assert!(one["ranges"].as_u64().is_some_and(|r| r >= 1), "{one}");
+
+    let status = admin(&dev, "repair", "status", &["--json"]).json();
+    let top = ["leader", "state", "round", "round_started_ms", "round_total", "round_done", "nodes", "ranges"];
+    assert_eq!(keys(&status), BTreeSet::from(top), "{status}");
+    assert_eq!(status["leader"], true, "the dev coordinator leads: {status}");
+    let nodes = status["nodes"].as_array().expect("nodes is an array");
+    assert_eq!(nodes.len(), 3, "{status}");
+    for node in nodes {
+        let fields = ["id", "ranges", "last_exchange_ms", "keys_repaired", "backlog"];
+        assert_eq!(keys(node), BTreeSet::from(fields), "{node}");
+    }
+    let node_1 = nodes.iter().find(|n| n["id"] == "node-1").expect("node-1");
+    assert!(node_1["last_exchange_ms"].as_u64().is_some(), "every range of node-1 was just exchanged: {node_1}");
+    let range = &status["ranges"].as_array().expect("ranges is an array")[0];
+    let fields = [
+        "tenant",
+        "start",
+        "end",
+        "replicas",
+        "last_exchange_ms",
+        "exchanges",
+        "last_keys_repaired",
+        "keys_repaired",
+        "differing_segments",
+        "unreachable",
+        "tombstones_reaped",
+        "gc_blocked",
+    ];
+    assert_eq!(keys(range), BTreeSet::from(fields), "{range}");
+
+    admin(&dev, "repair", "node", &["nobody"]).one_line_error("NotFound");
+    admin(&dev, "repair", "range", &["9", "1"]).one_line_error("InvalidArgument");
+    admin(&dev, "repair", "node", &["node-1", "--tenant", "nosuch"]).one_line_error("NotFound");
+}

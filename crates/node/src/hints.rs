@@ -257,7 +257,9 @@ impl Worker for HintDelivery {
             .await
             .map_err(|e| format!("the hint sweep task failed: {e}"))?
             .map_err(|e| format!("reading hints: {e}"))?;
-        metrics::gauge!("cohort_node_hints_pending").set(pending.len() as f64);
+        // Every record, not only this sweep's (an estimate past the sweep).
+        let kept = if pending.len() < SWEEP_LIMIT { pending.len() as u64 } else { self.store.hints_pending() };
+        metrics::gauge!("cohort_node_hints_pending").set(kept as f64);
         if pending.is_empty() {
             return Ok(Step::Idle);
         }

@@ -10,9 +10,9 @@
 //!
 //! Every background loop of a Cohort process is a worker: the coordinator's
 //! ring refresh, change follower, idempotency purge, leader election and
-//! the leader's node probe and membership mover; the storage node's health
-//! watch, write-record purge and hint delivery. Anti-entropy and GC are
-//! meant to join them.
+//! the leader's node probe, membership mover and anti-entropy (which also
+//! reaps tombstones); the storage node's health watch, write-record purge
+//! and hint delivery (which also hands off a fallback's writes).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -46,6 +46,16 @@ pub struct ExchangeReport {
     pub gc_blocked: bool,
 }
 
+/// How an exchange treats a replica the liveness view suspects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suspects {
+    /// Left out at no cost (the periodic rounds: a replica just back is
+    /// included once its suspicion lapses).
+    Skip,
+    /// Asked like any other (forced repairs, escalated ranges).
+    Ask,
+}
+
 /// Runs one exchange of `target`'s replicas under ring version
 /// `ring_version`, then its garbage collection when `gc_grace` is given.
 pub async fn exchange(
@@ -53,6 +63,7 @@ pub async fn exchange(
     target: &Target,
     ring_version: u64,
     gc_grace: Option<Duration>,
+    suspects: Suspects,
 ) -> ExchangeReport {
     let started = Instant::now();
     let mut report = ExchangeReport::default();
@@ -69,7 +80,7 @@ pub async fn exchange(
         };
         // A replica believed down costs no timeout: it is left out (and
         // reaping in the range waits for it).
-        if coordinator.liveness.is_suspect(&replica.id) {
+        if suspects == Suspects::Skip && coordinator.liveness.is_suspect(&replica.id) {
             return (replica, Err("believed down".to_string()));
         }
         let answer = match client(coordinator, replica) {

@@ -31,7 +31,7 @@ use cohort_ring::movement::segments;
 use cohort_worker::{Step, Worker};
 use rand::Rng;
 
-pub use exchange::{ExchangeReport, exchange};
+pub use exchange::{ExchangeReport, Suspects, exchange};
 
 use crate::server::Coordinator;
 use crate::topology::{Placement, Replica};
@@ -217,7 +217,7 @@ pub async fn run_now(coordinator: &Coordinator, chosen: Vec<Target>) -> Exchange
     let grace = coordinator.config.repair.gc.then_some(coordinator.config.repair.gc_grace);
     let mut total = ExchangeReport::default();
     for target in &chosen {
-        let report = exchange(coordinator, target, ring_version, grace).await;
+        let report = exchange(coordinator, target, ring_version, grace, Suspects::Ask).await;
         coordinator.repair.record(target, &report);
         add(&mut total, report);
     }
@@ -294,7 +294,7 @@ impl AntiEntropy {
                 .iter()
                 .filter(|t| t.tenant == tenant && t.range.start <= range.end && range.start <= t.range.end);
             for target in overlapping {
-                let report = exchange(c, target, ring_version, None).await;
+                let report = exchange(c, target, ring_version, None, Suspects::Ask).await;
                 c.repair.record(target, &report);
                 complete &= report.unreachable.is_empty();
             }
@@ -344,7 +344,7 @@ impl AntiEntropy {
         self.next += 1;
         let started = Instant::now();
         let grace = config.gc.then_some(config.gc_grace);
-        let report = exchange(&c, &target, placement.ring_version(), grace).await;
+        let report = exchange(&c, &target, placement.ring_version(), grace, Suspects::Skip).await;
         c.repair.record(&target, &report);
         c.repair.set(|s| s.round_done += 1);
         let took = started.elapsed();
