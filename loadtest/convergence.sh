@@ -101,18 +101,24 @@ stop node3
 load hint- "$HINTED"
 M1=$(metrics_of node1)
 M2=$(metrics_of node2)
-for _ in $(seq 20); do # the gauge is set by each delivery sweep (every second)
-    [ "$(gauge "$M1" cohort_node_hints_pending)" != "" ] && [ "$(gauge "$M2" cohort_node_hints_pending)" != "" ] && break
-    sleep 0.5
+pending() {
+    local a b
+    a=$(gauge "$M1" cohort_node_hints_pending)
+    b=$(gauge "$M2" cohort_node_hints_pending)
+    echo $(( ${a:-0} + ${b:-0} ))
+}
+# The gauge is set by each delivery sweep (every second): wait until two
+# sweeps agree.
+PENDING=-1
+for _ in $(seq 20); do
+    now=$(pending)
+    [ "$now" -eq "$PENDING" ] && break
+    PENDING=$now
+    sleep 1.2
 done
-PENDING=$(( $(gauge "$M1" cohort_node_hints_pending) + $(gauge "$M2" cohort_node_hints_pending) ))
 node 3 "${NODES[2]}"
 STARTED=$(date +%s.%N)
-while :; do
-    left=$(( $(gauge "$M1" cohort_node_hints_pending) + $(gauge "$M2" cohort_node_hints_pending) ))
-    [ "$left" -eq 0 ] && break
-    sleep 0.05
-done
+while [ "$(pending)" -ne 0 ]; do sleep 0.05; done
 DELIVERY=$(python3 -c "import time; print(f'{time.time() - $STARTED:.2f}')")
 log "$PENDING hint records delivered $DELIVERY s after node-3 started"
 
@@ -158,7 +164,7 @@ lines = [
     "",
     "## Hint delivery",
     "",
-    f"node-3 was stopped while $HINTED keys were written: about $PENDING hint records waited on nodes 1 and 2.",
+    f"node-3 was stopped while $HINTED keys were written: $PENDING hint records waited on nodes 1 and 2.",
     f"After node-3 started again, the last was delivered in **$DELIVERY s**.",
     "",
     "## Anti-entropy on an idle, converged cluster",

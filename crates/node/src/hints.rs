@@ -257,14 +257,24 @@ impl Worker for HintDelivery {
             .await
             .map_err(|e| format!("the hint sweep task failed: {e}"))?
             .map_err(|e| format!("reading hints: {e}"))?;
-        // Every record, not only this sweep's (an estimate past the sweep).
-        let kept = if pending.len() < SWEEP_LIMIT { pending.len() as u64 } else { self.store.hints_pending() };
-        metrics::gauge!("cohort_node_hints_pending").set(kept as f64);
         if pending.is_empty() {
+            metrics::gauge!("cohort_node_hints_pending").set(0.0);
             return Ok(Step::Idle);
         }
         let swept = pending.len();
-        let over_quota = self.store.hints_pending() > self.bounds.max_pending;
+        // Past a full sweep, count them all (an iteration, only then).
+        let kept = match swept < SWEEP_LIMIT {
+            true => swept as u64,
+            false => {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.hints_pending())
+                    .await
+                    .map_err(|e| format!("the hint count task failed: {e}"))?
+                    .map_err(|e| format!("counting hints: {e}"))?
+            }
+        };
+        metrics::gauge!("cohort_node_hints_pending").set(kept as f64);
+        let over_quota = kept > self.bounds.max_pending;
         let mut seen_now = HashMap::with_capacity(pending.len());
         let (store, peers, timeout) = (self.store.clone(), self.peers.clone(), self.timeout);
         let unreachable = Unreachable::default();
