@@ -93,5 +93,12 @@ async fn a_hint_for_a_replica_that_moved_past_its_ring_is_escalated_not_delivere
     for (key, _) in &written {
         assert!(cluster.replica_state(2, key).await.is_empty(), "{key} was not handed to node 3");
     }
+    // Escalated, not dropped: the leader's probe collected the ranges.
+    let coordinator = cluster.coordinator.coordinator.clone();
+    eventually("the leader queued the escalated ranges", Duration::from_secs(15), || {
+        let coordinator = coordinator.clone();
+        async move { coordinator.repair.escalated() > 0 }
+    })
+    .await;
     cluster.shutdown().await;
 }

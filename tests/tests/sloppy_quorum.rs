@@ -51,6 +51,14 @@ async fn a_sloppy_write_counts_a_fallback_that_hands_it_off_when_the_replicas_re
     assert!(cluster.replica_state_in(fallback, SLOPPY, key).await.is_empty());
     let store = cluster.node_store(fallback).expect("running");
     assert_eq!(store.pending_handoffs(10).expect("handoffs").len(), 1);
+    // The leader learns where a handoff waits, and reaps nothing there.
+    let token = cohort_ring::token_for(SLOPPY, key.as_bytes());
+    let here = cohort_ring::TokenRange { start: token, end: token };
+    let held = |expected: bool| {
+        let coordinator = coordinator.clone();
+        async move { coordinator.repair.holds_handoffs(SLOPPY, here) == expected }
+    };
+    eventually("the leader knows of the handoff", Duration::from_secs(15), || held(true)).await;
 
     for index in down {
         cluster.restart_node(index).await.expect("restart");
@@ -68,6 +76,7 @@ async fn a_sloppy_write_counts_a_fallback_that_hands_it_off_when_the_replicas_re
     })
     .await;
     assert!(cluster.replica_state_in(fallback, SLOPPY, key).await.is_empty(), "nothing left on the fallback");
+    eventually("the leader knows the handoff is done", Duration::from_secs(15), || held(false)).await;
     cluster.shutdown().await;
 }
 

@@ -578,7 +578,7 @@ impl Admin for AdminService {
         // Every range of the current ring, or (while a change moves data)
         // the ranges exchanged so far.
         let universe: Vec<(String, u64, Vec<String>)> = match repair::current_targets(c).await {
-            Ok(targets) => targets
+            Ok((_, targets)) => targets
                 .into_iter()
                 .map(|t| (t.tenant, t.range.start, t.replicas.into_iter().map(|r| r.id).collect()))
                 .collect(),
@@ -642,7 +642,7 @@ impl Admin for AdminService {
             if !r.tenant.is_empty() {
                 c.metadata.get_tenant(&r.tenant).await.map_err(metadata_error)?;
             }
-            let targets = repair::current_targets(c).await.map_err(KvError::FailedPrecondition)?;
+            let (ring_version, targets) = repair::current_targets(c).await.map_err(KvError::FailedPrecondition)?;
             let in_tenant = |t: &repair::Target| r.tenant.is_empty() || t.tenant == r.tenant;
             let chosen: Vec<repair::Target> = match &r.scope {
                 Some(pb::repair_request::Scope::Node(node)) => {
@@ -666,7 +666,7 @@ impl Admin for AdminService {
                 None => return Err(KvError::InvalidArgument("name a node or a token range to repair".into())),
             };
             let ranges = chosen.len() as u64;
-            let report = repair::run_now(c, chosen).await;
+            let report = repair::run_now(c, ring_version, chosen).await;
             tracing::info!(ranges, keys_repaired = report.keys_repaired, "forced repair done");
             Ok(pb::RepairResponse {
                 ranges,

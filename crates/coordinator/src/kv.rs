@@ -100,9 +100,6 @@ pub struct KvEngine {
     node_timeout: Duration,
     request_timeout: Duration,
     read_repair: ReadRepairMode,
-    /// How long a fallback may hand a write off: half the tombstone grace,
-    /// so every handoff lands before a tombstone that covers it is reaped.
-    handoff_window: Duration,
 }
 
 /// The merge of every answered state.
@@ -204,7 +201,6 @@ impl KvEngine {
             node_timeout: config.node_timeout,
             request_timeout: config.request_timeout,
             read_repair: config.read_repair,
-            handoff_window: config.repair.gc_grace / 2,
         }
     }
 
@@ -307,9 +303,6 @@ impl KvEngine {
             }
             false => Vec::new(),
         };
-        let handoff_expires_at = (std::time::SystemTime::now() + self.handoff_window)
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         let deadline = Instant::now() + self.request_timeout;
         let mut reasons = Vec::new();
         for index in self.coordinator_order(replicas) {
@@ -349,7 +342,6 @@ impl KvEngine {
                 write: write.clone(),
                 ring_version: plan.ring_version,
                 sets: sets.clone(),
-                handoff_expires_at,
             };
             let client = match self.peers.node(&coordinator.address) {
                 Ok(client) => client,

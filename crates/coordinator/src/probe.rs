@@ -11,7 +11,8 @@
 //!
 //! Each probe also collects the token ranges a node escalated to
 //! anti-entropy (hints it gave up on) and queues them in the
-//! [`RepairLedger`], whose worker syncs them first.
+//! [`RepairLedger`], whose worker syncs them first, and the ranges where the
+//! node holds sloppy-quorum handoffs, where no tombstone may be reaped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +73,11 @@ impl Worker for Probe {
                                 let tokens = TokenRange { start: range.start, end: range.end };
                                 repair.escalate(range.tenant, tokens);
                             }
+                            let held = info
+                                .handoffs
+                                .into_iter()
+                                .map(|r| (r.tenant, TokenRange { start: r.start, end: r.end }));
+                            repair.set_handoffs(node, held.collect());
                             true
                         }
                         Err(_) => false,

@@ -223,11 +223,8 @@ impl StorageHandler for StorageNode {
                 write: request.write.clone(),
                 write_dot: request.write.as_ref().map(|_| write_dot.clone()),
                 ring_version: request.ring_version,
-                handoff: (!peer.hinted_for.is_empty()).then(|| Handoff {
-                    node_id: peer.hinted_for.clone(),
-                    address: peer.hinted_for_address.clone(),
-                    expires_at: request.handoff_expires_at,
-                }),
+                handoff: (!peer.hinted_for.is_empty())
+                    .then(|| Handoff { node_id: peer.hinted_for.clone(), address: peer.hinted_for_address.clone() }),
             };
             let client = self.peers.node(&peer.address);
             let hints = hints.clone();
@@ -278,20 +275,18 @@ impl StorageHandler for StorageNode {
         if let Some(handoff) = &request.handoff {
             // A fallback's copy for a replica believed down: kept apart from
             // this node's own data until handed off.
-            if handoff.node_id.is_empty() || handoff.address.is_empty() || handoff.expires_at == 0 {
-                return Err(Status::invalid_argument("a handoff names its replica, address and expiry"));
+            if !cohort_ring::valid_node_id(&handoff.node_id)
+                || handoff.address.is_empty()
+                || handoff.address.len() > 255
+            {
+                return Err(Status::invalid_argument(
+                    "a handoff names a valid replica id and an address of 1..=255 bytes",
+                ));
             }
             self.store.check_ring(request.ring_version).map_err(status_from)?;
             let owner = (handoff.node_id.as_str(), handoff.address.as_str());
             self.store
-                .stage_handoff(
-                    &request.tenant,
-                    &request.key,
-                    owner,
-                    handoff.expires_at,
-                    request.ring_version,
-                    &incoming,
-                )
+                .stage_handoff(&request.tenant, &request.key, owner, request.ring_version, &incoming)
                 .map_err(status_from)?;
             self.store.durable().await.map_err(status_from)?;
             return Ok(MergeResponse {});
@@ -329,14 +324,21 @@ impl StorageHandler for StorageNode {
             true => self.store.take_escalations(MAX_ESCALATIONS_PER_INFO).map_err(status_from)?,
             false => Vec::new(),
         };
+        let handoffs = match request.take_escalations {
+            true => self.store.handoff_leaves().map_err(status_from)?,
+            false => Vec::new(),
+        };
+        let ranges = |list: Vec<(String, TokenRange)>| {
+            list.into_iter()
+                .map(|(tenant, range)| EscalatedRange { tenant, start: range.start, end: range.end })
+                .collect()
+        };
         Ok(InfoResponse {
             node_id: self.node_id.to_string(),
             actor: self.store.actor().to_string(),
             incarnation: self.store.incarnation(),
-            escalations: escalations
-                .into_iter()
-                .map(|(tenant, range)| EscalatedRange { tenant, start: range.start, end: range.end })
-                .collect(),
+            escalations: ranges(escalations),
+            handoffs: ranges(handoffs),
         })
     }
 

@@ -22,9 +22,9 @@
 //! The same worker hands off the states this node holds as a *fallback*
 //! (a sloppy quorum counted it for a replica believed down; see the store's
 //! `stage_handoff`): each is merged into the replica it is held for and
-//! removed, unless a write reached it meanwhile. Past the expiry the write
-//! set, it is escalated instead: handing it off later could bring back a
-//! value whose tombstone every replica has since reaped.
+//! removed, unless a write reached it meanwhile. A handoff is never dropped
+//! undelivered; while one is held, the node reports its range to the
+//! leader (through `info`), which reaps no tombstone there.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,7 @@ use futures::StreamExt;
 use tokio::time::Interval;
 
 use crate::config::HintsConfig;
-use crate::store::{Handoff, Hint, Store, now_secs};
+use crate::store::{Handoff, Hint, Store};
 
 /// Hints read per sweep.
 const SWEEP_LIMIT: usize = 4096;
@@ -70,9 +70,8 @@ impl HintDelivery {
         HintDelivery { store, peers, timeout, tick, bounds, first_seen: HashMap::new() }
     }
 
-    /// Hands the states this node holds as a fallback to their replicas;
-    /// one past its expiry is escalated instead. Returns how many wait for
-    /// a replica that did not answer.
+    /// Hands the states this node holds as a fallback to their replicas.
+    /// Returns how many wait for a replica that did not answer.
     async fn deliver_handoffs(&self) -> Result<usize, String> {
         let store = self.store.clone();
         let held = tokio::task::spawn_blocking(move || store.pending_handoffs(SWEEP_LIMIT))
@@ -80,31 +79,20 @@ impl HintDelivery {
             .map_err(|e| format!("the handoff sweep task failed: {e}"))?
             .map_err(|e| format!("reading handoffs: {e}"))?;
         metrics::gauge!("cohort_node_handoffs_pending").set(held.len() as f64);
-        let (peers, timeout) = (self.peers.clone(), self.timeout);
+        let (store, peers, timeout) = (self.store.clone(), self.peers.clone(), self.timeout);
         let unreachable = Unreachable::default();
         let mut results = futures::stream::iter(held)
-            .map(move |handoff| hand_off(peers.clone(), timeout, unreachable.clone(), handoff))
+            .map(move |handoff| hand_off(store.clone(), peers.clone(), timeout, unreachable.clone(), handoff))
             .buffer_unordered(IN_FLIGHT);
         let mut waiting = 0;
-        while let Some((handoff, outcome)) = results.next().await {
-            let delivered = match outcome {
-                HandoffOutcome::Delivered => true,
-                HandoffOutcome::Escalate => false,
-                HandoffOutcome::Waiting => {
-                    waiting += 1;
-                    continue;
-                }
-            };
-            let ended =
-                self.store.settle_handoff(&handoff, delivered).map_err(|e| format!("settling a handoff: {e}"))?;
-            match (ended, delivered) {
-                (true, true) => metrics::counter!("cohort_node_handoffs_delivered_total").increment(1),
-                (true, false) => {
-                    tracing::warn!(tenant = %handoff.tenant, owner = %handoff.owner, "handoff escalated to anti-entropy");
-                    metrics::counter!("cohort_node_hints_escalated_total", "reason" => "handoff").increment(1);
-                }
-                // A write reached the record meanwhile: the next sweep.
-                (false, _) => {}
+        while let Some((handoff, delivered)) = results.next().await {
+            if !delivered {
+                waiting += 1;
+                continue;
+            }
+            // Not removed if a write reached it meanwhile: the next sweep.
+            if self.store.settle_handoff(&handoff).map_err(|e| format!("settling a handoff: {e}"))? {
+                metrics::counter!("cohort_node_handoffs_delivered_total").increment(1);
             }
         }
         Ok(waiting)
@@ -193,52 +181,42 @@ async fn deliver(
     Delivery { hint, left, ring_moved }
 }
 
-/// What became of one handoff attempt.
-enum HandoffOutcome {
-    /// The replica holds the state.
-    Delivered,
-    /// Past its expiry, or its replica moved past its ring: never handed
-    /// off now, its range goes to anti-entropy.
-    Escalate,
-    /// The replica did not answer.
-    Waiting,
-}
-
-/// Merges one held state into the replica it is held for.
+/// Merges one held state into the replica it is held for; returns whether
+/// the replica holds it now. Routed first by the ring its writes were; a
+/// replica that has moved past that ring (a membership change began since)
+/// is asked again under this node's own fence, the newest ring it knows: a
+/// handoff is never dropped undelivered, since it may be one of the W
+/// copies of a write.
 async fn hand_off(
+    store: Arc<Store>,
     peers: Arc<PeerPool>,
     timeout: Duration,
     unreachable: Unreachable,
     handoff: Handoff,
-) -> (Handoff, HandoffOutcome) {
-    // Past its expiry a reaped tombstone may already have replaced what it
-    // holds on every replica: handing it off could bring a deleted value
-    // back.
-    if handoff.expires_at <= now_secs() {
-        return (handoff, HandoffOutcome::Escalate);
-    }
+) -> (Handoff, bool) {
     if unreachable.lock().unwrap_or_else(|p| p.into_inner()).contains(&handoff.owner) {
-        return (handoff, HandoffOutcome::Waiting);
+        return (handoff, false);
     }
-    let request = MergeRequest {
-        tenant: handoff.tenant.clone(),
-        key: handoff.key.clone().into(),
-        state: handoff.state.clone(),
-        ring_version: handoff.ring_version,
-        ..Default::default()
-    };
-    let result = match peers.node(&handoff.address) {
-        Ok(client) => within(timeout, client.merge(request)).await.map(drop),
-        Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
-    };
-    match result {
-        Ok(()) => (handoff, HandoffOutcome::Delivered),
-        Err(ReplicaFailure::Refused { code: tonic::Code::Aborted, .. }) => (handoff, HandoffOutcome::Escalate),
-        Err(_) => {
-            unreachable.lock().unwrap_or_else(|p| p.into_inner()).insert(handoff.owner.clone());
-            (handoff, HandoffOutcome::Waiting)
+    let Ok(client) = peers.node(&handoff.address) else { return (handoff, false) };
+    let mut ring_version = handoff.ring_version;
+    for _ in 0..2 {
+        let request = MergeRequest {
+            tenant: handoff.tenant.clone(),
+            key: handoff.key.clone().into(),
+            state: handoff.state.clone(),
+            ring_version,
+            ..Default::default()
+        };
+        match within(timeout, client.merge(request)).await {
+            Ok(_) => return (handoff, true),
+            Err(ReplicaFailure::Refused { code: tonic::Code::Aborted, .. }) if ring_version < store.fence() => {
+                ring_version = store.fence();
+            }
+            Err(_) => break,
         }
     }
+    unreachable.lock().unwrap_or_else(|p| p.into_inner()).insert(handoff.owner.clone());
+    (handoff, false)
 }
 
 #[tonic::async_trait]

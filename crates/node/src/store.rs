@@ -562,7 +562,6 @@ impl Store {
         tenant: &str,
         key: &[u8],
         owner: (&str, &str),
-        expires_at: u64,
         ring_version: u64,
         incoming: &SiblingSet,
     ) -> Result<(), StoreError> {
@@ -570,17 +569,15 @@ impl Store {
         let skey = storage_key(tenant, key);
         let record = handoff_key(owner.0, &skey);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
-        let (mut state, mut until, mut version) = (incoming.clone(), expires_at, ring_version);
+        let (mut state, mut version) = (incoming.clone(), ring_version);
         if let Some(held) = self.handoffs.get(&record)? {
             let held =
                 decode_handoff(&held).ok_or_else(|| StoreError::Engine("a handoff record is unreadable".into()))?;
             state.sync(&SiblingSet::decode(&held.state)?);
-            // The earliest expiry and ring: what the oldest write it holds
-            // may still do.
-            until = until.min(held.expires_at);
+            // The ring of the oldest write it holds.
             version = version.min(held.ring_version);
         }
-        self.handoffs.insert(record, encode_handoff(until, version, owner.1, &state.encode()))?;
+        self.handoffs.insert(record, encode_handoff(version, owner.1, &state.encode()))?;
         metrics::counter!("cohort_node_handoffs_stored_total").increment(1);
         Ok(())
     }
@@ -599,7 +596,6 @@ impl Store {
                     key: key.to_vec(),
                     owner: owner.to_string(),
                     address: held.address,
-                    expires_at: held.expires_at,
                     ring_version: held.ring_version,
                     state: Bytes::from(held.state),
                     record: value.to_vec(),
@@ -617,24 +613,36 @@ impl Store {
         Ok(out)
     }
 
-    /// Ends `handoff` if no write has reached its record since it was read:
-    /// removed once `delivered`, otherwise (expired) replaced in the same
-    /// batch by an escalation marker of its key's range. Returns whether it
-    /// ended.
-    pub fn settle_handoff(&self, handoff: &Handoff, delivered: bool) -> Result<bool, StoreError> {
+    /// Removes `handoff` once delivered, if no write has reached its record
+    /// since it was read. Returns whether it was removed.
+    pub fn settle_handoff(&self, handoff: &Handoff) -> Result<bool, StoreError> {
         let skey = storage_key(&handoff.tenant, &handoff.key);
         let record = handoff_key(&handoff.owner, &skey);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         if self.handoffs.get(&record)?.is_none_or(|held| *held != handoff.record[..]) {
             return Ok(false);
         }
-        let mut batch = self.db.batch();
-        batch.remove(&self.handoffs, record);
-        if !delivered {
-            batch.insert(&self.escalations, escalation_marker(&handoff.tenant, &handoff.key), []);
-        }
-        batch.commit()?;
+        self.handoffs.remove(record)?;
         Ok(true)
+    }
+
+    /// The tree leaves, per tenant, of the keys this node holds handoffs
+    /// for: reaping must wait there, since a replica may still lack those
+    /// writes.
+    pub fn handoff_leaves(&self) -> Result<Vec<(String, TokenRange)>, StoreError> {
+        self.check_writable()?;
+        let mut out: Vec<(String, TokenRange)> = Vec::new();
+        for item in self.handoffs.iter() {
+            let record = item.key()?;
+            let Some((_, tenant, key)) = split_tenant(&record).and_then(|(_, skey)| parse_storage_key(skey)) else {
+                continue;
+            };
+            let leaf = (tenant.to_string(), merkle::leaf_range(merkle::leaf_of(token_for(tenant, key))));
+            if !out.contains(&leaf) {
+                out.push(leaf);
+            }
+        }
+        Ok(out)
     }
 
     /// Removes and returns up to `limit` escalated ranges: `(tenant, the
@@ -773,24 +781,29 @@ impl Store {
     pub async fn drop_range(&self, start: Token, end: Token, tenants: &[String]) -> Result<u64, StoreError> {
         self.check_writable()?;
         let (lower, upper) = token_bounds(start, end, None);
-        let mut dropped = 0u64;
-        let mut batch = self.db.batch();
+        let mut doomed = Vec::new();
         for item in self.data.range::<Vec<u8>, _>((lower, upper)) {
-            let (skey, value) = item.into_inner()?;
-            let Some((token, tenant, key)) = parse_storage_key(&skey) else { continue };
-            if tenants.iter().any(|t| t == tenant) {
-                if let Ok(state) = SiblingSet::decode(&value) {
-                    self.trees.toggle(tenant, token, key_hash(tenant, key, state.clock()));
-                }
-                batch.remove(&self.tombstones, skey.to_vec());
-                batch.remove(&self.data, skey.to_vec());
-                dropped += 1;
-                if batch.len() >= CONVERT_BATCH {
-                    std::mem::replace(&mut batch, self.db.batch()).commit()?;
-                }
+            let skey = item.key()?;
+            if parse_storage_key(&skey).is_some_and(|(_, tenant, _)| tenants.iter().any(|t| t == tenant)) {
+                doomed.push(skey.to_vec());
             }
         }
-        batch.commit()?;
+        // Key by key under its stripe, as a write would: the tree follows
+        // the state actually removed, even if a merge landed meanwhile.
+        let mut dropped = 0u64;
+        for skey in doomed {
+            let Some((token, tenant, key)) = parse_storage_key(&skey) else { continue };
+            let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+            let Some(value) = self.data.get(&skey)? else { continue };
+            let mut batch = self.db.batch();
+            batch.remove(&self.tombstones, skey.clone());
+            batch.remove(&self.data, skey.clone());
+            batch.commit()?;
+            if let Ok(state) = SiblingSet::decode(&value) {
+                self.trees.toggle(tenant, token, key_hash(tenant, key, state.clock()));
+            }
+            dropped += 1;
+        }
         self.durable().await?;
         metrics::counter!("cohort_node_keys_dropped_total").increment(dropped);
         Ok(dropped)
@@ -833,8 +846,11 @@ impl Store {
         for item in self.data.range::<Vec<u8>, _>((lower, upper)) {
             let (skey, value) = item.into_inner()?;
             match parse_storage_key(&skey) {
+                // An unreadable state is left out, as when the tree was built.
                 Some((_, stored, key)) if stored == tenant => {
-                    hash ^= key_hash(tenant, key, SiblingSet::decode(&value)?.clock());
+                    if let Ok(state) = SiblingSet::decode(&value) {
+                        hash ^= key_hash(tenant, key, state.clock());
+                    }
                 }
                 _ => {}
             }
@@ -853,6 +869,8 @@ impl Store {
             let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
             let Some(bytes) = self.data.get(&skey)? else { return Ok(false) };
             let clock = SiblingSet::decode(&bytes)?.clock().clone();
+            // As a purge: no later dot of this actor may be one it had seen.
+            self.purged_floor.fetch_max(clock.max_counter(&self.actor), Ordering::AcqRel);
             let mut batch = self.db.batch();
             batch.remove(&self.tombstones, skey.clone());
             batch.remove(&self.data, skey);
@@ -1184,8 +1202,6 @@ pub struct Handoff {
     pub owner: String,
     /// Where that replica listens.
     pub address: String,
-    /// Seconds since the Unix epoch; never handed off after it.
-    pub expires_at: u64,
     /// The ring version its writes were routed by.
     pub ring_version: u64,
     /// The encoded state.
@@ -1203,11 +1219,9 @@ fn handoff_key(owner: &str, skey: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `expires_at (8 bytes BE) | ring version (8 bytes BE) | len | address |
-/// encoded state`.
-fn encode_handoff(expires_at: u64, ring_version: u64, address: &str, state: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(17 + address.len() + state.len());
-    out.extend_from_slice(&expires_at.to_be_bytes());
+/// `ring version (8 bytes BE) | len | address | encoded state`.
+fn encode_handoff(ring_version: u64, address: &str, state: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + address.len() + state.len());
     out.extend_from_slice(&ring_version.to_be_bytes());
     out.push(address.len() as u8);
     out.extend_from_slice(address.as_bytes());
@@ -1217,17 +1231,15 @@ fn encode_handoff(expires_at: u64, ring_version: u64, address: &str, state: &[u8
 
 /// A decoded handoff record.
 struct HeldState {
-    expires_at: u64,
     ring_version: u64,
     address: String,
     state: Vec<u8>,
 }
 
 fn decode_handoff(value: &[u8]) -> Option<HeldState> {
-    let expires_at = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
-    let ring_version = u64::from_be_bytes(value.get(8..16)?.try_into().ok()?);
-    let (address, state) = split_tenant(&value[16..])?;
-    Some(HeldState { expires_at, ring_version, address: address.to_string(), state: state.to_vec() })
+    let ring_version = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let (address, state) = split_tenant(&value[8..])?;
+    Some(HeldState { ring_version, address: address.to_string(), state: state.to_vec() })
 }
 
 /// The escalation marker of `(tenant, key)`: `len(tenant) | tenant | leaf
@@ -1845,8 +1857,8 @@ mod tests {
     }
 
     /// A fallback's copies for another replica merge into one record kept
-    /// apart from the node's own data; a record that changed since it was
-    /// read is not settled; an expired one leaves an escalation marker.
+    /// apart from the node's own data and reported by range; a record that
+    /// changed since it was read is not settled.
     #[tokio::test]
     async fn handoffs_merge_apart_from_own_data_and_settle_only_unchanged() {
         let dir = tempfile::tempdir().unwrap();
@@ -1856,23 +1868,22 @@ mod tests {
         let mut second = SiblingSet::new();
         second.update(&CausalContext::new(), &Actor::new("n2.1.0"), Some(Bytes::from("b"))).unwrap();
         let owner = ("n3", "127.0.0.1:3");
-        store.stage_handoff("t", b"k", owner, 100, 1, &first).unwrap();
+        store.stage_handoff("t", b"k", owner, 2, &first).unwrap();
         assert!(store.read("t", b"k").unwrap().is_empty(), "apart from the node's own data");
         assert!(store.digest("t", EVERYTHING).unwrap().iter().all(|&h| h == 0), "and from its trees");
+        let leaf = merkle::leaf_range(merkle::leaf_of(token_for("t", b"k")));
+        assert_eq!(store.handoff_leaves().unwrap(), vec![("t".to_string(), leaf)]);
         let read = store.pending_handoffs(10).unwrap();
-        store.stage_handoff("t", b"k", owner, 150, 2, &second).unwrap();
-        assert!(!store.settle_handoff(&read[0], true).unwrap(), "a write reached it since: kept");
+        store.stage_handoff("t", b"k", owner, 1, &second).unwrap();
+        assert!(!store.settle_handoff(&read[0]).unwrap(), "a write reached it since: kept");
         let held = store.pending_handoffs(10).unwrap();
         assert_eq!(held.len(), 1);
-        assert_eq!((held[0].owner.as_str(), held[0].address.as_str(), held[0].expires_at), ("n3", "127.0.0.1:3", 100));
+        assert_eq!((held[0].owner.as_str(), held[0].address.as_str(), held[0].ring_version), ("n3", "127.0.0.1:3", 1));
         let state = SiblingSet::decode(&held[0].state).unwrap();
         assert_eq!(state, SiblingSet::merged(&first, &second), "merged");
-        assert!(store.settle_handoff(&held[0], false).unwrap());
+        assert!(store.settle_handoff(&held[0]).unwrap());
         assert!(store.pending_handoffs(10).unwrap().is_empty());
-        let escalated = store.take_escalations(10).unwrap();
-        let leaf = merkle::leaf_range(merkle::leaf_of(token_for("t", b"k")));
-        assert_eq!(escalated, vec![("t".to_string(), leaf)], "expired: its range goes to anti-entropy");
-        assert!(store.take_escalations(10).unwrap().is_empty(), "handed over once");
+        assert!(store.handoff_leaves().unwrap().is_empty());
         store.close().await;
     }
 

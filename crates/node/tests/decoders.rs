@@ -67,11 +67,8 @@ fn arbitrary_bytes_never_panic_a_node() {
                     }),
                     ring_version: 0,
                     // Odd lengths take the fallback's path.
-                    handoff: (raw.len() % 2 == 1).then(|| Handoff {
-                        node_id: "n3".into(),
-                        address: "127.0.0.1:1".into(),
-                        expires_at: 1,
-                    }),
+                    handoff: (raw.len() % 2 == 1)
+                        .then(|| Handoff { node_id: "n3".into(), address: "127.0.0.1:1".into() }),
                 };
                 acceptable(service.merge(merge).await.map(drop))?;
                 let purge = PurgeRequest {

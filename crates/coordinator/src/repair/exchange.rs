@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cohort_proto::internal::v1::{DigestRequest, MergeRequest, PurgeRequest, ScanRequest, TombstonesRequest};
 use cohort_ring::merkle;
 use cohort_ring::{SiblingSet, TokenRange};
-use cohort_transport::{NodeClient, within};
+use cohort_transport::{NodeClient, ReplicaFailure, within};
 use futures::future::join_all;
 
 use super::Target;
@@ -84,13 +84,15 @@ pub async fn exchange(
             return (replica, Err("believed down".to_string()));
         }
         let answer = match client(coordinator, replica) {
-            Some(client) => within(timeout, client.digest(request)).await.map_err(|f| f.to_string()),
-            None => Err("not reachable".to_string()),
+            Some(client) => within(timeout, client.digest(request)).await,
+            None => Err(ReplicaFailure::NotSent("no client for its address".into())),
         };
-        if answer.is_err() {
+        // Only a replica that did not answer is suspected (one that refused
+        // is up).
+        if let Err(ReplicaFailure::NotSent(_) | ReplicaFailure::TimedOut(_)) = &answer {
             coordinator.liveness.suspect(&replica.id, coordinator.config.node_timeout * SUSPECT_TIMEOUTS);
         }
-        (replica, answer)
+        (replica, answer.map_err(|f| f.to_string()))
     }))
     .await;
     let mut answered: Vec<(&Replica, Vec<u64>)> = Vec::new();
@@ -119,7 +121,8 @@ pub async fn exchange(
     }
 
     if let Some(grace) = gc_grace {
-        if report.unreachable.is_empty() && differing.is_empty() {
+        let handed_off = coordinator.repair.holds_handoffs(&target.tenant, target.range);
+        if report.unreachable.is_empty() && differing.is_empty() && !handed_off {
             reap(coordinator, target, ring_version, grace, &mut report).await;
         } else {
             report.gc_blocked = true;

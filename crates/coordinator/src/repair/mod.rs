@@ -58,15 +58,17 @@ pub fn targets(placement: &Placement, tenants: &[(String, usize)]) -> Option<Vec
     let mut out = Vec::new();
     for range in segments(&live.ring, &live.ring) {
         for (tenant, n) in tenants {
-            let replicas: Vec<Replica> = live
+            // A replica without a known address could not be asked: such a
+            // range is left out rather than compared (and reaped) without it.
+            let replicas: Option<Vec<Replica>> = live
                 .ring
                 .preference_list(range.end, *n)
                 .into_iter()
-                .filter_map(|node| {
+                .map(|node| {
                     placement.address(&node.id).map(|address| Replica { id: node.id.clone(), address: address.into() })
                 })
                 .collect();
-            if replicas.len() >= 2 {
+            if let Some(replicas) = replicas.filter(|r| r.len() >= 2) {
                 out.push(Target { tenant: tenant.clone(), range, replicas });
             }
         }
@@ -127,6 +129,8 @@ pub struct RepairLedger {
     inner: Mutex<RepairSnapshot>,
     ranges: Mutex<BTreeMap<(String, u64), RangeRecord>>,
     escalated: Mutex<Vec<(String, TokenRange)>>,
+    /// Per node, the ranges where it holds handoffs (as its last probe said).
+    handoffs: Mutex<BTreeMap<String, Vec<(String, TokenRange)>>>,
     /// Wakes the worker when a range is escalated.
     wake: tokio::sync::Notify,
 }
@@ -177,6 +181,23 @@ impl RepairLedger {
         std::mem::take(&mut *self.escalated.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Records the ranges where `node` holds handoffs for other replicas.
+    pub fn set_handoffs(&self, node: &str, ranges: Vec<(String, TokenRange)>) {
+        let mut handoffs = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
+        if ranges.is_empty() {
+            handoffs.remove(node);
+        } else {
+            handoffs.insert(node.to_string(), ranges);
+        }
+    }
+
+    /// Whether some node holds a handoff in `range` of `tenant`: a replica
+    /// may still lack a write there, so nothing there may be reaped.
+    pub fn holds_handoffs(&self, tenant: &str, range: TokenRange) -> bool {
+        let handoffs = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
+        handoffs.values().flatten().any(|(t, r)| t == tenant && r.start <= range.end && range.start <= r.end)
+    }
+
     /// Ranges escalated and not yet synced on every replica.
     pub fn escalated(&self) -> usize {
         self.escalated.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -203,17 +224,20 @@ async fn replication(coordinator: &Coordinator) -> Result<Vec<(String, usize)>, 
     Ok(tenants.into_iter().map(|t| (t.id, usize::from(t.replication.n()))).collect())
 }
 
-/// The current targets, or why there are none to run.
-pub async fn current_targets(coordinator: &Coordinator) -> Result<Vec<Target>, String> {
+/// The current targets and the ring version they were computed from (one
+/// snapshot: an exchange routed by that version is refused by a node that
+/// has moved past it), or why there are none to run.
+pub async fn current_targets(coordinator: &Coordinator) -> Result<(u64, Vec<Target>), String> {
     let tenants = replication(coordinator).await?;
-    targets(&coordinator.topology.current(), &tenants)
-        .ok_or_else(|| "a membership change is moving data; anti-entropy resumes once it ends".to_string())
+    let placement = coordinator.topology.current();
+    let chosen = targets(&placement, &tenants)
+        .ok_or_else(|| "a membership change is moving data; anti-entropy resumes once it ends".to_string())?;
+    Ok((placement.ring_version(), chosen))
 }
 
-/// Exchanges every target at once (a forced repair), records them, and
-/// adds up their reports.
-pub async fn run_now(coordinator: &Coordinator, chosen: Vec<Target>) -> ExchangeReport {
-    let ring_version = coordinator.topology.current().ring_version();
+/// Exchanges every target, computed under `ring_version`, at once (a
+/// forced repair), records them, and adds up their reports.
+pub async fn run_now(coordinator: &Coordinator, ring_version: u64, chosen: Vec<Target>) -> ExchangeReport {
     let grace = coordinator.config.repair.gc.then_some(coordinator.config.repair.gc_grace);
     let mut total = ExchangeReport::default();
     for target in &chosen {
@@ -253,6 +277,8 @@ const SUSPENDED_RETRY: Duration = Duration::from_secs(1);
 pub struct AntiEntropy {
     coordinator: Arc<Coordinator>,
     round: Vec<Target>,
+    /// The ring version the round's targets were computed from.
+    round_version: u64,
     next: usize,
     /// When the round's next exchange is due.
     due: Instant,
@@ -264,7 +290,7 @@ pub struct AntiEntropy {
 impl AntiEntropy {
     /// A worker for `coordinator`'s leader.
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
-        AntiEntropy { coordinator, round: Vec::new(), next: 0, due: Instant::now(), backoff: 1 }
+        AntiEntropy { coordinator, round: Vec::new(), round_version: 0, next: 0, due: Instant::now(), backoff: 1 }
     }
 
     /// The pause between two exchanges of a round of `ranges`, jittered by
@@ -275,11 +301,12 @@ impl AntiEntropy {
     }
 
     /// Exchanges every range that overlaps an escalated one; a range whose
-    /// exchange missed a replica stays queued.
+    /// exchange missed a replica (suspected ones are not waited for) stays
+    /// queued.
     async fn sync_escalated(&self, escalated: Vec<(String, TokenRange)>) {
         let c = &self.coordinator;
-        let targets = match current_targets(c).await {
-            Ok(targets) => targets,
+        let (ring_version, targets) = match current_targets(c).await {
+            Ok(current) => current,
             Err(_) => {
                 for (tenant, range) in escalated {
                     c.repair.requeue(tenant, range);
@@ -287,14 +314,13 @@ impl AntiEntropy {
                 return;
             }
         };
-        let ring_version = c.topology.current().ring_version();
         for (tenant, range) in escalated {
             let mut complete = true;
             let overlapping = targets
                 .iter()
                 .filter(|t| t.tenant == tenant && t.range.start <= range.end && range.start <= t.range.end);
             for target in overlapping {
-                let report = exchange(c, target, ring_version, None, Suspects::Ask).await;
+                let report = exchange(c, target, ring_version, None, Suspects::Skip).await;
                 c.repair.record(target, &report);
                 complete &= report.unreachable.is_empty();
             }
@@ -311,8 +337,9 @@ impl AntiEntropy {
         let config = &c.config.repair;
         if self.next >= self.round.len() {
             match current_targets(&c).await {
-                Ok(round) => {
+                Ok((version, round)) => {
                     self.round = round;
+                    self.round_version = version;
                     self.next = 0;
                     let total = self.round.len() as u64;
                     c.repair.set(|s| {
@@ -334,8 +361,9 @@ impl AntiEntropy {
             }
         }
         let placement = c.topology.current();
-        if placement.live.len() > 1 {
-            // A change began mid-round: start over once it ends.
+        if placement.live.len() > 1 || placement.ring_version() != self.round_version {
+            // The ring changed mid-round: its targets are stale; start over
+            // (once the change has ended).
             self.round.clear();
             c.repair.set(|s| s.state = "suspended".into());
             return SUSPENDED_RETRY;
@@ -344,7 +372,7 @@ impl AntiEntropy {
         self.next += 1;
         let started = Instant::now();
         let grace = config.gc.then_some(config.gc_grace);
-        let report = exchange(&c, &target, placement.ring_version(), grace, Suspects::Skip).await;
+        let report = exchange(&c, &target, self.round_version, grace, Suspects::Skip).await;
         c.repair.record(&target, &report);
         c.repair.set(|s| s.round_done += 1);
         let took = started.elapsed();
