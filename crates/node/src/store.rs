@@ -499,12 +499,20 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the hints for `removed` peers (nodes no longer on any live
-    /// ring: what they missed reached their successors through the
-    /// migration's copy); returns how many.
+    /// Drops the hints and handoffs for `removed` peers (nodes no longer on
+    /// any live ring: the migration that removed them copied every range
+    /// they held from every other old owner to their successors); returns
+    /// how many.
     pub fn forget_hints_for(&self, removed: &[String]) -> Result<usize, StoreError> {
         self.check_writable()?;
         let mut dropped = 0;
+        for item in self.handoffs.iter() {
+            let record = item.key()?;
+            if split_tenant(&record).is_some_and(|(owner, _)| removed.iter().any(|r| r == owner)) {
+                self.handoffs.remove(record.to_vec())?;
+                dropped += 1;
+            }
+        }
         for item in self.hints.iter() {
             let (skey, value) = item.into_inner()?;
             let Some((seq, peers, _)) = decode_hint(&value) else { continue };
@@ -1884,6 +1892,11 @@ mod tests {
         assert!(store.settle_handoff(&held[0]).unwrap());
         assert!(store.pending_handoffs(10).unwrap().is_empty());
         assert!(store.handoff_leaves().unwrap().is_empty());
+        // Held for a node that then left the ring for good: dropped with its
+        // hints at the end of that migration.
+        store.stage_handoff("t", b"k", owner, 1, &first).unwrap();
+        assert_eq!(store.forget_hints_for(&["n3".to_string()]).unwrap(), 1);
+        assert!(store.pending_handoffs(10).unwrap().is_empty());
         store.close().await;
     }
 
