@@ -352,7 +352,7 @@ impl StorageHandler for StorageNode {
                 .map_err(|e| Status::internal(format!("hint cleanup task failed: {e}")))?
                 .map_err(status_from)?;
             if dropped > 0 {
-                tracing::info!(dropped, removed = ?request.removed, "dropped hints for nodes that left the ring");
+                tracing::info!(dropped, removed = ?request.removed, "dropped hints and handoffs for nodes that left the ring");
             }
         }
         if fence == request.ring_version {
