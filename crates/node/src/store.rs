@@ -611,11 +611,7 @@ impl Store {
             });
             match parsed {
                 Some(handoff) => out.push(handoff),
-                None => {
-                    tracing::warn!("dropping an unreadable handoff record");
-                    metrics::counter!("cohort_node_hints_dropped_total", "reason" => "unreadable").increment(1);
-                    self.handoffs.remove(record.to_vec())?;
-                }
+                None => drop_unreadable(&self.handoffs, &record, "handoff record")?,
             }
         }
         Ok(out)
@@ -680,12 +676,7 @@ impl Store {
             });
             match parsed {
                 Some(hint) => out.push(hint),
-                // Unreadable: nothing could deliver it.
-                None => {
-                    tracing::warn!("dropping an unreadable hint");
-                    metrics::counter!("cohort_node_hints_dropped_total", "reason" => "unreadable").increment(1);
-                    self.hints.remove(skey.to_vec())?;
-                }
+                None => drop_unreadable(&self.hints, &skey, "hint")?,
             }
         }
         Ok(out)
@@ -1197,6 +1188,14 @@ pub struct Hint {
     /// hint is not delivered to it but escalated to anti-entropy, which
     /// knows the current ring.
     pub ring_version: u64,
+}
+
+/// Removes a record nothing could deliver, saying so.
+fn drop_unreadable(keyspace: &Keyspace, key: &[u8], what: &str) -> Result<(), StoreError> {
+    tracing::warn!("dropping an unreadable {what}");
+    metrics::counter!("cohort_node_hints_dropped_total", "reason" => "unreadable").increment(1);
+    keyspace.remove(key.to_vec())?;
+    Ok(())
 }
 
 /// A state held for another replica (see [`Store::stage_handoff`]).
