@@ -1760,6 +1760,35 @@ mod tests {
         store.close().await;
     }
 
+    /// Merges racing a range drop leave the tree describing exactly the
+    /// data that remains.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tree_matches_the_data_after_merges_race_a_range_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), "n1", Durability::Flush).unwrap());
+        let mut incoming = SiblingSet::new();
+        incoming.update(&CausalContext::new(), &Actor::new("n2.1.0"), Some(Bytes::from("x"))).unwrap();
+        for round in 0..5u32 {
+            for i in 0..300u32 {
+                store.stage_merge("t", format!("k{i}").as_bytes(), &incoming, None, 0).unwrap();
+            }
+            let merging = {
+                let (store, incoming) = (store.clone(), incoming.clone());
+                tokio::task::spawn_blocking(move || {
+                    for i in 0..300u32 {
+                        let mut state = incoming.clone();
+                        let actor = Actor::new(format!("n3.{round}.{i}"));
+                        state.update(&CausalContext::new(), &actor, Some(Bytes::from("y"))).unwrap();
+                        store.stage_merge("t", format!("k{i}").as_bytes(), &state, None, 0).unwrap();
+                    }
+                })
+            };
+            store.drop_range(0, Token::MAX, &["t".to_string()]).await.unwrap();
+            merging.await.unwrap();
+            assert_eq!(store.digest("t", EVERYTHING).unwrap(), digest_from_keys(&store, "t"), "round {round}");
+        }
+    }
+
     /// Replicas with the same keys and clocks have equal digests whatever
     /// order the writes reached them in.
     #[tokio::test]
