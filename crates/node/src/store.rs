@@ -1785,7 +1785,9 @@ mod tests {
             };
             store.drop_range(0, Token::MAX, &["t".to_string()]).await.unwrap();
             merging.await.unwrap();
-            assert_eq!(store.digest("t", EVERYTHING).unwrap(), digest_from_keys(&store, "t"), "round {round}");
+            let (tree, data) = (store.digest("t", EVERYTHING).unwrap(), digest_from_keys(&store, "t"));
+            let differing = tree.iter().zip(&data).filter(|(a, b)| a != b).count();
+            assert_eq!(differing, 0, "round {round}: the tree differs from the data in {differing} segments");
         }
     }
 
