@@ -278,5 +278,14 @@ async fn hints_past_their_age_are_escalated_to_anti_entropy_which_delivers_them(
         })
         .await;
     }
+    // Once synced, the leader tells the nodes, which drop their markers.
+    for index in 0..2 {
+        let store = cluster.node_store(index).expect("running");
+        eventually(&format!("node {} dropped its markers", index + 1), Duration::from_secs(30), || {
+            let store = store.clone();
+            async move { store.escalations(100).expect("markers").is_empty() }
+        })
+        .await;
+    }
     cluster.shutdown().await;
 }

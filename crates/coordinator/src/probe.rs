@@ -12,12 +12,15 @@
 //! Each probe also collects the token ranges a node escalated to
 //! anti-entropy (hints it gave up on) and queues them in the
 //! [`RepairLedger`], whose worker syncs them first, and the ranges where the
-//! node holds sloppy-quorum handoffs, where no tombstone may be reaped.
+//! node holds sloppy-quorum handoffs, where no tombstone may be reaped. It
+//! tells the nodes which escalated ranges have been synced since; a node
+//! keeps its markers until then, so neither a lost answer nor a change of
+//! leader loses one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort_proto::internal::v1::InfoRequest;
+use cohort_proto::internal::v1::{EscalatedRange, InfoRequest};
 use cohort_ring::TokenRange;
 use cohort_transport::{Liveness, PeerPool, within};
 use tonic::async_trait;
@@ -61,11 +64,16 @@ impl Worker for Probe {
     async fn work(&mut self) -> Result<Step, String> {
         let placement = self.topology.current();
         let (timeout, interval) = (self.timeout, self.interval);
+        let synced = self.repair.synced();
+        let told: Vec<EscalatedRange> = synced
+            .iter()
+            .map(|(tenant, range)| EscalatedRange { tenant: tenant.clone(), start: range.start, end: range.end })
+            .collect();
         let probes = placement.nodes().into_iter().map(|node| {
             let client = placement.address(node).map(|address| self.peers.node(address));
-            let (liveness, repair) = (&self.liveness, &self.repair);
+            let (liveness, repair, told) = (&self.liveness, &self.repair, told.clone());
             async move {
-                let asked = InfoRequest { take_escalations: true };
+                let asked = InfoRequest { report: true, synced: told };
                 let up = match client {
                     Some(Ok(client)) => match within(timeout, client.info_with(asked)).await {
                         Ok(info) => {
@@ -92,6 +100,9 @@ impl Worker for Probe {
             }
         });
         let round = futures::future::join_all(probes).await;
+        // Every node that answered dropped those markers; one that did not
+        // reports them again later, and they are synced once more.
+        self.repair.told(&synced);
         match self.metadata.record_node_health(self.generation, &round).await {
             Ok(()) => Ok(Step::Idle),
             Err(fenced @ MetadataError::Fenced { .. }) => {

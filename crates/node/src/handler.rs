@@ -318,13 +318,15 @@ impl StorageHandler for StorageNode {
     }
 
     async fn info(&self, request: InfoRequest) -> Result<InfoResponse, Status> {
-        // Handed over at most once: a range whose answer is lost is still
-        // synced by the leader's next anti-entropy round.
-        let escalations = match request.take_escalations {
-            true => self.store.take_escalations(MAX_ESCALATIONS_PER_INFO).map_err(status_from)?,
+        // Markers stay until the leader says it synced them.
+        let synced: Vec<(String, TokenRange)> =
+            request.synced.into_iter().map(|r| (r.tenant, TokenRange { start: r.start, end: r.end })).collect();
+        self.store.clear_escalations(&synced).map_err(status_from)?;
+        let escalations = match request.report {
+            true => self.store.escalations(MAX_ESCALATIONS_PER_INFO).map_err(status_from)?,
             false => Vec::new(),
         };
-        let handoffs = match request.take_escalations {
+        let handoffs = match request.report {
             true => self.store.handoff_leaves().map_err(status_from)?,
             false => Vec::new(),
         };

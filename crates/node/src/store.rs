@@ -545,7 +545,7 @@ impl Store {
     /// Gives up on delivering `hint` (its record, if no newer write has
     /// replaced it): the record is removed and, in the same batch, the
     /// hash-tree leaf of its key is recorded for the leader's anti-entropy
-    /// to sync among all the key's replicas ([`Store::take_escalations`]).
+    /// to sync among all the key's replicas ([`Store::escalations`]).
     pub fn escalate_hint(&self, hint: &Hint) -> Result<bool, StoreError> {
         self.check_writable()?;
         let skey = storage_key(&hint.tenant, &hint.key);
@@ -649,19 +649,30 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes and returns up to `limit` escalated ranges: `(tenant, the
-    /// token range of a hash-tree leaf)`.
-    pub fn take_escalations(&self, limit: usize) -> Result<Vec<(String, TokenRange)>, StoreError> {
+    /// Up to `limit` escalated ranges: `(tenant, the token range of a
+    /// hash-tree leaf)`. They stay until [`Store::clear_escalations`].
+    pub fn escalations(&self, limit: usize) -> Result<Vec<(String, TokenRange)>, StoreError> {
         self.check_writable()?;
         let mut out = Vec::new();
         for item in self.escalations.iter().take(limit) {
             let marker = item.key()?;
-            self.escalations.remove(marker.to_vec())?;
             let Some((tenant, leaf)) = split_tenant(&marker) else { continue };
             let Ok(leaf) = <[u8; 2]>::try_from(leaf) else { continue };
             out.push((tenant.to_string(), merkle::leaf_range(usize::from(u16::from_be_bytes(leaf)))));
         }
         Ok(out)
+    }
+
+    /// Removes the markers of escalated ranges that have been synced.
+    pub fn clear_escalations(&self, synced: &[(String, TokenRange)]) -> Result<(), StoreError> {
+        self.check_writable()?;
+        for (tenant, range) in synced {
+            if range.start > range.end || tenant.len() > 255 {
+                continue;
+            }
+            self.escalations.remove(leaf_marker(tenant, merkle::leaf_of(range.start)))?;
+        }
+        Ok(())
     }
 
     /// Up to `limit` pending hint records.
@@ -1249,14 +1260,18 @@ fn decode_handoff(value: &[u8]) -> Option<HeldState> {
     Some(HeldState { ring_version, address: address.to_string(), state: state.to_vec() })
 }
 
-/// The escalation marker of `(tenant, key)`: `len(tenant) | tenant | leaf
-/// (2 bytes BE)`.
+/// The escalation marker of `(tenant, key)`.
 fn escalation_marker(tenant: &str, key: &[u8]) -> Vec<u8> {
-    let leaf = merkle::leaf_of(token_for(tenant, key)) as u16;
+    leaf_marker(tenant, merkle::leaf_of(token_for(tenant, key)))
+}
+
+/// The escalation marker of a tenant's tree leaf: `len(tenant) | tenant |
+/// leaf (2 bytes BE)`.
+fn leaf_marker(tenant: &str, leaf: usize) -> Vec<u8> {
     let mut marker = Vec::with_capacity(3 + tenant.len());
     marker.push(tenant.len() as u8);
     marker.extend_from_slice(tenant.as_bytes());
-    marker.extend_from_slice(&leaf.to_be_bytes());
+    marker.extend_from_slice(&(leaf as u16).to_be_bytes());
     marker
 }
 
@@ -1855,6 +1870,27 @@ mod tests {
         assert!(!deleted_state.clock().covers(&again.dot));
         // A context read before the purge is still accepted.
         put(&store, b"k", deleted_state.clock(), b"newer").unwrap();
+        store.close().await;
+    }
+
+    /// An escalated hint leaves a marker of its key's leaf that is reported
+    /// until the leader says the range was synced.
+    #[tokio::test]
+    async fn escalation_markers_stay_until_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
+        store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2")]).unwrap();
+        let hint = store.pending_hints(10).unwrap().remove(0);
+        assert!(store.escalate_hint(&hint).unwrap());
+        assert!(store.pending_hints(10).unwrap().is_empty(), "the hint became a marker");
+        let leaf = merkle::leaf_range(merkle::leaf_of(token_for("t", b"k")));
+        let expected = vec![("t".to_string(), leaf)];
+        assert_eq!(store.escalations(10).unwrap(), expected);
+        assert_eq!(store.escalations(10).unwrap(), expected, "reported again until synced");
+        store.clear_escalations(&[("u".to_string(), leaf)]).unwrap();
+        assert_eq!(store.escalations(10).unwrap(), expected, "another tenant's range clears nothing");
+        store.clear_escalations(&expected).unwrap();
+        assert!(store.escalations(10).unwrap().is_empty());
         store.close().await;
     }
 

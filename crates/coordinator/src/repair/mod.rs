@@ -129,6 +129,9 @@ pub struct RepairLedger {
     inner: Mutex<RepairSnapshot>,
     ranges: Mutex<BTreeMap<(String, u64), RangeRecord>>,
     escalated: Mutex<Vec<(String, TokenRange)>>,
+    /// Escalated ranges synced on every replica, until the probe has told
+    /// the nodes (which then drop their markers).
+    synced: Mutex<Vec<(String, TokenRange)>>,
     /// Per node, the ranges where it holds handoffs (as its last probe said).
     handoffs: Mutex<BTreeMap<String, Vec<(String, TokenRange)>>>,
     /// Wakes the worker when a range is escalated.
@@ -163,9 +166,37 @@ impl RepairLedger {
     /// worker syncs it before anything else, and keeps it queued until an
     /// exchange reached every replica.
     pub fn escalate(&self, tenant: String, range: TokenRange) {
-        metrics::counter!("cohort_repair_escalations_total").increment(1);
-        self.requeue(tenant, range);
-        self.wake.notify_one();
+        let synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if synced.iter().any(|(t, r)| *t == tenant && *r == range) {
+            // Synced already; the node has not heard yet.
+            return;
+        }
+        drop(synced);
+        let queued =
+            self.escalated.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(t, r)| *t == tenant && *r == range);
+        if !queued {
+            metrics::counter!("cohort_repair_escalations_total").increment(1);
+            self.requeue(tenant, range);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Records that an escalated range was synced on every replica.
+    fn mark_synced(&self, tenant: String, range: TokenRange) {
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if !synced.iter().any(|(t, r)| *t == tenant && *r == range) {
+            synced.push((tenant, range));
+        }
+    }
+
+    /// Escalated ranges synced since the nodes were last told.
+    pub fn synced(&self) -> Vec<(String, TokenRange)> {
+        self.synced.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets synced ranges the nodes have been told of.
+    pub fn told(&self, ranges: &[(String, TokenRange)]) {
+        self.synced.lock().unwrap_or_else(|p| p.into_inner()).retain(|entry| !ranges.contains(entry));
     }
 
     /// Queues a range again without waking the worker (its exchange
@@ -324,7 +355,9 @@ impl AntiEntropy {
                 c.repair.record(target, &report);
                 complete &= report.unreachable.is_empty();
             }
-            if !complete {
+            if complete {
+                c.repair.mark_synced(tenant, range);
+            } else {
                 c.repair.requeue(tenant, range);
             }
         }
