@@ -822,8 +822,7 @@ impl Store {
     /// Moves `(tenant, key)` in its tree from the state whose clock hashed
     /// to `old` (none: the key was absent) to the state with clock `new`
     /// (none: removed). The caller holds the key's stripe.
-    fn retree(&self, tenant: &str, key: &[u8], old: Option<u64>, new: Option<&CausalContext>) {
-        let token = token_for(tenant, key);
+    fn retree(&self, tenant: &str, key: &[u8], token: Token, old: Option<u64>, new: Option<&CausalContext>) {
         if let Some(hash) = old {
             self.trees.toggle(tenant, token, hash);
         }
@@ -875,6 +874,7 @@ impl Store {
     pub async fn remove_key(&self, tenant: &str, key: &[u8]) -> Result<bool, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
+        let token = skey_token(&skey);
         let removed = {
             let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
             let Some(bytes) = self.data.get(&skey)? else { return Ok(false) };
@@ -885,7 +885,7 @@ impl Store {
             batch.remove(&self.tombstones, skey.clone());
             batch.remove(&self.data, skey);
             batch.commit()?;
-            self.retree(tenant, key, Some(key_hash(tenant, key, &clock)), None);
+            self.retree(tenant, key, token, Some(key_hash(tenant, key, &clock)), None);
             true
         };
         self.durable().await?;
@@ -950,6 +950,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
+        let token = skey_token(&skey);
         {
             let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
             self.check_ring(ring_version)?;
@@ -965,7 +966,7 @@ impl Store {
             batch.remove(&self.tombstones, skey.clone());
             batch.remove(&self.data, skey);
             batch.commit()?;
-            self.retree(tenant, key, Some(key_hash(tenant, key, current.clock())), None);
+            self.retree(tenant, key, token, Some(key_hash(tenant, key, current.clock())), None);
         }
         self.durable().await?;
         metrics::counter!("cohort_node_tombstones_purged_total").increment(1);
@@ -974,8 +975,7 @@ impl Store {
 
     fn stripe(&self, storage_key: &[u8]) -> &Mutex<()> {
         // The key's token leads it: already a uniform hash.
-        let token = u64::from_be_bytes(storage_key[..8].try_into().expect("storage keys start with a token"));
-        &self.stripes[(token % STRIPES as u64) as usize]
+        &self.stripes[(skey_token(storage_key) % STRIPES as u64) as usize]
     }
 
     /// Issues a new version of the key at this node's actor and appends it to
@@ -1018,6 +1018,7 @@ impl Store {
     ) -> Result<Staged, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
+        let token = skey_token(&skey);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         self.check_ring(ring_version)?;
         let current = self.data.get(&skey)?;
@@ -1072,7 +1073,7 @@ impl Store {
             batch.insert(&self.writes, tag.id, encode_write_record(&dot, tag.expires_at));
         }
         batch.commit()?;
-        self.retree(tenant, key, old_hash, Some(state.clock()));
+        self.retree(tenant, key, token, old_hash, Some(state.clock()));
         metrics::counter!("cohort_node_updates_total").increment(1);
         Ok(Staged { encoded, dot, siblings, replayed: false, hint_seq })
     }
@@ -1091,6 +1092,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.check_writable()?;
         let skey = storage_key(tenant, key);
+        let token = skey_token(&skey);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
         self.check_ring(ring_version)?;
         let stored = self.data.get(&skey)?;
@@ -1111,7 +1113,7 @@ impl Store {
         batch.commit()?;
         if changed {
             let old_hash = stored.map(|_| key_hash(tenant, key, current.clock()));
-            self.retree(tenant, key, old_hash, Some(merged.clock()));
+            self.retree(tenant, key, token, old_hash, Some(merged.clock()));
         }
         metrics::counter!("cohort_node_merges_total", "changed" => if changed { "true" } else { "false" }).increment(1);
         Ok(changed)
@@ -1199,6 +1201,11 @@ pub struct Hint {
     /// hint is not delivered to it but escalated to anti-entropy, which
     /// knows the current ring.
     pub ring_version: u64,
+}
+
+/// The ring token a storage key starts with.
+fn skey_token(storage_key: &[u8]) -> Token {
+    u64::from_be_bytes(storage_key[..8].try_into().expect("storage keys start with a token"))
 }
 
 /// Removes a record nothing could deliver, saying so.
