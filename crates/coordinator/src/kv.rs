@@ -580,30 +580,35 @@ type Reply = oneshot::Sender<Result<ReadOutcome, KvError>>;
 impl ReadRound {
     async fn run(self, reply: Reply) {
         let mut reply = Some(reply);
+        // One deadline for the round, not one timer per replica: a replica
+        // still silent when it passes has timed out.
+        let deadline = tokio::time::sleep(self.node_timeout);
+        tokio::pin!(deadline);
         let mut pending: FuturesUnordered<_> =
             self.plan
                 .replicas
                 .iter()
-                .map(|replica| {
-                    let client = self.peers.node(&replica.address);
-                    let request = ReadRequest {
-                        tenant: self.tenant.clone(),
-                        key: self.key.clone(),
-                        ring_version: self.plan.ring_version,
-                        ..Default::default()
-                    };
-                    let timeout = self.node_timeout;
+                .enumerate()
+                .map(|(index, replica)| {
+                    let call = self.peers.node(&replica.address).map(|client| {
+                        client.read(ReadRequest {
+                            tenant: self.tenant.clone(),
+                            key: self.key.clone(),
+                            ring_version: self.plan.ring_version,
+                            ..Default::default()
+                        })
+                    });
                     async move {
-                        let result = match client {
+                        let result = match call {
                             Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
-                            Ok(client) => match within(timeout, client.read(request)).await {
+                            Ok(call) => match call.await {
                                 Ok(response) => decode_state(&response.state).map_err(|reason| {
                                     ReplicaFailure::Refused { code: tonic::Code::DataLoss, message: reason }
                                 }),
-                                Err(failure) => Err(failure),
+                                Err(error) => Err(error.into()),
                             },
                         };
-                        (replica.clone(), result)
+                        (index, result)
                     }
                 })
                 .collect();
@@ -611,12 +616,29 @@ impl ReadRound {
         let mut tally = QuorumTally::over_sets(self.plan.sets.iter().map(|set| (set.clone(), self.required)));
         let mut answers: Vec<(Replica, SiblingSet)> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
+        let mut silent = vec![true; self.plan.replicas.len()];
         let mut stale_ring = false;
-        while let Some((replica, result)) = pending.next().await {
+        loop {
+            let (index, result) = tokio::select! {
+                biased;
+                next = pending.next() => match next {
+                    Some(next) => next,
+                    None => break,
+                },
+                () = &mut deadline => {
+                    let late = silent.iter().position(|&silent| silent).expect("a replica is still pending");
+                    (late, Err(ReplicaFailure::TimedOut(self.node_timeout)))
+                }
+            };
+            if !std::mem::replace(&mut silent[index], false) {
+                // Already counted as timed out: an answer after the deadline.
+                continue;
+            }
+            let replica = &self.plan.replicas[index];
             match result {
                 Ok(state) => {
                     tally.succeeded(&replica.id);
-                    answers.push((replica, state));
+                    answers.push((replica.clone(), state));
                 }
                 Err(ReplicaFailure::Refused { code: tonic::Code::Aborted, message }) => {
                     tally.failed(&replica.id);
@@ -637,6 +659,9 @@ impl ReadRound {
                 && let Some(reply) = reply.take()
             {
                 let _ = reply.send(Ok(self.outcome(&answers)));
+            }
+            if !silent.contains(&true) {
+                break;
             }
         }
         drop(pending);

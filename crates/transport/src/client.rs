@@ -14,6 +14,7 @@
 //! handler directly.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -175,15 +176,72 @@ impl Session {
     }
 }
 
-/// Removes a call's entry when the caller stops waiting (timeout, drop).
-struct Waiting<'a> {
-    session: &'a Session,
+/// A call's entry in its session's waiting table, removed when the caller
+/// stops waiting (answered, timed out, dropped).
+struct Registration {
+    session: Arc<Session>,
     id: u64,
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         self.session.waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+type Reply = Result<Answer, NodeError>;
+
+/// One operation started by [`NodeClient::call`], as a future of its answer.
+enum Call {
+    /// Queued on a session: waits for the answer.
+    Sent { answer: oneshot::Receiver<Reply>, _registration: Registration },
+    /// Opening a session, waiting for room in its queue, or running on a
+    /// handler in this process.
+    Slow(std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>),
+    /// Refused before it was sent.
+    Failed(Option<NodeError>),
+}
+
+impl Call {
+    /// Registers the operation on `session` and queues it.
+    fn send(session: Arc<Session>, op: Op) -> Call {
+        let id = session.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        session.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
+        let registration = Registration { session, id };
+        let request = PipelineRequest { id, op: Some(op) };
+        match registration.session.requests.try_send(request) {
+            Ok(()) => Call::Sent { answer, _registration: registration },
+            Err(mpsc::error::TrySendError::Full(request)) => Call::Slow(Box::pin(async move {
+                if registration.session.requests.send(request).await.is_err() {
+                    return Err(closed(&registration.session));
+                }
+                Call::Sent { answer, _registration: registration }.await
+            })),
+            Err(mpsc::error::TrySendError::Closed(_)) => Call::Failed(Some(closed(&registration.session))),
+        }
+    }
+}
+
+/// Closes a session whose request queue is gone; the request was not sent.
+fn closed(session: &Session) -> NodeError {
+    session.close("pipeline to node closed", false);
+    NodeError::NotSent(Status::unavailable("pipeline to node closed"))
+}
+
+impl Future for Call {
+    type Output = Reply;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Reply> {
+        match &mut *self {
+            Call::Sent { answer, .. } => std::pin::Pin::new(answer).poll(cx).map(|answer| {
+                answer.unwrap_or_else(|_| Err(NodeError::Lost(Status::unavailable("pipeline to node closed"))))
+            }),
+            Call::Slow(future) => future.as_mut().poll(cx),
+            Call::Failed(error) => {
+                std::task::Poll::Ready(Err(error.take().expect("a call is not polled after it ended")))
+            }
+        }
     }
 }
 
@@ -277,62 +335,82 @@ impl NodeClient {
     }
 
     /// Reads a key's local state on the node.
-    pub async fn read(&self, request: ReadRequest) -> Result<ReadResponse, NodeError> {
-        match self.call(Op::Read(request)).await? {
-            Answer::Read(response) => Ok(response),
-            _ => Err(unexpected("read")),
+    pub fn read(&self, request: ReadRequest) -> impl Future<Output = Result<ReadResponse, NodeError>> + Send + use<> {
+        let call = self.call(Op::Read(request));
+        async move {
+            match call.await? {
+                Answer::Read(response) => Ok(response),
+                _ => Err(unexpected("read")),
+            }
         }
     }
 
     /// Merges a state into the node's and waits until it is durable.
-    pub async fn merge(&self, request: MergeRequest) -> Result<MergeResponse, NodeError> {
-        match self.call(Op::Merge(request)).await? {
-            Answer::Merge(response) => Ok(response),
-            _ => Err(unexpected("merge")),
+    pub fn merge(
+        &self,
+        request: MergeRequest,
+    ) -> impl Future<Output = Result<MergeResponse, NodeError>> + Send + use<> {
+        let call = self.call(Op::Merge(request));
+        async move {
+            match call.await? {
+                Answer::Merge(response) => Ok(response),
+                _ => Err(unexpected("merge")),
+            }
         }
     }
 
     /// Asks the node to coordinate a write as the key's coordinating replica.
     /// The error says whether the node may have applied it.
-    pub async fn coordinate(&self, request: CoordinateRequest) -> Result<CoordinateResponse, NodeError> {
-        match self.call(Op::Coordinate(request)).await? {
-            Answer::Coordinate(response) => Ok(response),
-            _ => Err(unexpected("coordinate")),
+    pub fn coordinate(
+        &self,
+        request: CoordinateRequest,
+    ) -> impl Future<Output = Result<CoordinateResponse, NodeError>> + Send + use<> {
+        let call = self.call(Op::Coordinate(request));
+        async move {
+            match call.await? {
+                Answer::Coordinate(response) => Ok(response),
+                _ => Err(unexpected("coordinate")),
+            }
         }
     }
 
-    async fn call(&self, op: Op) -> Result<Answer, NodeError> {
-        if let Some(node) = self.in_process.as_ref().and_then(|nodes| nodes.get(&self.address)) {
+    /// Starts one operation: in-process, or on the node's pipeline. In the
+    /// common case — a session open with room in its queue — the request is
+    /// queued before this returns and the call is a few words waiting for
+    /// its answer; only the rare paths (opening a session, a full queue, a
+    /// handler in this process) allocate a future of their own.
+    fn call(&self, op: Op) -> Call {
+        if let Some(node) = self.local() {
             // As a pipelined call would be: refused as never acted on once
             // the node is shutting down.
             if *node.stopping.borrow() {
-                return Err(NodeError::NotSent(Status::unavailable("storage node is shutting down")));
+                return Call::Failed(Some(NodeError::NotSent(Status::unavailable("storage node is shutting down"))));
             }
-            return match handler::run(&*node.handler, Some(op)).await {
-                Answer::Error(error) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
-                answer => Ok(answer),
-            };
+            return Call::Slow(Box::pin(async move {
+                match handler::run(&*node.handler, Some(op)).await {
+                    Answer::Error(error) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
+                    answer => Ok(answer),
+                }
+            }));
         }
         // A message the stream cannot carry would end it, failing every
-        // other call on it: refuse it alone, before it is sent.
-        let size = prost::Message::encoded_len(&PipelineRequest { id: 0, op: Some(op.clone()) });
+        // other call on it: refuse it alone, before it is sent. (The id and
+        // the operation's framing take at most 16 bytes more.)
+        let size = op.encoded_len() + 16;
         if size > MAX_MESSAGE_BYTES - 1024 {
-            return Err(NodeError::NotSent(Status::resource_exhausted(format!(
+            return Call::Failed(Some(NodeError::NotSent(Status::resource_exhausted(format!(
                 "the request takes {size} bytes, more than one message carries ({MAX_MESSAGE_BYTES})"
-            ))));
+            )))));
         }
-        let session = self.session().await.map_err(NodeError::NotSent)?;
-        let id = session.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        session.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
-        let _waiting = Waiting { session: &session, id };
-        if session.requests.send(PipelineRequest { id, op: Some(op) }).await.is_err() {
-            session.close("pipeline to node closed", false);
-            return Err(NodeError::NotSent(Status::unavailable("pipeline to node closed")));
-        }
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(NodeError::Lost(Status::unavailable("pipeline to node closed"))),
+        match self.open_session() {
+            Some(session) => Call::send(session, op),
+            None => {
+                let client = self.clone();
+                Call::Slow(Box::pin(async move {
+                    let session = client.session().await.map_err(NodeError::NotSent)?;
+                    Call::send(session, op).await
+                }))
+            }
         }
     }
 

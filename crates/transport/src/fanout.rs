@@ -98,14 +98,19 @@ impl ReplicaFailure {
 }
 
 /// Runs `call` for at most `deadline`.
-pub async fn within<T>(
-    deadline: Duration,
-    call: impl Future<Output = Result<T, NodeError>>,
-) -> Result<T, ReplicaFailure> {
-    match tokio::time::timeout(deadline, call).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => Err(ReplicaFailure::TimedOut(deadline)),
+pub fn within<T, F>(deadline: Duration, call: F) -> impl Future<Output = Result<T, ReplicaFailure>> + use<T, F>
+where
+    F: Future<Output = Result<T, NodeError>>,
+{
+    // Built here, not inside the async block, so that the future holds the
+    // call once (inside the timeout) rather than twice.
+    let timed = tokio::time::timeout(deadline, call);
+    async move {
+        match timed.await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(ReplicaFailure::TimedOut(deadline)),
+        }
     }
 }
 
