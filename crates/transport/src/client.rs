@@ -94,6 +94,12 @@ impl PeerPool {
 }
 
 /// A client of one storage node.
+///
+/// [`NodeClient::read`], [`NodeClient::merge`] and [`NodeClient::coordinate`]
+/// send their request when they are called, not when their future is first
+/// polled: a fan-out that builds one future per replica has sent to every
+/// replica before it waits on any. Dropping the future stops waiting; it does
+/// not recall the request.
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     raw: StorageClient<Channel>,
