@@ -267,7 +267,7 @@ async fn hints_past_their_age_are_escalated_to_anti_entropy_which_delivers_them(
         let store = cluster.node_store(index).expect("running");
         eventually(&format!("node {} escalated its hints", index + 1), Duration::from_secs(30), || {
             let store = store.clone();
-            async move { store.pending_hints(100).expect("hints").is_empty() }
+            async move { store.pending_hints(100, Duration::ZERO).expect("hints").is_empty() }
         })
         .await;
     }

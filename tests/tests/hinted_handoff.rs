@@ -86,7 +86,7 @@ async fn a_hint_for_a_replica_that_moved_past_its_ring_is_escalated_not_delivere
         let holder = cluster.node_store(index).expect("running");
         eventually(&format!("node {} settles its hints", index + 1), Duration::from_secs(30), || {
             let holder = holder.clone();
-            async move { holder.pending_hints(1000).expect("hints").is_empty() }
+            async move { holder.pending_hints(1000, Duration::ZERO).expect("hints").is_empty() }
         })
         .await;
     }

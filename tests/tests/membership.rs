@@ -233,7 +233,7 @@ async fn a_dead_node_is_removed_and_its_replicas_rebuilt_from_the_others() {
     // Writes while node-3 was down left hints for it; once it is removed,
     // no node keeps (or keeps retrying) them.
     for index in [0, 1, 3] {
-        let hints = cluster.node_store(index).expect("runs").pending_hints(10_000).expect("hints");
+        let hints = cluster.node_store(index).expect("runs").pending_hints(10_000, Duration::ZERO).expect("hints");
         assert!(hints.iter().all(|h| h.peers.iter().all(|(p, _)| p != "node-3")), "node-{} {hints:?}", index + 1);
     }
     cluster.shutdown().await;

@@ -50,6 +50,9 @@ pub struct HintDelivery {
     peers: Arc<PeerPool>,
     timeout: Duration,
     tick: Interval,
+    /// The sweep interval, also the age below which a record is left to
+    /// the write that staged it.
+    every: Duration,
     bounds: HintsConfig,
     /// When this worker first saw each undelivered record.
     first_seen: HashMap<(String, Vec<u8>, u64), Instant>,
@@ -67,7 +70,7 @@ impl HintDelivery {
     ) -> Self {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        HintDelivery { store, peers, timeout, tick, bounds, first_seen: HashMap::new() }
+        HintDelivery { store, peers, timeout, tick, every, bounds, first_seen: HashMap::new() }
     }
 
     /// Hands the states this node holds as a fallback to their replicas.
@@ -230,28 +233,19 @@ impl Worker for HintDelivery {
         if handoffs_waiting > 0 {
             tracing::debug!(handoffs_waiting, "handoffs wait for unreachable replicas");
         }
-        let store = self.store.clone();
-        let pending = tokio::task::spawn_blocking(move || store.pending_hints(SWEEP_LIMIT))
+        let (store, every) = (self.store.clone(), self.every);
+        // A record younger than a sweep interval belongs to a write whose
+        // own replication is still settling it.
+        let pending = tokio::task::spawn_blocking(move || store.pending_hints(SWEEP_LIMIT, every))
             .await
             .map_err(|e| format!("the hint sweep task failed: {e}"))?
             .map_err(|e| format!("reading hints: {e}"))?;
+        let kept = self.store.hints_pending().map_err(|e| format!("counting hints: {e}"))?;
+        metrics::gauge!("cohort_node_hints_pending").set(kept as f64);
         if pending.is_empty() {
-            metrics::gauge!("cohort_node_hints_pending").set(0.0);
             return Ok(Step::Idle);
         }
         let swept = pending.len();
-        // Past a full sweep, count them all (an iteration, only then).
-        let kept = match swept < SWEEP_LIMIT {
-            true => swept as u64,
-            false => {
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || store.hints_pending())
-                    .await
-                    .map_err(|e| format!("the hint count task failed: {e}"))?
-                    .map_err(|e| format!("counting hints: {e}"))?
-            }
-        };
-        metrics::gauge!("cohort_node_hints_pending").set(kept as f64);
         let over_quota = kept > self.bounds.max_pending;
         let mut seen_now = HashMap::with_capacity(pending.len());
         let (store, peers, timeout) = (self.store.clone(), self.peers.clone(), self.timeout);

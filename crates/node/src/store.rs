@@ -67,11 +67,13 @@
 //! instead of issuing a second one. Records expire after the TTL the request
 //! names and are purged by [`Store::purge_write_records`].
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_ring::merkle::{self, key_hash};
@@ -264,6 +266,12 @@ pub struct Store {
     stripes: Box<[Mutex<()>]>,
     meta: Keyspace,
     hints: Keyspace,
+    /// The keys that may have a hint record, with when their record was
+    /// first staged: sweeps look records up by it instead of iterating the
+    /// hints keyspace, whose removed records (every write stages one and
+    /// settles it) would cost a sweep more the busier the node. Changed
+    /// under the key's stripe lock; rebuilt at open.
+    hint_index: Mutex<BTreeMap<Vec<u8>, Instant>>,
     /// The next hint's sequence number: the incarnation in the high bits, so
     /// it grows across restarts.
     hint_seq: AtomicU64,
@@ -347,6 +355,11 @@ impl Store {
         db.persist(PersistMode::SyncAll)?;
         let nonce: u64 = rand::random();
         let trees = rebuild_trees(&data, &tombstones, dir)?;
+        let opened = Instant::now();
+        let mut hint_index = BTreeMap::new();
+        for item in hints.iter() {
+            hint_index.insert(item.key()?.to_vec(), opened);
+        }
 
         let poisoned = Arc::new(AtomicBool::new(false));
         let failing_disk = Arc::new(AtomicBool::new(false));
@@ -362,6 +375,7 @@ impl Store {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             meta,
             hints,
+            hint_index: Mutex::new(hint_index),
             hint_seq: AtomicU64::new(incarnation << 40),
             fence: AtomicU64::new(fence),
             commits,
@@ -473,6 +487,9 @@ impl Store {
         let seq = self.hint_seq.fetch_add(1, Ordering::Relaxed) + 1;
         if !peers.is_empty() {
             batch.insert(&self.hints, skey, encode_hint(seq, peers, ring_version));
+            // Indexed before the batch commits: the index may name a key
+            // without a record (a failed commit), never the reverse.
+            self.hint_index.lock().unwrap_or_else(|p| p.into_inner()).entry(skey.to_vec()).or_insert_with(Instant::now);
             metrics::counter!("cohort_node_hints_stored_total").increment(peers.len() as u64);
         }
         seq
@@ -491,7 +508,8 @@ impl Store {
             && stored == seq
         {
             if failed.is_empty() {
-                self.hints.remove(skey)?;
+                self.hints.remove(skey.clone())?;
+                self.unindex_hint(&skey);
             } else {
                 self.hints.insert(skey, encode_hint(seq, failed, ring_version))?;
             }
@@ -534,12 +552,17 @@ impl Store {
         Ok(dropped)
     }
 
-    /// How many hint records are pending, counted one by one (the engine's
-    /// estimate also counts the removals of settled records); meant for
-    /// when a sweep found more than it takes.
+    /// How many hint records are pending (from the index: a key whose
+    /// staging batch failed to commit counts until the next sweep).
     pub fn hints_pending(&self) -> Result<u64, StoreError> {
         self.check_writable()?;
-        Ok(self.hints.len()? as u64)
+        Ok(self.hint_index.lock().unwrap_or_else(|p| p.into_inner()).len() as u64)
+    }
+
+    /// Forgets `skey` in the hint index. The caller holds its stripe and has
+    /// removed its record.
+    fn unindex_hint(&self, skey: &[u8]) {
+        self.hint_index.lock().unwrap_or_else(|p| p.into_inner()).remove(skey);
     }
 
     /// Gives up on delivering `hint` (its record, if no newer write has
@@ -555,9 +578,10 @@ impl Store {
             return Ok(false);
         }
         let mut batch = self.db.batch();
-        batch.remove(&self.hints, skey);
+        batch.remove(&self.hints, skey.clone());
         batch.insert(&self.escalations, escalation_marker(&hint.tenant, &hint.key), []);
         batch.commit()?;
+        self.unindex_hint(&skey);
         Ok(true)
     }
 
@@ -675,19 +699,43 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` pending hint records.
-    pub fn pending_hints(&self, limit: usize) -> Result<Vec<Hint>, StoreError> {
+    /// Up to `limit` pending hint records, in key order, of keys that have
+    /// had one for at least `min_age` (a younger record belongs to a write
+    /// whose own replication is still settling it).
+    pub fn pending_hints(&self, limit: usize, min_age: Duration) -> Result<Vec<Hint>, StoreError> {
         self.check_writable()?;
-        let mut out = Vec::new();
-        for item in self.hints.iter().take(limit) {
-            let (skey, value) = item.into_inner()?;
+        let cutoff = Instant::now().checked_sub(min_age);
+        let keys: Vec<Vec<u8>> = {
+            let index = self.hint_index.lock().unwrap_or_else(|p| p.into_inner());
+            index
+                .iter()
+                .filter(|(_, staged)| cutoff.is_none_or(|cutoff| **staged <= cutoff))
+                .take(limit)
+                .map(|(skey, _)| skey.clone())
+                .collect()
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for skey in keys {
+            let Some(value) = self.hints.get(&skey)? else {
+                // Settled since, or never committed: checked again under the
+                // stripe, which a staging write holds until it commits.
+                let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+                if self.hints.get(&skey)?.is_none() {
+                    self.unindex_hint(&skey);
+                }
+                continue;
+            };
             let parsed = parse_storage_key(&skey).and_then(|(_, tenant, key)| {
                 let (seq, peers, ring_version) = decode_hint(&value)?;
                 Some(Hint { tenant: tenant.to_string(), key: key.to_vec(), seq, peers, ring_version })
             });
             match parsed {
                 Some(hint) => out.push(hint),
-                None => drop_unreadable(&self.hints, &skey, "hint")?,
+                None => {
+                    let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+                    drop_unreadable(&self.hints, &skey, "hint")?;
+                    self.unindex_hint(&skey);
+                }
             }
         }
         Ok(out)
@@ -1707,7 +1755,11 @@ mod tests {
             let newer = store.stage_hints("t", b"k", &peers).unwrap();
             assert!(newer > older);
             store.settle_hints("t", b"k", older, &[]).unwrap();
-            assert_eq!(store.pending_hints(10).unwrap().len(), 1, "the older write leaves the newer record");
+            assert_eq!(
+                store.pending_hints(10, Duration::ZERO).unwrap().len(),
+                1,
+                "the older write leaves the newer record"
+            );
             store.settle_hints("t", b"k", newer, &peers[1..]).unwrap();
             let other = store.stage_hints("t", b"gone", &peers).unwrap();
             store.settle_hints("t", b"gone", other, &[]).unwrap();
@@ -1715,12 +1767,43 @@ mod tests {
             store.close().await;
         }
         let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
-        let pending = store.pending_hints(10).unwrap();
+        let pending = store.pending_hints(10, Duration::ZERO).unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!((pending[0].tenant.as_str(), pending[0].key.as_slice()), ("t", &b"k"[..]));
         assert_eq!(pending[0].peers, [("n3".to_string(), "127.0.0.1:3".to_string())], "narrowed to the failed peer");
         let later = store.stage_hints("t", b"k", &peers).unwrap();
         assert!(later > pending[0].seq, "sequence numbers grow across restarts");
+        store.close().await;
+    }
+
+    /// Sweeps find hint records through an in-memory index: a record
+    /// younger than the sweep's minimum age is left to its own write, a
+    /// settled one is gone from the index, and the index is rebuilt from
+    /// the records at open.
+    #[tokio::test]
+    async fn hint_sweeps_skip_young_and_settled_records_and_the_index_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = [("n2", "127.0.0.1:2")];
+        {
+            let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+            for i in 0..100 {
+                let seq = store.stage_hints("t", format!("settled{i}").as_bytes(), &peers).unwrap();
+                store.settle_hints("t", format!("settled{i}").as_bytes(), seq, &[]).unwrap();
+            }
+            store.stage_hints("t", b"kept", &peers).unwrap();
+            assert_eq!(store.hints_pending().unwrap(), 1);
+            assert!(store.pending_hints(10, Duration::from_secs(3600)).unwrap().is_empty(), "too young to sweep");
+            let swept = store.pending_hints(10, Duration::ZERO).unwrap();
+            assert_eq!(swept.iter().map(|h| h.key.as_slice()).collect::<Vec<_>>(), [&b"kept"[..]]);
+            store.durable().await.unwrap();
+            store.close().await;
+        }
+        let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+        assert_eq!(store.hints_pending().unwrap(), 1, "rebuilt from the records");
+        let hint = store.pending_hints(10, Duration::ZERO).unwrap().remove(0);
+        store.settle_hints("t", b"kept", hint.seq, &[]).unwrap();
+        assert_eq!(store.hints_pending().unwrap(), 0);
+        assert!(store.pending_hints(10, Duration::ZERO).unwrap().is_empty());
         store.close().await;
     }
 
@@ -1887,9 +1970,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "n1", Durability::Flush).unwrap();
         store.stage_hints("t", b"k", &[("n2", "127.0.0.1:2")]).unwrap();
-        let hint = store.pending_hints(10).unwrap().remove(0);
+        let hint = store.pending_hints(10, Duration::ZERO).unwrap().remove(0);
         assert!(store.escalate_hint(&hint).unwrap());
-        assert!(store.pending_hints(10).unwrap().is_empty(), "the hint became a marker");
+        assert!(store.pending_hints(10, Duration::ZERO).unwrap().is_empty(), "the hint became a marker");
         let leaf = merkle::leaf_range(merkle::leaf_of(token_for("t", b"k")));
         let expected = vec![("t".to_string(), leaf)];
         assert_eq!(store.escalations(10).unwrap(), expected);
