@@ -62,6 +62,13 @@ async fn a_poisoned_node_serves_no_reads_and_feeds_no_repair() {
     let cluster = TestCluster::start_with(3, cohort_coordinator::ReadRepairMode::Sync).await;
     let client = cluster.client().await;
     client.put(TENANT, "k", "v1").await.expect("write");
+    // The write's third replica may still be syncing it: the disk fails only
+    // after every replica has, so that the ghost below is what poisons node 1.
+    eventually("every replica holds v1", Duration::from_secs(10), || async {
+        let states = cluster.replica_states("k").await;
+        states.len() == 3 && states.iter().all(|state| values_of(state) == ["v1"])
+    })
+    .await;
     cluster.node_store(0).expect("node 1 runs").inject_disk_failure();
 
     // Node 1 stages a version its disk then fails to sync.

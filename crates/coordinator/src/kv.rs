@@ -26,7 +26,7 @@
 //!
 //! Whether enough replicas answered is decided by a pure
 //! [`QuorumTally`], and what to repair by the pure functions
-//! [`merge_answers`] and [`stale_replicas`]; the async code gathers answers
+//! [`merge_answers`] and [`Answers`]; the async code gathers answers
 //! and carries the decisions out.
 
 use std::sync::Arc;
@@ -110,9 +110,50 @@ pub fn merge_answers<'a>(answers: impl IntoIterator<Item = &'a SiblingSet>) -> S
     })
 }
 
-/// The replicas whose answered state differs from `merged`.
-pub fn stale_replicas<'a>(answers: &'a [(Replica, SiblingSet)], merged: &SiblingSet) -> Vec<&'a Replica> {
-    answers.iter().filter(|(_, state)| state != merged).map(|(replica, _)| replica).collect()
+/// The states the replicas of one read answered. Each distinct encoding is
+/// decoded once: replicas in step, the common case, answer the same bytes
+/// (the encoding is canonical), and their one state is then the merge and
+/// nothing is stale, with no merging or comparing.
+#[derive(Debug, Default)]
+pub struct Answers {
+    /// The distinct states answered, with their encodings.
+    states: Vec<(Bytes, SiblingSet)>,
+    /// Each replica that answered, and the index of its state.
+    replicas: Vec<(Replica, usize)>,
+}
+
+impl Answers {
+    /// Records `replica`'s answer (an encoded state; empty when the key was
+    /// never written there); an unreadable state is refused.
+    pub fn add(&mut self, replica: &Replica, encoded: Bytes) -> Result<(), String> {
+        let index = match self.states.iter().position(|(bytes, _)| *bytes == encoded) {
+            Some(index) => index,
+            None => {
+                let state = decode_state(&encoded)?;
+                self.states.push((encoded, state));
+                self.states.len() - 1
+            }
+        };
+        self.replicas.push((replica.clone(), index));
+        Ok(())
+    }
+
+    /// The merge of every answered state.
+    pub fn merged(&self) -> SiblingSet {
+        match self.states.as_slice() {
+            [(_, only)] => only.clone(),
+            states => merge_answers(states.iter().map(|(_, state)| state)),
+        }
+    }
+
+    /// The replicas whose answered state differs from `merged`.
+    pub fn stale(&self, merged: &SiblingSet) -> Vec<&Replica> {
+        if self.states.len() <= 1 {
+            return Vec::new();
+        }
+        let stale: Vec<bool> = self.states.iter().map(|(_, state)| state != merged).collect();
+        self.replicas.iter().filter(|(_, index)| stale[*index]).map(|(replica, _)| replica).collect()
+    }
 }
 
 /// A replica's answer: no bytes means the key was never written there.
@@ -584,37 +625,32 @@ impl ReadRound {
         // still silent when it passes has timed out.
         let deadline = tokio::time::sleep(self.node_timeout);
         tokio::pin!(deadline);
-        let mut pending: FuturesUnordered<_> =
-            self.plan
-                .replicas
-                .iter()
-                .enumerate()
-                .map(|(index, replica)| {
-                    let call = self.peers.node(&replica.address).map(|client| {
-                        client.read(ReadRequest {
-                            tenant: self.tenant.clone(),
-                            key: self.key.clone(),
-                            ring_version: self.plan.ring_version,
-                            ..Default::default()
-                        })
-                    });
-                    async move {
-                        let result = match call {
-                            Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
-                            Ok(call) => match call.await {
-                                Ok(response) => decode_state(&response.state).map_err(|reason| {
-                                    ReplicaFailure::Refused { code: tonic::Code::DataLoss, message: reason }
-                                }),
-                                Err(error) => Err(error.into()),
-                            },
-                        };
-                        (index, result)
-                    }
-                })
-                .collect();
+        let mut pending: FuturesUnordered<_> = self
+            .plan
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(index, replica)| {
+                let call = self.peers.node(&replica.address).map(|client| {
+                    client.read(ReadRequest {
+                        tenant: self.tenant.clone(),
+                        key: self.key.clone(),
+                        ring_version: self.plan.ring_version,
+                        ..Default::default()
+                    })
+                });
+                async move {
+                    let result = match call {
+                        Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
+                        Ok(call) => call.await.map(|response| response.state).map_err(ReplicaFailure::from),
+                    };
+                    (index, result)
+                }
+            })
+            .collect();
 
         let mut tally = QuorumTally::over_sets(self.plan.sets.iter().map(|set| (set.clone(), self.required)));
-        let mut answers: Vec<(Replica, SiblingSet)> = Vec::new();
+        let mut answers = Answers::default();
         let mut failures: Vec<String> = Vec::new();
         let mut silent = vec![true; self.plan.replicas.len()];
         let mut stale_ring = false;
@@ -635,11 +671,13 @@ impl ReadRound {
                 continue;
             }
             let replica = &self.plan.replicas[index];
+            let result = result.and_then(|state| {
+                answers
+                    .add(replica, state)
+                    .map_err(|reason| ReplicaFailure::Refused { code: tonic::Code::DataLoss, message: reason })
+            });
             match result {
-                Ok(state) => {
-                    tally.succeeded(&replica.id);
-                    answers.push((replica.clone(), state));
-                }
+                Ok(()) => tally.succeeded(&replica.id),
                 Err(ReplicaFailure::Refused { code: tonic::Code::Aborted, message }) => {
                     tally.failed(&replica.id);
                     stale_ring = true;
@@ -666,8 +704,8 @@ impl ReadRound {
         }
         drop(pending);
 
-        let merged = merge_answers(answers.iter().map(|(_, s)| s));
-        let stale = stale_replicas(&answers, &merged);
+        let merged = answers.merged();
+        let stale = answers.stale(&merged);
         let repaired = !stale.is_empty();
         if repaired {
             self.repair(&stale, &merged).await;
@@ -687,11 +725,11 @@ impl ReadRound {
         }
     }
 
-    fn outcome(&self, answers: &[(Replica, SiblingSet)]) -> ReadOutcome {
-        let state = merge_answers(answers.iter().map(|(_, s)| s));
-        let repair = !stale_replicas(answers, &state).is_empty();
+    fn outcome(&self, answers: &Answers) -> ReadOutcome {
+        let state = answers.merged();
+        let repair = !answers.stale(&state).is_empty();
         ReadOutcome {
-            answered: answers.iter().map(|(r, _)| r.id.clone()).collect(),
+            answered: answers.replicas.iter().map(|(r, _)| r.id.clone()).collect(),
             state,
             required: self.required as u8,
             replication: self.replication,
@@ -745,16 +783,44 @@ mod tests {
         assert_eq!(coordinator_order(&list, is("c"), is("c")), [0, 1, 2], "a suspected local replica is not preferred");
     }
 
+    fn encoded(state: &SiblingSet) -> Bytes {
+        Bytes::from(state.encode())
+    }
+
     #[test]
     fn stale_replicas_are_those_that_differ_from_the_merge() {
         let mut newer = SiblingSet::new();
         newer.update(&CausalContext::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"v"))).unwrap();
-        let answers =
-            vec![(replica("a"), newer.clone()), (replica("b"), SiblingSet::new()), (replica("c"), newer.clone())];
-        let merged = merge_answers(answers.iter().map(|(_, s)| s));
+        let mut answers = Answers::default();
+        answers.add(&replica("a"), encoded(&newer)).unwrap();
+        answers.add(&replica("b"), Bytes::new()).unwrap();
+        answers.add(&replica("c"), encoded(&newer)).unwrap();
+        assert_eq!(answers.states.len(), 2, "equal answers are decoded once");
+        let merged = answers.merged();
         assert_eq!(merged, newer);
-        let stale: Vec<_> = stale_replicas(&answers, &merged).into_iter().map(|r| r.id.clone()).collect();
+        let stale: Vec<_> = answers.stale(&merged).into_iter().map(|r| r.id.clone()).collect();
         assert_eq!(stale, ["b"]);
+    }
+
+    #[test]
+    fn replicas_in_step_are_one_state_and_none_is_stale() {
+        let mut state = SiblingSet::new();
+        state.update(&CausalContext::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"v"))).unwrap();
+        let mut answers = Answers::default();
+        for id in ["a", "b", "c"] {
+            answers.add(&replica(id), encoded(&state)).unwrap();
+        }
+        assert_eq!(answers.states.len(), 1);
+        assert_eq!(answers.merged(), state);
+        assert!(answers.stale(&state).is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_refused_and_not_counted() {
+        let mut answers = Answers::default();
+        let error = answers.add(&replica("a"), Bytes::from_static(&[0xff, 1, 2])).unwrap_err();
+        assert!(error.starts_with("unreadable state"), "{error}");
+        assert!(answers.replicas.is_empty());
     }
 
     #[test]
@@ -763,9 +829,11 @@ mod tests {
         left.update(&CausalContext::new(), &Actor::new("n1.1"), Some(Bytes::from_static(b"l"))).unwrap();
         let mut right = SiblingSet::new();
         right.update(&CausalContext::new(), &Actor::new("n2.1"), Some(Bytes::from_static(b"r"))).unwrap();
-        let answers = vec![(replica("a"), left), (replica("b"), right)];
-        let merged = merge_answers(answers.iter().map(|(_, s)| s));
+        let mut answers = Answers::default();
+        answers.add(&replica("a"), encoded(&left)).unwrap();
+        answers.add(&replica("b"), encoded(&right)).unwrap();
+        let merged = answers.merged();
         assert_eq!(merged.values().count(), 2);
-        assert_eq!(stale_replicas(&answers, &merged).len(), 2);
+        assert_eq!(answers.stale(&merged).len(), 2);
     }
 }

@@ -308,8 +308,9 @@ impl StorageHandler for StorageNode {
     async fn read(&self, request: ReadRequest) -> Result<ReadResponse, Status> {
         check_target(&request.tenant, &request.key)?;
         self.store.check_ring(request.ring_version).map_err(status_from)?;
-        let state = self.store.read(&request.tenant, &request.key).map_err(status_from)?;
-        let state = if state.is_empty() { Bytes::new() } else { Bytes::from(state.encode()) };
+        // The stored encoding as it is: the coordinator decodes it (and
+        // refuses it as data loss if it is unreadable).
+        let state = self.store.read_encoded_state(&request.tenant, &request.key).map_err(status_from)?;
         let write_dot = match request.write_id.is_empty() {
             true => None,
             false => self.store.write_record(&request.write_id).map_err(status_from)?.as_ref().map(dot_to_pb),
