@@ -138,16 +138,19 @@ impl Ring {
         let start = if self.tokens.is_empty() { 0 } else { self.owner_position(token) };
         let len = self.tokens.len();
         let mut seen = vec![false; self.nodes.len()];
-        (0..len).filter_map(move |i| {
-            let (_, node) = self.tokens[(start + i) % len];
-            let slot = &mut seen[node as usize];
-            if *slot {
-                None
-            } else {
-                *slot = true;
-                Some(&self.nodes[node as usize])
-            }
-        })
+        (0..len)
+            .filter_map(move |i| {
+                let (_, node) = self.tokens[(start + i) % len];
+                let slot = &mut seen[node as usize];
+                if *slot {
+                    None
+                } else {
+                    *slot = true;
+                    Some(&self.nodes[node as usize])
+                }
+            })
+            // Every node once: no need to look at the rest of the ring.
+            .take(self.nodes.len())
     }
 
     /// The `n` nodes that hold replicas of `token`, in clockwise order; fewer
@@ -155,10 +158,10 @@ impl Ring {
     /// zones not yet used are preferred, so replicas spread over as many zones
     /// as there are.
     pub fn preference_list(&self, token: Token, n: usize) -> Vec<&NodeSpec> {
-        let walk: Vec<&NodeSpec> = self.walk(token).collect();
         if !self.zoned {
-            return walk.into_iter().take(n).collect();
+            return self.walk(token).take(n).collect();
         }
+        let walk: Vec<&NodeSpec> = self.walk(token).collect();
         let mut chosen = vec![false; walk.len()];
         let mut zones_used: HashSet<Option<&str>> = HashSet::new();
         let mut count = 0;
