@@ -266,12 +266,12 @@ pub struct Store {
     stripes: Box<[Mutex<()>]>,
     meta: Keyspace,
     hints: Keyspace,
-    /// The keys that may have a hint record, with when their record was
-    /// first staged: sweeps look records up by it instead of iterating the
-    /// hints keyspace, whose removed records (every write stages one and
-    /// settles it) would cost a sweep more the busier the node. Changed
+    /// The keys that may have a hint record: sweeps look records up by it
+    /// instead of iterating the hints keyspace, whose removed records (every
+    /// write stages one and settles it) would cost a sweep more the busier
+    /// the node, and a write settling its own record needs no read. Changed
     /// under the key's stripe lock; rebuilt at open.
-    hint_index: Mutex<BTreeMap<Vec<u8>, Instant>>,
+    hint_index: Mutex<BTreeMap<Vec<u8>, IndexedHint>>,
     /// The next hint's sequence number: the incarnation in the high bits, so
     /// it grows across restarts.
     hint_seq: AtomicU64,
@@ -289,6 +289,17 @@ pub struct Store {
     /// [`SiblingSet::update_above`]). Dots of earlier actors are never
     /// issued again, so it need not survive a restart.
     purged_floor: AtomicU64,
+}
+
+/// A key's entry in the hint index.
+#[derive(Debug, Clone, Copy)]
+struct IndexedHint {
+    /// When the key's record was first staged (kept while a newer write
+    /// replaces the record): sweeps leave young records to their write.
+    staged: Instant,
+    /// The sequence number of the record staged last; 0 when unknown (read
+    /// from disk at open).
+    seq: u64,
 }
 
 /// Whether a state holds siblings, and every one is a tombstone.
@@ -358,7 +369,7 @@ impl Store {
         let opened = Instant::now();
         let mut hint_index = BTreeMap::new();
         for item in hints.iter() {
-            hint_index.insert(item.key()?.to_vec(), opened);
+            hint_index.insert(item.key()?.to_vec(), IndexedHint { staged: opened, seq: 0 });
         }
 
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -489,7 +500,8 @@ impl Store {
             batch.insert(&self.hints, skey, encode_hint(seq, peers, ring_version));
             // Indexed before the batch commits: the index may name a key
             // without a record (a failed commit), never the reverse.
-            self.hint_index.lock().unwrap_or_else(|p| p.into_inner()).entry(skey.to_vec()).or_insert_with(Instant::now);
+            let mut index = self.hint_index.lock().unwrap_or_else(|p| p.into_inner());
+            index.entry(skey.to_vec()).or_insert(IndexedHint { staged: Instant::now(), seq }).seq = seq;
             metrics::counter!("cohort_node_hints_stored_total").increment(peers.len() as u64);
         }
         seq
@@ -503,6 +515,14 @@ impl Store {
     pub fn settle_hints(&self, tenant: &str, key: &[u8], seq: u64, failed: &[(&str, &str)]) -> Result<(), StoreError> {
         let skey = storage_key(tenant, key);
         let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        let indexed = self.hint_index.lock().unwrap_or_else(|p| p.into_inner()).get(&skey).map(|entry| entry.seq);
+        if indexed == Some(seq) && failed.is_empty() {
+            // The record staged last is this write's (the index says so under
+            // the stripe a newer write would hold): removed without a read.
+            self.hints.remove(skey.clone())?;
+            self.unindex_hint(&skey);
+            return Ok(());
+        }
         let Some(value) = self.hints.get(&skey)? else { return Ok(()) };
         if let Some((stored, _, ring_version)) = decode_hint(&value)
             && stored == seq
@@ -709,7 +729,7 @@ impl Store {
             let index = self.hint_index.lock().unwrap_or_else(|p| p.into_inner());
             index
                 .iter()
-                .filter(|(_, staged)| cutoff.is_none_or(|cutoff| **staged <= cutoff))
+                .filter(|(_, entry)| cutoff.is_none_or(|cutoff| entry.staged <= cutoff))
                 .take(limit)
                 .map(|(skey, _)| skey.clone())
                 .collect()
