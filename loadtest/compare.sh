@@ -188,8 +188,8 @@ SYSTEMS=(cohort-procs cohort-colocated cohort-dev etcd)
 
 # --- runs ----------------------------------------------------------------
 RAW="$OUT/raw"
-mkdir -p "$RAW"
-rm -f "$RAW"/*.json
+mkdir -p "$RAW/floor"
+rm -f "$RAW"/*.json "$RAW"/floor/*.json
 
 # measure LABEL FILE ARGS…: one bounded load run, its JSON in $RAW/FILE.json.
 measure() {
@@ -205,6 +205,9 @@ for run in $(seq "$RUNS"); do
     # Rotate the order of the systems from one repeat to the next.
     shift_by=$(((run - 1) % ${#SYSTEMS[@]}))
     order=("${SYSTEMS[@]:$shift_by}" "${SYSTEMS[@]:0:$shift_by}")
+    # The machine's floor under a quorum put, on the disk the nodes use.
+    log "floor-r$run"
+    "$LOADTEST" floor --dir "$WORK" --json "$RAW/floor/floor-r$run.json" >/dev/null
     for c in $CONCURRENCY; do
         measure noop "noop-c$c-r$run" --workload a --concurrency "$c"
     done
@@ -248,6 +251,9 @@ fi
     echo "- Every run: $RECORDS records of 100 B loaded first, YCSB key choice zipfian, then $WARMUP of warmup and"
     echo "  $DURATION measured. Open loops (at most $OPEN_SLOTS in flight): workload A at half of each system's own"
     echo "  median peak, and all systems at $COMMON ops/s, half of the slowest system's peak."
+    echo "- The floor of a quorum put (\`cohort-loadtest floor\`, once per repeat, medians of 500 samples each):"
+    echo "  two TCP round trips on 127.0.0.1 and one fdatasync of an appended 128 B record in the nodes' directory."
 } >"$WORK/preamble.md"
-"$LOADTEST" report --results "$RAW" --output "$OUT/REPORT.md" --plot "$OUT/latency.svg" --preamble "$WORK/preamble.md"
+"$LOADTEST" report --results "$RAW" --floor "$RAW/floor" --output "$OUT/REPORT.md" --plot "$OUT/latency.svg" \
+    --preamble "$WORK/preamble.md"
 log "done: $OUT/REPORT.md"

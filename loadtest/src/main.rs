@@ -1,10 +1,11 @@
 //! `cohort-loadtest`: drive a Cohort cluster (or etcd, or a no-op gRPC
 //! server) with YCSB workloads and measure it (`run`), serve the no-op
-//! service (`noop-server`), summarise runs (`report`), or record a workload's history and audit it
-//! (`verify`).
+//! service (`noop-server`), summarise runs (`report`), measure the machine's floor under a quorum put
+//! (`floor`), or record a workload's history and audit it (`verify`).
 
 use clap::{Parser, Subcommand};
 
+mod floor;
 mod noop_server;
 mod report;
 mod run;
@@ -34,6 +35,9 @@ enum Command {
     /// Summarise a directory of `run --json` reports (as `compare.sh` writes them) into a Markdown report
     /// with medians, ratios to etcd and to the no-op ceiling, the performance targets, and a latency plot.
     Report(summary::ReportArgs),
+    /// Measure the physical floor of a quorum put on this machine: two loopback TCP round trips and one
+    /// fdatasync of an appended 128 B record, each the median of --samples, with no Cohort code involved.
+    Floor(floor::FloorArgs),
     /// Serve a gRPC call that does nothing, for `run --target noop://ADDR`: the transport's ceiling.
     NoopServer(noop_server::NoopServerArgs),
     /// Run a recorded workload with unique values for a while, then audit
@@ -49,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(*args).await,
         Command::Report(args) => summary::run(args),
+        Command::Floor(args) => tokio::task::spawn_blocking(move || floor::run(args)).await?,
         Command::NoopServer(args) => noop_server::run(args).await,
         Command::Verify(args) => verify::run(args).await,
     }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::floor::{self, Floor};
 use crate::report::{MAX_NINES, nines_label};
 
 /// Flags of `report`.
@@ -29,6 +30,10 @@ pub struct ReportArgs {
     /// A Markdown file whose text is included as the report's description of the machine and the command.
     #[arg(long, value_name = "FILE.md")]
     preamble: Option<PathBuf>,
+    /// Directory of `floor --json` files (the machine's floor under a quorum put, measured once per
+    /// repeat); the put target compares the single-client put p50 with their median.
+    #[arg(long, value_name = "DIR")]
+    floor: Option<PathBuf>,
     /// Print half the median ops/s of LABEL's workload A at the highest concurrency (the open-loop rate
     /// `compare.sh` uses) and exit, writing nothing.
     #[arg(long, value_name = "LABEL")]
@@ -263,7 +268,10 @@ struct Verdict {
     met: Option<bool>,
 }
 
-fn targets(cells: &Cells, label: &str) -> Vec<Verdict> {
+/// How far above the machine's floor a single client's quorum put may be.
+const PUT_FLOOR_LIMIT: f64 = 1.5;
+
+fn targets(cells: &Cells, label: &str, floor: Option<Floor>) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     // One process holding the whole cluster has no network between its
     // parts, and is held to more.
@@ -284,19 +292,36 @@ fn targets(cells: &Cells, label: &str) -> Vec<Verdict> {
             met: r.map(|r| r >= wanted),
         });
     }
+    let put = cells.closed(label, "a", 1).and_then(|c| c.ops.get("update"));
+    let r = put.zip(floor).and_then(|(p, f)| ratio(p.p50, f.put_floor_us()));
+    verdicts.push(Verdict {
+        target: format!(
+            "single-client quorum put p50 ≤ {PUT_FLOOR_LIMIT}× the floor (2 loopback round trips + 1 fdatasync)"
+        ),
+        measured: match (put, floor) {
+            (Some(p), Some(f)) => format!(
+                "{} vs {} (round trip {}, fdatasync {}) = {}",
+                micros(p.p50),
+                micros(f.put_floor_us()),
+                micros(f.round_trip_us),
+                micros(f.fdatasync_us),
+                times(r)
+            ),
+            _ => "not measured".into(),
+        },
+        met: r.map(|r| r <= PUT_FLOOR_LIMIT),
+    });
     let ceiling = cells.noop(1);
-    for (op, workload, limit, name) in [("update", "a", 4.0, "put"), ("read", "c", 3.0, "get")] {
-        let ours = cells.closed(label, workload, 1).and_then(|c| c.ops.get(op));
-        let r = ours.zip(ceiling).and_then(|(o, n)| ratio(o.p50, n.all.p50));
-        verdicts.push(Verdict {
-            target: format!("single-client {name} p50 ≤ {limit}× the no-op call's p50"),
-            measured: match (ours, ceiling) {
-                (Some(o), Some(n)) => format!("{} vs {} = {}", micros(o.p50), micros(n.all.p50), times(r)),
-                _ => "not measured".into(),
-            },
-            met: r.map(|r| r <= limit),
-        });
-    }
+    let get = cells.closed(label, "c", 1).and_then(|c| c.ops.get("read"));
+    let r = get.zip(ceiling).and_then(|(g, n)| ratio(g.p50, n.all.p50));
+    verdicts.push(Verdict {
+        target: "single-client get p50 ≤ 3× the no-op call's p50".into(),
+        measured: match (get, ceiling) {
+            (Some(g), Some(n)) => format!("{} vs {} = {}", micros(g.p50), micros(n.all.p50), times(r)),
+            _ => "not measured".into(),
+        },
+        met: r.map(|r| r <= 3.0),
+    });
     let open = cells.open(label);
     verdicts.push(Verdict {
         target: "open loop at half the peak of workload A: p99 ≤ 10 ms".into(),
@@ -309,7 +334,7 @@ fn targets(cells: &Cells, label: &str) -> Vec<Verdict> {
     verdicts
 }
 
-fn markdown(cells: &[Cell], preamble: &str, plot: Option<&str>) -> String {
+fn markdown(cells: &[Cell], floor: Option<Floor>, preamble: &str, plot: Option<&str>) -> String {
     let lookup = Cells(cells);
     let mut out = String::new();
     let _ = writeln!(out, "# Cohort beside etcd and the gRPC ceiling\n");
@@ -326,7 +351,7 @@ fn markdown(cells: &[Cell], preamble: &str, plot: Option<&str>) -> String {
     for label in lookup.cohort_labels() {
         let _ = writeln!(out, "## Targets: `{label}`\n");
         let _ = writeln!(out, "| target | measured | met |\n|---|---|---|");
-        for verdict in targets(&lookup, label) {
+        for verdict in targets(&lookup, label, floor) {
             let met = match verdict.met {
                 Some(true) => "yes",
                 Some(false) => "**no**",
@@ -482,6 +507,26 @@ fn draw(path: &Path, cells: &[Cell]) -> anyhow::Result<()> {
 }
 
 /// Runs `report`.
+/// The median of every `floor --json` file in `dir`.
+fn read_floor(dir: &Path) -> anyhow::Result<Floor> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut floors = Vec::new();
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        floors.push(
+            floor::parse(&json)
+                .with_context(|| format!("{} is not a `cohort-loadtest floor --json` file", path.display()))?,
+        );
+    }
+    anyhow::ensure!(!floors.is_empty(), "no floor measurements (*.json) in {}", dir.display());
+    Ok(Floor {
+        fdatasync_us: median(floors.iter().map(|f| f.fdatasync_us).collect()),
+        round_trip_us: median(floors.iter().map(|f| f.round_trip_us).collect()),
+    })
+}
+
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let runs = read_runs(&args.results)?;
     let cells = summarise(&runs);
@@ -501,7 +546,11 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         draw(plot, &cells)?;
     }
     let plot_name = args.plot.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-    let text = markdown(&cells, &preamble, plot_name.as_deref());
+    let floor = match &args.floor {
+        Some(dir) => Some(read_floor(dir)?),
+        None => None,
+    };
+    let text = markdown(&cells, floor, &preamble, plot_name.as_deref());
     std::fs::write(&args.output, text).with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!("wrote {}", args.output.display());
     Ok(())
@@ -542,13 +591,17 @@ mod tests {
         ]);
         let etcd = Cells(&cells).closed("etcd", "a", 64).expect("etcd cell");
         assert_eq!((etcd.runs, etcd.ops_per_sec, etcd.all.p50), (3, 6000.0, 900.0));
-        let verdicts = targets(&Cells(&cells), "cohort-dev");
+        let floor = Floor { fdatasync_us: 200.0, round_trip_us: 50.0 };
+        let verdicts = targets(&Cells(&cells), "cohort-dev", Some(floor));
         let met: Vec<Option<bool>> = verdicts.iter().map(|v| v.met).collect();
-        // A: 12000 / 6000 = 2.0, short of the dev cluster's 3×; C@64 not measured; put 480/120 = 4.0;
-        // get 300/120 = 2.5; open p99 8 ms.
-        assert_eq!(met, [Some(false), None, Some(true), Some(true), Some(true)]);
+        // A: 12000 / 6000 = 2.0, short of the dev cluster's 3×; C@64 not measured; put 480 µs against a
+        // floor of 300 µs = 1.6×, over 1.5×; get 300/120 = 2.5; open p99 8 ms.
+        assert_eq!(met, [Some(false), None, Some(false), Some(true), Some(true)]);
         assert!(verdicts[0].target.contains("≥ 3× etcd"), "{}", verdicts[0].target);
-        let text = markdown(&cells, "machine: test", Some("plot.svg"));
+        assert!(verdicts[2].measured.contains("480 µs vs 300 µs"), "{}", verdicts[2].measured);
+        let unmeasured = targets(&Cells(&cells), "cohort-dev", None);
+        assert_eq!(unmeasured[2].met, None, "no floor, no verdict on the put");
+        let text = markdown(&cells, Some(floor), "machine: test", Some("plot.svg"));
         assert!(
             text.contains("| cohort-dev | A | 64 | 12000 | 400 µs | 1.60 ms | 3.20 ms | 0 | 2.00× | 0.30× | 4.00× |"),
             "{text}"
