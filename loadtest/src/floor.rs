@@ -32,6 +32,11 @@ pub struct Floor {
     pub fdatasync_us: f64,
     /// Median round trip of one byte over TCP on 127.0.0.1 (Nagle off).
     pub round_trip_us: f64,
+    /// Three replicas on this one disk syncing at once, as they do when a
+    /// single machine runs them: the median time until the second of three
+    /// concurrent appends and `fdatasync`s finished (a W=2 write waits for
+    /// that). Not part of the floor; quoted beside it.
+    pub second_of_three_us: Option<f64>,
 }
 
 impl Floor {
@@ -69,6 +74,52 @@ fn fdatasync_us(dir: &std::path::Path, samples: u32) -> anyhow::Result<f64> {
     Ok(median(times))
 }
 
+/// Three threads append and sync their own file at once, `samples` times;
+/// the median time to the second one done.
+fn second_of_three_us(dir: &std::path::Path, samples: u32) -> anyhow::Result<f64> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let started = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let threads: Vec<_> = (0..3)
+        .map(|i| {
+            let path = dir.join(format!("cohort-floor-{}-{i}.tmp", std::process::id()));
+            let (barrier, started) = (barrier.clone(), started.clone());
+            std::thread::spawn(move || -> std::io::Result<Vec<Instant>> {
+                let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+                let mut done = Vec::with_capacity(samples as usize);
+                let result = (|| {
+                    for _ in 0..samples {
+                        if barrier.wait().is_leader() {
+                            started.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                        }
+                        file.write_all(&[0x5au8; 128])?;
+                        file.sync_data()?;
+                        done.push(Instant::now());
+                        barrier.wait();
+                    }
+                    Ok(())
+                })();
+                let _ = std::fs::remove_file(&path);
+                result.map(|()| done)
+            })
+        })
+        .collect();
+    let mut finished = Vec::new();
+    for thread in threads {
+        finished.push(thread.join().map_err(|_| anyhow::anyhow!("a sync thread panicked"))??);
+    }
+    let started = started.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let seconds = started
+        .iter()
+        .enumerate()
+        .map(|(round, start)| {
+            let mut ends: Vec<Instant> = finished.iter().map(|f| f[round]).collect();
+            ends.sort();
+            ends[1].saturating_duration_since(*start).as_secs_f64() * 1e6
+        })
+        .collect();
+    Ok(median(seconds))
+}
+
 fn round_trip_us(samples: u32) -> anyhow::Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
     let address = listener.local_addr()?;
@@ -98,7 +149,11 @@ fn round_trip_us(samples: u32) -> anyhow::Result<f64> {
 
 /// Measures the floor.
 pub fn measure(args: &FloorArgs) -> anyhow::Result<Floor> {
-    Ok(Floor { fdatasync_us: fdatasync_us(&args.dir, args.samples)?, round_trip_us: round_trip_us(args.samples)? })
+    Ok(Floor {
+        fdatasync_us: fdatasync_us(&args.dir, args.samples)?,
+        round_trip_us: round_trip_us(args.samples)?,
+        second_of_three_us: Some(second_of_three_us(&args.dir, args.samples)?),
+    })
 }
 
 /// Runs `floor`: prints the figures and writes them as JSON when asked.
@@ -106,10 +161,12 @@ pub fn run(args: FloorArgs) -> anyhow::Result<()> {
     let floor = measure(&args)?;
     println!(
         "fdatasync of an appended 128 B: {:.0} µs; loopback TCP round trip: {:.0} µs; \
-         quorum put floor (2 round trips + 1 sync): {:.0} µs (medians of {})",
+         quorum put floor (2 round trips + 1 sync): {:.0} µs; three syncs at once, the second done: {:.0} µs \
+         (medians of {})",
         floor.fdatasync_us,
         floor.round_trip_us,
         floor.put_floor_us(),
+        floor.second_of_three_us.unwrap_or(0.0),
         args.samples
     );
     if let Some(path) = &args.json {
@@ -117,6 +174,7 @@ pub fn run(args: FloorArgs) -> anyhow::Result<()> {
             "fdatasync_us": floor.fdatasync_us,
             "round_trip_us": floor.round_trip_us,
             "put_floor_us": floor.put_floor_us(),
+            "second_of_three_fdatasyncs_us": floor.second_of_three_us,
             "samples": args.samples,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
@@ -127,7 +185,11 @@ pub fn run(args: FloorArgs) -> anyhow::Result<()> {
 
 /// Reads the figures `run` wrote as JSON.
 pub fn parse(json: &serde_json::Value) -> Option<Floor> {
-    Some(Floor { fdatasync_us: json["fdatasync_us"].as_f64()?, round_trip_us: json["round_trip_us"].as_f64()? })
+    Some(Floor {
+        fdatasync_us: json["fdatasync_us"].as_f64()?,
+        round_trip_us: json["round_trip_us"].as_f64()?,
+        second_of_three_us: json["second_of_three_fdatasyncs_us"].as_f64(),
+    })
 }
 
 #[cfg(test)]
@@ -142,7 +204,8 @@ mod tests {
         run(args).unwrap();
         let floor = parse(&serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()).unwrap();
         assert!(floor.fdatasync_us > 0.0 && floor.round_trip_us > 0.0, "{floor:?}");
+        assert!(floor.second_of_three_us.is_some_and(|us| us > 0.0), "{floor:?}");
         assert_eq!(floor.put_floor_us(), 2.0 * floor.round_trip_us + floor.fdatasync_us);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "the scratch file is removed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "the scratch files are removed");
     }
 }

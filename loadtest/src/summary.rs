@@ -300,11 +300,14 @@ fn targets(cells: &Cells, label: &str, floor: Option<Floor>) -> Vec<Verdict> {
         ),
         measured: match (put, floor) {
             (Some(p), Some(f)) => format!(
-                "{} vs {} (round trip {}, fdatasync {}) = {}",
+                "{} vs {} (round trip {}, fdatasync {}{}) = {}",
                 micros(p.p50),
                 micros(f.put_floor_us()),
                 micros(f.round_trip_us),
                 micros(f.fdatasync_us),
+                f.second_of_three_us
+                    .map(|us| format!("; three at once on this disk, the second done after {}", micros(us)))
+                    .unwrap_or_default(),
                 times(r)
             ),
             _ => "not measured".into(),
@@ -521,9 +524,11 @@ fn read_floor(dir: &Path) -> anyhow::Result<Floor> {
         );
     }
     anyhow::ensure!(!floors.is_empty(), "no floor measurements (*.json) in {}", dir.display());
+    let concurrent: Vec<f64> = floors.iter().filter_map(|f| f.second_of_three_us).collect();
     Ok(Floor {
         fdatasync_us: median(floors.iter().map(|f| f.fdatasync_us).collect()),
         round_trip_us: median(floors.iter().map(|f| f.round_trip_us).collect()),
+        second_of_three_us: (!concurrent.is_empty()).then(|| median(concurrent)),
     })
 }
 
@@ -591,7 +596,7 @@ mod tests {
         ]);
         let etcd = Cells(&cells).closed("etcd", "a", 64).expect("etcd cell");
         assert_eq!((etcd.runs, etcd.ops_per_sec, etcd.all.p50), (3, 6000.0, 900.0));
-        let floor = Floor { fdatasync_us: 200.0, round_trip_us: 50.0 };
+        let floor = Floor { fdatasync_us: 200.0, round_trip_us: 50.0, second_of_three_us: None };
         let verdicts = targets(&Cells(&cells), "cohort-dev", Some(floor));
         let met: Vec<Option<bool>> = verdicts.iter().map(|v| v.met).collect();
         // A: 12000 / 6000 = 2.0, short of the dev cluster's 3×; C@64 not measured; put 480 µs against a
