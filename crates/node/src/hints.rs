@@ -1,8 +1,10 @@
 //! Hinted handoff: delivering the hints a node keeps for peers that missed
 //! writes it coordinated.
 //!
-//! The `hint-delivery` worker sweeps the pending hint records every second.
-//! For each it sends the key's current local state to every peer the record
+//! The `hint-delivery` worker sweeps the pending hint records every second,
+//! taking those at least a second old (a younger one belongs to a write
+//! whose own replication is still settling it) through the store's
+//! in-memory index of keys with a record. For each it sends the key's current local state to every peer the record
 //! names with a `Merge` (a DVV merge, so delivering twice, late or out of
 //! order changes nothing), and settles the record: removed once every peer
 //! holds the state, narrowed to those that did not answer otherwise. A peer

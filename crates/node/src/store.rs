@@ -47,7 +47,11 @@
 //! restarts; it is settled only by the write that staged it (a newer write
 //! of the key has replaced it with a record of its own). Hints are delivered
 //! by sending the key's *current* local state, which holds the hinted write
-//! and everything after it (see `hints.rs`).
+//! and everything after it (see `hints.rs`). An in-memory index names the
+//! keys that have a record, with the sequence number staged last: sweeps
+//! read the live records through it rather than iterating a keyspace that
+//! is mostly removed records, and a write removes its own record without
+//! reading it. It is rebuilt from the records at open.
 //!
 //! # Anti-entropy trees
 //!
