@@ -1,0 +1,132 @@
+//! The register a linearizable key holds, and the operations on it.
+
+use bytes::Bytes;
+
+/// A linearizable key's state. A key never written is version 0 with no
+/// value. Every change, delete included, raises the version by one, so a
+/// version names one state of the key for ever and a write conditioned on
+/// it applies at most once.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Register {
+    /// Changes applied so far.
+    pub version: u64,
+    /// The value; `None` when never written or deleted.
+    pub value: Option<Bytes>,
+    /// The id of the write that made this state (empty when none was
+    /// given): a retry of that write finds it here and is answered as
+    /// applied instead of being applied again.
+    pub last_write: Bytes,
+}
+
+impl Register {
+    /// Whether the key holds a value.
+    pub fn exists(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
+/// An operation on a register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Read the register (changes nothing).
+    Read,
+    /// Set the value if the register is at version `expect` (0: never
+    /// written; a deleted key keeps its version, which recreating it names).
+    Put {
+        /// The version the writer last saw.
+        expect: u64,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Delete the value if the register holds one at version `expect`.
+    Delete {
+        /// The version the writer last saw.
+        expect: u64,
+    },
+}
+
+/// What applying a change to the current register decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing to write: a read, or a change whose condition failed, or a
+    /// retry of the write that made the current state. The register must
+    /// still be settled on a quorum before it is answered.
+    Keep(Verdict),
+    /// The register to propose.
+    Replace(Register),
+}
+
+/// How an operation that changes nothing ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A read.
+    Read,
+    /// The write had already made the current state.
+    AlreadyApplied,
+    /// The condition failed.
+    Mismatch,
+}
+
+impl Change {
+    /// Applies the change with write id `write` (empty: none) to `current`.
+    pub fn apply(&self, current: &Register, write: &Bytes) -> Effect {
+        if matches!(self, Change::Read) {
+            return Effect::Keep(Verdict::Read);
+        }
+        if !write.is_empty() && current.last_write == *write {
+            return Effect::Keep(Verdict::AlreadyApplied);
+        }
+        let next = |value| Register { version: current.version + 1, value, last_write: write.clone() };
+        match self {
+            Change::Read => Effect::Keep(Verdict::Read),
+            Change::Put { expect, value } if *expect == current.version => Effect::Replace(next(Some(value.clone()))),
+            Change::Delete { expect } if *expect == current.version && current.exists() => Effect::Replace(next(None)),
+            Change::Put { .. } | Change::Delete { .. } => Effect::Keep(Verdict::Mismatch),
+        }
+    }
+
+    /// Whether the change may write (everything but a read).
+    pub fn writes(&self) -> bool {
+        !matches!(self, Change::Read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(version: u64, value: Option<&'static [u8]>, last: &'static [u8]) -> Register {
+        Register { version, value: value.map(Bytes::from_static), last_write: Bytes::from_static(last) }
+    }
+
+    #[test]
+    fn a_put_applies_only_at_the_expected_version() {
+        let put = |expect| Change::Put { expect, value: Bytes::from_static(b"v") };
+        let w = Bytes::from_static(b"w1");
+        assert_eq!(put(0).apply(&Register::default(), &w), Effect::Replace(reg(1, Some(b"v"), b"w1")));
+        assert_eq!(put(1).apply(&Register::default(), &w), Effect::Keep(Verdict::Mismatch));
+        assert_eq!(put(0).apply(&reg(3, Some(b"x"), b""), &w), Effect::Keep(Verdict::Mismatch));
+        // A deleted key keeps its version: recreating it names that version.
+        assert_eq!(put(0).apply(&reg(4, None, b""), &w), Effect::Keep(Verdict::Mismatch));
+        assert_eq!(put(4).apply(&reg(4, None, b""), &w), Effect::Replace(reg(5, Some(b"v"), b"w1")));
+    }
+
+    #[test]
+    fn a_delete_needs_a_value_at_the_expected_version() {
+        let w = Bytes::new();
+        assert_eq!(Change::Delete { expect: 2 }.apply(&reg(2, Some(b"x"), b""), &w), Effect::Replace(reg(3, None, b"")));
+        assert_eq!(Change::Delete { expect: 2 }.apply(&reg(2, None, b""), &w), Effect::Keep(Verdict::Mismatch));
+        assert_eq!(Change::Delete { expect: 1 }.apply(&reg(2, Some(b"x"), b""), &w), Effect::Keep(Verdict::Mismatch));
+        assert_eq!(Change::Delete { expect: 0 }.apply(&Register::default(), &w), Effect::Keep(Verdict::Mismatch));
+    }
+
+    #[test]
+    fn a_retry_of_the_write_that_made_the_state_is_not_applied_again() {
+        let current = reg(5, Some(b"v"), b"w1");
+        let put = Change::Put { expect: 4, value: Bytes::from_static(b"v") };
+        assert_eq!(put.apply(&current, &Bytes::from_static(b"w1")), Effect::Keep(Verdict::AlreadyApplied));
+        assert_eq!(put.apply(&current, &Bytes::from_static(b"w2")), Effect::Keep(Verdict::Mismatch));
+        // Without a write id nothing is recognised.
+        assert_eq!(put.apply(&reg(5, Some(b"v"), b""), &Bytes::new()), Effect::Keep(Verdict::Mismatch));
+    }
+}
