@@ -4,7 +4,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let mut files = vec!["cohort/v1/kv.proto", "cohort/v1/admin.proto"];
+    let mut files = vec!["cohort/v1/kv.proto", "cohort/v1/admin.proto", "cohort/coord/v1/coord.proto"];
     if std::env::var_os("CARGO_FEATURE_INTERNAL").is_some() {
         files.push("cohort/internal/v1/storage.proto");
     }

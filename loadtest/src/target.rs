@@ -90,6 +90,7 @@ impl From<cohort_client::Error> for OpError {
             cohort_client::Error::Status(status) => format!("{:?}", status.code()),
             cohort_client::Error::Connect { .. } => "Connect".into(),
             cohort_client::Error::BadContext(_) => "BadContext".into(),
+            cohort_client::Error::VersionMismatch { .. } => "VersionMismatch".into(),
         };
         OpError { code, message: error.to_string() }
     }

@@ -26,6 +26,10 @@
 //! assert_eq!(verdict.summary().unknown_observed, 1);
 //! ```
 //!
+//! Linearizable keys (compare-and-set) have their own checker,
+//! [`linearizable`]: the Wing–Gong search with Lowe's memoisation over a
+//! versioned register, [`check_register`].
+//!
 //! # Model
 //!
 //! - A [`Value`] is a string the recorder makes **unique per write** across
@@ -101,6 +105,7 @@
 mod causal;
 mod convergence;
 mod history;
+pub mod linearizable;
 mod lost;
 mod phantom;
 mod verdict;
@@ -113,6 +118,7 @@ pub use history::{
     FinalState, History, HistoryError, HistoryReport, JsonLinesError, Op, OpHandle, OpKind, Outcome, Value,
     check_history,
 };
+pub use linearizable::{NotLinearizable, RegisterCall, RegisterOp, RegisterReturn, RegisterState, check_register};
 pub use lost::{
     LostWrite, LostWritesReport, Resurrection, ResurrectionReport, RevivedReport, check_no_lost_writes,
     check_no_resurrection, check_no_revived_siblings,

@@ -4,6 +4,7 @@
 //! node, coordinator and client libraries. See `cohort --help`.
 
 mod admin;
+mod cas;
 mod dev;
 mod kv;
 mod migrations;
@@ -41,6 +42,9 @@ enum Command {
     /// Read and write keys.
     #[command(subcommand)]
     Kv(kv::KvCommand),
+    /// Linearizable compare-and-set on a key space apart from `kv`'s.
+    #[command(subcommand)]
+    Cas(cas::CasCommand),
     /// Manage tenants, storage nodes and the cluster.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
             Command::Node(args) => servers::run_node(args).await,
             Command::Coordinator(args) => servers::run_coordinator(args).await,
             Command::Kv(command) => kv::run(command).await,
+            Command::Cas(command) => cas::run(command).await,
             Command::Admin(command) => admin::run(command).await,
         }
     });

@@ -36,6 +36,8 @@
 //! idempotency key ([`WriteOptions::idempotency_key`]), and the cluster
 //! settles the first attempt instead of writing the value again.
 
+pub mod cas;
+
 use std::time::Duration;
 
 use base64::Engine;
@@ -45,6 +47,7 @@ use cohort_proto::v1 as pb;
 use cohort_proto::v1::key_value_client::KeyValueClient;
 use tonic::transport::{Channel, Endpoint};
 
+pub use cas::{Cas, CasValue};
 pub use cohort_proto::v1::admin_client::AdminClient;
 pub use cohort_proto::v1::{Receipt, ReplicaAck};
 
@@ -62,6 +65,14 @@ pub enum Error {
     /// The server answered with an error status.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(tonic::Status),
+    /// A compare-and-set's condition failed: the key is at `current`.
+    #[error("FailedPrecondition: {message}")]
+    VersionMismatch {
+        /// The key's current version.
+        current: u64,
+        /// The server's message.
+        message: String,
+    },
     /// A context string could not be decoded.
     #[error("context is not valid base64url: {0}")]
     BadContext(String),
@@ -82,7 +93,21 @@ impl Error {
     pub fn code(&self) -> Option<tonic::Code> {
         match self {
             Error::Status(status) => Some(status.code()),
+            Error::VersionMismatch { .. } => Some(tonic::Code::FailedPrecondition),
             _ => None,
+        }
+    }
+
+    /// A compare-and-set status: a failed condition becomes
+    /// [`Error::VersionMismatch`].
+    fn from_cas(status: tonic::Status) -> Self {
+        let current =
+            status.metadata().get("cohort-current-version").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        match current {
+            Some(current) if status.code() == tonic::Code::FailedPrecondition => {
+                Error::VersionMismatch { current, message: status.message().to_string() }
+            }
+            _ => Error::Status(status),
         }
     }
 }
@@ -296,6 +321,11 @@ impl Client {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// Linearizable compare-and-set on the same connection.
+    pub fn cas(&self) -> cas::Cas {
+        cas::Cas::new(self.channel.clone())
     }
 
     /// A client for the admin API on the same connection.

@@ -53,6 +53,10 @@ pub enum KvError {
     /// refreshes its ring and routes the request again.
     #[error("{0}")]
     StaleRing(String),
+    /// A linearizable operation lost to concurrent ones on every attempt;
+    /// nothing was applied, and a retry may succeed.
+    #[error("{0}")]
+    Contended(String),
     /// A dependency (metadata, idempotency store) is not reachable.
     #[error("{0}")]
     DependencyUnavailable(String),
@@ -96,6 +100,7 @@ impl KvError {
             KvError::DeadlineExceeded(_) => "deadline_exceeded",
             KvError::WriteOutcomeUnknown(_) => "outcome_unknown",
             KvError::FailedPrecondition(_) => "failed_precondition",
+            KvError::Contended(_) => "contended",
             KvError::Internal(_) => "internal",
         }
     }
@@ -114,6 +119,7 @@ impl From<KvError> for Status {
             }
             KvError::DeadlineExceeded(_) | KvError::WriteOutcomeUnknown(_) => Status::deadline_exceeded(message),
             KvError::FailedPrecondition(_) => Status::failed_precondition(message),
+            KvError::Contended(_) => Status::aborted(message),
             KvError::Internal(_) => Status::internal(message),
         };
         if maybe_applied {

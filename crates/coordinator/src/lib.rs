@@ -21,6 +21,10 @@
 //! - [`kv`]: the quorum write and read paths, and read repair.
 //! - [`service`] and [`admin`]: the public gRPC services (`KeyValue`,
 //!   `Admin`); conversion between wire and domain types happens only there.
+//! - [`registers`]: linearizable operations — the driver of the pure
+//!   Paxos proposer (`cohort-paxos`) over the transport, with a majority of
+//!   the key's replicas in every live ring version as electorate;
+//!   [`coord`]: the public `Cas` gRPC service over it.
 //! - [`server`]: wiring — serve on a bound listener until shutdown.
 //! - [`membership`]: planning ring changes and the leader's worker that
 //!   moves data for them (join, leave, remove dead).
@@ -43,12 +47,14 @@
 pub mod admin;
 pub mod config;
 pub mod contexts;
+pub mod coord;
 pub mod error;
 pub mod kv;
 pub mod leader;
 pub mod membership;
 pub mod metadata;
 pub mod probe;
+pub mod registers;
 pub mod repair;
 pub mod server;
 pub mod service;

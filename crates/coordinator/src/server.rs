@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use cohort_proto::coord::v1::cas_server::CasServer;
 use cohort_proto::v1::admin_server::AdminServer;
 use cohort_proto::v1::key_value_server::KeyValueServer;
 use cohort_transport::{InProcessNodes, Liveness, PeerPool};
@@ -14,9 +15,11 @@ use tokio::sync::{broadcast, watch};
 use crate::admin::AdminService;
 use crate::config::CoordinatorConfig;
 use crate::contexts::ContextSeals;
+use crate::coord::CasService;
 use crate::kv::KvEngine;
 use crate::leader::{self, LeaderState};
 use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
+use crate::registers::Registers;
 use crate::service::KvService;
 use crate::tenants::TenantCache;
 use crate::topology::Topology;
@@ -41,6 +44,8 @@ pub struct Coordinator {
     pub topology: Arc<Topology>,
     /// The quorum read and write paths.
     pub engine: KvEngine,
+    /// Linearizable operations (Paxos among a key's replicas).
+    pub registers: Registers,
     /// Clients of the storage nodes.
     pub peers: Arc<PeerPool>,
     /// Which storage nodes this process believes down.
@@ -99,6 +104,13 @@ impl Coordinator {
         });
         let liveness = Arc::new(Liveness::new());
         let engine = KvEngine::new(topology.clone(), peers.clone(), liveness.clone(), &config);
+        let registers = Registers::new(
+            topology.clone(),
+            peers.clone(),
+            liveness.clone(),
+            config.node_timeout,
+            config.request_timeout,
+        );
         let tenants = TenantCache::new(metadata.clone(), config.metadata.tenant_cache_ttl);
         let (leadership, _) = watch::channel(LeaderState::default());
         Ok(Arc::new(Coordinator {
@@ -108,6 +120,7 @@ impl Coordinator {
             tenants,
             topology,
             engine,
+            registers,
             peers,
             liveness,
             contexts,
@@ -285,6 +298,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KeyValueServer<KvService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
+    health.set_serving::<CasServer<CasService>>().await;
     tracing::info!(id = %coordinator.config.id, address = ?listener.local_addr().ok(), "coordinator serving");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -292,6 +306,7 @@ pub async fn serve(
             KeyValueServer::new(KvService::new(coordinator.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(AdminServer::new(AdminService::new(coordinator.clone())))
+        .add_service(CasServer::new(CasService::new(coordinator.clone())).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(cohort_transport::incoming(listener), shutdown)
         .await;
     // Stopping the election gives the lease up, so another coordinator

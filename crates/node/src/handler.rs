@@ -15,10 +15,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use cohort_proto::internal::v1::tombstones_response::Entry as TombstoneEntry;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, Dot as PbDot, DropRangeRequest,
-    DropRangeResponse, EscalatedRange, FenceRequest, FenceResponse, Handoff, InfoRequest, InfoResponse, MergeRequest,
-    MergeResponse, PurgeRequest, PurgeResponse, ReadRequest, ReadResponse, ScanEntry, ScanRequest, ScanResponse,
-    TombstonesRequest, TombstonesResponse, WriteTag as PbWriteTag,
+    AcceptRequest, AcceptResponse, CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, Dot as PbDot,
+    DropRangeRequest, DropRangeResponse, EscalatedRange, FenceRequest, FenceResponse, Handoff, InfoRequest,
+    InfoResponse, MergeRequest, MergeResponse, PrepareRequest, PrepareResponse, PurgeRequest, PurgeResponse,
+    ReadRequest, ReadResponse, ScanEntry, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
+    WriteTag as PbWriteTag,
 };
 use cohort_ring::{Actor, CausalContext, Dot, QuorumTally, SiblingSet, TokenRange, Verdict};
 use cohort_transport::{PeerPool, ReplicaFailure, StorageHandler, within};
@@ -114,6 +115,7 @@ impl StorageNode {
 fn status_from(error: StoreError) -> Status {
     match error {
         StoreError::Corrupt(e) => Status::data_loss(format!("stored state unreadable: {e}")),
+        StoreError::CorruptAcceptor(e) => Status::data_loss(format!("stored acceptor state unreadable: {e}")),
         StoreError::ForgedContext { .. } | StoreError::DotsExhausted(_) => Status::invalid_argument(error.to_string()),
         StoreError::TooManySiblings { .. } | StoreError::StateTooLarge { .. } => {
             Status::failed_precondition(error.to_string())
@@ -158,6 +160,17 @@ fn check_target(tenant: &str, key: &[u8]) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl StorageHandler for StorageNode {
+    async fn prepare(&self, request: PrepareRequest) -> Result<PrepareResponse, Status> {
+        check_target(&request.tenant, &request.key)?;
+        crate::acceptor::prepare(&self.store, request).await.map_err(status_from)
+    }
+
+    async fn accept(&self, request: AcceptRequest) -> Result<AcceptResponse, Status> {
+        check_target(&request.tenant, &request.key)?;
+        crate::acceptor::check_accept(&request)?;
+        crate::acceptor::accept(&self.store, request).await.map_err(status_from)
+    }
+
     async fn coordinate(&self, request: CoordinateRequest) -> Result<CoordinateResponse, Status> {
         check_target(&request.tenant, &request.key)?;
         let context = CausalContext::decode(&request.context)

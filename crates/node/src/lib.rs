@@ -11,6 +11,9 @@
 //!   a new version and fans it out to the other replicas. It implements the
 //!   transport's `StorageHandler`; the gRPC service, the pipelined stream
 //!   and the clients of other nodes live in `cohort-transport`.
+//! - [`acceptor`]: the Paxos acceptor of the linearizable key space
+//!   (`Prepare`, `Accept`), its state one record per key in a keyspace of
+//!   its own, durable before it answers.
 //! - [`trees`]: the in-memory anti-entropy hash trees the store keeps in
 //!   step with every change.
 //! - [`hints`]: hinted handoff — the worker that delivers the hints the
@@ -22,6 +25,7 @@
 //! durable state under the key's lock, and never acknowledges a write before
 //! the group commit that covers it has completed.
 
+pub mod acceptor;
 pub mod config;
 pub mod handler;
 pub mod hints;

@@ -80,6 +80,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cohort_paxos::AcceptorState;
 use cohort_ring::merkle::{self, key_hash};
 use cohort_ring::{Actor, CausalContext, DecodeError, Dot, SiblingSet, Token, TokenRange, token_for};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -109,6 +110,8 @@ const ESCALATIONS_KEYSPACE: &str = "escalations";
 /// States this node holds as a fallback for replicas believed down (a
 /// sloppy quorum), apart from its own data.
 const HANDOFFS_KEYSPACE: &str = "handoffs";
+/// Paxos acceptor state of linearizable keys (see cohort-paxos).
+const ACCEPTORS_KEYSPACE: &str = "paxos_acceptors";
 /// Format byte of a write record.
 const WRITE_RECORD_FORMAT: u8 = 1;
 /// Under load, how many times the group commit lets ready tasks run to
@@ -128,6 +131,9 @@ pub enum StoreError {
     /// Stored bytes did not decode: corruption or an unknown format.
     #[error("stored state for a key is unreadable: {0}")]
     Corrupt(#[from] DecodeError),
+    /// A stored acceptor record did not decode.
+    #[error("stored acceptor state for a key is unreadable: {0}")]
+    CorruptAcceptor(#[from] cohort_paxos::DecodeError),
     /// The store is shutting down.
     #[error("store is shutting down")]
     Closed,
@@ -288,6 +294,10 @@ pub struct Store {
     tombstones: Keyspace,
     escalations: Keyspace,
     handoffs: Keyspace,
+    /// Paxos acceptor state of the linearizable key space, one record per
+    /// key under the same storage key as the key's data would have (a
+    /// different keyspace, so the two models never share a key).
+    acceptors: Keyspace,
     /// The highest counter of this actor in any state purged since the
     /// store opened: new dots are issued above it (see
     /// [`SiblingSet::update_above`]). Dots of earlier actors are never
@@ -340,6 +350,7 @@ impl Store {
         let escalations = db.keyspace(ESCALATIONS_KEYSPACE, deferred)?;
         let handoffs = db.keyspace(HANDOFFS_KEYSPACE, deferred)?;
         let meta = db.keyspace("node_meta", deferred)?;
+        let acceptors = db.keyspace(ACCEPTORS_KEYSPACE, deferred)?;
         match meta.get(NODE_ID_KEY)? {
             Some(stored) if stored.as_ref() != node_id.as_bytes() => {
                 return Err(StoreError::WrongNode {
@@ -401,6 +412,7 @@ impl Store {
             tombstones,
             escalations,
             handoffs,
+            acceptors,
             purged_floor: AtomicU64::new(0),
         })
     }
@@ -1191,6 +1203,32 @@ impl Store {
         Ok(changed)
     }
 
+    /// Runs one step of the Paxos acceptor of a linearizable key under the
+    /// key's stripe lock: `step` changes the state and says whether it
+    /// changed; a changed state is staged in the group commit. Not yet
+    /// durable: call [`Store::durable`] before answering.
+    pub fn acceptor_step<T>(
+        &self,
+        tenant: &str,
+        key: &[u8],
+        ring_version: u64,
+        step: impl FnOnce(&mut AcceptorState) -> (T, bool),
+    ) -> Result<T, StoreError> {
+        self.check_writable()?;
+        let skey = storage_key(tenant, key);
+        let _guard = self.stripe(&skey).lock().unwrap_or_else(|p| p.into_inner());
+        self.check_ring(ring_version)?;
+        let mut state = match self.acceptors.get(&skey)? {
+            Some(bytes) => AcceptorState::decode(&bytes)?,
+            None => AcceptorState::default(),
+        };
+        let (answer, changed) = step(&mut state);
+        if changed {
+            self.acceptors.insert(skey, state.encode().to_vec())?;
+        }
+        Ok(answer)
+    }
+
     /// Waits until every write staged before this call is durable.
     pub async fn durable(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -1205,9 +1243,22 @@ impl Store {
     /// Closes the store: stops the group-commit task and releases the
     /// directory, so that it can be opened again (by a restarted node).
     pub async fn close(self) {
-        let Store { db, data, writes, meta, hints, tombstones, escalations, handoffs, commits, committer, .. } = self;
+        let Store {
+            db,
+            data,
+            writes,
+            meta,
+            hints,
+            tombstones,
+            escalations,
+            handoffs,
+            acceptors,
+            commits,
+            committer,
+            ..
+        } = self;
         drop(commits);
-        drop((db, data, writes, meta, hints, tombstones, escalations, handoffs));
+        drop((db, data, writes, meta, hints, tombstones, escalations, handoffs, acceptors));
         let _ = committer.await;
     }
 

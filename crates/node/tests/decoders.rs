@@ -14,8 +14,9 @@ use cohort_node::StorageNode;
 use cohort_node::{Durability, Store};
 use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, Dot, Handoff, MergeRequest, PipelineRequest, PipelineResponse, PurgeRequest,
-    ReadRequest, ReadResponse, WriteTag,
+    AcceptRequest, AcceptResponse, Ballot, CoordinateRequest, CoordinateResponse, Dot, Handoff, MergeRequest,
+    PipelineRequest, PipelineResponse, PrepareRequest, PrepareResponse, PurgeRequest, ReadRequest, ReadResponse,
+    RecentWrite, Register, WriteTag,
 };
 use cohort_transport::PeerPool;
 use cohort_transport::StorageHandler;
@@ -54,6 +55,8 @@ fn arbitrary_bytes_never_panic_a_node() {
             let _ = PipelineResponse::decode(bytes.clone());
             let _ = CoordinateResponse::decode(bytes.clone());
             let _ = ReadResponse::decode(bytes.clone());
+            let _ = PrepareResponse::decode(bytes.clone());
+            let _ = AcceptResponse::decode(bytes.clone());
             runtime.block_on(async {
                 let tag = (!id.is_empty()).then(|| WriteTag { id: Bytes::from(id.clone()), expires_at: u64::MAX });
                 let merge = MergeRequest {
@@ -92,10 +95,28 @@ fn arbitrary_bytes_never_panic_a_node() {
                 let read = ReadRequest {
                     tenant: "t".into(),
                     key: Bytes::from_static(b"k"),
-                    write_id: Bytes::from(id),
+                    write_id: Bytes::from(id.clone()),
                     ring_version: 0,
                 };
                 acceptable(service.read(read).await.map(drop))?;
+                // Paxos requests with arbitrary ballots and registers.
+                let ballot = Some(Ballot { round: raw.len() as u64, proposer: id.len() as u64 });
+                let prepare =
+                    PrepareRequest { tenant: "t".into(), key: Bytes::from_static(b"k"), ballot, ring_version: 0 };
+                acceptable(service.prepare(prepare).await.map(drop))?;
+                let register = Register {
+                    version: raw.len() as u64,
+                    value: (format % 2 == 0).then(|| bytes.clone()),
+                    recent: vec![RecentWrite { id: Bytes::from(id.clone()), version: 1 }],
+                };
+                let accept = AcceptRequest {
+                    tenant: "t".into(),
+                    key: Bytes::from_static(b"k"),
+                    ballot,
+                    register: (format != 3).then_some(register),
+                    ring_version: 0,
+                };
+                acceptable(service.accept(accept).await.map(drop))?;
                 // Whatever decodes as a pipelined request, run as sent.
                 if let Ok(PipelineRequest { op: Some(op), .. }) = PipelineRequest::decode(bytes) {
                     let result = match op {
@@ -106,6 +127,8 @@ fn arbitrary_bytes_never_panic_a_node() {
                             let c = CoordinateRequest { peers: Vec::new(), write_quorum: 1, ..c };
                             service.coordinate(c).await.map(drop)
                         }
+                        Op::Prepare(p) => service.prepare(p).await.map(drop),
+                        Op::Accept(a) => service.accept(a).await.map(drop),
                     };
                     acceptable(result)?;
                 }

@@ -4,7 +4,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::DecodeError;
 use crate::ballot::Ballot;
-use crate::register::Register;
+use crate::register::{RecentWrite, Register};
 
 /// One replica's Paxos state for one key. The storage node keeps it
 /// durably, one record per key, and must make a changed state durable
@@ -101,7 +101,8 @@ impl AcceptorState {
 }
 
 /// Appends a register's encoding (no format byte; part of a larger record
-/// or message).
+/// or message). Write ids are at most 255 bytes (the coordinators allow
+/// 64) and a register keeps at most 255 of them.
 pub fn encode_register(out: &mut BytesMut, register: &Register) {
     out.put_u64(register.version);
     match &register.value {
@@ -112,8 +113,12 @@ pub fn encode_register(out: &mut BytesMut, register: &Register) {
             out.put_slice(value);
         }
     }
-    out.put_u16(register.last_write.len() as u16);
-    out.put_slice(&register.last_write);
+    out.put_u8(register.recent.len() as u8);
+    for write in &register.recent {
+        out.put_u8(write.id.len() as u8);
+        out.put_slice(&write.id);
+        out.put_u64(write.version);
+    }
 }
 
 /// Reads a register written by [`encode_register`] off the front of `bytes`.
@@ -127,9 +132,14 @@ pub fn decode_register(bytes: &mut &[u8]) -> Result<Register, DecodeError> {
         }
         _ => return Err(DecodeError("bad value flag")),
     };
-    let len = take_u16(bytes)? as usize;
-    let last_write = take_slice(bytes, len)?;
-    Ok(Register { version, value, last_write })
+    let count = take_u8(bytes)? as usize;
+    let mut recent = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = take_u8(bytes)? as usize;
+        let id = take_slice(bytes, len)?;
+        recent.push(RecentWrite { id, version: take_u64(bytes)? });
+    }
+    Ok(Register { version, value, recent })
 }
 
 fn put_ballot(out: &mut BytesMut, ballot: Ballot) {
@@ -148,11 +158,6 @@ fn need(bytes: &[u8], n: usize) -> Result<(), DecodeError> {
 fn take_u8(bytes: &mut &[u8]) -> Result<u8, DecodeError> {
     need(bytes, 1)?;
     Ok(bytes.get_u8())
-}
-
-fn take_u16(bytes: &mut &[u8]) -> Result<u16, DecodeError> {
-    need(bytes, 2)?;
-    Ok(bytes.get_u16())
 }
 
 fn take_u32(bytes: &mut &[u8]) -> Result<u32, DecodeError> {
@@ -188,7 +193,7 @@ mod tests {
         assert_eq!(state.prepare(b(5)), (PrepareAnswer::Promised(None), true));
         assert_eq!(state.prepare(b(5)), (PrepareAnswer::Refused(b(5)), false));
         assert_eq!(state.prepare(b(4)), (PrepareAnswer::Refused(b(5)), false));
-        let reg = Register { version: 1, value: Some(Bytes::from_static(b"v")), last_write: Bytes::new() };
+        let reg = Register { version: 1, value: Some(Bytes::from_static(b"v")), recent: Vec::new() };
         assert_eq!(state.accept(b(4), reg.clone()), (AcceptAnswer::Refused(b(5)), false));
         assert_eq!(state.accept(b(5), reg.clone()), (AcceptAnswer::Accepted, true));
         assert_eq!(state.accept(b(5), reg.clone()), (AcceptAnswer::Accepted, false));
@@ -203,12 +208,12 @@ mod tests {
         let register = (
             any::<u64>(),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
-            proptest::collection::vec(any::<u8>(), 0..20),
+            proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), any::<u64>()), 0..16),
         )
-            .prop_map(|(version, value, last)| Register {
+            .prop_map(|(version, value, recent)| Register {
                 version,
                 value: value.map(Bytes::from),
-                last_write: Bytes::from(last),
+                recent: recent.into_iter().map(|(id, version)| RecentWrite { id: Bytes::from(id), version }).collect(),
             });
         (ballot.clone(), proptest::option::of((ballot, register)))
             .prop_map(|(promised, accepted)| AcceptorState { promised, accepted })

@@ -16,6 +16,8 @@
 //!   storage encoding.
 //! - [`proposer`]: [`Proposer`], a sans-I/O engine: the driver feeds it
 //!   answers and failures, it emits [`Command`]s (send these, wait, finish).
+//! - `wire` (feature `wire`): conversions to and from the internal API's
+//!   messages, shared by the storage node and the coordinator.
 //!
 //! Nothing here does I/O or reads a clock: the driver passes the time in.
 //! **Invariant:** a proposer answers only what a quorum of every replica set
@@ -26,11 +28,13 @@ pub mod acceptor;
 pub mod ballot;
 pub mod proposer;
 pub mod register;
+#[cfg(feature = "wire")]
+pub mod wire;
 
 pub use acceptor::{AcceptAnswer, AcceptorState, PrepareAnswer};
 pub use ballot::Ballot;
-pub use proposer::{Command, Failure, Outcome, Proposer};
-pub use register::{Change, Register};
+pub use proposer::{Command, Failure, Outcome, Proposer, Step};
+pub use register::{Change, RecentWrite, Register};
 
 /// A record that could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -58,9 +58,9 @@ pub enum Command {
 pub enum Outcome {
     /// The register, settled on a quorum (a read).
     Read(Register),
-    /// The write applied (now or by an earlier attempt with the same write
-    /// id); the register it made.
-    Applied(Register),
+    /// The write applied (now, or by an earlier attempt with the same
+    /// write id); the version it made.
+    Applied(u64),
     /// The condition failed; the current register, settled on a quorum.
     Mismatch(Register),
     /// A write may or may not have applied: some replica may have accepted
@@ -301,7 +301,7 @@ impl Proposer {
                     return;
                 };
                 match verdict {
-                    None => self.finish(Outcome::Applied(register)),
+                    None => self.finish(Outcome::Applied(register.version)),
                     Some(verdict) => self.finish_kept(verdict, register),
                 }
             }
@@ -334,7 +334,7 @@ impl Proposer {
     fn finish_kept(&mut self, verdict: Verdict, register: Register) {
         let outcome = match verdict {
             Verdict::Read => Outcome::Read(register),
-            Verdict::AlreadyApplied => Outcome::Applied(register),
+            Verdict::AlreadyApplied(version) => Outcome::Applied(version),
             Verdict::Mismatch if self.maybe_applied => Outcome::Unknown,
             Verdict::Mismatch => Outcome::Mismatch(register),
         };

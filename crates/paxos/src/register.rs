@@ -2,6 +2,9 @@
 
 use bytes::Bytes;
 
+/// How many recent writes a register remembers.
+pub const RECENT_WRITES: usize = 16;
+
 /// A linearizable key's state. A key never written is version 0 with no
 /// value. Every change, delete included, raises the version by one, so a
 /// version names one state of the key for ever and a write conditioned on
@@ -12,16 +15,31 @@ pub struct Register {
     pub version: u64,
     /// The value; `None` when never written or deleted.
     pub value: Option<Bytes>,
-    /// The id of the write that made this state (empty when none was
-    /// given): a retry of that write finds it here and is answered as
-    /// applied instead of being applied again.
-    pub last_write: Bytes,
+    /// The ids of the last [`RECENT_WRITES`] writes that gave one, oldest
+    /// first, with the version each made: a retry of one of them (whose
+    /// first attempt's outcome was unknown) is answered as applied instead
+    /// of failing its condition, even after a few more writes.
+    pub recent: Vec<RecentWrite>,
+}
+
+/// A write a register remembers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentWrite {
+    /// The write's id.
+    pub id: Bytes,
+    /// The version it made.
+    pub version: u64,
 }
 
 impl Register {
     /// Whether the key holds a value.
     pub fn exists(&self) -> bool {
         self.value.is_some()
+    }
+
+    /// The version write `id` made, if it is one of the recent writes.
+    pub fn applied(&self, id: &[u8]) -> Option<u64> {
+        self.recent.iter().rev().find(|w| w.id == id).map(|w| w.version)
     }
 }
 
@@ -61,8 +79,8 @@ pub enum Effect {
 pub enum Verdict {
     /// A read.
     Read,
-    /// The write had already made the current state.
-    AlreadyApplied,
+    /// The write had already applied, making this version.
+    AlreadyApplied(u64),
     /// The condition failed.
     Mismatch,
 }
@@ -73,10 +91,20 @@ impl Change {
         if matches!(self, Change::Read) {
             return Effect::Keep(Verdict::Read);
         }
-        if !write.is_empty() && current.last_write == *write {
-            return Effect::Keep(Verdict::AlreadyApplied);
+        if let Some(version) = current.applied(write).filter(|_| !write.is_empty()) {
+            return Effect::Keep(Verdict::AlreadyApplied(version));
         }
-        let next = |value| Register { version: current.version + 1, value, last_write: write.clone() };
+        let next = |value| {
+            let version = current.version + 1;
+            let mut recent = current.recent.clone();
+            if !write.is_empty() {
+                if recent.len() >= RECENT_WRITES {
+                    recent.remove(0);
+                }
+                recent.push(RecentWrite { id: write.clone(), version });
+            }
+            Register { version, value, recent }
+        };
         match self {
             Change::Read => Effect::Keep(Verdict::Read),
             Change::Put { expect, value } if *expect == current.version => Effect::Replace(next(Some(value.clone()))),
@@ -96,7 +124,9 @@ mod tests {
     use super::*;
 
     fn reg(version: u64, value: Option<&'static [u8]>, last: &'static [u8]) -> Register {
-        Register { version, value: value.map(Bytes::from_static), last_write: Bytes::from_static(last) }
+        let recent =
+            if last.is_empty() { Vec::new() } else { vec![RecentWrite { id: Bytes::from_static(last), version }] };
+        Register { version, value: value.map(Bytes::from_static), recent }
     }
 
     #[test]
@@ -114,7 +144,10 @@ mod tests {
     #[test]
     fn a_delete_needs_a_value_at_the_expected_version() {
         let w = Bytes::new();
-        assert_eq!(Change::Delete { expect: 2 }.apply(&reg(2, Some(b"x"), b""), &w), Effect::Replace(reg(3, None, b"")));
+        assert_eq!(
+            Change::Delete { expect: 2 }.apply(&reg(2, Some(b"x"), b""), &w),
+            Effect::Replace(reg(3, None, b""))
+        );
         assert_eq!(Change::Delete { expect: 2 }.apply(&reg(2, None, b""), &w), Effect::Keep(Verdict::Mismatch));
         assert_eq!(Change::Delete { expect: 1 }.apply(&reg(2, Some(b"x"), b""), &w), Effect::Keep(Verdict::Mismatch));
         assert_eq!(Change::Delete { expect: 0 }.apply(&Register::default(), &w), Effect::Keep(Verdict::Mismatch));
@@ -124,9 +157,25 @@ mod tests {
     fn a_retry_of_the_write_that_made_the_state_is_not_applied_again() {
         let current = reg(5, Some(b"v"), b"w1");
         let put = Change::Put { expect: 4, value: Bytes::from_static(b"v") };
-        assert_eq!(put.apply(&current, &Bytes::from_static(b"w1")), Effect::Keep(Verdict::AlreadyApplied));
+        assert_eq!(put.apply(&current, &Bytes::from_static(b"w1")), Effect::Keep(Verdict::AlreadyApplied(5)));
         assert_eq!(put.apply(&current, &Bytes::from_static(b"w2")), Effect::Keep(Verdict::Mismatch));
         // Without a write id nothing is recognised.
         assert_eq!(put.apply(&reg(5, Some(b"v"), b""), &Bytes::new()), Effect::Keep(Verdict::Mismatch));
+    }
+
+    #[test]
+    fn a_retry_is_recognised_after_later_writes_within_the_window() {
+        let mut current = Register::default();
+        let ids: Vec<Bytes> = (0..RECENT_WRITES + 1).map(|i| Bytes::from(format!("w{i}"))).collect();
+        for id in &ids {
+            let put = Change::Put { expect: current.version, value: Bytes::from_static(b"v") };
+            let Effect::Replace(next) = put.apply(&current, id) else { panic!("applies") };
+            current = next;
+        }
+        assert_eq!(current.recent.len(), RECENT_WRITES);
+        let retry = Change::Put { expect: 1, value: Bytes::from_static(b"v") };
+        assert_eq!(retry.apply(&current, &ids[1]), Effect::Keep(Verdict::AlreadyApplied(2)));
+        // The oldest has left the window: its retry just fails its condition.
+        assert_eq!(retry.apply(&current, &ids[0]), Effect::Keep(Verdict::Mismatch));
     }
 }

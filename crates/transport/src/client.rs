@@ -23,10 +23,10 @@ use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::storage_client::StorageClient;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, DropRangeRequest, DropRangeResponse,
-    FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineRequest,
-    PipelineResponse, PurgeRequest, PurgeResponse, ReadRequest, ReadResponse, ScanRequest, ScanResponse,
-    TombstonesRequest, TombstonesResponse,
+    AcceptRequest, AcceptResponse, CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse,
+    DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest,
+    MergeResponse, PipelineRequest, PipelineResponse, PrepareRequest, PrepareResponse, PurgeRequest, PurgeResponse,
+    ReadRequest, ReadResponse, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -376,6 +376,34 @@ impl NodeClient {
             match call.await? {
                 Answer::Coordinate(response) => Ok(response),
                 _ => Err(unexpected("coordinate")),
+            }
+        }
+    }
+
+    /// Paxos phase 1 on one of the node's linearizable keys.
+    pub fn prepare(
+        &self,
+        request: PrepareRequest,
+    ) -> impl Future<Output = Result<PrepareResponse, NodeError>> + Send + use<> {
+        let call = self.call(Op::Prepare(request));
+        async move {
+            match call.await? {
+                Answer::Prepare(response) => Ok(response),
+                _ => Err(unexpected("prepare")),
+            }
+        }
+    }
+
+    /// Paxos phase 2 on one of the node's linearizable keys.
+    pub fn accept(
+        &self,
+        request: AcceptRequest,
+    ) -> impl Future<Output = Result<AcceptResponse, NodeError>> + Send + use<> {
+        let call = self.call(Op::Accept(request));
+        async move {
+            match call.await? {
+                Answer::Accept(response) => Ok(response),
+                _ => Err(unexpected("accept")),
             }
         }
     }

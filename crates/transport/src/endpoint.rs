@@ -6,10 +6,10 @@ use std::sync::Arc;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::storage_server::{Storage, StorageServer};
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, DropRangeRequest, DropRangeResponse,
-    FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineError,
-    PipelineRequest, PipelineResponse, PurgeRequest, PurgeResponse, ReadRequest, ReadResponse, ScanRequest,
-    ScanResponse, TombstonesRequest, TombstonesResponse,
+    AcceptRequest, AcceptResponse, CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse,
+    DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest,
+    MergeResponse, PipelineError, PipelineRequest, PipelineResponse, PrepareRequest, PrepareResponse, PurgeRequest,
+    PurgeResponse, ReadRequest, ReadResponse, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
 };
 use prost::Message;
 use tokio::net::TcpListener;
@@ -132,6 +132,14 @@ impl<H: StorageHandler> Storage for StorageEndpoint<H> {
 
     async fn purge(&self, request: Request<PurgeRequest>) -> Result<Response<PurgeResponse>, Status> {
         self.handler.purge(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn prepare(&self, request: Request<PrepareRequest>) -> Result<Response<PrepareResponse>, Status> {
+        self.handler.prepare(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn accept(&self, request: Request<AcceptRequest>) -> Result<Response<AcceptResponse>, Status> {
+        self.handler.accept(request.into_inner()).await.map(Response::new)
     }
 }
 

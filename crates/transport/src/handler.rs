@@ -10,9 +10,10 @@
 use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::pipeline_response::Result as Answer;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse, DropRangeRequest, DropRangeResponse,
-    FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest, MergeResponse, PipelineError, PurgeRequest,
-    PurgeResponse, ReadRequest, ReadResponse, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
+    AcceptRequest, AcceptResponse, CoordinateRequest, CoordinateResponse, DigestRequest, DigestResponse,
+    DropRangeRequest, DropRangeResponse, FenceRequest, FenceResponse, InfoRequest, InfoResponse, MergeRequest,
+    MergeResponse, PipelineError, PrepareRequest, PrepareResponse, PurgeRequest, PurgeResponse, ReadRequest,
+    ReadResponse, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
 };
 use tonic::Status;
 
@@ -40,6 +41,10 @@ pub trait StorageHandler: Send + Sync + 'static {
     async fn tombstones(&self, request: TombstonesRequest) -> Result<TombstonesResponse, Status>;
     /// Deletes a key whose state is still exactly the given tombstones.
     async fn purge(&self, request: PurgeRequest) -> Result<PurgeResponse, Status>;
+    /// Paxos phase 1 on a linearizable key: promise a ballot, durably.
+    async fn prepare(&self, request: PrepareRequest) -> Result<PrepareResponse, Status>;
+    /// Paxos phase 2 on a linearizable key: accept a register, durably.
+    async fn accept(&self, request: AcceptRequest) -> Result<AcceptResponse, Status>;
 }
 
 /// Runs one pipelined operation on `handler` as its unary call would; an
@@ -49,6 +54,8 @@ pub async fn run(handler: &dyn StorageHandler, op: Option<Op>) -> Answer {
         Some(Op::Read(request)) => handler.read(request).await.map(Answer::Read),
         Some(Op::Merge(request)) => handler.merge(request).await.map(Answer::Merge),
         Some(Op::Coordinate(request)) => handler.coordinate(request).await.map(Answer::Coordinate),
+        Some(Op::Prepare(request)) => handler.prepare(request).await.map(Answer::Prepare),
+        Some(Op::Accept(request)) => handler.accept(request).await.map(Answer::Accept),
         None => Err(Status::invalid_argument("pipeline request without an operation")),
     };
     result.unwrap_or_else(|status| {

@@ -20,7 +20,9 @@ fn to() -> Vec<String> {
 }
 
 fn reg(version: u64, value: Option<&'static [u8]>, last: &'static [u8]) -> Register {
-    Register { version, value: value.map(Bytes::from_static), last_write: Bytes::from_static(last) }
+    let recent =
+        if last.is_empty() { Vec::new() } else { vec![crate::RecentWrite { id: Bytes::from_static(last), version }] };
+    Register { version, value: value.map(Bytes::from_static), recent }
 }
 
 fn put(expect: u64, value: &'static [u8]) -> Change {
@@ -42,7 +44,7 @@ fn an_uncontended_put_takes_two_round_trips() {
     p.on_accept("c", B1, AcceptAnswer::Accepted);
     assert_eq!(p.take_commands(), vec![]);
     p.on_accept("a", B1, AcceptAnswer::Accepted);
-    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Applied(v1))]);
+    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Applied(1))]);
     assert!(p.is_done());
     // Late answers change nothing.
     p.on_accept("b", B1, AcceptAnswer::Accepted);
@@ -70,10 +72,7 @@ fn a_read_that_sees_an_unsettled_register_settles_it_before_answering() {
     p.take_commands();
     p.on_prepare("a", B1, PrepareAnswer::Promised(Some((old, reg(4, Some(b"x"), b"")))));
     p.on_prepare("b", B1, PrepareAnswer::Promised(Some((newer, reg(5, Some(b"y"), b"")))));
-    assert_eq!(
-        p.take_commands(),
-        vec![Command::Accept { ballot: B1, register: reg(5, Some(b"y"), b""), to: to() }]
-    );
+    assert_eq!(p.take_commands(), vec![Command::Accept { ballot: B1, register: reg(5, Some(b"y"), b""), to: to() }]);
     p.on_accept("a", B1, AcceptAnswer::Accepted);
     p.on_accept("b", B1, AcceptAnswer::Accepted);
     assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Read(reg(5, Some(b"y"), b"")))]);
@@ -196,7 +195,7 @@ fn a_retry_after_a_partial_accept_recognises_its_own_write() {
     assert_eq!(p.take_commands(), vec![Command::Accept { ballot: b2, register: mine.clone(), to: to() }]);
     p.on_accept("a", b2, AcceptAnswer::Accepted);
     p.on_accept("b", b2, AcceptAnswer::Accepted);
-    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Applied(mine))]);
+    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Applied(1))]);
 }
 
 #[test]
@@ -217,6 +216,30 @@ fn a_mismatch_after_a_partial_accept_is_unknown_not_a_mismatch() {
     p.on_prepare("b", b2, PrepareAnswer::Promised(Some((high, theirs.clone()))));
     p.on_prepare("c", b2, PrepareAnswer::Promised(Some((high, theirs))));
     assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Unknown)]);
+}
+
+#[test]
+fn a_retry_after_a_partial_accept_finds_its_write_under_a_later_one() {
+    let high = Ballot { round: 500, proposer: 9 };
+    let mut p = Proposer::new(7, put(0, b"v"), Bytes::from_static(b"w"), abc(), 5);
+    p.start(100);
+    p.on_prepare("a", B1, PrepareAnswer::Promised(None));
+    p.on_prepare("b", B1, PrepareAnswer::Promised(None));
+    p.on_accept("a", B1, AcceptAnswer::Accepted);
+    p.on_accept("b", B1, AcceptAnswer::Refused(high));
+    p.on_accept("c", B1, AcceptAnswer::Refused(high));
+    p.retry(200);
+    p.take_commands();
+    let b2 = Ballot { round: 501, proposer: 7 };
+    // Ours applied as version 1 and another write followed it.
+    let recent = vec![
+        crate::RecentWrite { id: Bytes::from_static(b"w"), version: 1 },
+        crate::RecentWrite { id: Bytes::from_static(b"other"), version: 2 },
+    ];
+    let now = Register { version: 2, value: Some(Bytes::from_static(b"x")), recent };
+    p.on_prepare("b", b2, PrepareAnswer::Promised(Some((high, now.clone()))));
+    p.on_prepare("c", b2, PrepareAnswer::Promised(Some((high, now))));
+    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Applied(1))]);
 }
 
 #[test]
@@ -326,12 +349,12 @@ fn simulate(seed: u64, proposers: usize, drop_percent: u32) {
     assert!(engines.iter().all(Proposer::is_done), "every operation finishes");
     let mut by_version: BTreeMap<u64, Register> = BTreeMap::new();
     let mut applied_versions = Vec::new();
-    for (_, outcome) in &outcomes {
+    for (i, outcome) in &outcomes {
         let register = match outcome {
             Outcome::Read(r) | Outcome::Mismatch(r) => r,
-            Outcome::Applied(r) => {
-                applied_versions.push((r.version, r.last_write.clone()));
-                r
+            Outcome::Applied(version) => {
+                applied_versions.push((*version, *i));
+                continue;
             }
             _ => continue,
         };

@@ -1,0 +1,161 @@
+//! `cohort cas`: linearizable compare-and-set from the command line.
+
+use std::io::Read;
+
+use anyhow::Context as _;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use cohort_client::{Client, RetryPolicy};
+use serde_json::json;
+
+use crate::kv::normalize_endpoint;
+
+/// Compare-and-set commands. Their keys are the tenant's linearizable key
+/// space, apart from `kv`'s: `cohort kv put k` and `cohort cas put k` name
+/// two different keys. Every key has a version: 0 until first written, one
+/// more with every change (a delete included), never reused.
+#[derive(Subcommand)]
+pub enum CasCommand {
+    /// Read a key linearizably: its value and version.
+    Get(GetArgs),
+    /// Write a value if the key is at --expect-version (0: never written;
+    /// a deleted key's version to recreate it). Prints the new version; a
+    /// mismatch exits non-zero and names the current version.
+    Put(PutArgs),
+    /// Delete a key's value if it is at --expect-version. Prints the new
+    /// version.
+    Delete(DeleteArgs),
+}
+
+/// Flags shared by every cas command.
+#[derive(Args)]
+pub struct Common {
+    /// Coordinator endpoint.
+    #[arg(long, env = "COHORT_ENDPOINT", default_value = "http://127.0.0.1:7070")]
+    endpoint: String,
+    /// Tenant the key belongs to.
+    #[arg(long, env = "COHORT_TENANT", default_value = "default")]
+    tenant: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Values (and a put's VALUE) are base64 instead of UTF-8 text.
+    #[arg(long)]
+    base64: bool,
+}
+
+/// Flags of `cas get`.
+#[derive(Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The key.
+    key: String,
+}
+
+/// Flags of `cas put`.
+#[derive(Args)]
+pub struct PutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The key.
+    key: String,
+    /// The value; `-` reads it from standard input.
+    value: String,
+    /// The version the key must be at (0: never written).
+    #[arg(long)]
+    expect_version: u64,
+    /// Identifies the write across retries (at most 64 bytes): resending a
+    /// write whose outcome was unknown with the same id never applies it
+    /// twice.
+    #[arg(long)]
+    write_id: Option<String>,
+}
+
+/// Flags of `cas delete`.
+#[derive(Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The key.
+    key: String,
+    /// The version the key's value must be at.
+    #[arg(long)]
+    expect_version: u64,
+}
+
+async fn connect(common: &Common) -> anyhow::Result<Client> {
+    Ok(Client::connect(normalize_endpoint(&common.endpoint)).await?.with_retry(RetryPolicy::default()))
+}
+
+fn read_value(text: String, base64: bool) -> anyhow::Result<Bytes> {
+    let raw = if text == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("reading the value from standard input")?;
+        buf
+    } else {
+        text.into_bytes()
+    };
+    if base64 {
+        let text = std::str::from_utf8(&raw).context("VALUE is not valid base64")?;
+        Ok(Bytes::from(STANDARD.decode(text.trim()).context("VALUE is not valid base64")?))
+    } else {
+        Ok(Bytes::from(raw))
+    }
+}
+
+fn render(value: &Bytes, base64: bool) -> anyhow::Result<String> {
+    if base64 {
+        Ok(STANDARD.encode(value))
+    } else {
+        String::from_utf8(value.to_vec()).context("the value is not UTF-8 text; use --base64")
+    }
+}
+
+/// Runs a cas command.
+pub async fn run(command: CasCommand) -> anyhow::Result<()> {
+    match command {
+        CasCommand::Get(args) => {
+            let client = connect(&args.common).await?;
+            let read = client.cas().get(&args.common.tenant, args.key).await?;
+            let value = read.value.as_ref().map(|v| render(v, args.common.base64)).transpose()?;
+            if args.common.json {
+                println!("{}", json!({"found": value.is_some(), "value": value, "version": read.version}));
+            } else {
+                match value {
+                    Some(value) => println!("{value}"),
+                    None => eprintln!("not found"),
+                }
+                eprintln!("version: {}", read.version);
+            }
+        }
+        CasCommand::Put(args) => {
+            let value = read_value(args.value, args.common.base64)?;
+            let client = connect(&args.common).await?;
+            let cas = client.cas();
+            let version = match args.write_id {
+                Some(id) => {
+                    cas.put_with_id(&args.common.tenant, args.key.into(), value, args.expect_version, id.into()).await?
+                }
+                None => cas.put(&args.common.tenant, args.key, value, args.expect_version).await?,
+            };
+            print_version(version, args.common.json);
+        }
+        CasCommand::Delete(args) => {
+            let client = connect(&args.common).await?;
+            let version = client.cas().delete(&args.common.tenant, args.key, args.expect_version).await?;
+            print_version(version, args.common.json);
+        }
+    }
+    Ok(())
+}
+
+fn print_version(version: u64, json: bool) {
+    if json {
+        println!("{}", json!({"version": version}));
+    } else {
+        println!("version: {version}");
+    }
+}

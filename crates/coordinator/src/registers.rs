@@ -1,0 +1,238 @@
+//! Linearizable registers: the driver of `cohort_paxos::Proposer` over the
+//! transport.
+//!
+//! A linearizable operation on a key runs one Paxos instance among the
+//! key's replicas: the electorate is the key's preference list in every
+//! live ring version (two while a migration moves the key), and a ballot
+//! needs a majority of each. The protocol decisions are the proposer's;
+//! this module sends what it commands, feeds it the answers and failures,
+//! waits its back-offs (jittered, growing) and bounds the whole operation
+//! by the request timeout.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cohort_paxos::{Ballot, Change, Command, Failure, Outcome, Proposer, Step, wire};
+use cohort_proto::internal::v1::{AcceptRequest, PrepareRequest};
+use cohort_transport::{Liveness, PeerPool, ReplicaFailure, within};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use rand::Rng;
+
+use crate::error::KvError;
+use crate::metadata::Tenant;
+use crate::topology::{ReplicaPlan, Topology};
+
+/// Ballots an operation may lose before it gives up as contended.
+const MAX_ATTEMPTS: u32 = 10;
+/// The first back-off's ceiling; each further attempt doubles it.
+const BACKOFF_BASE: Duration = Duration::from_millis(2);
+/// The largest back-off ceiling.
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// How long (in node timeouts) a replica that did not answer stays suspected.
+const SUSPECT_TIMEOUTS: u32 = 5;
+
+/// Runs linearizable operations for a coordinator.
+pub struct Registers {
+    topology: Arc<Topology>,
+    peers: Arc<PeerPool>,
+    liveness: Arc<Liveness>,
+    node_timeout: Duration,
+    request_timeout: Duration,
+    /// This coordinator's proposer id, drawn at start: ballots of two
+    /// coordinators never tie.
+    proposer: u64,
+}
+
+/// One replica's answer to a prepare or an accept.
+enum Answer {
+    Prepare(Result<cohort_paxos::PrepareAnswer, ReplicaFailure>),
+    Accept(Result<cohort_paxos::AcceptAnswer, ReplicaFailure>),
+}
+
+type Pending = FuturesUnordered<BoxFuture<'static, (String, Ballot, Answer)>>;
+
+/// Microseconds since the Unix epoch: the round of a new ballot.
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The back-off before attempt `attempt + 1`: uniform in zero to a ceiling
+/// that doubles with every attempt, so that contenders spread out.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = BACKOFF_BASE.saturating_mul(1 << attempt.min(16)).min(BACKOFF_MAX);
+    ceiling.mul_f64(rand::rng().random::<f64>())
+}
+
+impl Registers {
+    /// The driver over the coordinator's topology and node clients.
+    pub fn new(
+        topology: Arc<Topology>,
+        peers: Arc<PeerPool>,
+        liveness: Arc<Liveness>,
+        node_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Self {
+        Registers { topology, peers, liveness, node_timeout, request_timeout, proposer: rand::random() }
+    }
+
+    /// Applies `change` to `key` of `tenant`'s linearizable key space, with
+    /// write id `write` (empty: none).
+    pub async fn run(&self, tenant: &Tenant, key: Bytes, change: Change, write: Bytes) -> Result<Outcome, KvError> {
+        let (outcome, stale_ring) = self.run_once(tenant, &key, change.clone(), write.clone()).await?;
+        if !stale_ring || !matches!(outcome, Outcome::Unavailable | Outcome::Unknown) {
+            return Ok(outcome);
+        }
+        // A replica refused a request routed by a retired ring: route the
+        // operation again by the current one. Its write id and expected
+        // version keep a write that applied the first time from applying
+        // twice; a mismatch then may be the first attempt's own write.
+        metrics::counter!("cohort_stale_ring_retries_total").increment(1);
+        self.topology.refresh().await.map_err(|e| KvError::DependencyUnavailable(e.to_string()))?;
+        let (again, _) = self.run_once(tenant, &key, change, write).await?;
+        Ok(match (outcome, again) {
+            (Outcome::Unknown, Outcome::Mismatch(_) | Outcome::Unavailable | Outcome::Contended) => Outcome::Unknown,
+            (_, again) => again,
+        })
+    }
+
+    /// One run of the proposer; also says whether a replica refused a
+    /// request as routed by a stale ring.
+    async fn run_once(
+        &self,
+        tenant: &Tenant,
+        key: &Bytes,
+        change: Change,
+        write: Bytes,
+    ) -> Result<(Outcome, bool), KvError> {
+        let plan = self.topology.current().replicas(&tenant.id, key, tenant.replication.n().into());
+        if plan.sets.is_empty() || plan.smallest_set() == 0 {
+            return Err(KvError::unavailable(
+                "linearizable operation",
+                0,
+                1,
+                &["no storage nodes are on the ring".into()],
+            ));
+        }
+        let sets = plan.sets.iter().map(|set| (set.clone(), set.len() / 2 + 1)).collect();
+        let mut proposer = Proposer::new(self.proposer, change, write, sets, MAX_ATTEMPTS);
+        proposer.start(now_micros());
+        let deadline = tokio::time::sleep(self.request_timeout);
+        tokio::pin!(deadline);
+        let wait = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(wait);
+        let mut waiting = false;
+        let mut pending: Pending = FuturesUnordered::new();
+        let mut stale_ring = false;
+        loop {
+            for command in proposer.take_commands() {
+                match command {
+                    Command::Prepare { ballot, to } => {
+                        for id in to {
+                            pending.push(self.prepare(tenant, key, &plan, id, ballot));
+                        }
+                    }
+                    Command::Accept { ballot, register, to } => {
+                        let register = wire::register_to_pb(&register);
+                        for id in to {
+                            pending.push(self.accept(tenant, key, &plan, id, ballot, register.clone()));
+                        }
+                    }
+                    Command::Backoff { attempt } => {
+                        metrics::counter!("cohort_cas_ballots_lost_total").increment(1);
+                        wait.as_mut().reset(tokio::time::Instant::now() + backoff(attempt));
+                        waiting = true;
+                    }
+                    Command::Finish(outcome) => return Ok((outcome, stale_ring)),
+                }
+            }
+            tokio::select! {
+                Some((from, ballot, answer)) = pending.next() => {
+                    let (step, result) = match answer {
+                        Answer::Prepare(Ok(answer)) => { proposer.on_prepare(&from, ballot, answer); continue; }
+                        Answer::Accept(Ok(answer)) => { proposer.on_accept(&from, ballot, answer); continue; }
+                        Answer::Prepare(Err(failure)) => (Step::Prepare, failure),
+                        Answer::Accept(Err(failure)) => (Step::Accept, failure),
+                    };
+                    stale_ring |= matches!(result, ReplicaFailure::Refused { code: tonic::Code::Aborted, .. });
+                    let failure = if result.may_have_acted() {
+                        self.liveness.suspect(&from, self.node_timeout * SUSPECT_TIMEOUTS);
+                        Failure::MayHaveActed
+                    } else {
+                        Failure::Refused
+                    };
+                    tracing::debug!(replica = %from, %result, "paxos request failed");
+                    proposer.on_failure(&from, step, ballot, failure);
+                }
+                () = &mut wait, if waiting => {
+                    waiting = false;
+                    proposer.retry(now_micros());
+                }
+                () = &mut deadline => proposer.deadline(),
+            }
+        }
+    }
+
+    fn prepare(
+        &self,
+        tenant: &Tenant,
+        key: &Bytes,
+        plan: &ReplicaPlan,
+        id: String,
+        ballot: Ballot,
+    ) -> BoxFuture<'static, (String, Ballot, Answer)> {
+        let request = PrepareRequest {
+            tenant: tenant.id.clone(),
+            key: key.clone(),
+            ballot: Some(wire::ballot_to_pb(ballot)),
+            ring_version: plan.ring_version,
+        };
+        let call = self.client(plan, &id).map(|client| client.prepare(request));
+        let timeout = self.node_timeout;
+        Box::pin(async move {
+            let result = match call {
+                Err(failure) => Err(failure),
+                Ok(call) => within(timeout, call).await.map(wire::prepare_answer_from_pb),
+            };
+            (id, ballot, Answer::Prepare(result))
+        })
+    }
+
+    fn accept(
+        &self,
+        tenant: &Tenant,
+        key: &Bytes,
+        plan: &ReplicaPlan,
+        id: String,
+        ballot: Ballot,
+        register: cohort_proto::internal::v1::Register,
+    ) -> BoxFuture<'static, (String, Ballot, Answer)> {
+        let request = AcceptRequest {
+            tenant: tenant.id.clone(),
+            key: key.clone(),
+            ballot: Some(wire::ballot_to_pb(ballot)),
+            register: Some(register),
+            ring_version: plan.ring_version,
+        };
+        let call = self.client(plan, &id).map(|client| client.accept(request));
+        let timeout = self.node_timeout;
+        Box::pin(async move {
+            let result = match call {
+                Err(failure) => Err(failure),
+                Ok(call) => within(timeout, call).await.map(wire::accept_answer_from_pb),
+            };
+            (id, ballot, Answer::Accept(result))
+        })
+    }
+
+    fn client(&self, plan: &ReplicaPlan, id: &str) -> Result<cohort_transport::NodeClient, ReplicaFailure> {
+        let replica = plan
+            .replicas
+            .iter()
+            .find(|replica| replica.id == id)
+            .ok_or_else(|| ReplicaFailure::NotSent(format!("no address for replica {id}")))?;
+        self.peers.node(&replica.address).map_err(|status| ReplicaFailure::NotSent(status.message().to_string()))
+    }
+}
