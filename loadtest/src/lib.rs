@@ -1,9 +1,10 @@
 //! Cohort's load and verification harness, as a library: the recorded
-//! workload shared by `cohort-loadtest verify` and the fault scenarios of the
-//! test suite, the YCSB key and operation generators of `cohort-loadtest run`,
+//! workloads shared by `cohort-loadtest verify` and the fault scenarios of the
+//! test suite (key-value in `workload`, compare-and-set in `registers`), the YCSB key and operation generators of `cohort-loadtest run`,
 //! and the no-op gRPC service of `cohort-loadtest noop-server`.
 
 pub mod generator;
+pub mod registers;
 pub mod workload;
 
 /// `cohort.loadtest.v1`: a gRPC service that does nothing (`proto/noop.proto`).

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use cohort_client::{Client, RetryPolicy};
+use cohort_loadtest::registers::{self, CasRecorder, CasWorkload};
 use cohort_loadtest::workload::{self, Recorder, Workload};
 
 /// Flags of `verify`.
@@ -37,9 +38,24 @@ pub struct VerifyArgs {
     /// causality is checked on every key.
     #[arg(long)]
     chains: bool,
-    /// Write the recorded history here, as JSON lines.
+    /// Write the recorded history here, as JSON lines (kv only).
     #[arg(long)]
     history: Option<std::path::PathBuf>,
+    /// What to record: `kv` (puts, gets and deletes with contexts, audited
+    /// for lost writes, phantoms, resurrections and causality) or `cas`
+    /// (compare-and-set on the linearizable key space, checked for
+    /// linearizability key by key).
+    #[arg(long, value_enum, default_value_t = VerifyWorkload::Kv)]
+    workload: VerifyWorkload,
+}
+
+/// What `verify` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerifyWorkload {
+    /// The key-value workload.
+    Kv,
+    /// Compare-and-set.
+    Cas,
 }
 
 /// Parses `500ms`, `30s`, `2m` or a plain number of seconds.
@@ -66,6 +82,9 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     for endpoint in &args.endpoint {
         let client = Client::connect(endpoint.clone()).await?;
         clients.push(client.with_retry(RetryPolicy { max_attempts: 1, ..Default::default() }));
+    }
+    if args.workload == VerifyWorkload::Cas {
+        return run_cas(&args, &clients).await;
     }
     let workload = Workload {
         seed: args.seed,
@@ -99,6 +118,29 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let verdict = cohort_checker::audit(&history, &final_state, None);
     println!("{verdict}");
     if verdict.is_ok() { Ok(()) } else { anyhow::bail!("the history violates Cohort's guarantees") }
+}
+
+/// Runs the compare-and-set workload and checks it for linearizability.
+async fn run_cas(args: &VerifyArgs, clients: &[Client]) -> anyhow::Result<()> {
+    let workload =
+        CasWorkload { seed: args.seed, clients: args.clients, keys: args.keys, ops_per_client: args.operations };
+    let recorder = CasRecorder::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks = registers::start(workload, &args.tenant, clients, &recorder, &stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while started.elapsed() < args.duration && !tasks.iter().all(|t| t.is_finished()) {
+        tick.tick().await;
+        eprint!("\r{} operations, {:.0}s", recorder.completed(), started.elapsed().as_secs_f64());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    eprintln!("\r{} operations in {:.1}s; checking", recorder.completed(), started.elapsed().as_secs_f64());
+    let verdict = recorder.check();
+    println!("{verdict}");
+    if verdict.is_ok() { Ok(()) } else { anyhow::bail!("the history is not linearizable") }
 }
 
 #[cfg(test)]
