@@ -43,11 +43,21 @@ fn the_lowest_layers_use_only_what_the_map_allows() {
         ("crates/idempotency", &[]),
         ("crates/worker", &[]),
         ("crates/transport", &["cohort-proto"]),
+        ("crates/paxos", &["cohort-proto", "cohort-ring"]),
+        ("crates/recipes", &["cohort-paxos"]),
         ("crates/client", &["cohort-proto"]),
-        ("crates/node", &["cohort-proto", "cohort-ring", "cohort-transport", "cohort-worker"]),
+        ("crates/node", &["cohort-paxos", "cohort-proto", "cohort-ring", "cohort-transport", "cohort-worker"]),
         (
             "crates/coordinator",
-            &["cohort-idempotency", "cohort-proto", "cohort-ring", "cohort-transport", "cohort-worker"],
+            &[
+                "cohort-idempotency",
+                "cohort-paxos",
+                "cohort-proto",
+                "cohort-recipes",
+                "cohort-ring",
+                "cohort-transport",
+                "cohort-worker",
+            ],
         ),
     ];
     for (dir, expected) in allowed {
@@ -62,6 +72,16 @@ fn the_transport_knows_nothing_of_storage_and_the_sdk_nothing_of_the_internal_ap
     let client = dependencies("crates/client");
     let features = client["cohort-proto"].get("features").and_then(|f| f.as_array()).cloned().unwrap_or_default();
     assert!(features.is_empty(), "the SDK enables cohort-proto features {features:?}");
+}
+
+#[test]
+fn the_paxos_core_is_pure_and_knows_the_wire_only_behind_a_feature() {
+    let paxos = dependencies("crates/paxos");
+    for forbidden in ["tokio", "tonic", "fjall", "cohort-transport"] {
+        assert!(!paxos.contains_key(forbidden), "cohort-paxos depends on {forbidden}");
+    }
+    let optional = paxos["cohort-proto"].get("optional").and_then(|o| o.as_bool());
+    assert_eq!(optional, Some(true), "cohort-paxos needs the wire types only with its `wire` feature");
 }
 
 /// Every Markdown, Rust and shell file under `dir`, skipping build output.

@@ -26,7 +26,9 @@
 //! assert_eq!(verdict.summary().unknown_observed, 1);
 //! ```
 //!
-//! Linearizable keys (compare-and-set) have their own checker,
+//! Fenced writes have theirs, [`fencing`]: tokens never go down in the
+//! order a key applied its writes. Linearizable keys (compare-and-set) have
+//! their own checker,
 //! [`linearizable`]: the Wing–Gong search with Lowe's memoisation over a
 //! versioned register, [`check_register`].
 //!
@@ -104,6 +106,7 @@
 
 mod causal;
 mod convergence;
+pub mod fencing;
 mod history;
 pub mod linearizable;
 mod lost;
@@ -114,6 +117,7 @@ pub use causal::{CausalReport, CausalViolation, CausalViolationKind, SkipReason,
 pub use convergence::{
     ConvergenceReport, DivergentKey, ReplicaState, ReplicaStates, ReplicaView, check_convergence, same_replica_states,
 };
+pub use fencing::{FencedWrite, StaleWrite, check_fencing};
 pub use history::{
     FinalState, History, HistoryError, HistoryReport, JsonLinesError, Op, OpHandle, OpKind, Outcome, Value,
     check_history,

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use cohort_client::{Client, RetryPolicy};
+use cohort_client::{CasWrite, Client, Fence, RetryPolicy};
 use serde_json::json;
 
 use crate::kv::normalize_endpoint;
@@ -72,6 +72,10 @@ pub struct PutArgs {
     /// twice.
     #[arg(long)]
     write_id: Option<String>,
+    /// Write under a lock, as NAME:TOKEN (the token `lock acquire` printed):
+    /// refused once the key has seen a higher token of that lock.
+    #[arg(long)]
+    fence: Option<Fence>,
 }
 
 /// Flags of `cas delete`.
@@ -84,6 +88,9 @@ pub struct DeleteArgs {
     /// The version the key's value must be at.
     #[arg(long)]
     expect_version: u64,
+    /// Delete under a lock, as NAME:TOKEN.
+    #[arg(long)]
+    fence: Option<Fence>,
 }
 
 async fn connect(common: &Common) -> anyhow::Result<Client> {
@@ -134,18 +141,15 @@ pub async fn run(command: CasCommand) -> anyhow::Result<()> {
         CasCommand::Put(args) => {
             let value = read_value(args.value, args.common.base64)?;
             let client = connect(&args.common).await?;
-            let cas = client.cas();
-            let version = match args.write_id {
-                Some(id) => {
-                    cas.put_with_id(&args.common.tenant, args.key.into(), value, args.expect_version, id.into()).await?
-                }
-                None => cas.put(&args.common.tenant, args.key, value, args.expect_version).await?,
-            };
+            let options = CasWrite { write_id: args.write_id.map(Bytes::from), fence: args.fence };
+            let version =
+                client.cas().put_with(&args.common.tenant, args.key, value, args.expect_version, options).await?;
             print_version(version, args.common.json);
         }
         CasCommand::Delete(args) => {
             let client = connect(&args.common).await?;
-            let version = client.cas().delete(&args.common.tenant, args.key, args.expect_version).await?;
+            let options = CasWrite { write_id: None, fence: args.fence };
+            let version = client.cas().delete_with(&args.common.tenant, args.key, args.expect_version, options).await?;
             print_version(version, args.common.json);
         }
     }

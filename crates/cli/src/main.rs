@@ -7,6 +7,7 @@ mod admin;
 mod cas;
 mod dev;
 mod kv;
+mod locks;
 mod migrations;
 mod repair;
 mod servers;
@@ -45,6 +46,12 @@ enum Command {
     /// Linearizable compare-and-set on a key space apart from `kv`'s.
     #[command(subcommand)]
     Cas(cas::CasCommand),
+    /// Locks with fencing tokens, held under leases.
+    #[command(subcommand)]
+    Lock(locks::LockCommand),
+    /// Leader election with generations.
+    #[command(subcommand)]
+    Election(locks::ElectionCommand),
     /// Manage tenants, storage nodes and the cluster.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -61,16 +68,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => dev::run(args).await,
-            Command::Node(args) => servers::run_node(args).await,
-            Command::Coordinator(args) => servers::run_coordinator(args).await,
-            Command::Kv(command) => kv::run(command).await,
-            Command::Cas(command) => cas::run(command).await,
-            Command::Admin(command) => admin::run(command).await,
+            Command::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Node(args) => servers::run_node(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Coordinator(args) => servers::run_coordinator(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Kv(command) => kv::run(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Cas(command) => cas::run(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Lock(command) => locks::run_lock(command).await,
+            Command::Election(command) => locks::run_election(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Admin(command) => admin::run(command).await.map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // One line: the chain of causes, outermost first.
             // Transport errors repeat themselves down the chain: keep each

@@ -37,6 +37,46 @@ pub struct CasValue {
     pub version: u64,
 }
 
+/// A lock's fencing token, to write under: the key refuses the write once
+/// it has seen a higher token of the same lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lock's name.
+    pub lock: String,
+    /// The token its grant returned.
+    pub token: u64,
+}
+
+impl Fence {
+    fn into_pb(self) -> pb::Fence {
+        pb::Fence { lock: self.lock, token: self.token }
+    }
+}
+
+impl std::str::FromStr for Fence {
+    type Err = String;
+
+    /// Parses `NAME:TOKEN`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (lock, token) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not NAME:TOKEN"))?;
+        let token = token.parse().map_err(|_| format!("{token:?} is not a token (a positive number)"))?;
+        if lock.is_empty() {
+            return Err("a fence names its lock: NAME:TOKEN".into());
+        }
+        Ok(Fence { lock: lock.to_string(), token })
+    }
+}
+
+/// Options of a conditional write.
+#[derive(Debug, Clone, Default)]
+pub struct CasWrite {
+    /// The write's id (`None`: a fresh one); a resend with the same id is
+    /// never applied twice.
+    pub write_id: Option<Bytes>,
+    /// Write under a lock.
+    pub fence: Option<Fence>,
+}
+
 /// Compare-and-set on a tenant's linearizable keys.
 #[derive(Debug, Clone)]
 pub struct Cas {
@@ -93,18 +133,50 @@ impl Cas {
         expect: u64,
         write_id: Bytes,
     ) -> Result<u64, Error> {
-        let request = pb::CasPutRequest { tenant: tenant.to_string(), key, value, expect_version: expect, write_id };
+        let options = CasWrite { write_id: Some(write_id), fence: None };
+        self.put_with(tenant, key, value, expect, options).await
+    }
+
+    /// [`Cas::put`] with options: a write id, a fence.
+    pub async fn put_with(
+        &self,
+        tenant: &str,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        expect: u64,
+        options: CasWrite,
+    ) -> Result<u64, Error> {
+        let request = pb::CasPutRequest {
+            tenant: tenant.to_string(),
+            key: key.into(),
+            value: value.into(),
+            expect_version: expect,
+            write_id: options.write_id.unwrap_or_else(write_id),
+            fence: options.fence.map(Fence::into_pb),
+        };
         Ok(self.client.clone().put(request).await.map_err(Error::from_cas)?.into_inner().version)
     }
 
     /// Deletes `key`'s value if it is at version `expect`. Returns the new
     /// version.
     pub async fn delete(&self, tenant: &str, key: impl Into<Bytes>, expect: u64) -> Result<u64, Error> {
+        self.delete_with(tenant, key, expect, CasWrite::default()).await
+    }
+
+    /// [`Cas::delete`] with options: a write id, a fence.
+    pub async fn delete_with(
+        &self,
+        tenant: &str,
+        key: impl Into<Bytes>,
+        expect: u64,
+        options: CasWrite,
+    ) -> Result<u64, Error> {
         let request = pb::CasDeleteRequest {
             tenant: tenant.to_string(),
             key: key.into(),
             expect_version: expect,
-            write_id: write_id(),
+            write_id: options.write_id.unwrap_or_else(write_id),
+            fence: options.fence.map(Fence::into_pb),
         };
         Ok(self.client.clone().delete(request).await.map_err(Error::from_cas)?.into_inner().version)
     }

@@ -37,6 +37,7 @@
 //! settles the first attempt instead of writing the value again.
 
 pub mod cas;
+pub mod locks;
 
 use std::time::Duration;
 
@@ -47,9 +48,10 @@ use cohort_proto::v1 as pb;
 use cohort_proto::v1::key_value_client::KeyValueClient;
 use tonic::transport::{Channel, Endpoint};
 
-pub use cas::{Cas, CasValue};
+pub use cas::{Cas, CasValue, CasWrite, Fence};
 pub use cohort_proto::v1::admin_client::AdminClient;
 pub use cohort_proto::v1::{Receipt, ReplicaAck};
+pub use locks::{Leader, Leadership, LockGuard, LockOptions, Locks};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +328,12 @@ impl Client {
     /// Linearizable compare-and-set on the same connection.
     pub fn cas(&self) -> cas::Cas {
         cas::Cas::new(self.channel.clone())
+    }
+
+    /// Leases, locks with fencing tokens and leader election on the same
+    /// connection.
+    pub fn locks(&self) -> locks::Locks {
+        locks::Locks::new(self.channel.clone())
     }
 
     /// A client for the admin API on the same connection.

@@ -53,6 +53,9 @@ pub enum KvError {
     /// refreshes its ring and routes the request again.
     #[error("{0}")]
     StaleRing(String),
+    /// A bound was reached (too many waiters on a lock).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A linearizable operation lost to concurrent ones on every attempt;
     /// nothing was applied, and a retry may succeed.
     #[error("{0}")]
@@ -101,6 +104,7 @@ impl KvError {
             KvError::WriteOutcomeUnknown(_) => "outcome_unknown",
             KvError::FailedPrecondition(_) => "failed_precondition",
             KvError::Contended(_) => "contended",
+            KvError::ResourceExhausted(_) => "resource_exhausted",
             KvError::Internal(_) => "internal",
         }
     }
@@ -120,6 +124,7 @@ impl From<KvError> for Status {
             KvError::DeadlineExceeded(_) | KvError::WriteOutcomeUnknown(_) => Status::deadline_exceeded(message),
             KvError::FailedPrecondition(_) => Status::failed_precondition(message),
             KvError::Contended(_) => Status::aborted(message),
+            KvError::ResourceExhausted(_) => Status::resource_exhausted(message),
             KvError::Internal(_) => Status::internal(message),
         };
         if maybe_applied {

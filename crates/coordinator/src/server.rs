@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cohort_proto::coord::v1::cas_server::CasServer;
+use cohort_proto::coord::v1::election_server::ElectionServer;
+use cohort_proto::coord::v1::leases_server::LeasesServer;
+use cohort_proto::coord::v1::locks_server::LocksServer;
 use cohort_proto::v1::admin_server::AdminServer;
 use cohort_proto::v1::key_value_server::KeyValueServer;
 use cohort_transport::{InProcessNodes, Liveness, PeerPool};
@@ -15,7 +18,7 @@ use tokio::sync::{broadcast, watch};
 use crate::admin::AdminService;
 use crate::config::CoordinatorConfig;
 use crate::contexts::ContextSeals;
-use crate::coord::CasService;
+use crate::coord::{CasService, ElectionService, LeaseService, LockService};
 use crate::kv::KvEngine;
 use crate::leader::{self, LeaderState};
 use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
@@ -299,7 +302,17 @@ pub async fn serve(
     health.set_serving::<KeyValueServer<KvService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
     health.set_serving::<CasServer<CasService>>().await;
+    health.set_serving::<LeasesServer<LeaseService>>().await;
+    health.set_serving::<LocksServer<LockService>>().await;
+    health.set_serving::<ElectionServer<ElectionService>>().await;
     tracing::info!(id = %coordinator.config.id, address = ?listener.local_addr().ok(), "coordinator serving");
+    // Streams and waits that could outlast graceful shutdown (election
+    // observers, lock waiters) end when it begins.
+    let (stopping, stop) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
@@ -307,6 +320,9 @@ pub async fn serve(
         )
         .add_service(AdminServer::new(AdminService::new(coordinator.clone())))
         .add_service(CasServer::new(CasService::new(coordinator.clone())).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(LeasesServer::new(LeaseService::new(coordinator.clone())))
+        .add_service(LocksServer::new(LockService::new(coordinator.clone(), stop.clone())))
+        .add_service(ElectionServer::new(ElectionService::new(coordinator.clone(), stop)))
         .serve_with_incoming_shutdown(cohort_transport::incoming(listener), shutdown)
         .await;
     // Stopping the election gives the lease up, so another coordinator

@@ -12,6 +12,10 @@ use crate::store::{Store, StoreError};
 /// Largest register value an acceptor takes (the coordinators enforce the
 /// tenant's own limit, which is lower).
 const MAX_REGISTER_BYTES: usize = 4 * 1024 * 1024;
+/// Most fences a register keeps (distinct locks that fenced its writes).
+const MAX_FENCES: usize = 1024;
+/// Longest lock name of a fence.
+const MAX_LOCK_NAME_BYTES: usize = 1024;
 /// Largest write id an acceptor takes.
 const MAX_WRITE_ID_BYTES: usize = 64;
 
@@ -40,6 +44,13 @@ pub fn check_accept(request: &AcceptRequest) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!(
             "a register remembers at most {} writes",
             cohort_paxos::register::RECENT_WRITES
+        )));
+    }
+    if register.fences.len() > MAX_FENCES
+        || register.fences.iter().any(|f| f.lock.is_empty() || f.lock.len() > MAX_LOCK_NAME_BYTES)
+    {
+        return Err(Status::invalid_argument(format!(
+            "a register keeps at most {MAX_FENCES} fences, each naming a lock of 1..={MAX_LOCK_NAME_BYTES} bytes"
         )));
     }
     if register.recent.iter().any(|w| w.id.len() > MAX_WRITE_ID_BYTES) {

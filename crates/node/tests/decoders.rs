@@ -14,9 +14,9 @@ use cohort_node::StorageNode;
 use cohort_node::{Durability, Store};
 use cohort_proto::internal::v1::pipeline_request::Op;
 use cohort_proto::internal::v1::{
-    AcceptRequest, AcceptResponse, Ballot, CoordinateRequest, CoordinateResponse, Dot, Handoff, MergeRequest,
-    PipelineRequest, PipelineResponse, PrepareRequest, PrepareResponse, PurgeRequest, ReadRequest, ReadResponse,
-    RecentWrite, Register, WriteTag,
+    AcceptRequest, AcceptResponse, Ballot, CoordinateRequest, CoordinateResponse, Dot, FenceToken, Handoff,
+    MergeRequest, PipelineRequest, PipelineResponse, PrepareRequest, PrepareResponse, PurgeRequest, ReadRequest,
+    ReadResponse, RecentWrite, Register, WriteTag,
 };
 use cohort_transport::PeerPool;
 use cohort_transport::StorageHandler;
@@ -108,6 +108,10 @@ fn arbitrary_bytes_never_panic_a_node() {
                     version: raw.len() as u64,
                     value: (format % 2 == 0).then(|| bytes.clone()),
                     recent: vec![RecentWrite { id: Bytes::from(id.clone()), version: 1 }],
+                    fences: vec![FenceToken {
+                        lock: String::from_utf8_lossy(&id).into_owned(),
+                        token: raw.len() as u64,
+                    }],
                 };
                 let accept = AcceptRequest {
                     tenant: "t".into(),

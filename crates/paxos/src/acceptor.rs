@@ -4,7 +4,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::DecodeError;
 use crate::ballot::Ballot;
-use crate::register::{RecentWrite, Register};
+use crate::register::{Fence, RecentWrite, Register};
 
 /// One replica's Paxos state for one key. The storage node keeps it
 /// durably, one record per key, and must make a changed state durable
@@ -102,7 +102,8 @@ impl AcceptorState {
 
 /// Appends a register's encoding (no format byte; part of a larger record
 /// or message). Write ids are at most 255 bytes (the coordinators allow
-/// 64) and a register keeps at most 255 of them.
+/// 64) and a register keeps at most 255 of them; lock names of fences are
+/// at most 65,535 bytes.
 pub fn encode_register(out: &mut BytesMut, register: &Register) {
     out.put_u64(register.version);
     match &register.value {
@@ -118,6 +119,12 @@ pub fn encode_register(out: &mut BytesMut, register: &Register) {
         out.put_u8(write.id.len() as u8);
         out.put_slice(&write.id);
         out.put_u64(write.version);
+    }
+    out.put_u16(register.fences.len() as u16);
+    for fence in &register.fences {
+        out.put_u16(fence.lock.len() as u16);
+        out.put_slice(fence.lock.as_bytes());
+        out.put_u64(fence.token);
     }
 }
 
@@ -139,7 +146,15 @@ pub fn decode_register(bytes: &mut &[u8]) -> Result<Register, DecodeError> {
         let id = take_slice(bytes, len)?;
         recent.push(RecentWrite { id, version: take_u64(bytes)? });
     }
-    Ok(Register { version, value, recent })
+    let count = take_u16(bytes)? as usize;
+    let mut fences = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let len = take_u16(bytes)? as usize;
+        let lock =
+            String::from_utf8(take_slice(bytes, len)?.to_vec()).map_err(|_| DecodeError("lock name is not UTF-8"))?;
+        fences.push(Fence { lock, token: take_u64(bytes)? });
+    }
+    Ok(Register { version, value, recent, fences })
 }
 
 fn put_ballot(out: &mut BytesMut, ballot: Ballot) {
@@ -158,6 +173,11 @@ fn need(bytes: &[u8], n: usize) -> Result<(), DecodeError> {
 fn take_u8(bytes: &mut &[u8]) -> Result<u8, DecodeError> {
     need(bytes, 1)?;
     Ok(bytes.get_u8())
+}
+
+fn take_u16(bytes: &mut &[u8]) -> Result<u16, DecodeError> {
+    need(bytes, 2)?;
+    Ok(bytes.get_u16())
 }
 
 fn take_u32(bytes: &mut &[u8]) -> Result<u32, DecodeError> {
@@ -193,7 +213,7 @@ mod tests {
         assert_eq!(state.prepare(b(5)), (PrepareAnswer::Promised(None), true));
         assert_eq!(state.prepare(b(5)), (PrepareAnswer::Refused(b(5)), false));
         assert_eq!(state.prepare(b(4)), (PrepareAnswer::Refused(b(5)), false));
-        let reg = Register { version: 1, value: Some(Bytes::from_static(b"v")), recent: Vec::new() };
+        let reg = Register { version: 1, value: Some(Bytes::from_static(b"v")), ..Register::default() };
         assert_eq!(state.accept(b(4), reg.clone()), (AcceptAnswer::Refused(b(5)), false));
         assert_eq!(state.accept(b(5), reg.clone()), (AcceptAnswer::Accepted, true));
         assert_eq!(state.accept(b(5), reg.clone()), (AcceptAnswer::Accepted, false));
@@ -209,11 +229,13 @@ mod tests {
             any::<u64>(),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
             proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), any::<u64>()), 0..16),
+            proptest::collection::vec(("[a-z]{0,12}", any::<u64>()), 0..4),
         )
-            .prop_map(|(version, value, recent)| Register {
+            .prop_map(|(version, value, recent, fences)| Register {
                 version,
                 value: value.map(Bytes::from),
                 recent: recent.into_iter().map(|(id, version)| RecentWrite { id: Bytes::from(id), version }).collect(),
+                fences: fences.into_iter().map(|(lock, token)| Fence { lock, token }).collect(),
             });
         (ballot.clone(), proptest::option::of((ballot, register)))
             .prop_map(|(promised, accepted)| AcceptorState { promised, accepted })

@@ -34,7 +34,7 @@ pub mod wire;
 pub use acceptor::{AcceptAnswer, AcceptorState, PrepareAnswer};
 pub use ballot::Ballot;
 pub use proposer::{Command, Failure, Outcome, Proposer, Step};
-pub use register::{Change, RecentWrite, Register};
+pub use register::{Change, Fence, RecentWrite, Register};
 
 /// A record that could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -63,6 +63,9 @@ pub enum Outcome {
     Applied(u64),
     /// The condition failed; the current register, settled on a quorum.
     Mismatch(Register),
+    /// The write's fencing token is below the highest the key has seen
+    /// for its lock (that token); nothing was applied.
+    Fenced(u64),
     /// A write may or may not have applied: some replica may have accepted
     /// it and the operation could not settle which.
     Unknown,
@@ -337,6 +340,8 @@ impl Proposer {
             Verdict::AlreadyApplied(version) => Outcome::Applied(version),
             Verdict::Mismatch if self.maybe_applied => Outcome::Unknown,
             Verdict::Mismatch => Outcome::Mismatch(register),
+            Verdict::Fenced(_) if self.maybe_applied => Outcome::Unknown,
+            Verdict::Fenced(seen) => Outcome::Fenced(seen),
         };
         self.finish(outcome);
     }

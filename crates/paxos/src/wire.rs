@@ -4,7 +4,7 @@ use cohort_proto::internal::v1 as pb;
 
 use crate::acceptor::{AcceptAnswer, PrepareAnswer};
 use crate::ballot::Ballot;
-use crate::register::{RecentWrite, Register};
+use crate::register::{Fence, RecentWrite, Register};
 
 /// A ballot on the wire.
 pub fn ballot_to_pb(ballot: Ballot) -> pb::Ballot {
@@ -22,6 +22,7 @@ pub fn register_to_pb(register: &Register) -> pb::Register {
         version: register.version,
         value: register.value.clone(),
         recent: register.recent.iter().map(|w| pb::RecentWrite { id: w.id.clone(), version: w.version }).collect(),
+        fences: register.fences.iter().map(|f| pb::FenceToken { lock: f.lock.clone(), token: f.token }).collect(),
     }
 }
 
@@ -31,6 +32,7 @@ pub fn register_from_pb(register: Option<pb::Register>) -> Register {
         version: r.version,
         value: r.value,
         recent: r.recent.into_iter().map(|w| RecentWrite { id: w.id, version: w.version }).collect(),
+        fences: r.fences.into_iter().map(|f| Fence { lock: f.lock, token: f.token }).collect(),
     })
 }
 
@@ -91,7 +93,8 @@ mod tests {
     fn answers_survive_the_wire() {
         let b = Ballot { round: 3, proposer: 4 };
         let recent = vec![RecentWrite { id: Bytes::from_static(b"w"), version: 2 }];
-        let r = Register { version: 2, value: Some(Bytes::from_static(b"v")), recent };
+        let fences = vec![Fence { lock: "l".into(), token: 3 }];
+        let r = Register { version: 2, value: Some(Bytes::from_static(b"v")), recent, fences };
         for answer in [PrepareAnswer::Refused(b), PrepareAnswer::Promised(None), PrepareAnswer::Promised(Some((b, r)))]
         {
             assert_eq!(prepare_answer_from_pb(prepare_answer_to_pb(&answer)), answer);

@@ -22,11 +22,11 @@ fn to() -> Vec<String> {
 fn reg(version: u64, value: Option<&'static [u8]>, last: &'static [u8]) -> Register {
     let recent =
         if last.is_empty() { Vec::new() } else { vec![crate::RecentWrite { id: Bytes::from_static(last), version }] };
-    Register { version, value: value.map(Bytes::from_static), recent }
+    Register { version, value: value.map(Bytes::from_static), recent, fences: Vec::new() }
 }
 
 fn put(expect: u64, value: &'static [u8]) -> Change {
-    Change::Put { expect, value: Bytes::from_static(value) }
+    Change::Put { expect, value: Bytes::from_static(value), fence: None }
 }
 
 const B1: Ballot = Ballot { round: 100, proposer: 7 };
@@ -236,7 +236,7 @@ fn a_retry_after_a_partial_accept_finds_its_write_under_a_later_one() {
         crate::RecentWrite { id: Bytes::from_static(b"w"), version: 1 },
         crate::RecentWrite { id: Bytes::from_static(b"other"), version: 2 },
     ];
-    let now = Register { version: 2, value: Some(Bytes::from_static(b"x")), recent };
+    let now = Register { version: 2, value: Some(Bytes::from_static(b"x")), recent, fences: Vec::new() };
     p.on_prepare("b", b2, PrepareAnswer::Promised(Some((high, now.clone()))));
     p.on_prepare("c", b2, PrepareAnswer::Promised(Some((high, now))));
     assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Applied(1))]);

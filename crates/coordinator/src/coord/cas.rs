@@ -1,9 +1,6 @@
-//! The public coordination service (`cohort.coord.v1`): linearizable
-//! compare-and-set over [`crate::registers`].
-//!
-//! As in [`crate::service`], requests are validated while they are
-//! converted, nothing is stored for a bad one, and [`KvError`] becomes a
-//! gRPC status once, on the way out.
+//! The public `Cas` service: linearizable compare-and-set over
+//! [`crate::registers`], on the keys of the `Cas` space
+//! (`cohort_recipes::keys`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,9 +11,12 @@ use cohort_proto::coord::v1 as pb;
 use cohort_proto::coord::v1::cas_server::Cas;
 use tonic::{Request, Response, Status};
 
+use crate::coord::{TenantRegisters, recipe_error};
 use crate::error::KvError;
 use crate::server::Coordinator;
 use crate::validate;
+use cohort_paxos::Fence;
+use cohort_recipes::keys::{self, Space};
 
 /// Response metadata of a failed condition: the key's current version.
 pub const CURRENT_VERSION_HEADER: &str = "cohort-current-version";
@@ -33,6 +33,25 @@ impl CasService {
     /// The service over `coordinator`.
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
         CasService { coordinator }
+    }
+
+    /// A fence must name a lock that exists and a token it issued.
+    async fn check_fence(&self, tenant: &str, fence: &Fence) -> Result<(), Failed> {
+        let limits = cohort_recipes::Limits::default();
+        cohort_recipes::lock::check_name(&fence.lock, &limits).map_err(recipe_error)?;
+        let registers = TenantRegisters::new(self.coordinator.clone());
+        let bound = cohort_recipes::lock::issued_bound(&registers, tenant, &fence.lock).await.map_err(recipe_error)?;
+        if bound == 0 {
+            return Err(KvError::NotFound(format!("fence names lock {:?}, which does not exist", fence.lock)).into());
+        }
+        if fence.token == 0 || fence.token > bound {
+            return Err(KvError::InvalidArgument(format!(
+                "fence token {} was never issued by lock {:?}",
+                fence.token, fence.lock
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     async fn run(&self, tenant: &str, key: Bytes, change: Change, write: Bytes) -> Result<Done, Failed> {
@@ -57,14 +76,25 @@ impl CasService {
             write
         };
         let tenant = c.tenants.get(tenant).await?;
-        let expected = match &change {
-            Change::Put { expect, .. } | Change::Delete { expect } => *expect,
-            Change::Read => 0,
+        let (expected, fence) = match &change {
+            Change::Put { expect, fence, .. } | Change::Delete { expect, fence } => (*expect, fence.clone()),
+            Change::Read => (0, None),
         };
+        if let Some(fence) = &fence {
+            self.check_fence(tenant.id.as_str(), fence).await?;
+        }
+        let key = keys::key(Space::Cas, &key);
         match c.registers.run(&tenant, key, change, write).await? {
             Outcome::Read(register) => Ok(Done::Read(register)),
             Outcome::Applied(version) => Ok(Done::Applied(version)),
             Outcome::Mismatch(current) => Err(Failed::Mismatch { expected, current }),
+            Outcome::Fenced(seen) => {
+                let token = fence.map_or(0, |f| f.token);
+                Err(KvError::FailedPrecondition(format!(
+                    "fenced: token {token} < {seen}, the highest this key has seen for its lock; a newer holder has written"
+                ))
+                .into())
+            }
             Outcome::Unknown => Err(KvError::WriteOutcomeUnknown(
                 "the write may or may not have applied: some replica may have accepted it and no quorum answered; \
                  retry with the same write id to settle it"
@@ -159,6 +189,10 @@ impl From<Failed> for Status {
     }
 }
 
+fn fence_from(fence: Option<pb::Fence>) -> Option<Fence> {
+    fence.map(|f| Fence { lock: f.lock, token: f.token })
+}
+
 fn record<T>(op: &'static str, started: Instant, result: &Result<T, Failed>) {
     let status = match result {
         Ok(_) => "ok",
@@ -186,7 +220,7 @@ impl Cas for CasService {
     async fn put(&self, request: Request<pb::CasPutRequest>) -> Result<Response<pb::CasPutResponse>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let change = Change::Put { expect: r.expect_version, value: r.value };
+        let change = Change::Put { expect: r.expect_version, value: r.value, fence: fence_from(r.fence) };
         let result = self.run(&r.tenant, r.key, change, r.write_id).await;
         record("put", started, &result);
         Ok(Response::new(pb::CasPutResponse { version: result?.version() }))
@@ -195,7 +229,7 @@ impl Cas for CasService {
     async fn delete(&self, request: Request<pb::CasDeleteRequest>) -> Result<Response<pb::CasDeleteResponse>, Status> {
         let started = Instant::now();
         let r = request.into_inner();
-        let change = Change::Delete { expect: r.expect_version };
+        let change = Change::Delete { expect: r.expect_version, fence: fence_from(r.fence) };
         let result = self.run(&r.tenant, r.key, change, r.write_id).await;
         record("delete", started, &result);
         Ok(Response::new(pb::CasDeleteResponse { version: result?.version() }))

@@ -1,0 +1,72 @@
+//! The public coordination services (`cohort.coord.v1`): compare-and-set
+//! ([`cas`]) and leases, locks and election ([`recipes`], over
+//! `cohort-recipes`), all on the linearizable registers of
+//! [`crate::registers`].
+//!
+//! As in [`crate::service`], requests are validated while they are
+//! converted, nothing is stored for a bad one, and errors become a gRPC
+//! status once, on the way out.
+
+pub mod cas;
+pub mod recipes;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cohort_paxos::{Change, Outcome};
+use cohort_recipes::RecipeError;
+use tonic::Status;
+
+use crate::error::KvError;
+use crate::server::Coordinator;
+
+pub use cas::CasService;
+pub use recipes::{ElectionService, LeaseService, LockService};
+
+/// The coordinator's registers, as the recipes see them: by tenant id.
+pub struct TenantRegisters {
+    coordinator: Arc<Coordinator>,
+}
+
+impl TenantRegisters {
+    /// The registers of `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator>) -> Self {
+        TenantRegisters { coordinator }
+    }
+}
+
+#[tonic::async_trait]
+impl cohort_recipes::Registers for TenantRegisters {
+    async fn run(&self, tenant: &str, key: Bytes, change: Change, write: Bytes) -> Result<Outcome, RecipeError> {
+        let c = &self.coordinator;
+        let tenant = c.tenants.get(tenant).await.map_err(kv_to_recipe)?;
+        c.registers.run(&tenant, key, change, write).await.map_err(kv_to_recipe)
+    }
+}
+
+fn kv_to_recipe(error: KvError) -> RecipeError {
+    match error {
+        KvError::InvalidArgument(message) => RecipeError::InvalidArgument(message),
+        KvError::TenantNotFound(_) | KvError::NotFound(_) => RecipeError::NotFound(error.to_string()),
+        error if error.maybe_applied() => RecipeError::OutcomeUnknown(error.to_string()),
+        error => RecipeError::Registers(error.to_string()),
+    }
+}
+
+/// A recipe's error as the coordinator's.
+pub fn recipe_error(error: RecipeError) -> KvError {
+    match error {
+        RecipeError::InvalidArgument(message) => KvError::InvalidArgument(message),
+        RecipeError::NotFound(message) => KvError::NotFound(message),
+        RecipeError::FailedPrecondition(message) => KvError::FailedPrecondition(message),
+        RecipeError::ResourceExhausted(message) => KvError::ResourceExhausted(message),
+        RecipeError::DeadlineExceeded(message) => KvError::DeadlineExceeded(message),
+        RecipeError::OutcomeUnknown(message) => KvError::WriteOutcomeUnknown(message),
+        RecipeError::Registers(message) => KvError::DependencyUnavailable(message),
+    }
+}
+
+/// A recipe's error as a gRPC status.
+pub fn recipe_status(error: RecipeError) -> Status {
+    recipe_error(error).into()
+}

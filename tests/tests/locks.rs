@@ -1,0 +1,199 @@
+//! Guarantees 8 and 9 for locks, leases and election: fencing tokens
+//! strictly increase per lock; a holder that lost its lease (paused past
+//! its TTL) cannot write once a newer holder has — the store refuses it,
+//! atomically with the write; election generations grow on failover and
+//! observers see every leader in order; bad input changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_checker::{FencedWrite, check_fencing};
+use cohort_client::{CasWrite, Error, Fence, LockOptions};
+use cohort_tests::{TENANT, TestCluster, on_both_transports};
+use tokio::sync::Mutex;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+on_both_transports!(
+    a_holder_paused_past_its_lease_cannot_write_after_the_next_holder,
+    election_failover_raises_the_generation_and_observers_see_each_leader,
+    bad_lock_input_changes_nothing,
+);
+
+fn options(ttl_ms: u64, wait: Option<Duration>) -> LockOptions {
+    LockOptions { ttl: Duration::from_millis(ttl_ms), wait }
+}
+
+async fn a_holder_paused_past_its_lease_cannot_write_after_the_next_holder(cluster: TestCluster) {
+    let client = cluster.client().await;
+    let (locks, cas) = (client.locks(), client.cas());
+    // The first holder's lease is never kept alive: it is "paused" from
+    // the moment it is granted.
+    let first = locks.acquire_once(TENANT, "report", 0, options(500, None)).await.unwrap();
+    let fence = |token| CasWrite { fence: Some(Fence { lock: "report".into(), token }), ..CasWrite::default() };
+    assert_eq!(cas.put_with(TENANT, "out", "first-1", 0, fence(first.token)).await.unwrap(), 1);
+    // The second waits for the lock: granted once the first lease lapses.
+    let second = locks.acquire(TENANT, "report", options(10_000, Some(Duration::from_secs(10)))).await.unwrap();
+    assert!(second.token() > first.token, "{} then {}", first.token, second.token());
+    assert_eq!(cas.put_with(TENANT, "out", "second-1", 1, fence(second.token())).await.unwrap(), 2);
+    // The first resumes: every write it tries is refused, at any version.
+    for expect in [0, 1, 2, 3] {
+        let refused = cas.put_with(TENANT, "out", "first-late", expect, fence(first.token)).await.unwrap_err();
+        assert_eq!(refused.code(), Some(Code::FailedPrecondition), "{refused}");
+        assert!(refused.to_string().contains("fenced") || expect != 2, "{refused}");
+    }
+    let refused = cas.delete_with(TENANT, "out", 2, fence(first.token)).await.unwrap_err();
+    assert!(refused.to_string().contains("fenced"), "{refused}");
+    // Nor can it renew or release what it lost.
+    assert_eq!(locks.renew(TENANT, "report", first.lease).await.unwrap_err().code(), Some(Code::FailedPrecondition));
+    assert_eq!(locks.release(TENANT, "report", first.lease).await.unwrap_err().code(), Some(Code::FailedPrecondition));
+    let read = cas.get(TENANT, "out").await.unwrap();
+    assert_eq!((read.value, read.version), (Some(Bytes::from("second-1")), 2));
+    // The next grant's token is higher again, and its writes pass.
+    second.release().await.unwrap();
+    let third = locks.acquire(TENANT, "report", options(10_000, None)).await.unwrap();
+    assert!(third.token() > first.token + 1);
+    assert_eq!(cas.put_with(TENANT, "out", "third-1", 2, fence(third.token())).await.unwrap(), 3);
+    third.release().await.unwrap();
+    cluster.shutdown().await;
+}
+
+async fn election_failover_raises_the_generation_and_observers_see_each_leader(cluster: TestCluster) {
+    let client = cluster.client().await;
+    let locks = client.locks();
+    let mut observed = locks.observe(TENANT, "primary").await.unwrap();
+    assert_eq!(observed.next().await.unwrap().unwrap(), None, "nobody leads yet");
+    let one = locks.campaign(TENANT, "primary", "node-a", options(400, None)).await.unwrap();
+    // The leader may be seen before its value is proclaimed, never after
+    // another leader.
+    let seen = loop {
+        let leader = observed.next().await.unwrap().unwrap().expect("a leader once there is one");
+        assert_eq!(leader.generation, one.generation());
+        if !leader.value.is_empty() {
+            break leader;
+        }
+    };
+    assert_eq!(seen.value, Bytes::from("node-a"));
+    // A second candidate waits; the first stops keeping its lease alive.
+    let candidate = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.campaign(TENANT, "primary", "node-b", options(10_000, None)).await })
+    };
+    let first_generation = one.generation();
+    drop(one);
+    let two = candidate.await.unwrap().unwrap();
+    assert!(two.generation() > first_generation);
+    // The observer sees the change, in order: maybe a moment without a
+    // leader, maybe the new one before its value, then its value.
+    loop {
+        match observed.next().await.unwrap().unwrap() {
+            None => continue,
+            Some(leader) => {
+                assert_eq!(leader.generation, two.generation(), "no leader but the newest after the old one");
+                if leader.value == "node-b" {
+                    break;
+                }
+                assert!(leader.value.is_empty(), "{leader:?}");
+            }
+        }
+    }
+    two.proclaim("node-b:2").await.unwrap();
+    assert_eq!(locks.leader(TENANT, "primary").await.unwrap().unwrap().value, Bytes::from("node-b:2"));
+    two.resign().await.unwrap();
+    assert_eq!(locks.leader(TENANT, "primary").await.unwrap(), None);
+    cluster.shutdown().await;
+}
+
+fn code<T>(result: Result<T, Error>) -> Option<Code> {
+    result.err().and_then(|e| e.code())
+}
+
+async fn bad_lock_input_changes_nothing(cluster: TestCluster) {
+    let client = cluster.client().await;
+    let (locks, cas) = (client.locks(), client.cas());
+    assert_eq!(code(locks.acquire(TENANT, "", options(1000, None)).await), Some(Code::InvalidArgument));
+    assert_eq!(code(locks.acquire(TENANT, &"n".repeat(300), options(1000, None)).await), Some(Code::InvalidArgument));
+    assert_eq!(code(locks.acquire(TENANT, "l", options(0, None)).await), Some(Code::InvalidArgument));
+    assert_eq!(code(locks.acquire(TENANT, "l", options(301_000, None)).await), Some(Code::InvalidArgument));
+    let wait = Some(Duration::from_secs(3600));
+    assert_eq!(code(locks.acquire(TENANT, "l", options(1000, wait)).await), Some(Code::InvalidArgument));
+    assert_eq!(code(locks.grant_lease(TENANT, Duration::from_secs(301)).await), Some(Code::InvalidArgument));
+    assert_eq!(code(locks.keep_alive(TENANT, 42).await), Some(Code::NotFound));
+    assert_eq!(code(locks.revoke_lease(TENANT, 42).await), Some(Code::NotFound));
+    assert_eq!(code(locks.acquire_once(TENANT, "l", 42, options(1000, None)).await), Some(Code::NotFound));
+    assert_eq!(code(locks.release(TENANT, "never", 42).await), Some(Code::NotFound));
+    let held = locks.acquire(TENANT, "l", options(60_000, None)).await.unwrap();
+    assert_eq!(code(locks.release(TENANT, "l", 42).await), Some(Code::FailedPrecondition));
+    assert_eq!(code(locks.renew(TENANT, "l", 42).await), Some(Code::FailedPrecondition));
+    assert_eq!(code(locks.acquire(TENANT, "l", options(1000, None)).await), Some(Code::FailedPrecondition), "held");
+    held.release().await.unwrap();
+    assert_eq!(code(locks.leader("Bad Tenant", "l").await), Some(Code::InvalidArgument));
+    // Fences naming a lock that does not exist, or a token never issued.
+    let fenced =
+        |lock: &str, token| CasWrite { fence: Some(Fence { lock: lock.into(), token }), ..CasWrite::default() };
+    assert_eq!(code(cas.put_with(TENANT, "k", "v", 0, fenced("nope", 1)).await), Some(Code::NotFound));
+    assert_eq!(code(cas.put_with(TENANT, "k", "v", 0, fenced("l", 999)).await), Some(Code::InvalidArgument));
+    assert_eq!(code(cas.put_with(TENANT, "k", "v", 0, fenced("", 1)).await), Some(Code::InvalidArgument));
+    assert_eq!(cas.get(TENANT, "k").await.unwrap().version, 0, "nothing was stored");
+    cluster.shutdown().await;
+}
+
+/// Workers take turns under one lock, each writing the protected key with
+/// its token; some stall past their lease before writing (a pause), and
+/// write anyway. Every write the key accepted is recorded with its token:
+/// the fencing checker finds none accepted after a higher token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_is_accepted_with_a_stale_token_while_holders_stall() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client().await;
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for worker in 0..4u64 {
+        let (locks, cas, accepted) = (client.locks(), client.cas(), accepted.clone());
+        workers.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for round in 0..6u64 {
+                let guard = locks
+                    .acquire(TENANT, "shared", options(300, Some(Duration::from_secs(30))))
+                    .await
+                    .expect("acquire");
+                let (token, lease) = (guard.token(), guard.lease());
+                // Every third turn of a worker stalls past its lease: its
+                // keep-alive stops, as a paused process's would.
+                let guard = if (worker + round) % 3 == 0 {
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    None
+                } else {
+                    Some(guard)
+                };
+                let read = cas.get(TENANT, "protected").await.expect("read");
+                let fence = Fence { lock: "shared".into(), token };
+                let write = CasWrite { fence: Some(fence), ..CasWrite::default() };
+                match cas.put_with(TENANT, "protected", format!("w{worker}-{round}"), read.version, write).await {
+                    Ok(version) => accepted.lock().await.push(FencedWrite { version, token }),
+                    Err(error) if error.code() == Some(Code::FailedPrecondition) => refused += 1,
+                    Err(error) => panic!("unexpected failure: {error}"),
+                }
+                match guard {
+                    Some(guard) => guard.release().await.expect("release a held lock"),
+                    // Its lease is gone: the lock is free or another's
+                    // already; a release changes nothing either way.
+                    None => drop(locks.release(TENANT, "shared", lease).await),
+                }
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for worker in workers {
+        refused += worker.await.expect("worker");
+    }
+    let accepted = accepted.lock().await.clone();
+    println!("{} fenced writes accepted, {refused} refused", accepted.len());
+    assert!(!accepted.is_empty());
+    let stale = check_fencing(&accepted);
+    assert!(stale.is_empty(), "writes accepted with a stale token: {stale:?}");
+    cluster.shutdown().await;
+}
