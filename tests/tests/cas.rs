@@ -262,3 +262,114 @@ async fn a_counter_under_concurrent_cas_loops_with_a_frozen_replica_counts_exact
     assert_eq!(read.version, value);
     env.shutdown().await;
 }
+
+/// A register's state lives only on the acceptors that took part in its
+/// rounds. Written while one replica was down (so on two of three), then
+/// moved by a join and a leave, every key must still read back: the
+/// migration settles each register on a majority of its new replicas
+/// before the old ring retires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_keys_written_before_a_join_and_a_leave_are_still_there() {
+    use cohort_proto::v1 as admin_pb;
+    let mut config = fault_config();
+    config.membership.retry = Duration::from_millis(100);
+    config.membership.copy_page_keys = 8;
+    let mut cluster = TestCluster::start_with_config(3, config).await;
+    let cas = cluster.client().await.cas();
+    cluster.stop_node(0).await;
+    let keys: Vec<String> = (0..150).map(|i| format!("reg-{i}")).collect();
+    for key in &keys {
+        assert_eq!(cas.put(TENANT, key.clone(), format!("v-{key}"), 0).await.expect("written on two of three"), 1);
+    }
+    cluster.restart_node(0).await.expect("restart");
+    let mut admin = cohort_proto::v1::admin_client::AdminClient::connect(cluster.endpoint()).await.expect("admin");
+    let ended = |id: u64, admin: cohort_proto::v1::admin_client::AdminClient<tonic::transport::Channel>| async move {
+        let state = Arc::new(std::sync::Mutex::new(String::new()));
+        eventually(&format!("migration {id} ends"), Duration::from_secs(120), || {
+            let (mut admin, state) = (admin.clone(), state.clone());
+            async move {
+                let m = admin.get_migration(admin_pb::GetMigrationRequest { id }).await.expect("get").into_inner();
+                *state.lock().unwrap() = m.state.clone();
+                !matches!(m.state.as_str(), "pending" | "in_progress")
+            }
+        })
+        .await;
+        state.lock().unwrap().clone()
+    };
+    let index = cluster.start_extra_node().await.expect("a fourth node");
+    let address = cluster.node_address(index).expect("runs").to_string();
+    let join = admin_pb::AddNodeRequest { id: "node-4".into(), address, zone: None, vnodes: None, dry_run: false };
+    let migration = admin.add_node(join).await.expect("join").into_inner().migration.expect("a join migrates");
+    assert_eq!(ended(migration.id, admin.clone()).await, "completed");
+    let leave = admin_pb::RemoveNodeRequest { id: "node-2".into(), dead: false, dry_run: false };
+    let migration = admin.remove_node(leave).await.expect("leave").into_inner().migration.expect("a leave migrates");
+    assert_eq!(ended(migration.id, admin.clone()).await, "completed");
+    let mut lost = Vec::new();
+    for key in &keys {
+        let read = cas.get(TENANT, key.clone()).await.expect("read");
+        if read.version != 1 || read.value != Some(Bytes::from(format!("v-{key}"))) {
+            lost.push((key.clone(), read));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {} registers lost or changed: {:?}",
+        lost.len(),
+        keys.len(),
+        &lost[..lost.len().min(5)]
+    );
+    cluster.shutdown().await;
+}
+
+/// The recorded compare-and-set workload runs while a node joins: the
+/// electorate spans both rings while the migration runs, and the history
+/// stays linearizable through the cutover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_through_a_join_mid_run() {
+    use cohort_proto::v1 as admin_pb;
+    for seed in seeds() {
+        let _replay = cohort_loadtest::workload::Replay {
+            target: "-p cohort-tests --test cas",
+            scenario: "linearizable_through_a_join_mid_run",
+            seed,
+        };
+        let mut config = fault_config();
+        config.membership.retry = Duration::from_millis(100);
+        config.membership.copy_page_keys = 8;
+        let mut cluster = TestCluster::start_with_config(3, config).await;
+        let clients = vec![cluster.client().await];
+        let workload = CasWorkload { seed, clients: 4, keys: 6, ops_per_client: 60 };
+        let total = u64::from(workload.clients * workload.ops_per_client);
+        let recorder = CasRecorder::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = registers::start(workload, TENANT, &clients, &recorder, &stop);
+        let progressed = recorder.clone();
+        eventually("a third of the workload", Duration::from_secs(120), || {
+            let done = progressed.completed() >= total / 3;
+            async move { done }
+        })
+        .await;
+        let index = cluster.start_extra_node().await.expect("a fourth node");
+        let address = cluster.node_address(index).expect("runs").to_string();
+        let mut admin = admin_pb::admin_client::AdminClient::connect(cluster.endpoint()).await.expect("admin");
+        let join = admin_pb::AddNodeRequest { id: "node-4".into(), address, zone: None, vnodes: None, dry_run: false };
+        let id = admin.add_node(join).await.expect("join").into_inner().migration.expect("a join migrates").id;
+        eventually("the join completes", Duration::from_secs(120), || {
+            let mut admin = admin.clone();
+            async move {
+                let m = admin.get_migration(admin_pb::GetMigrationRequest { id }).await.expect("get").into_inner();
+                assert!(matches!(m.state.as_str(), "pending" | "in_progress" | "completed"), "{m:?}");
+                m.state == "completed"
+            }
+        })
+        .await;
+        for task in tasks {
+            task.await.expect("client task");
+        }
+        let verdict = recorder.check();
+        println!("seed {seed}: {verdict}");
+        assert!(verdict.is_ok(), "{verdict}");
+        assert!(verdict.operations as u64 > total / 2, "too few operations answered: {verdict}");
+        cluster.shutdown().await;
+    }
+}

@@ -81,7 +81,7 @@ impl Registers {
     /// Applies `change` to `key` of `tenant`'s linearizable key space, with
     /// write id `write` (empty: none).
     pub async fn run(&self, tenant: &Tenant, key: Bytes, change: Change, write: Bytes) -> Result<Outcome, KvError> {
-        let (outcome, stale_ring) = self.run_once(tenant, &key, change.clone(), write.clone()).await?;
+        let (outcome, stale_ring) = self.run_once(tenant, &key, change.clone(), write.clone(), false).await?;
         if !stale_ring || !matches!(outcome, Outcome::Unavailable | Outcome::Unknown) {
             return Ok(outcome);
         }
@@ -91,21 +91,35 @@ impl Registers {
         // twice; a mismatch then may be the first attempt's own write.
         metrics::counter!("cohort_stale_ring_retries_total").increment(1);
         self.topology.refresh().await.map_err(|e| KvError::DependencyUnavailable(e.to_string()))?;
-        let (again, _) = self.run_once(tenant, &key, change, write).await?;
+        let (again, _) = self.run_once(tenant, &key, change, write, false).await?;
         Ok(match (outcome, again) {
             (Outcome::Unknown, Outcome::Mismatch(_) | Outcome::Unavailable | Outcome::Contended) => Outcome::Unknown,
             (_, again) => again,
         })
     }
 
-    /// One run of the proposer; also says whether a replica refused a
-    /// request as routed by a stale ring.
+    /// Settles register `key` of `tenant` on a majority of every live
+    /// replica set: a membership change runs this for every register whose
+    /// replicas change, before the old ring retires, so that the new
+    /// replicas hold what only old ones did.
+    pub async fn settle(&self, tenant: &Tenant, key: Bytes) -> Result<Outcome, KvError> {
+        let (outcome, stale_ring) = self.run_once(tenant, &key, Change::Read, Bytes::new(), true).await?;
+        if stale_ring && outcome == Outcome::Unavailable {
+            self.topology.refresh().await.map_err(|e| KvError::DependencyUnavailable(e.to_string()))?;
+            return Ok(self.run_once(tenant, &key, Change::Read, Bytes::new(), true).await?.0);
+        }
+        Ok(outcome)
+    }
+
+    /// One run of the proposer (settling when `settle`); also says whether
+    /// a replica refused a request as routed by a stale ring.
     async fn run_once(
         &self,
         tenant: &Tenant,
         key: &Bytes,
         change: Change,
         write: Bytes,
+        settle: bool,
     ) -> Result<(Outcome, bool), KvError> {
         let plan = self.topology.current().replicas(&tenant.id, key, tenant.replication.n().into());
         if plan.sets.is_empty() || plan.smallest_set() == 0 {
@@ -118,6 +132,9 @@ impl Registers {
         }
         let sets = plan.sets.iter().map(|set| (set.clone(), set.len() / 2 + 1)).collect();
         let mut proposer = Proposer::new(self.proposer, change, write, sets, MAX_ATTEMPTS);
+        if settle {
+            proposer = proposer.settling();
+        }
         proposer.start(now_micros());
         let deadline = tokio::time::sleep(self.request_timeout);
         tokio::pin!(deadline);

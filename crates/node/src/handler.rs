@@ -392,8 +392,12 @@ impl StorageHandler for StorageNode {
             let after = (!request.after.is_empty()).then_some(&request.after[..]);
             let limit = (request.limit as usize).clamp(1, MAX_SCAN_PAGE);
             let only = (!request.tenant.is_empty()).then_some(request.tenant.as_str());
-            let (page, next) =
-                store.scan_tenant(request.start, request.end, after, limit, only).map_err(status_from)?;
+            let (page, next) = if request.acceptors {
+                store.scan_acceptors(request.start, request.end, after, limit, only)
+            } else {
+                store.scan_tenant(request.start, request.end, after, limit, only)
+            }
+            .map_err(status_from)?;
             let mut answer = ScanResponse { next: next.map(Bytes::from).unwrap_or_default(), ..Default::default() };
             for (tenant, key, state) in page {
                 answer.keys += 1;

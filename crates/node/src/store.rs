@@ -838,10 +838,38 @@ impl Store {
         limit: usize,
         only: Option<&str>,
     ) -> Result<(Vec<(String, Vec<u8>, Bytes)>, Option<Vec<u8>>), StoreError> {
+        self.scan_keyspace(&self.data, start, end, after, limit, only)
+    }
+
+    /// Like [`Store::scan_tenant`], over the Paxos acceptor records of the
+    /// linearizable key space (the value is the encoded acceptor state):
+    /// what a membership change settles on the new replicas.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_acceptors(
+        &self,
+        start: Token,
+        end: Token,
+        after: Option<&[u8]>,
+        limit: usize,
+        only: Option<&str>,
+    ) -> Result<(Vec<(String, Vec<u8>, Bytes)>, Option<Vec<u8>>), StoreError> {
+        self.scan_keyspace(&self.acceptors, start, end, after, limit, only)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn scan_keyspace(
+        &self,
+        keyspace: &Keyspace,
+        start: Token,
+        end: Token,
+        after: Option<&[u8]>,
+        limit: usize,
+        only: Option<&str>,
+    ) -> Result<(Vec<(String, Vec<u8>, Bytes)>, Option<Vec<u8>>), StoreError> {
         self.check_writable()?;
         let (lower, upper) = token_bounds(start, end, after);
         let mut out = Vec::new();
-        for item in self.data.range::<Vec<u8>, _>((lower, upper)) {
+        for item in keyspace.range::<Vec<u8>, _>((lower, upper)) {
             let (skey, value) = item.into_inner()?;
             if out.len() == limit.max(1) {
                 let last = storage_key_of(&out);
@@ -898,6 +926,17 @@ impl Store {
             }
             dropped += 1;
         }
+        // The range's Paxos acceptor records go too: the new replicas hold
+        // every register, settled there before the old ring retired.
+        let (lower, upper) = token_bounds(start, end, None);
+        let mut batch = self.db.batch();
+        for item in self.acceptors.range::<Vec<u8>, _>((lower, upper)) {
+            let skey = item.key()?;
+            if parse_storage_key(&skey).is_some_and(|(_, tenant, _)| tenants.iter().any(|t| t == tenant)) {
+                batch.remove(&self.acceptors, skey.to_vec());
+            }
+        }
+        batch.commit()?;
         self.durable().await?;
         metrics::counter!("cohort_node_keys_dropped_total").increment(dropped);
         Ok(dropped)

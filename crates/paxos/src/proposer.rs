@@ -124,6 +124,9 @@ pub struct Proposer {
     /// in an attempt that did not finish: a later mismatch or give-up can
     /// then not say "not applied".
     maybe_applied: bool,
+    /// Accept the current register even when a quorum already agrees on it
+    /// (settling registers on new replicas during a membership change).
+    settle: bool,
     output: Vec<Command>,
 }
 
@@ -157,8 +160,20 @@ impl Proposer {
             promises: Vec::new(),
             refused: false,
             maybe_applied: false,
+            settle: false,
             output: Vec::new(),
         }
+    }
+
+    /// Settles the register instead of only reading it: whatever a quorum
+    /// reports is accepted again under this proposer's ballot by a majority
+    /// of every replica set — so that replicas a membership change adds
+    /// hold it before the old ones leave. A register nobody accepted is
+    /// left alone.
+    pub fn settling(mut self) -> Self {
+        self.change = Change::Read;
+        self.settle = true;
+        self
     }
 
     /// The commands emitted since the last call.
@@ -287,7 +302,9 @@ impl Proposer {
         let (register, verdict) = match self.change.apply(&current, &self.write) {
             // Every member of a quorum accepted this register under one
             // ballot: it is chosen, and no lower ballot can change that.
-            Effect::Keep(verdict) if settled => return self.finish_kept(verdict, current),
+            Effect::Keep(verdict) if settled && !(self.settle && highest.is_some()) => {
+                return self.finish_kept(verdict, current);
+            }
             Effect::Keep(verdict) => (current, Some(verdict)),
             Effect::Replace(next) => (next, None),
         };

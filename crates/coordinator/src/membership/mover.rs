@@ -321,6 +321,7 @@ impl Mover {
                     limit: page_keys,
                     count_only: false,
                     tenant: String::new(),
+                    acceptors: false,
                 };
                 let page = self.scan(cx.addresses, &cursor.source, request).await?;
                 cursor.buffer.extend(page.entries);
@@ -390,9 +391,66 @@ impl Mover {
             bytes += page_bytes;
             self.throttle(page_bytes, started.elapsed()).await;
             if cursors.iter().all(|c| c.done && c.buffer.is_empty()) {
+                let settled = self.settle_registers(cx, range, &cursors).await?;
+                metrics::counter!("cohort_migration_registers_settled_total").increment(settled);
                 return Ok((keys, bytes));
             }
         }
+    }
+
+    /// Settles, on a majority of their new replicas, the linearizable
+    /// registers of one range whose replicas change: a register lives only
+    /// on the acceptors that took part in its rounds, so copying records
+    /// would not do (a minority's record could pass for chosen); each is
+    /// read and accepted again by a Paxos round over both rings, which are
+    /// both live while the copy runs. Returns how many were settled.
+    async fn settle_registers(&self, cx: &CopyContext<'_>, range: &Checkpoint, sources: &[Cursor]) -> StepResult<u64> {
+        let factor: HashMap<&str, usize> = cx.replication.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+        let page_keys = self.coordinator.config.membership.copy_page_keys;
+        let mut registers: BTreeMap<(String, bytes::Bytes), ()> = BTreeMap::new();
+        for source in sources {
+            let mut after = bytes::Bytes::new();
+            loop {
+                let request = ScanRequest {
+                    start: range.range_start,
+                    end: range.range_end,
+                    after: after.clone(),
+                    limit: page_keys,
+                    count_only: false,
+                    tenant: String::new(),
+                    acceptors: true,
+                };
+                let page = self.scan(cx.addresses, &source.source, request).await?;
+                for entry in page.entries {
+                    let Some(&n) = factor.get(entry.tenant.as_str()) else { continue };
+                    let token = token_for(&entry.tenant, &entry.key);
+                    let old: Vec<String> = cx.from.preference_list(token, n).iter().map(|s| s.id.clone()).collect();
+                    let new: Vec<String> = cx.to.preference_list(token, n).iter().map(|s| s.id.clone()).collect();
+                    if new.iter().all(|id| old.contains(id)) {
+                        continue;
+                    }
+                    registers.insert((entry.tenant, entry.key), ());
+                }
+                if page.next.is_empty() {
+                    break;
+                }
+                after = page.next;
+            }
+        }
+        let settled = registers.len() as u64;
+        let mut settles = futures::stream::iter(registers.into_keys().map(|(tenant, key)| async move {
+            let found = self.coordinator.tenants.get(&tenant).await.map_err(|e| StepError::Retry(e.to_string()))?;
+            match self.coordinator.registers.settle(&found, key).await {
+                Ok(cohort_paxos::Outcome::Read(_)) => Ok(()),
+                Ok(other) => Err(StepError::Retry(format!("settling a register of tenant {tenant}: {other:?}"))),
+                Err(error) => Err(StepError::Retry(format!("settling a register of tenant {tenant}: {error}"))),
+            }
+        }))
+        .buffer_unordered(COPY_IN_FLIGHT);
+        while let Some(result) = settles.next().await {
+            result?;
+        }
+        Ok(settled)
     }
 
     /// Sends one merged state to `target`.

@@ -186,6 +186,7 @@ async fn sync_span(
                 limit: PAGE_KEYS,
                 count_only: false,
                 tenant: target.tenant.clone(),
+                acceptors: false,
             };
             let page = match within(coordinator.config.node_timeout * 4, client.scan(request)).await {
                 Ok(page) => page,

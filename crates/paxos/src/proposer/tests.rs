@@ -243,6 +243,34 @@ fn a_retry_after_a_partial_accept_finds_its_write_under_a_later_one() {
 }
 
 #[test]
+fn settling_accepts_a_register_a_quorum_already_agrees_on_and_leaves_an_empty_one() {
+    let old = Ballot { round: 50, proposer: 3 };
+    let all: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+    let sets = || vec![(vec!["a".into(), "b".into(), "c".into()], 2), (vec!["b".into(), "c".into(), "d".into()], 2)];
+    let mut p = Proposer::new(7, Change::Read, Bytes::new(), sets(), 5).settling();
+    p.start(100);
+    assert_eq!(p.take_commands(), vec![Command::Prepare { ballot: B1, to: all.clone() }]);
+    for node in ["b", "c"] {
+        p.on_prepare(node, B1, PrepareAnswer::Promised(Some((old, reg(4, Some(b"x"), b"")))));
+    }
+    // Agreed, yet accepted again, by both sets (d is new to the key).
+    assert_eq!(p.take_commands(), vec![Command::Accept { ballot: B1, register: reg(4, Some(b"x"), b""), to: all }]);
+    p.on_accept("c", B1, AcceptAnswer::Accepted);
+    p.on_accept("d", B1, AcceptAnswer::Accepted);
+    assert_eq!(p.take_commands(), vec![]);
+    p.on_accept("b", B1, AcceptAnswer::Accepted);
+    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Read(reg(4, Some(b"x"), b"")))]);
+
+    let mut p = Proposer::new(7, Change::Read, Bytes::new(), sets(), 5).settling();
+    p.start(100);
+    p.take_commands();
+    for node in ["b", "c"] {
+        p.on_prepare(node, B1, PrepareAnswer::Promised(None));
+    }
+    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Read(Register::default()))]);
+}
+
+#[test]
 fn during_a_ring_change_a_quorum_is_needed_in_every_replica_set() {
     let sets = vec![(vec!["a".into(), "b".into(), "c".into()], 2), (vec!["b".into(), "c".into(), "d".into()], 2)];
     let mut p = Proposer::new(7, Change::Read, Bytes::new(), sets, 5);
