@@ -77,46 +77,7 @@ NAMES=()
 # shellcheck source=loadtest/processes.sh
 . "$ROOT/loadtest/processes.sh"
 
-# wait_http URL: until URL answers 2xx (30 s at most).
-wait_http() {
-    for _ in $(seq 300); do
-        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "$1 did not answer within 30 s" >&2
-    return 1
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# free_ports N FROM: N free ports at or above FROM.
-free_ports() {
-    local wanted=$1 port=$2 found=()
-    while [ ${#found[@]} -lt "$wanted" ]; do
-        port_free "$port" && found+=("$port")
-        port=$((port + 1))
-        [ "$port" -lt 65000 ] || { echo "no free ports" >&2; return 1; }
-    done
-    echo "${found[@]}"
-}
-
-# etcd: three members on 127.0.0.1.
-read -r -a ETCD_PORTS <<<"$(free_ports 6 32379)"
-CLUSTER=""
-for i in 1 2 3; do
-    CLUSTER+="${CLUSTER:+,}m$i=http://127.0.0.1:${ETCD_PORTS[$((i + 2))]}"
-done
-ETCD_ENDPOINTS=""
-for i in 1 2 3; do
-    client=${ETCD_PORTS[$((i - 1))]} peer=${ETCD_PORTS[$((i + 2))]}
-    start "etcd$i" etcd --name "m$i" --data-dir "$WORK/etcd$i" \
-        --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
-        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-        --initial-cluster "$CLUSTER" --initial-cluster-token cohort-compare --initial-cluster-state new \
-        --logger zap --log-level warn
-    ETCD_ENDPOINTS+="${ETCD_ENDPOINTS:+,}127.0.0.1:$client"
-done
-for i in 1 2 3; do wait_http "http://127.0.0.1:${ETCD_PORTS[$((i - 1))]}/health"; done
+start_etcd_cluster
 log "etcd: $ETCD_ENDPOINTS"
 
 # cohort-dev: the whole cluster in one process.
@@ -127,20 +88,7 @@ wait_http "${DEV_METRICS%/metrics}/health/ready"
 log "cohort-dev: $DEV"
 
 # cohort-procs: a coordinator and three storage nodes, each its own process.
-NODES=()
-for i in 1 2 3; do
-    start "node$i" "$COHORT" node --id "node-$i" --data-dir "$WORK/node$i" --listen 127.0.0.1:0
-    NODES+=("$(wait_line "node$i" 'listening on' | awk '{print $NF}')")
-done
-start coordinator "$COHORT" coordinator --id coordinator-1 --data-dir "$WORK/coordinator" \
-    --metadata-backend embedded --idempotency-backend embedded \
-    --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
-PROCS_METRICS=$(wait_line coordinator '^metrics on ' | awk '{print $3}')
-PROCS="http://$(wait_line coordinator 'listening on' | awk '{print $NF}')"
-for i in 1 2 3; do
-    "$COHORT" admin node add --wait --id "node-$i" --address "${NODES[$((i - 1))]}" --endpoint "$PROCS" >/dev/null
-done
-wait_http "${PROCS_METRICS%/metrics}/health/ready"
+start_cohort_procs "$COHORT" "$WORK/procs"
 log "cohort-procs: $PROCS (nodes ${NODES[*]})"
 
 # cohort-colocated: three node processes; the first also runs the

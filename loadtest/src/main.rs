@@ -1,10 +1,12 @@
 //! `cohort-loadtest`: drive a Cohort cluster (or etcd, or a no-op gRPC
 //! server) with YCSB workloads and measure it (`run`), serve the no-op
 //! service (`noop-server`), summarise runs (`report`), measure the machine's floor under a quorum put
-//! (`floor`), or record a workload's history and audit it (`verify`).
+//! (`floor`), record a workload's history and audit it (`verify`), or
+//! measure the coordination primitives (`coord`).
 
 use clap::{Parser, Subcommand};
 
+mod coord;
 mod floor;
 mod noop_server;
 mod report;
@@ -46,6 +48,10 @@ enum Command {
     /// cluster meanwhile (kill a node, cut a link) to see whether Cohort
     /// keeps its promises. Exits non-zero on any violation.
     Verify(verify::VerifyArgs),
+    /// Measure the coordination primitives against Cohort or etcd: uncontended compare-and-set, compare-and-set
+    /// with every worker on one key, lock acquire+release cycles, or a plain write; one JSON line per run, and
+    /// `--summarise FILE` for a table of medians.
+    Coord(coord::CoordArgs),
 }
 
 #[tokio::main]
@@ -56,5 +62,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Floor(args) => tokio::task::spawn_blocking(move || floor::run(args)).await?,
         Command::NoopServer(args) => noop_server::run(args).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Coord(args) => coord::run(args).await,
     }
 }
