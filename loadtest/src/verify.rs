@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use cohort_client::{Client, RetryPolicy};
+use cohort_loadtest::locking::{self, LockWorkload};
 use cohort_loadtest::registers::{self, CasRecorder, CasWorkload};
 use cohort_loadtest::workload::{self, Recorder, Workload};
 
@@ -42,11 +43,16 @@ pub struct VerifyArgs {
     #[arg(long)]
     history: Option<std::path::PathBuf>,
     /// What to record: `kv` (puts, gets and deletes with contexts, audited
-    /// for lost writes, phantoms, resurrections and causality) or `cas`
+    /// for lost writes, phantoms, resurrections and causality), `cas`
     /// (compare-and-set on the linearizable key space, checked for
-    /// linearizability key by key).
+    /// linearizability key by key) or `lock` (turns under one lock with
+    /// fenced writes, some stalling past their lease; --operations is the
+    /// turns per client).
     #[arg(long, value_enum, default_value_t = VerifyWorkload::Kv)]
     workload: VerifyWorkload,
+    /// The lease TTL of `--workload lock` (a stalled turn sleeps past it).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    lock_ttl: Duration,
 }
 
 /// What `verify` records.
@@ -56,6 +62,10 @@ pub enum VerifyWorkload {
     Kv,
     /// Compare-and-set.
     Cas,
+    /// Locks: workers take turns under one lock and write a key with their
+    /// fencing token, some stalling past their lease first; checked that
+    /// tokens follow real time and that no stale write was accepted.
+    Lock,
 }
 
 /// Parses `500ms`, `30s`, `2m` or a plain number of seconds.
@@ -83,8 +93,10 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         let client = Client::connect(endpoint.clone()).await?;
         clients.push(client.with_retry(RetryPolicy { max_attempts: 1, ..Default::default() }));
     }
-    if args.workload == VerifyWorkload::Cas {
-        return run_cas(&args, &clients).await;
+    match args.workload {
+        VerifyWorkload::Cas => return run_cas(&args, &clients).await,
+        VerifyWorkload::Lock => return run_lock(&args, &clients).await,
+        VerifyWorkload::Kv => {}
     }
     let workload = Workload {
         seed: args.seed,
@@ -118,6 +130,18 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let verdict = cohort_checker::audit(&history, &final_state, None);
     println!("{verdict}");
     if verdict.is_ok() { Ok(()) } else { anyhow::bail!("the history violates Cohort's guarantees") }
+}
+
+/// Runs the lock workload and checks its grants and fenced writes.
+async fn run_lock(args: &VerifyArgs, clients: &[Client]) -> anyhow::Result<()> {
+    let workload =
+        LockWorkload { clients: args.clients, rounds: args.operations.min(1000), ttl: args.lock_ttl, stall_every: 3 };
+    let run = format!("{:08x}", rand::random::<u32>());
+    eprintln!("{} workers, {} turns each, lease {}ms", workload.clients, workload.rounds, workload.ttl.as_millis());
+    let verdict =
+        locking::run(workload, &args.tenant, &format!("verify-{run}"), &format!("verify-{run}"), clients).await?;
+    println!("{verdict}");
+    if verdict.is_ok() { Ok(()) } else { anyhow::bail!("fencing failed") }
 }
 
 /// Runs the compare-and-set workload and checks it for linearizability.

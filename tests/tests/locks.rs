@@ -4,14 +4,12 @@
 //! atomically with the write; election generations grow on failover and
 //! observers see every leader in order; bad input changes nothing.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_checker::{FencedWrite, check_fencing};
 use cohort_client::{CasWrite, Error, Fence, LockOptions};
+use cohort_loadtest::locking::{self, LockWorkload};
 use cohort_tests::{TENANT, TestCluster, on_both_transports};
-use tokio::sync::Mutex;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -141,59 +139,18 @@ async fn bad_lock_input_changes_nothing(cluster: TestCluster) {
 
 /// Workers take turns under one lock, each writing the protected key with
 /// its token; some stall past their lease before writing (a pause), and
-/// write anyway. Every write the key accepted is recorded with its token:
-/// the fencing checker finds none accepted after a higher token.
+/// write anyway (`cohort_loadtest::locking`, as `verify --workload lock`
+/// runs it). Tokens follow real time, and the fencing checker finds no
+/// write accepted after a higher token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_write_is_accepted_with_a_stale_token_while_holders_stall() {
     let cluster = TestCluster::start().await;
-    let client = cluster.client().await;
-    let accepted = Arc::new(Mutex::new(Vec::new()));
-    let mut workers = Vec::new();
-    for worker in 0..4u64 {
-        let (locks, cas, accepted) = (client.locks(), client.cas(), accepted.clone());
-        workers.push(tokio::spawn(async move {
-            let mut refused = 0;
-            for round in 0..6u64 {
-                let guard = locks
-                    .acquire(TENANT, "shared", options(300, Some(Duration::from_secs(30))))
-                    .await
-                    .expect("acquire");
-                let (token, lease) = (guard.token(), guard.lease());
-                // Every third turn of a worker stalls past its lease: its
-                // keep-alive stops, as a paused process's would.
-                let guard = if (worker + round) % 3 == 0 {
-                    drop(guard);
-                    tokio::time::sleep(Duration::from_millis(400)).await;
-                    None
-                } else {
-                    Some(guard)
-                };
-                let read = cas.get(TENANT, "protected").await.expect("read");
-                let fence = Fence { lock: "shared".into(), token };
-                let write = CasWrite { fence: Some(fence), ..CasWrite::default() };
-                match cas.put_with(TENANT, "protected", format!("w{worker}-{round}"), read.version, write).await {
-                    Ok(version) => accepted.lock().await.push(FencedWrite { version, token }),
-                    Err(error) if error.code() == Some(Code::FailedPrecondition) => refused += 1,
-                    Err(error) => panic!("unexpected failure: {error}"),
-                }
-                match guard {
-                    Some(guard) => guard.release().await.expect("release a held lock"),
-                    // Its lease is gone: the lock is free or another's
-                    // already; a release changes nothing either way.
-                    None => drop(locks.release(TENANT, "shared", lease).await),
-                }
-            }
-            refused
-        }));
-    }
-    let mut refused = 0;
-    for worker in workers {
-        refused += worker.await.expect("worker");
-    }
-    let accepted = accepted.lock().await.clone();
-    println!("{} fenced writes accepted, {refused} refused", accepted.len());
-    assert!(!accepted.is_empty());
-    let stale = check_fencing(&accepted);
-    assert!(stale.is_empty(), "writes accepted with a stale token: {stale:?}");
+    let clients = vec![cluster.client().await];
+    let workload = LockWorkload { clients: 4, rounds: 6, ttl: Duration::from_millis(300), stall_every: 3 };
+    let verdict = locking::run(workload, TENANT, "shared", "protected", &clients).await.expect("the workload runs");
+    println!("{verdict}");
+    assert!(verdict.is_ok(), "{verdict}");
+    assert!(verdict.accepted > 0 && verdict.refused > 0, "both accepted and refused writes: {verdict}");
+    assert_eq!(verdict.grants, 24);
     cluster.shutdown().await;
 }

@@ -1,5 +1,7 @@
-//! The fencing checker: no write carrying a lock's token is accepted after
-//! a write of the same key carried a higher token of that lock.
+//! The fencing checkers: no write carrying a lock's token is accepted after
+//! a write of the same key carried a higher token of that lock
+//! ([`check_fencing`]), and a lock's tokens follow real time
+//! ([`check_grant_order`]).
 //!
 //! Each accepted write of one key is recorded with the version it made
 //! and the token it carried; in version order (the order the key applied
@@ -40,6 +42,44 @@ pub fn check_fencing(writes: &[FencedWrite]) -> Vec<StaleWrite> {
     stale
 }
 
+/// A lock grant as a client saw it: when it asked, when the grant came
+/// back, and the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// When the acquire was invoked, in nanoseconds on the recorder's clock.
+    pub invoked_ns: u64,
+    /// When the grant came back.
+    pub completed_ns: u64,
+    /// Its fencing token.
+    pub token: u64,
+}
+
+/// Two grants of one lock whose tokens contradict real time: the same
+/// token twice, or a grant that came back before another was asked for
+/// yet carries a token no lower. Empty when tokens strictly increase in
+/// every order real time fixes.
+pub fn check_grant_order(grants: &[Grant]) -> Vec<(Grant, Grant)> {
+    let mut by_token = grants.to_vec();
+    by_token.sort_by_key(|g| (g.token, g.invoked_ns));
+    let mut bad: Vec<(Grant, Grant)> =
+        by_token.windows(2).filter(|w| w[0].token == w[1].token).map(|w| (w[0], w[1])).collect();
+    // In token order, a grant must not have completed before an earlier
+    // token's grant was even asked for: keep the latest invocation so far.
+    let mut latest: Option<Grant> = None;
+    for grant in &by_token {
+        if let Some(earlier) = latest
+            && grant.completed_ns < earlier.invoked_ns
+            && grant.token > earlier.token
+        {
+            bad.push((*grant, earlier));
+        }
+        if latest.is_none_or(|l| grant.invoked_ns > l.invoked_ns) {
+            latest = Some(*grant);
+        }
+    }
+    bad
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +92,17 @@ mod tests {
     fn tokens_that_never_go_down_pass_in_any_recording_order() {
         assert!(check_fencing(&[w(3, 5), w(1, 2), w(2, 2), w(4, 9)]).is_empty());
         assert!(check_fencing(&[]).is_empty());
+    }
+
+    #[test]
+    fn grant_tokens_must_follow_real_time() {
+        let g = |invoked_ns, completed_ns, token| Grant { invoked_ns, completed_ns, token };
+        assert!(check_grant_order(&[g(0, 10, 1), g(20, 30, 2), g(25, 40, 3)]).is_empty());
+        // Concurrent grants may take tokens in either order.
+        assert!(check_grant_order(&[g(0, 30, 2), g(5, 20, 1)]).is_empty());
+        // A grant that came back before another was asked holds the lower token.
+        assert_eq!(check_grant_order(&[g(0, 10, 5), g(20, 30, 4)]).len(), 1);
+        assert_eq!(check_grant_order(&[g(0, 10, 4), g(20, 30, 4)]).len(), 1, "a token twice");
     }
 
     #[test]
