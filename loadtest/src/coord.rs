@@ -8,8 +8,9 @@
 //!   read; throughput counts the writes that won, latency each attempt.
 //! - `lock`: acquire and release a lock of the worker's own, under a lease
 //!   granted once per worker. etcd: its `concurrency` lock and unlock.
-//! - `put`: a plain write (Cohort: a blind quorum put), the yardstick for
-//!   the CAS latency target.
+//! - `put`: a plain write (Cohort: a quorum put carrying the context of the
+//!   worker's previous one, so it replaces it), the yardstick for the CAS
+//!   latency target.
 //!
 //! Each run prints one JSON line; `--summarise FILE` turns a file of them
 //! into a Markdown table of medians per target, operation and concurrency.
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use cohort_client::{Client, Error, LockOptions, RetryPolicy};
+use cohort_client::{Client, Error, LockOptions, RetryPolicy, WriteOptions};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +111,9 @@ struct Worker {
     version: u64,
     /// Its lease, for `lock`.
     lease: u64,
+    /// The context its last put returned (Cohort): each put replaces the
+    /// previous one instead of piling up siblings.
+    context: cohort_client::Context,
 }
 
 impl System {
@@ -186,7 +190,8 @@ impl System {
                     Ok(true)
                 }
                 CoordOp::Put => {
-                    client.put(tenant, key(run, id), value).await?;
+                    let options = WriteOptions { context: worker.context.clone(), ..WriteOptions::default() };
+                    worker.context = client.put_with(tenant, key(run, id), value, options).await?.context;
                     Ok(true)
                 }
             },

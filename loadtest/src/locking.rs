@@ -35,6 +35,8 @@ pub struct LockVerdict {
     pub accepted: usize,
     /// Fenced writes refused (stale token or a version that moved).
     pub refused: u64,
+    /// Fenced writes whose outcome stayed unknown (not checked).
+    pub unknown: u64,
     /// Writes accepted with a stale token: must be none.
     pub stale: Vec<StaleWrite>,
     /// Grants whose tokens contradict real time: must be none.
@@ -52,10 +54,12 @@ impl std::fmt::Display for LockVerdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} grants, {} fenced writes accepted, {} refused; {} accepted with a stale token, {} grants out of order",
+            "{} grants, {} fenced writes accepted, {} refused, {} of unknown outcome; {} accepted with a stale token, \
+             {} grants out of order",
             self.grants,
             self.accepted,
             self.refused,
+            self.unknown,
             self.stale.len(),
             self.misordered.len()
         )?;
@@ -88,7 +92,7 @@ pub async fn run(
         let (tenant, name, key) = (tenant.to_string(), name.to_string(), key.to_string());
         workers.push(tokio::spawn(async move {
             let (locks, cas) = (client.locks(), client.cas());
-            let mut refused = 0u64;
+            let (mut refused, mut unknown) = (0u64, 0u64);
             for round in 0..workload.rounds {
                 let invoked_ns = start.elapsed().as_nanos() as u64;
                 let options = LockOptions { ttl: workload.ttl, wait: Some(Duration::from_secs(60)) };
@@ -111,6 +115,7 @@ pub async fn run(
                 match cas.put_with(&tenant, key.clone(), format!("w{worker}-{round}"), read.version, write).await {
                     Ok(version) => accepted.lock().await.push(FencedWrite { version, token }),
                     Err(error) if error.code() == Some(tonic::Code::FailedPrecondition) => refused += 1,
+                    Err(error) if error.code() == Some(tonic::Code::DeadlineExceeded) => unknown += 1,
                     Err(error) => return Err(anyhow::Error::from(error)),
                 }
                 match guard {
@@ -120,12 +125,14 @@ pub async fn run(
                     None => drop(locks.release(&tenant, &name, lease).await),
                 }
             }
-            Ok::<_, anyhow::Error>(refused)
+            Ok::<_, anyhow::Error>((refused, unknown))
         }));
     }
     let mut verdict = LockVerdict::default();
     for worker in workers {
-        verdict.refused += worker.await??;
+        let (refused, unknown) = worker.await??;
+        verdict.refused += refused;
+        verdict.unknown += unknown;
     }
     let (grants, accepted) = (grants.lock().await.clone(), accepted.lock().await.clone());
     verdict.grants = grants.len();

@@ -4,7 +4,9 @@
 //! A linearizable operation on a key runs one Paxos instance among the
 //! key's replicas: the electorate is the key's preference list in every
 //! live ring version (two while a migration moves the key), and a ballot
-//! needs a majority of each. The protocol decisions are the proposer's;
+//! needs a majority of each. A read first *peeks* (asks what each replica
+//! accepted, promising nothing, so no replica writes or syncs) and answers
+//! at once when a majority agrees; otherwise it runs Paxos like a write. The protocol decisions are the proposer's;
 //! this module sends what it commands, feeds it the answers and failures,
 //! waits its back-offs (jittered, growing) and bounds the whole operation
 //! by the request timeout.
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cohort_paxos::{Ballot, Change, Command, Failure, Outcome, Proposer, Step, wire};
+use cohort_paxos::{Ballot, Change, Command, Failure, Outcome, PrepareAnswer, Proposer, Step, wire};
 use cohort_proto::internal::v1::{AcceptRequest, PrepareRequest};
 use cohort_transport::{Liveness, PeerPool, ReplicaFailure, within};
 use futures::StreamExt;
@@ -46,9 +48,10 @@ pub struct Registers {
     proposer: u64,
 }
 
-/// One replica's answer to a prepare or an accept.
+/// One replica's answer to a peek, a prepare or an accept.
 enum Answer {
-    Prepare(Result<cohort_paxos::PrepareAnswer, ReplicaFailure>),
+    Peek(Result<PrepareAnswer, ReplicaFailure>),
+    Prepare(Result<PrepareAnswer, ReplicaFailure>),
     Accept(Result<cohort_paxos::AcceptAnswer, ReplicaFailure>),
 }
 
@@ -146,9 +149,14 @@ impl Registers {
         loop {
             for command in proposer.take_commands() {
                 match command {
+                    Command::Peek { to } => {
+                        for id in to {
+                            pending.push(self.prepare(tenant, key, &plan, id, None));
+                        }
+                    }
                     Command::Prepare { ballot, to } => {
                         for id in to {
-                            pending.push(self.prepare(tenant, key, &plan, id, ballot));
+                            pending.push(self.prepare(tenant, key, &plan, id, Some(ballot)));
                         }
                     }
                     Command::Accept { ballot, register, to } => {
@@ -168,6 +176,11 @@ impl Registers {
             tokio::select! {
                 Some((from, ballot, answer)) = pending.next() => {
                     let (step, result) = match answer {
+                        Answer::Peek(Ok(PrepareAnswer::Promised(accepted))) => { proposer.on_peek(&from, accepted); continue; }
+                        Answer::Peek(Ok(PrepareAnswer::Refused(_))) => {
+                            (Step::Peek, ReplicaFailure::Refused { code: tonic::Code::Internal, message: "a peek was refused".into() })
+                        }
+                        Answer::Peek(Err(failure)) => (Step::Peek, failure),
                         Answer::Prepare(Ok(answer)) => { proposer.on_prepare(&from, ballot, answer); continue; }
                         Answer::Accept(Ok(answer)) => { proposer.on_accept(&from, ballot, answer); continue; }
                         Answer::Prepare(Err(failure)) => (Step::Prepare, failure),
@@ -192,19 +205,21 @@ impl Registers {
         }
     }
 
+    /// A prepare for `ballot`, or a peek when `None`.
     fn prepare(
         &self,
         tenant: &Tenant,
         key: &Bytes,
         plan: &ReplicaPlan,
         id: String,
-        ballot: Ballot,
+        ballot: Option<Ballot>,
     ) -> BoxFuture<'static, (String, Ballot, Answer)> {
         let request = PrepareRequest {
             tenant: tenant.id.clone(),
             key: key.clone(),
-            ballot: Some(wire::ballot_to_pb(ballot)),
+            ballot: ballot.map(wire::ballot_to_pb),
             ring_version: plan.ring_version,
+            peek: ballot.is_none(),
         };
         let call = self.client(plan, &id).map(|client| client.prepare(request));
         let timeout = self.node_timeout;
@@ -213,7 +228,10 @@ impl Registers {
                 Err(failure) => Err(failure),
                 Ok(call) => within(timeout, call).await.map(wire::prepare_answer_from_pb),
             };
-            (id, ballot, Answer::Prepare(result))
+            match ballot {
+                Some(ballot) => (id, ballot, Answer::Prepare(result)),
+                None => (id, Ballot::ZERO, Answer::Peek(result)),
+            }
         })
     }
 

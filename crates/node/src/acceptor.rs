@@ -19,8 +19,15 @@ const MAX_LOCK_NAME_BYTES: usize = 1024;
 /// Largest write id an acceptor takes.
 const MAX_WRITE_ID_BYTES: usize = 64;
 
-/// Promises the request's ballot unless a higher one was promised.
+/// Promises the request's ballot unless a higher one was promised; a peek
+/// only reports what was accepted last.
 pub async fn prepare(store: &Store, request: PrepareRequest) -> Result<PrepareResponse, StoreError> {
+    if request.peek {
+        let accepted = store.acceptor_step(&request.tenant, &request.key, request.ring_version, |state| {
+            (state.accepted.clone(), false)
+        })?;
+        return Ok(wire::prepare_answer_to_pb(&cohort_paxos::PrepareAnswer::Promised(accepted)));
+    }
     let ballot = wire::ballot_from_pb(request.ballot.as_ref());
     let (answer, changed) = store.acceptor_step(&request.tenant, &request.key, request.ring_version, |state| {
         let (answer, changed) = state.prepare(ballot);

@@ -101,8 +101,13 @@ fn arbitrary_bytes_never_panic_a_node() {
                 acceptable(service.read(read).await.map(drop))?;
                 // Paxos requests with arbitrary ballots and registers.
                 let ballot = Some(Ballot { round: raw.len() as u64, proposer: id.len() as u64 });
-                let prepare =
-                    PrepareRequest { tenant: "t".into(), key: Bytes::from_static(b"k"), ballot, ring_version: 0 };
+                let prepare = PrepareRequest {
+                    tenant: "t".into(),
+                    key: Bytes::from_static(b"k"),
+                    ballot,
+                    ring_version: 0,
+                    peek: format == 1,
+                };
                 acceptable(service.prepare(prepare).await.map(drop))?;
                 let register = Register {
                     version: raw.len() as u64,

@@ -15,7 +15,19 @@
 //!                │                      │  nothing to write ─► Finish (one round trip)
 //!                │                      └─ otherwise ─► Accept ─► quorum ─► Finish
 //!                └─ refused by a higher ballot ─► Backoff ─► retry ─► Prepare …
+//!
+//!  a read: start ─► Peek ─► quorum answered ─┬─ same accepted ballot everywhere ─► Finish
+//!                                            └─ otherwise ─► Prepare … (as above)
 //! ```
+//!
+//! A **peek** asks each replica what it accepted last without promising
+//! anything, so it changes no state and costs no sync. When a majority of
+//! every replica set reports the same ballot, that register was accepted by
+//! a majority, so it is chosen; and every write that completed before the
+//! read began was chosen before, so one of that majority reports it or a
+//! later register built on it. The read is therefore linearizable without
+//! the promise a prepare would make; only when the answers differ does it
+//! fall back to Paxos to settle what it saw.
 
 use bytes::Bytes;
 use cohort_ring::tally::{QuorumTally, Verdict as Tally};
@@ -31,6 +43,12 @@ pub enum Command {
     Prepare {
         /// The ballot to promise.
         ballot: Ballot,
+        /// Replica ids.
+        to: Vec<String>,
+    },
+    /// Ask each of `to` what it accepted last, promising nothing (a read's
+    /// first step); answer with [`Proposer::on_peek`].
+    Peek {
         /// Replica ids.
         to: Vec<String>,
     },
@@ -78,6 +96,8 @@ pub enum Outcome {
 /// Which request a failure belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// A peek (its ballot is [`Ballot::ZERO`]).
+    Peek,
     /// A prepare.
     Prepare,
     /// An accept.
@@ -97,6 +117,7 @@ pub enum Failure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Idle,
+    Peeking,
     Preparing,
     Accepting { register: Register, verdict: Option<Verdict> },
     Waiting,
@@ -127,6 +148,8 @@ pub struct Proposer {
     /// Accept the current register even when a quorum already agrees on it
     /// (settling registers on new replicas during a membership change).
     settle: bool,
+    /// The clock the operation started at, for a prepare after a peek.
+    started: u64,
     output: Vec<Command>,
 }
 
@@ -161,6 +184,7 @@ impl Proposer {
             refused: false,
             maybe_applied: false,
             settle: false,
+            started: 0,
             output: Vec::new(),
         }
     }
@@ -191,10 +215,47 @@ impl Proposer {
         self.phase == Phase::Done
     }
 
-    /// Starts the first attempt at time `now` (microseconds).
+    /// Starts the first attempt at time `now` (microseconds): a read peeks
+    /// first, everything else prepares.
     pub fn start(&mut self, now: u64) {
-        if self.phase == Phase::Idle {
+        if self.phase != Phase::Idle {
+            return;
+        }
+        self.started = now;
+        if self.change == Change::Read && !self.settle {
+            self.phase = Phase::Peeking;
+            self.begin_tally();
+            self.promises.clear();
+            self.output.push(Command::Peek { to: self.members.clone() });
+        } else {
             self.prepare(now);
+        }
+    }
+
+    /// `from`'s answer to the peek: what it accepted last.
+    pub fn on_peek(&mut self, from: &str, accepted: Option<(Ballot, Register)>) {
+        if self.phase != Phase::Peeking {
+            return;
+        }
+        self.promises.push(accepted);
+        self.tally.succeeded(from);
+        self.after_peek_answer();
+    }
+
+    fn after_peek_answer(&mut self) {
+        match self.tally.verdict() {
+            Tally::Pending => {}
+            Tally::Reached => {
+                let first = self.promises[0].as_ref().map(|(ballot, _)| *ballot);
+                if self.promises.iter().all(|accepted| accepted.as_ref().map(|(ballot, _)| *ballot) == first) {
+                    let current = self.promises[0].as_ref().map(|(_, register)| register.clone()).unwrap_or_default();
+                    return self.finish(Outcome::Read(current));
+                }
+                // They differ: settle what they saw through Paxos.
+                self.prepare(self.started);
+            }
+            // Too few answered: Paxos will say whether a quorum can be had.
+            Tally::Unreachable => self.prepare(self.started),
         }
     }
 
@@ -252,6 +313,10 @@ impl Proposer {
             return;
         }
         match (step, &self.phase) {
+            (Step::Peek, Phase::Peeking) => {
+                self.tally.failed(from);
+                self.after_peek_answer();
+            }
             (Step::Prepare, Phase::Preparing) => {
                 self.tally.failed(from);
                 self.after_prepare_answer();
@@ -355,12 +420,24 @@ impl Proposer {
         let outcome = match verdict {
             Verdict::Read => Outcome::Read(register),
             Verdict::AlreadyApplied(version) => Outcome::Applied(version),
-            Verdict::Mismatch if self.maybe_applied => Outcome::Unknown,
+            // An earlier attempt may have applied, unless the register
+            // remembers that another write made the version ours would have.
+            Verdict::Mismatch if self.maybe_applied && !self.another_made_our_version(&register) => Outcome::Unknown,
             Verdict::Mismatch => Outcome::Mismatch(register),
             Verdict::Fenced(_) if self.maybe_applied => Outcome::Unknown,
             Verdict::Fenced(seen) => Outcome::Fenced(seen),
         };
         self.finish(outcome);
+    }
+
+    /// Whether `register` shows that a write other than this one made the
+    /// version this write would have made: then this write never applied.
+    fn another_made_our_version(&self, register: &Register) -> bool {
+        let expect = match &self.change {
+            Change::Put { expect, .. } | Change::Delete { expect, .. } => *expect,
+            Change::Read => return false,
+        };
+        register.recent.iter().any(|w| w.version == expect + 1 && w.id != self.write)
     }
 
     fn finish(&mut self, outcome: Outcome) {

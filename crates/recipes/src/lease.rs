@@ -113,10 +113,17 @@ pub async fn keep_alive(
 
 /// Revokes lease `id` at once: every lock held under it is free.
 pub async fn revoke(registers: &dyn Registers, clock: &dyn Clock, tenant: &str, id: u64) -> Result<(), RecipeError> {
+    // A revoke whose write's outcome was unknown: if the lease is gone when
+    // read again, that revoke did it.
+    let mut maybe_revoked = false;
     loop {
-        let Some((_, version)) = live(registers, clock, tenant, id).await? else { return Err(not_found(id)) };
-        if let Written::Applied(_) = write(registers, tenant, &keys::lease(id), version, None).await? {
-            return Ok(());
+        let Some((_, version)) = live(registers, clock, tenant, id).await? else {
+            return if maybe_revoked { Ok(()) } else { Err(not_found(id)) };
+        };
+        match write(registers, tenant, &keys::lease(id), version, None).await? {
+            Written::Applied(_) => return Ok(()),
+            Written::Unknown => maybe_revoked = true,
+            Written::Lost => {}
         }
     }
 }

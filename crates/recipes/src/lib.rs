@@ -127,6 +127,8 @@ pub(crate) enum Written {
     Applied(u64),
     /// Someone else changed the register first.
     Lost,
+    /// It may or may not have applied: read the register again and decide.
+    Unknown,
 }
 
 /// Writes `value` (a delete when `None`) at version `expect`.
@@ -142,30 +144,25 @@ pub(crate) async fn write(
         None => Change::Delete { expect, fence: None },
     };
     let id = Bytes::copy_from_slice(&rand::random::<[u8; 16]>());
-    // A write of unknown outcome is resent under its id until it settles:
-    // it is recognised if it applied.
+    // A write of unknown outcome is resent under its id: it is recognised
+    // if it applied. If that still cannot be told, the caller reads the
+    // register again and decides from what is there.
     let mut unknown = false;
     for _ in 0..8 {
         match registers.run(tenant, key.clone(), change.clone(), id.clone()).await {
             Ok(Outcome::Applied(version)) => return Ok(Written::Applied(version)),
-            Ok(Outcome::Mismatch(_)) if unknown => {
-                return Err(RecipeError::OutcomeUnknown("a write may or may not have applied".into()));
-            }
+            Ok(Outcome::Mismatch(_) | Outcome::Unavailable) if unknown => return Ok(Written::Unknown),
             Ok(Outcome::Mismatch(_)) => return Ok(Written::Lost),
-            Ok(Outcome::Unknown) => unknown = true,
+            Ok(Outcome::Unknown) | Err(RecipeError::OutcomeUnknown(_)) => unknown = true,
             Ok(Outcome::Contended) => {}
-            Ok(Outcome::Unavailable) if unknown => {
-                return Err(RecipeError::OutcomeUnknown("a write may or may not have applied".into()));
-            }
             Ok(Outcome::Unavailable) => {
                 return Err(RecipeError::Registers(
                     "no quorum of the key's replicas answered; nothing was applied".into(),
                 ));
             }
             Ok(other) => return Err(RecipeError::Registers(format!("unexpected outcome of a write: {other:?}"))),
-            Err(RecipeError::OutcomeUnknown(_)) => unknown = true,
             Err(error) => return Err(error),
         }
     }
-    Err(RecipeError::OutcomeUnknown("a write did not settle after eight attempts".into()))
+    if unknown { Ok(Written::Unknown) } else { Err(RecipeError::Registers("a write lost every attempt".into())) }
 }

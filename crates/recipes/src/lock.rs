@@ -251,6 +251,9 @@ pub async fn release(
 ) -> Result<(), RecipeError> {
     check_name(name, limits)?;
     let key = keys::lock(name);
+    // A release whose write's outcome was unknown: if the lease no longer
+    // holds the lock when read again, that release did it.
+    let mut maybe_released = false;
     loop {
         let (mut state, version) = load(registers, tenant, name).await?;
         if version == 0 {
@@ -258,6 +261,7 @@ pub async fn release(
         }
         match state.holder {
             Some(holder) if holder.lease == lease => {}
+            _ if maybe_released => return Ok(()),
             _ => {
                 return Err(RecipeError::FailedPrecondition(format!("lease {lease} does not hold lock {name:?}")));
             }
@@ -269,8 +273,10 @@ pub async fn release(
         if let Some(holder) = state.holder {
             state.waiters.retain(|w| w.lease != holder.lease);
         }
-        if let Written::Applied(_) = write(registers, tenant, &key, version, Some(state.encode())).await? {
-            return Ok(());
+        match write(registers, tenant, &key, version, Some(state.encode())).await? {
+            Written::Applied(_) => return Ok(()),
+            Written::Unknown => maybe_released = true,
+            Written::Lost => {}
         }
     }
 }

@@ -8,6 +8,8 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use cohort_checker::{RegisterCall, RegisterOp, RegisterReturn, RegisterState, check_register};
+
 use super::*;
 use crate::acceptor::AcceptorState;
 
@@ -53,13 +55,14 @@ fn an_uncontended_put_takes_two_round_trips() {
 }
 
 #[test]
-fn a_read_of_a_settled_register_takes_one_round_trip() {
+fn a_read_of_a_settled_register_takes_one_peek_and_promises_nothing() {
     let old = Ballot { round: 50, proposer: 3 };
     let mut p = Proposer::new(7, Change::Read, Bytes::new(), abc(), 5);
     p.start(100);
-    p.take_commands();
-    p.on_prepare("a", B1, PrepareAnswer::Promised(Some((old, reg(4, Some(b"x"), b"")))));
-    p.on_prepare("c", B1, PrepareAnswer::Promised(Some((old, reg(4, Some(b"x"), b"")))));
+    assert_eq!(p.take_commands(), vec![Command::Peek { to: to() }]);
+    p.on_peek("a", Some((old, reg(4, Some(b"x"), b""))));
+    assert_eq!(p.take_commands(), vec![]);
+    p.on_peek("c", Some((old, reg(4, Some(b"x"), b""))));
     assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Read(reg(4, Some(b"x"), b"")))]);
 }
 
@@ -70,6 +73,10 @@ fn a_read_that_sees_an_unsettled_register_settles_it_before_answering() {
     let mut p = Proposer::new(7, Change::Read, Bytes::new(), abc(), 5);
     p.start(100);
     p.take_commands();
+    // The peek finds two registers: Paxos settles the newer.
+    p.on_peek("a", Some((old, reg(4, Some(b"x"), b""))));
+    p.on_peek("b", Some((newer, reg(5, Some(b"y"), b""))));
+    assert_eq!(p.take_commands(), vec![Command::Prepare { ballot: B1, to: to() }]);
     p.on_prepare("a", B1, PrepareAnswer::Promised(Some((old, reg(4, Some(b"x"), b"")))));
     p.on_prepare("b", B1, PrepareAnswer::Promised(Some((newer, reg(5, Some(b"y"), b"")))));
     assert_eq!(p.take_commands(), vec![Command::Accept { ballot: B1, register: reg(5, Some(b"y"), b""), to: to() }]);
@@ -85,6 +92,24 @@ fn a_register_seen_on_one_replica_only_is_not_chosen_by_a_read_of_empty_ones() {
     let mut p = Proposer::new(7, Change::Read, Bytes::new(), abc(), 5);
     p.start(100);
     p.take_commands();
+    p.on_peek("a", None);
+    p.on_peek("c", None);
+    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Read(Register::default()))]);
+}
+
+#[test]
+fn a_peek_short_of_a_quorum_falls_back_to_paxos_and_stale_peeks_are_ignored() {
+    let mut p = Proposer::new(7, Change::Read, Bytes::new(), abc(), 5);
+    p.start(100);
+    p.take_commands();
+    p.on_peek("a", None);
+    p.on_failure("b", Step::Peek, Ballot::ZERO, Failure::MayHaveActed);
+    assert_eq!(p.take_commands(), vec![]);
+    p.on_failure("c", Step::Peek, Ballot::ZERO, Failure::Refused);
+    assert_eq!(p.take_commands(), vec![Command::Prepare { ballot: B1, to: to() }]);
+    // A late peek answer changes nothing now.
+    p.on_peek("c", Some((Ballot { round: 1, proposer: 1 }, reg(1, Some(b"x"), b""))));
+    assert_eq!(p.take_commands(), vec![]);
     p.on_prepare("a", B1, PrepareAnswer::Promised(None));
     p.on_prepare("c", B1, PrepareAnswer::Promised(None));
     assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Read(Register::default()))]);
@@ -219,6 +244,27 @@ fn a_mismatch_after_a_partial_accept_is_unknown_not_a_mismatch() {
 }
 
 #[test]
+fn a_mismatch_after_a_partial_accept_is_definite_when_another_write_made_our_version() {
+    let high = Ballot { round: 500, proposer: 9 };
+    let mut p = Proposer::new(7, put(0, b"v"), Bytes::from_static(b"w"), abc(), 5);
+    p.start(100);
+    p.on_prepare("a", B1, PrepareAnswer::Promised(None));
+    p.on_prepare("b", B1, PrepareAnswer::Promised(None));
+    p.on_accept("a", B1, AcceptAnswer::Accepted);
+    p.on_accept("b", B1, AcceptAnswer::Refused(high));
+    p.on_accept("c", B1, AcceptAnswer::Refused(high));
+    p.retry(200);
+    p.take_commands();
+    let b2 = Ballot { round: 501, proposer: 7 };
+    // Version 1, the one ours would have made, was made by another write.
+    let recent = vec![crate::RecentWrite { id: Bytes::from_static(b"other"), version: 1 }];
+    let theirs = Register { version: 1, value: Some(Bytes::from_static(b"x")), recent, fences: Vec::new() };
+    p.on_prepare("b", b2, PrepareAnswer::Promised(Some((high, theirs.clone()))));
+    p.on_prepare("c", b2, PrepareAnswer::Promised(Some((high, theirs.clone()))));
+    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Mismatch(theirs))]);
+}
+
+#[test]
 fn a_retry_after_a_partial_accept_finds_its_write_under_a_later_one() {
     let high = Ballot { round: 500, proposer: 9 };
     let mut p = Proposer::new(7, put(0, b"v"), Bytes::from_static(b"w"), abc(), 5);
@@ -273,16 +319,22 @@ fn settling_accepts_a_register_a_quorum_already_agrees_on_and_leaves_an_empty_on
 #[test]
 fn during_a_ring_change_a_quorum_is_needed_in_every_replica_set() {
     let sets = vec![(vec!["a".into(), "b".into(), "c".into()], 2), (vec!["b".into(), "c".into(), "d".into()], 2)];
-    let mut p = Proposer::new(7, Change::Read, Bytes::new(), sets, 5);
+    let mut p = Proposer::new(7, put(0, b"v"), Bytes::new(), sets, 5);
     p.start(100);
     let all: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
-    assert_eq!(p.take_commands(), vec![Command::Prepare { ballot: B1, to: all }]);
+    assert_eq!(p.take_commands(), vec![Command::Prepare { ballot: B1, to: all.clone() }]);
     p.on_prepare("a", B1, PrepareAnswer::Promised(None));
     p.on_prepare("b", B1, PrepareAnswer::Promised(None));
     // Two of the old set, one of the new: not yet.
     assert_eq!(p.take_commands(), vec![]);
     p.on_prepare("d", B1, PrepareAnswer::Promised(None));
-    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Read(Register::default()))]);
+    let v1 = reg(1, Some(b"v"), b"");
+    assert_eq!(p.take_commands(), vec![Command::Accept { ballot: B1, register: v1, to: all }]);
+    p.on_accept("a", B1, AcceptAnswer::Accepted);
+    p.on_accept("d", B1, AcceptAnswer::Accepted);
+    assert_eq!(p.take_commands(), vec![], "a and d: one of each set is not a quorum of either");
+    p.on_accept("c", B1, AcceptAnswer::Accepted);
+    assert_eq!(p.take_commands(), vec![Command::Finish(Outcome::Applied(1))]);
 }
 
 /// Several proposers over three acceptors; messages are delivered in a
@@ -293,6 +345,8 @@ fn during_a_ring_change_a_quorum_is_needed_in_every_replica_set() {
 fn simulate(seed: u64, proposers: usize, drop_percent: u32) {
     #[derive(Debug)]
     enum Msg {
+        Peek(usize, String),
+        Peeked(usize, String, Option<(Ballot, Register)>),
         Prepare(usize, String, Ballot),
         Accept(usize, String, Ballot, Register),
         Promise(usize, String, Ballot, PrepareAnswer),
@@ -305,8 +359,8 @@ fn simulate(seed: u64, proposers: usize, drop_percent: u32) {
         .map(|i| {
             let change = match i % 3 {
                 0 => Change::Read,
-                1 => put(0, b"first"),
-                _ => put(rng.random_range(0..3), b"later"),
+                1 => Change::Put { expect: 0, value: Bytes::from(format!("v{i}")), fence: None },
+                _ => Change::Put { expect: rng.random_range(0..3), value: Bytes::from(format!("v{i}")), fence: None },
             };
             Proposer::new(i as u64 + 1, change, Bytes::from(format!("w{i}")), abc(), 4)
         })
@@ -314,13 +368,20 @@ fn simulate(seed: u64, proposers: usize, drop_percent: u32) {
     let mut inflight: Vec<Msg> = Vec::new();
     let mut clock = 1u64;
     let mut outcomes = Vec::new();
-    for engine in engines.iter_mut() {
-        engine.start(clock);
-    }
-    let mut steps = 0;
+    // Operations start at random steps, some after others finished, so
+    // that real time orders some of them.
+    let mut next_start = 0;
+    let mut invoked = vec![0u64; proposers];
+    let mut completed = vec![None; proposers];
+    let mut steps = 0u64;
     loop {
         steps += 1;
         assert!(steps < 100_000, "simulation did not end");
+        if next_start < proposers && (inflight.is_empty() || rng.random_range(0..100) < 15) {
+            invoked[next_start] = steps;
+            engines[next_start].start(clock);
+            next_start += 1;
+        }
         // Carry out commands (a retry after a back-off emits more).
         let mut pending: Vec<(usize, Command)> = Vec::new();
         loop {
@@ -333,6 +394,7 @@ fn simulate(seed: u64, proposers: usize, drop_percent: u32) {
             for (i, command) in pending.drain(..) {
                 let engine = &mut engines[i];
                 match command {
+                    Command::Peek { to } => to.into_iter().for_each(|n| inflight.push(Msg::Peek(i, n))),
                     Command::Prepare { ballot, to } => {
                         to.into_iter().for_each(|n| inflight.push(Msg::Prepare(i, n, ballot)));
                     }
@@ -343,16 +405,30 @@ fn simulate(seed: u64, proposers: usize, drop_percent: u32) {
                         clock += rng.random_range(1..20);
                         engine.retry(clock);
                     }
-                    Command::Finish(outcome) => outcomes.push((i, outcome)),
+                    Command::Finish(outcome) => {
+                        completed[i] = Some(steps);
+                        outcomes.push((i, outcome));
+                    }
                 }
             }
         }
-        if inflight.is_empty() {
+        if inflight.is_empty() && next_start == proposers {
             break;
+        }
+        if inflight.is_empty() {
+            continue;
         }
         let msg = inflight.swap_remove(rng.random_range(0..inflight.len()));
         let dropped = rng.random_range(0..100) < drop_percent;
         match msg {
+            Msg::Peek(i, node) => {
+                if dropped {
+                    engines[i].on_failure(&node, Step::Peek, Ballot::ZERO, Failure::Refused);
+                } else {
+                    inflight.push(Msg::Peeked(i, node.clone(), acceptors[&node].accepted.clone()));
+                }
+            }
+            Msg::Peeked(i, node, accepted) => engines[i].on_peek(&node, accepted),
             Msg::Prepare(i, node, ballot) => {
                 if dropped {
                     engines[i].on_failure(&node, Step::Prepare, ballot, Failure::Refused);
@@ -395,13 +471,43 @@ fn simulate(seed: u64, proposers: usize, drop_percent: u32) {
     for pair in applied_versions.windows(2) {
         assert_ne!(pair[0].0, pair[1].0, "two writes applied at one version: {applied_versions:?}");
     }
+    // And the whole history is linearizable.
+    let history: Vec<RegisterOp> = outcomes
+        .iter()
+        .filter_map(|(i, outcome)| {
+            let call = match &engines[*i].change {
+                Change::Read => RegisterCall::Read,
+                Change::Put { expect, value, .. } => {
+                    RegisterCall::Put { expect: *expect, value: String::from_utf8_lossy(value).into_owned() }
+                }
+                Change::Delete { expect, .. } => RegisterCall::Delete { expect: *expect },
+            };
+            let state = |r: &Register| RegisterState {
+                version: r.version,
+                value: r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+            };
+            let ret = match outcome {
+                Outcome::Read(r) => RegisterReturn::Read(state(r)),
+                Outcome::Applied(version) => RegisterReturn::Written { version: *version },
+                Outcome::Mismatch(r) => RegisterReturn::Mismatch { current: r.version },
+                Outcome::Unknown => RegisterReturn::Unknown,
+                // Nothing applied: not part of the history.
+                Outcome::Contended | Outcome::Unavailable | Outcome::Fenced(_) => return None,
+            };
+            let completed_ns = (ret != RegisterReturn::Unknown).then(|| completed[*i].expect("finished"));
+            Some(RegisterOp { client: *i as u32, invoked_ns: invoked[*i], completed_ns, call, ret })
+        })
+        .collect();
+    if let Err(violation) = check_register(&history) {
+        panic!("{violation}\nhistory: {history:#?}");
+    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn concurrent_proposers_never_report_two_registers_for_one_version(
+    fn concurrent_proposers_are_linearizable_and_never_report_two_registers_for_one_version(
         seed in any::<u64>(), proposers in 2usize..7, drop_percent in 0u32..30,
     ) {
         simulate(seed, proposers, drop_percent);
