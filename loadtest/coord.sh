@@ -10,6 +10,8 @@
 # loadtest/results/coordination.md (raw JSON lines beside it).
 #
 #   loadtest/coord.sh [--rounds 3] [--duration 5s] [--warmup 1s] [--out DIR]
+#                     [--ops "cas:1 cas:64 put:1 lock:1 lock:16 contended:16"]
+#                     [--systems "cohort etcd"]
 #
 # Needs etcd (Debian package etcd-server), protoc (protobuf-compiler) and
 # curl: installed with apt-get when missing.
@@ -18,6 +20,8 @@ set -euo pipefail
 ROUNDS=3
 DURATION=5s
 WARMUP=1s
+OPS="cas:1 cas:64 put:1 lock:1 lock:16 contended:16"
+SYSTEMS="cohort etcd"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT="$ROOT/loadtest/results"
 while [ $# -gt 0 ]; do
@@ -26,7 +30,9 @@ while [ $# -gt 0 ]; do
         --duration) DURATION=$2; shift 2 ;;
         --warmup) WARMUP=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --ops) OPS=$2; shift 2 ;;
+        --systems) SYSTEMS=$2; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -74,21 +80,22 @@ bench() {
 }
 for round in $(seq "$ROUNDS"); do
     log "round $round of $ROUNDS"
-    for system in cohort etcd; do
-        if [ "$system" = cohort ]; then target="cohort://${PROCS#http://}"; else target="etcd://$ETCD_ENDPOINTS"; fi
-        bench "$system" "$target" cas 1
-        bench "$system" "$target" cas 64
-        bench "$system" "$target" put 1
-        bench "$system" "$target" lock 1
-        bench "$system" "$target" lock 16
-        bench "$system" "$target" contended 16
+    for system in $SYSTEMS; do
+        case "$system" in
+            cohort) target="cohort://${PROCS#http://}" ;;
+            etcd) target="etcd://$ETCD_ENDPOINTS" ;;
+            *) echo "unknown system $system (cohort, etcd)" >&2; exit 2 ;;
+        esac
+        for item in $OPS; do
+            bench "$system" "$target" "${item%:*}" "${item#*:}"
+        done
     done
 done
 
 {
     echo "# Coordination primitives: Cohort beside etcd"
     echo
-    echo "\`loadtest/coord.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP\`, $(date -u +%Y-%m-%d),"
+    echo "\`loadtest/coord.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP\` (ops: $OPS), $(date -u +%Y-%m-%d),"
     echo "commit $(cd "$ROOT" && git rev-parse --short HEAD), $(nproc) cores. Cohort: a coordinator and three"
     echo "storage nodes, each its own process (tenant N=3); etcd: three members. Medians of $ROUNDS runs."
     echo

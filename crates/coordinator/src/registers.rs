@@ -28,11 +28,11 @@ use crate::metadata::Tenant;
 use crate::topology::{ReplicaPlan, Topology};
 
 /// Ballots an operation may lose before it gives up as contended.
-const MAX_ATTEMPTS: u32 = 10;
+const MAX_ATTEMPTS: u32 = 12;
 /// The first back-off's ceiling; each further attempt doubles it.
 const BACKOFF_BASE: Duration = Duration::from_millis(2);
 /// The largest back-off ceiling.
-const BACKOFF_MAX: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_millis(50);
 /// How long (in node timeouts) a replica that did not answer stays suspected.
 const SUSPECT_TIMEOUTS: u32 = 5;
 
