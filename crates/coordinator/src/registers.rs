@@ -4,18 +4,22 @@
 //! A linearizable operation on a key runs one Paxos instance among the
 //! key's replicas: the electorate is the key's preference list in every
 //! live ring version (two while a migration moves the key), and a ballot
-//! needs a majority of each. A read first *peeks* (asks what each replica
+//! needs a majority of each. A write whose coordinator holds a promise for
+//! the key (its last accepted proposal there also promised it the next
+//! ballot) goes straight to the accept phase: one round trip. A read first *peeks* (asks what each replica
 //! accepted, promising nothing, so no replica writes or syncs) and answers
 //! at once when a majority agrees; otherwise it runs Paxos like a write. The protocol decisions are the proposer's;
 //! this module sends what it commands, feeds it the answers and failures,
 //! waits its back-offs (jittered, growing) and bounds the whole operation
 //! by the request timeout.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use cohort_paxos::{Ballot, Change, Command, Failure, Outcome, PrepareAnswer, Proposer, Step, wire};
+use cohort_paxos::{Ballot, Change, Command, Failure, Outcome, PrepareAnswer, Proposer, Register, Step, wire};
 use cohort_proto::internal::v1::{AcceptRequest, PrepareRequest};
 use cohort_transport::{Liveness, PeerPool, ReplicaFailure, within};
 use futures::StreamExt;
@@ -46,7 +50,21 @@ pub struct Registers {
     /// This coordinator's proposer id, drawn at start: ballots of two
     /// coordinators never tie.
     proposer: u64,
+    /// Per key, the ballot a majority promised this coordinator with its
+    /// last accepted proposal (and the register, and the ring version it
+    /// was routed by): the next write of the key skips the prepare.
+    promises: Mutex<HashMap<(String, Bytes), HeldPromise>>,
+    /// The last ballot round handed out.
+    last_round: AtomicU64,
 }
+
+/// A promise a coordinator holds for a key: the ring version its proposal
+/// was routed by, the promised ballot, and the register accepted with it.
+type HeldPromise = (u64, Ballot, Register);
+
+/// Keys whose promise a coordinator remembers at most (then it forgets them
+/// all and starts over: a forgotten promise costs one prepare).
+const MAX_PROMISES: usize = 65_536;
 
 /// One replica's answer to a peek, a prepare or an accept.
 enum Answer {
@@ -56,6 +74,12 @@ enum Answer {
 }
 
 type Pending = FuturesUnordered<BoxFuture<'static, (String, Ballot, Answer)>>;
+
+/// Whether an operation ended with a read that changed nothing (its peek or
+/// its promise say nothing about what this coordinator holds).
+fn outcome_is_peek(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Read(_))
+}
 
 /// Microseconds since the Unix epoch: the round of a new ballot.
 fn now_micros() -> u64 {
@@ -78,7 +102,32 @@ impl Registers {
         node_timeout: Duration,
         request_timeout: Duration,
     ) -> Self {
-        Registers { topology, peers, liveness, node_timeout, request_timeout, proposer: rand::random() }
+        Registers {
+            topology,
+            peers,
+            liveness,
+            node_timeout,
+            request_timeout,
+            proposer: rand::random(),
+            promises: Mutex::default(),
+            last_round: AtomicU64::new(0),
+        }
+    }
+
+    /// The round of this coordinator's next ballot: its clock, but always at
+    /// least two above the last round handed out, so that a new ballot never
+    /// equals the successor of an earlier one (the ballot a held promise
+    /// covers), even if the clock steps back.
+    fn next_round(&self) -> u64 {
+        let now = now_micros();
+        let mut last = self.last_round.load(Ordering::Relaxed);
+        loop {
+            let round = now.max(last + 2);
+            match self.last_round.compare_exchange_weak(last, round, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return round,
+                Err(seen) => last = seen,
+            }
+        }
     }
 
     /// Applies `change` to `key` of `tenant`'s linearizable key space, with
@@ -134,11 +183,22 @@ impl Registers {
             ));
         }
         let sets = plan.sets.iter().map(|set| (set.clone(), set.len() / 2 + 1)).collect();
+        let slot = (tenant.id.clone(), key.clone());
+        // A held promise is taken by one write only: two proposals under
+        // one ballot could each be accepted somewhere.
+        let held = if change.writes() && !settle {
+            let mut promises = self.promises.lock().unwrap_or_else(|p| p.into_inner());
+            promises.remove(&slot).filter(|(ring, _, _)| *ring == plan.ring_version).map(|(_, b, r)| (b, r))
+        } else {
+            None
+        };
         let mut proposer = Proposer::new(self.proposer, change, write, sets, MAX_ATTEMPTS);
         if settle {
             proposer = proposer.settling();
+        } else if let Some((ballot, register)) = held {
+            proposer = proposer.with_promise(ballot, register);
         }
-        proposer.start(now_micros());
+        proposer.start(self.next_round());
         let deadline = tokio::time::sleep(self.request_timeout);
         tokio::pin!(deadline);
         let wait = tokio::time::sleep(Duration::ZERO);
@@ -170,7 +230,23 @@ impl Registers {
                         wait.as_mut().reset(tokio::time::Instant::now() + backoff(attempt));
                         waiting = true;
                     }
-                    Command::Finish(outcome) => return Ok((outcome, stale_ring)),
+                    Command::Finish(outcome) => {
+                        let mut promises = self.promises.lock().unwrap_or_else(|p| p.into_inner());
+                        match proposer.promise_held() {
+                            Some((ballot, register)) => {
+                                if promises.len() >= MAX_PROMISES {
+                                    promises.clear();
+                                }
+                                promises.insert(slot, (plan.ring_version, ballot, register));
+                            }
+                            // A read that only peeked leaves what is held.
+                            None if outcome_is_peek(&outcome) => {}
+                            None => {
+                                promises.remove(&slot);
+                            }
+                        }
+                        return Ok((outcome, stale_ring));
+                    }
                 }
             }
             tokio::select! {
@@ -198,7 +274,7 @@ impl Registers {
                 }
                 () = &mut wait, if waiting => {
                     waiting = false;
-                    proposer.retry(now_micros());
+                    proposer.retry(self.next_round());
                 }
                 () = &mut deadline => proposer.deadline(),
             }

@@ -53,15 +53,17 @@ impl AcceptorState {
     }
 
     /// Accepts `register` under `ballot` unless a higher ballot was
-    /// promised. Returns the answer and whether the state changed.
+    /// promised, and promises the same proposer's next round with it
+    /// ([`Ballot::successor`]): that proposer may then skip the prepare of
+    /// its next proposal. Returns the answer and whether the state changed.
     pub fn accept(&mut self, ballot: Ballot, register: Register) -> (AcceptAnswer, bool) {
-        if ballot < self.promised {
-            return (AcceptAnswer::Refused(self.promised), false);
-        }
         if self.accepted.as_ref().is_some_and(|(b, r)| *b == ballot && *r == register) {
             return (AcceptAnswer::Accepted, false);
         }
-        self.promised = ballot;
+        if ballot < self.promised {
+            return (AcceptAnswer::Refused(self.promised), false);
+        }
+        self.promised = self.promised.max(ballot.successor());
         self.accepted = Some((ballot, register));
         (AcceptAnswer::Accepted, true)
     }
@@ -217,10 +219,13 @@ mod tests {
         assert_eq!(state.accept(b(4), reg.clone()), (AcceptAnswer::Refused(b(5)), false));
         assert_eq!(state.accept(b(5), reg.clone()), (AcceptAnswer::Accepted, true));
         assert_eq!(state.accept(b(5), reg.clone()), (AcceptAnswer::Accepted, false));
+        // Accepting 5 promised the same proposer's round 6.
+        assert_eq!(state.promised, b(6));
+        assert_eq!(state.prepare(b(6)), (PrepareAnswer::Refused(b(6)), false));
         assert_eq!(state.prepare(b(7)), (PrepareAnswer::Promised(Some((b(5), reg.clone()))), true));
-        // An accept above the promise also raises it.
+        // An accept above the promise raises it past itself.
         assert_eq!(state.accept(b(9), reg.clone()), (AcceptAnswer::Accepted, true));
-        assert_eq!(state.promised, b(9));
+        assert_eq!(state.promised, b(10));
     }
 
     fn arb_state() -> impl Strategy<Value = AcceptorState> {

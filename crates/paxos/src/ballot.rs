@@ -20,6 +20,13 @@ impl Ballot {
     /// The ballot below every proposal: what a fresh acceptor has promised.
     pub const ZERO: Ballot = Ballot { round: 0, proposer: 0 };
 
+    /// The same proposer's next round: what an acceptor promises when it
+    /// accepts this ballot, so that the proposer may send its next proposal
+    /// for the key straight to the accept phase.
+    pub fn successor(self) -> Ballot {
+        Ballot { round: self.round.saturating_add(1), proposer: self.proposer }
+    }
+
     /// The next ballot of `proposer` at time `now` (microseconds), above
     /// `seen`, the highest ballot it has been refused by.
     pub fn next(proposer: u64, now: u64, seen: Ballot) -> Ballot {

@@ -141,6 +141,11 @@ pub struct Proposer {
     tally: QuorumTally,
     promises: Vec<Option<(Ballot, Register)>>,
     refused: bool,
+    /// Members that certainly did not take this phase's request (refused
+    /// it, or it never reached them).
+    declined: usize,
+    /// Members that answered this phase's request, or failed it.
+    answered: usize,
     /// An accept of a changed register may have been taken by a replica
     /// in an attempt that did not finish: a later mismatch or give-up can
     /// then not say "not applied".
@@ -150,6 +155,13 @@ pub struct Proposer {
     settle: bool,
     /// The clock the operation started at, for a prepare after a peek.
     started: u64,
+    /// A ballot a majority of every set promised this proposer when it last
+    /// got a register of this key chosen, and that register: a write may
+    /// go straight to the accept phase with them.
+    promised: Option<(Ballot, Register)>,
+    /// Once a majority of every set accepted this operation's proposal:
+    /// the ballot they promised with it, and the register.
+    chosen: Option<(Ballot, Register)>,
     output: Vec<Command>,
 }
 
@@ -182,11 +194,31 @@ impl Proposer {
             tally,
             promises: Vec::new(),
             refused: false,
+            declined: 0,
+            answered: 0,
             maybe_applied: false,
             settle: false,
             started: 0,
+            promised: None,
+            chosen: None,
             output: Vec::new(),
         }
+    }
+
+    /// Starts from a promise this proposer holds for the key (see
+    /// [`Proposer::promise_held`]): a write then sends its accept at once —
+    /// one round trip — and falls back to a full round if a replica has
+    /// promised a higher ballot since. Reads ignore it.
+    pub fn with_promise(mut self, ballot: Ballot, register: Register) -> Self {
+        self.promised = Some((ballot, register));
+        self
+    }
+
+    /// After a proposal of this operation was accepted by a majority of
+    /// every set: the ballot they promised this proposer with it, and the
+    /// register — for the next operation on the key.
+    pub fn promise_held(&self) -> Option<(Ballot, Register)> {
+        self.chosen.clone()
     }
 
     /// Settles the register instead of only reading it: whatever a quorum
@@ -222,6 +254,19 @@ impl Proposer {
             return;
         }
         self.started = now;
+        if let Some((ballot, current)) = self.promised.take()
+            && self.change.writes()
+            && let Effect::Replace(next) = self.change.apply(&current, &self.write)
+        {
+            // The majority that promised `ballot` has accepted nothing
+            // since, or it refuses this accept: `current` is the register.
+            self.attempt = 1;
+            self.ballot = ballot;
+            self.phase = Phase::Accepting { register: next.clone(), verdict: None };
+            self.begin_tally();
+            self.output.push(Command::Accept { ballot, register: next, to: self.members.clone() });
+            return;
+        }
         if self.change == Change::Read && !self.settle {
             self.phase = Phase::Peeking;
             self.begin_tally();
@@ -278,6 +323,8 @@ impl Proposer {
     fn begin_tally(&mut self) {
         self.tally = QuorumTally::over_sets(self.sets.clone());
         self.refused = false;
+        self.declined = 0;
+        self.answered = 0;
     }
 
     /// `from`'s answer to the prepare for `ballot`.
@@ -325,6 +372,9 @@ impl Proposer {
                 if failure == Failure::MayHaveActed && verdict.is_none() {
                     self.maybe_applied = true;
                 }
+                if failure == Failure::Refused {
+                    self.declined += 1;
+                }
                 self.tally.failed(from);
                 self.after_accept_answer();
             }
@@ -346,6 +396,7 @@ impl Proposer {
     fn refused_by(&mut self, from: &str, promised: Ballot) {
         self.seen = self.seen.max(promised);
         self.refused = true;
+        self.declined += 1;
         self.tally.failed(from);
     }
 
@@ -379,19 +430,29 @@ impl Proposer {
     }
 
     fn after_accept_answer(&mut self) {
+        self.answered += 1;
         match self.tally.verdict() {
             Tally::Pending => {}
             Tally::Reached => {
                 let Phase::Accepting { register, verdict } = std::mem::replace(&mut self.phase, Phase::Done) else {
                     return;
                 };
+                self.chosen = Some((self.ballot.successor(), register.clone()));
                 match verdict {
                     None => self.finish(Outcome::Applied(register.version)),
                     Some(verdict) => self.finish_kept(verdict, register),
                 }
             }
             Tally::Unreachable => {
-                if matches!(&self.phase, Phase::Accepting { verdict: None, .. }) && !self.tally.successes().is_empty() {
+                let changing = matches!(&self.phase, Phase::Accepting { verdict: None, .. });
+                // A change may still be taken by a member that has not
+                // answered: wait for every member (each is bounded by the
+                // driver's timeout), so that "nothing applied" is certain.
+                if changing && self.answered < self.members.len() {
+                    return;
+                }
+                // Any member that did not decline may hold the change.
+                if changing && self.declined < self.members.len() {
                     self.maybe_applied = true;
                 }
                 self.lost();
