@@ -108,18 +108,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     };
     let recorder = Recorder::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
     let tasks = workload::start(workload, &args.tenant, &clients, &recorder, &stop);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    while started.elapsed() < args.duration && !tasks.iter().all(|t| t.is_finished()) {
-        tick.tick().await;
-        eprint!("\r{} operations, {:.0}s", recorder.completed(), started.elapsed().as_secs_f64());
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for task in tasks {
-        task.await?;
-    }
-    eprintln!("\r{} operations in {:.1}s; auditing", recorder.completed(), started.elapsed().as_secs_f64());
+    run_for(args.duration, tasks, &stop, || recorder.completed(), "auditing").await?;
     let history = recorder.history();
     if let Some(path) = &args.history {
         history.write_json_lines(std::io::BufWriter::new(std::fs::File::create(path)?))?;
@@ -130,6 +120,29 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let verdict = cohort_checker::audit(&history, &final_state, None);
     println!("{verdict}");
     if verdict.is_ok() { Ok(()) } else { anyhow::bail!("the history violates Cohort's guarantees") }
+}
+
+/// Lets the workload's `tasks` run for `duration` at most (or until they
+/// end), showing progress each second, then stops them and waits for them.
+async fn run_for(
+    duration: Duration,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: &AtomicBool,
+    completed: impl Fn() -> u64,
+    next: &str,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while started.elapsed() < duration && !tasks.iter().all(|t| t.is_finished()) {
+        tick.tick().await;
+        eprint!("\r{} operations, {:.0}s", completed(), started.elapsed().as_secs_f64());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    eprintln!("\r{} operations in {:.1}s; {next}", completed(), started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Runs the lock workload and checks its grants and fenced writes.
@@ -150,18 +163,8 @@ async fn run_cas(args: &VerifyArgs, clients: &[Client]) -> anyhow::Result<()> {
         CasWorkload { seed: args.seed, clients: args.clients, keys: args.keys, ops_per_client: args.operations };
     let recorder = CasRecorder::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
     let tasks = registers::start(workload, &args.tenant, clients, &recorder, &stop);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    while started.elapsed() < args.duration && !tasks.iter().all(|t| t.is_finished()) {
-        tick.tick().await;
-        eprint!("\r{} operations, {:.0}s", recorder.completed(), started.elapsed().as_secs_f64());
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for task in tasks {
-        task.await?;
-    }
-    eprintln!("\r{} operations in {:.1}s; checking", recorder.completed(), started.elapsed().as_secs_f64());
+    run_for(args.duration, tasks, &stop, || recorder.completed(), "checking").await?;
     let verdict = recorder.check();
     println!("{verdict}");
     if verdict.is_ok() { Ok(()) } else { anyhow::bail!("the history is not linearizable") }
