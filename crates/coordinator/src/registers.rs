@@ -53,7 +53,7 @@ pub struct Registers {
     /// Per key, the ballot a majority promised this coordinator with its
     /// last accepted proposal (and the register, and the ring version it
     /// was routed by): the next write of the key skips the prepare.
-    promises: Mutex<HashMap<(String, Bytes), HeldPromise>>,
+    promises: Mutex<Promises>,
     /// The last ballot round handed out.
     last_round: AtomicU64,
 }
@@ -62,9 +62,47 @@ pub struct Registers {
 /// was routed by, the promised ballot, and the register accepted with it.
 type HeldPromise = (u64, Ballot, Register);
 
-/// Keys whose promise a coordinator remembers at most (then it forgets them
-/// all and starts over: a forgotten promise costs one prepare).
+/// Keys whose promise a coordinator remembers at most, and the bytes of
+/// their registers (then it forgets them all and starts over: a forgotten
+/// promise costs one prepare).
 const MAX_PROMISES: usize = 65_536;
+const MAX_PROMISE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The promises a coordinator holds, bounded in count and bytes.
+#[derive(Default)]
+struct Promises {
+    held: HashMap<(String, Bytes), HeldPromise>,
+    bytes: usize,
+}
+
+fn promise_bytes(slot: &(String, Bytes), promise: &HeldPromise) -> usize {
+    let register = &promise.2;
+    slot.0.len()
+        + slot.1.len()
+        + register.value.as_ref().map_or(0, Bytes::len)
+        + register.recent.iter().map(|w| w.id.len() + 8).sum::<usize>()
+        + register.fences.iter().map(|f| f.lock.len() + 8).sum::<usize>()
+        + 64
+}
+
+impl Promises {
+    fn take(&mut self, slot: &(String, Bytes)) -> Option<HeldPromise> {
+        let promise = self.held.remove(slot)?;
+        self.bytes -= promise_bytes(slot, &promise);
+        Some(promise)
+    }
+
+    fn hold(&mut self, slot: (String, Bytes), promise: HeldPromise) {
+        self.take(&slot);
+        let size = promise_bytes(&slot, &promise);
+        if self.held.len() >= MAX_PROMISES || self.bytes + size > MAX_PROMISE_BYTES {
+            self.held.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.held.insert(slot, promise);
+    }
+}
 
 /// One replica's answer to a peek, a prepare or an accept.
 enum Answer {
@@ -188,7 +226,7 @@ impl Registers {
         // one ballot could each be accepted somewhere.
         let held = if change.writes() && !settle {
             let mut promises = self.promises.lock().unwrap_or_else(|p| p.into_inner());
-            promises.remove(&slot).filter(|(ring, _, _)| *ring == plan.ring_version).map(|(_, b, r)| (b, r))
+            promises.take(&slot).filter(|(ring, _, _)| *ring == plan.ring_version).map(|(_, b, r)| (b, r))
         } else {
             None
         };
@@ -233,16 +271,11 @@ impl Registers {
                     Command::Finish(outcome) => {
                         let mut promises = self.promises.lock().unwrap_or_else(|p| p.into_inner());
                         match proposer.promise_held() {
-                            Some((ballot, register)) => {
-                                if promises.len() >= MAX_PROMISES {
-                                    promises.clear();
-                                }
-                                promises.insert(slot, (plan.ring_version, ballot, register));
-                            }
+                            Some((ballot, register)) => promises.hold(slot, (plan.ring_version, ballot, register)),
                             // A read that only peeked leaves what is held.
                             None if outcome_is_peek(&outcome) => {}
                             None => {
-                                promises.remove(&slot);
+                                promises.take(&slot);
                             }
                         }
                         return Ok((outcome, stale_ring));
@@ -345,5 +378,33 @@ impl Registers {
             .find(|replica| replica.id == id)
             .ok_or_else(|| ReplicaFailure::NotSent(format!("no address for replica {id}")))?;
         self.peers.node(&replica.address).map_err(|status| ReplicaFailure::NotSent(status.message().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn promise(value_bytes: usize) -> HeldPromise {
+        let register = Register { version: 1, value: Some(Bytes::from(vec![0u8; value_bytes])), ..Register::default() };
+        (1, Ballot { round: 1, proposer: 1 }, register)
+    }
+
+    #[test]
+    fn held_promises_stay_within_their_bytes_and_are_taken_once() {
+        let mut promises = Promises::default();
+        let slot = |i: usize| ("t".to_string(), Bytes::from(format!("k{i}")));
+        promises.hold(slot(0), promise(10));
+        assert!(promises.take(&slot(0)).is_some());
+        assert!(promises.take(&slot(0)).is_none(), "a promise serves one write");
+        assert_eq!(promises.bytes, 0);
+        // Large registers: the holder forgets everything rather than grow.
+        for i in 0..100 {
+            promises.hold(slot(i), promise(1024 * 1024));
+            assert!(promises.bytes <= MAX_PROMISE_BYTES);
+        }
+        assert!(promises.held.len() < 100);
+        let total: usize = promises.held.iter().map(|(s, p)| promise_bytes(s, p)).sum();
+        assert_eq!(total, promises.bytes);
     }
 }
