@@ -1,0 +1,116 @@
+//! The `cohort cas`, `cohort lock` and `cohort election` command-line
+//! contract against a real `cohort dev` process — the JSON scripts parse,
+//! exit codes and one-line errors — and a lock holder paused with SIGSTOP
+//! past its lease (guarantee 9): the next holder writes with its token, the
+//! paused holder's token is refused by the store, and the paused `lock run`
+//! is told when it resumes.
+
+#![allow(missing_docs)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Dev, Output, Proc, cohort_bin, run, start_dev};
+use serde_json::Value;
+
+fn with_endpoint(dev: &Dev, args: &[&str]) -> Output {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&["--endpoint", dev.endpoint.as_str()]);
+    run(&all)
+}
+
+fn fields(value: &Value) -> BTreeSet<&str> {
+    value.as_object().unwrap_or_else(|| panic!("not a JSON object: {value}")).keys().map(String::as_str).collect()
+}
+
+#[test]
+fn cas_lock_and_election_print_the_documented_json_and_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(&dir.path().join("data"));
+
+    let absent = with_endpoint(&dev, &["cas", "get", "k", "--json"]).json();
+    assert_eq!(fields(&absent), BTreeSet::from(["found", "value", "version"]));
+    assert_eq!((absent["found"].as_bool(), absent["version"].as_u64()), (Some(false), Some(0)));
+    let put = with_endpoint(&dev, &["cas", "put", "k", "v1", "--expect-version", "0", "--json"]).json();
+    assert_eq!(put, serde_json::json!({"version": 1}));
+    let stale = with_endpoint(&dev, &["cas", "put", "k", "v2", "--expect-version", "0"]);
+    assert_eq!(stale.code, Some(1), "{stale:?}");
+    let line = stale.one_line_error("FailedPrecondition");
+    assert!(line.contains("at version 1"), "the current version is in the message: {line}");
+    let read = with_endpoint(&dev, &["cas", "get", "k", "--json"]).json();
+    assert_eq!(read, serde_json::json!({"found": true, "value": "v1", "version": 1}));
+    let deleted = with_endpoint(&dev, &["cas", "delete", "k", "--expect-version", "1", "--json"]).json();
+    assert_eq!(deleted, serde_json::json!({"version": 2}));
+
+    let granted = with_endpoint(&dev, &["lock", "acquire", "jobs", "--ttl", "30s", "--json"]).json();
+    assert!(fields(&granted).is_superset(&BTreeSet::from(["token", "lease"])), "{granted}");
+    let (token, lease) = (granted["token"].as_u64().unwrap(), granted["lease"].as_u64().unwrap().to_string());
+    let held = with_endpoint(&dev, &["lock", "acquire", "jobs", "--ttl", "30s"]);
+    assert_eq!(held.code, Some(1));
+    held.one_line_error("FailedPrecondition");
+    let renewed = with_endpoint(&dev, &["lock", "renew", "jobs", "--lease", &lease, "--json"]).json();
+    assert_eq!(renewed["ttl_ms"].as_u64(), Some(30_000));
+    let fence = format!("jobs:{token}");
+    let fenced = with_endpoint(&dev, &["cas", "put", "out", "a", "--expect-version", "0", "--fence", &fence, "--json"]);
+    assert_eq!(fenced.json(), serde_json::json!({"version": 1}));
+    let released = with_endpoint(&dev, &["lock", "release", "jobs", "--lease", &lease, "--json"]).json();
+    assert_eq!(released, serde_json::json!({"released": true}));
+    // Bad input: refused, one line, nothing held.
+    let zero = with_endpoint(&dev, &["lock", "acquire", "jobs", "--ttl", "0s"]);
+    assert_eq!(zero.code, Some(2), "a TTL of 0 is refused before anything is sent: {zero:?}");
+    let long = with_endpoint(&dev, &["lock", "acquire", "jobs", "--ttl", "10m"]);
+    long.one_line_error("InvalidArgument");
+    let unknown = with_endpoint(&dev, &["cas", "put", "out", "b", "--expect-version", "1", "--fence", "nope:1"]);
+    unknown.one_line_error("NotFound");
+
+    let nobody = with_endpoint(&dev, &["election", "leader", "primary", "--json"]).json();
+    assert_eq!(nobody, serde_json::json!({"found": false, "value": null, "generation": 0}));
+}
+
+#[test]
+fn a_lock_holder_stopped_past_its_lease_is_fenced_and_told_when_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(&dir.path().join("data"));
+    // The holder writes once with its token, says so, and idles.
+    let script = format!(
+        "{bin} cas put report first --expect-version 0 --fence reports:$COHORT_FENCE_TOKEN --endpoint {endpoint} \
+         >/dev/null && echo \"written $COHORT_FENCE_TOKEN\" && exec sleep 60",
+        bin = cohort_bin(),
+        endpoint = dev.endpoint
+    );
+    let args =
+        ["lock", "run", "reports", "--ttl", "1s", "--endpoint", dev.endpoint.as_str(), "--", "sh", "-c", &script];
+    let mut holder = Proc::spawn("cohort lock run", &args, &[]);
+    let first: u64 = holder.wait_for_line("written ").trim().parse().expect("the holder's token");
+    // Paused: its lease is not kept alive any more.
+    holder.signal("STOP");
+    let next = with_endpoint(&dev, &["lock", "acquire", "reports", "--ttl", "30s", "--wait", "20s", "--json"]).json();
+    let second = next["token"].as_u64().expect("a token");
+    assert!(second > first, "tokens grow: {first} then {second}");
+    let fence = format!("reports:{second}");
+    let written = with_endpoint(&dev, &["cas", "put", "report", "second", "--expect-version", "1", "--fence", &fence]);
+    assert!(written.success(), "{written:?}");
+    // Whatever the paused holder writes with its token is refused.
+    let stale_fence = format!("reports:{first}");
+    for expect in ["1", "2"] {
+        let stale =
+            with_endpoint(&dev, &["cas", "put", "report", "late", "--expect-version", expect, "--fence", &stale_fence]);
+        let line = stale.one_line_error("FailedPrecondition");
+        assert!(line.contains("fenced"), "{line}");
+    }
+    // Resumed, it learns that its lease is gone, stops its command and
+    // exits non-zero.
+    holder.signal("CONT");
+    let ended = holder.try_wait_for_line("never printed").expect_err("lock run ends");
+    assert!(ended.contains("exited"), "{ended}");
+    assert!(!ended.contains("exit status: 0"), "lock run must fail once the lock is lost: {ended}");
+    // Its last words reach the stderr reader a moment after the exit.
+    let told = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !holder.stderr_tail().contains("lost lock") {
+        assert!(std::time::Instant::now() < told, "lock run did not say it lost the lock: {ended}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let read = with_endpoint(&dev, &["cas", "get", "report", "--json"]).json();
+    assert_eq!(read, serde_json::json!({"found": true, "value": "second", "version": 2}));
+}
