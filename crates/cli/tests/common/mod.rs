@@ -50,6 +50,7 @@ pub struct Proc {
     child: Option<Child>,
     lines: Receiver<String>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -71,7 +72,7 @@ impl Proc {
         });
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let keep = tail.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut tail = keep.lock().unwrap_or_else(|p| p.into_inner());
@@ -81,12 +82,21 @@ impl Proc {
                 tail.push_back(line);
             }
         });
-        Proc { name: name.to_string(), child: Some(child), lines, stderr: tail }
+        Proc { name: name.to_string(), child: Some(child), lines, stderr: tail, stderr_reader: Some(stderr_reader) }
     }
 
     /// The operating-system process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("process is running").id()
+    }
+
+    /// Everything the process wrote to stderr until it closed it (its last
+    /// lines included), once it has exited; waits for the reader to drain.
+    pub fn final_stderr(&mut self) -> String {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr_tail()
     }
 
     /// What the process has written to stderr lately.
