@@ -122,18 +122,17 @@ pub fn write_return(result: Result<u64, Error>) -> Option<RegisterReturn> {
         Ok(version) => Some(RegisterReturn::Written { version }),
         Err(Error::VersionMismatch { current, .. }) => Some(RegisterReturn::Mismatch { current }),
         Err(Error::Status(status)) => {
-            let unknown = status.metadata().get("cohort-outcome").is_some_and(|v| v == "unknown");
-            // Refused before anything was accepted (unavailable without
-            // the unknown mark, contended, bad input): nothing applied.
-            let nothing = !unknown
-                && matches!(
-                    status.code(),
-                    tonic::Code::Unavailable
-                        | tonic::Code::Aborted
-                        | tonic::Code::InvalidArgument
-                        | tonic::Code::NotFound
-                        | tonic::Code::FailedPrecondition
-                );
+            // Refused before anything was accepted: contended (every ballot
+            // lost) or bad input. Anything else — a timeout, an outcome the
+            // server calls unknown, a connection that broke mid-request —
+            // may have applied.
+            let nothing = matches!(
+                status.code(),
+                tonic::Code::Aborted
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::NotFound
+                    | tonic::Code::FailedPrecondition
+            );
             (!nothing).then_some(RegisterReturn::Unknown)
         }
         // The connection to the coordinator failed: it may have run it.

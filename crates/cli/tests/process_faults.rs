@@ -7,7 +7,9 @@
 //! data directory and port, or kills and restarts the coordinator. Then every
 //! key is read at `all` (synchronous read repair), every replica is read
 //! directly, and the history is audited: no acknowledged write lost, no
-//! phantom, no resurrection, and every replica identical.
+//! phantom, no resurrection, and every replica identical. The same kills
+//! under the compare-and-set workload must leave every key's history
+//! linearizable (guarantee 8).
 //!
 //! The seed derives the workload and the fault schedule. To replay one seed
 //! or soak many:
@@ -515,6 +517,52 @@ async fn coordinator_killed_and_restarted() {
         assert!(acked_after > 0, "the restarted coordinator acknowledged nothing through the old client");
 
         audit(SCENARIO, seed, &cluster, &history).await;
+        blocking(|| drop(cluster));
+    }
+}
+
+/// Compare-and-set on real processes: the recorded CAS workload runs while a
+/// node is killed with SIGKILL (accepts and their syncs in flight) and
+/// restarted on its directory, then the coordinator is killed and
+/// restarted; every key's history must be linearizable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cas_linearizable_through_killed_node_and_coordinator() {
+    use cohort_loadtest::registers::{self, CasRecorder, CasWorkload};
+    const SCENARIO: &str = "cas_linearizable_through_killed_node_and_coordinator";
+    for seed in seeds() {
+        let _replay = replay(SCENARIO, seed);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xca5);
+        let mut cluster = blocking(Cluster::start);
+        let client = client_for(&cluster.endpoint()).await;
+        let workload = CasWorkload { seed, clients: 4, keys: 4, ops_per_client: 80 };
+        let total = u64::from(workload.clients * workload.ops_per_client);
+        let (recorder, stop) = (CasRecorder::default(), Arc::new(AtomicBool::new(false)));
+        let clients = registers::start(workload, TENANT, std::slice::from_ref(&client), &recorder, &stop);
+        let reached = |fraction: f64| {
+            let recorder = recorder.clone();
+            async move {
+                let target = (total as f64 * fraction) as u64;
+                let deadline = Instant::now() + WORKLOAD_DEADLINE;
+                let mut poll = tokio::time::interval(Duration::from_millis(10));
+                while recorder.completed() < target {
+                    assert!(Instant::now() < deadline, "the workload stalled before {target} operations");
+                    poll.tick().await;
+                }
+            }
+        };
+        let victim = rng.random_range(0..NODES);
+        reached(0.2).await;
+        blocking(|| cluster.kill_node(victim));
+        reached(0.4).await;
+        blocking(|| cluster.restart_node(victim));
+        reached(0.6).await;
+        blocking(|| cluster.kill_coordinator());
+        blocking(|| cluster.restart_coordinator());
+        join(clients).await;
+        let verdict = recorder.check();
+        println!("{SCENARIO} seed {seed}: node {victim} killed and restarted, coordinator too: {verdict}");
+        assert!(verdict.is_ok(), "{verdict}");
+        assert!(verdict.operations as u64 > total / 2, "too few operations answered: {verdict}");
         blocking(|| drop(cluster));
     }
 }
