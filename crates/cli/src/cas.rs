@@ -1,16 +1,11 @@
 //! `cohort cas`: linearizable compare-and-set from the command line.
 
-use std::io::Read;
-
-use anyhow::Context as _;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use cohort_client::{CasWrite, Client, Fence, RetryPolicy};
+use cohort_client::{CasWrite, Fence};
 use serde_json::json;
 
-use crate::kv::normalize_endpoint;
+use crate::kv::{Connection, read_value, render};
 
 /// Compare-and-set commands. Their keys are the tenant's linearizable key
 /// space, apart from `kv`'s: `cohort kv put k` and `cohort cas put k` name
@@ -32,15 +27,8 @@ pub enum CasCommand {
 /// Flags shared by every cas command.
 #[derive(Args)]
 pub struct Common {
-    /// Coordinator endpoint.
-    #[arg(long, env = "COHORT_ENDPOINT", default_value = "http://127.0.0.1:7070")]
-    endpoint: String,
-    /// Tenant the key belongs to.
-    #[arg(long, env = "COHORT_TENANT", default_value = "default")]
-    tenant: String,
-    /// Print JSON for scripts.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    target: Connection,
     /// Values (and a put's VALUE) are base64 instead of UTF-8 text.
     #[arg(long)]
     base64: bool,
@@ -93,42 +81,14 @@ pub struct DeleteArgs {
     fence: Option<Fence>,
 }
 
-async fn connect(common: &Common) -> anyhow::Result<Client> {
-    Ok(Client::connect(normalize_endpoint(&common.endpoint)).await?.with_retry(RetryPolicy::default()))
-}
-
-fn read_value(text: String, base64: bool) -> anyhow::Result<Bytes> {
-    let raw = if text == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("reading the value from standard input")?;
-        buf
-    } else {
-        text.into_bytes()
-    };
-    if base64 {
-        let text = std::str::from_utf8(&raw).context("VALUE is not valid base64")?;
-        Ok(Bytes::from(STANDARD.decode(text.trim()).context("VALUE is not valid base64")?))
-    } else {
-        Ok(Bytes::from(raw))
-    }
-}
-
-fn render(value: &Bytes, base64: bool) -> anyhow::Result<String> {
-    if base64 {
-        Ok(STANDARD.encode(value))
-    } else {
-        String::from_utf8(value.to_vec()).context("the value is not UTF-8 text; use --base64")
-    }
-}
-
 /// Runs a cas command.
 pub async fn run(command: CasCommand) -> anyhow::Result<()> {
     match command {
         CasCommand::Get(args) => {
-            let client = connect(&args.common).await?;
-            let read = client.cas().get(&args.common.tenant, args.key).await?;
+            let client = args.common.target.connect().await?;
+            let read = client.cas().get(&args.common.target.tenant, args.key).await?;
             let value = read.value.as_ref().map(|v| render(v, args.common.base64)).transpose()?;
-            if args.common.json {
+            if args.common.target.json {
                 println!("{}", json!({"found": value.is_some(), "value": value, "version": read.version}));
             } else {
                 match value {
@@ -140,17 +100,20 @@ pub async fn run(command: CasCommand) -> anyhow::Result<()> {
         }
         CasCommand::Put(args) => {
             let value = read_value(args.value, args.common.base64)?;
-            let client = connect(&args.common).await?;
+            let client = args.common.target.connect().await?;
             let options = CasWrite { write_id: args.write_id.map(Bytes::from), fence: args.fence };
-            let version =
-                client.cas().put_with(&args.common.tenant, args.key, value, args.expect_version, options).await?;
-            print_version(version, args.common.json);
+            let version = client
+                .cas()
+                .put_with(&args.common.target.tenant, args.key, value, args.expect_version, options)
+                .await?;
+            print_version(version, args.common.target.json);
         }
         CasCommand::Delete(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.target.connect().await?;
             let options = CasWrite { write_id: None, fence: args.fence };
-            let version = client.cas().delete_with(&args.common.tenant, args.key, args.expect_version, options).await?;
-            print_version(version, args.common.json);
+            let version =
+                client.cas().delete_with(&args.common.target.tenant, args.key, args.expect_version, options).await?;
+            print_version(version, args.common.target.json);
         }
     }
     Ok(())

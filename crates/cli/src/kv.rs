@@ -25,22 +25,37 @@ pub enum KvCommand {
     Delete(DeleteArgs),
 }
 
-/// Flags shared by every kv command.
+/// The flags that say where a client command goes and how it prints:
+/// shared by `kv`, `cas`, `lock` and `election`.
 #[derive(Args)]
-pub struct Common {
+pub struct Connection {
     /// Coordinator endpoint.
     #[arg(long, env = "COHORT_ENDPOINT", default_value = "http://127.0.0.1:7070")]
     pub endpoint: String,
-    /// Tenant the key belongs to.
+    /// Tenant the key, lock or election belongs to.
     #[arg(long, env = "COHORT_TENANT", default_value = "default")]
-    tenant: String,
+    pub tenant: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Connection {
+    /// A client of the endpoint, retrying transient failures.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(normalize_endpoint(&self.endpoint)).await?.with_retry(RetryPolicy::default()))
+    }
+}
+
+/// Flags shared by every kv command.
+#[derive(Args)]
+pub struct Common {
+    #[command(flatten)]
+    pub target: Connection,
     /// Replicas that must answer: one, quorum, all or a number (default: the
     /// tenant's R or W).
     #[arg(long)]
     consistency: Option<Consistency>,
-    /// Print JSON for scripts.
-    #[arg(long)]
-    json: bool,
     /// Values (and a put's VALUE) are base64 instead of UTF-8 text.
     #[arg(long)]
     base64: bool,
@@ -92,11 +107,26 @@ pub fn normalize_endpoint(endpoint: &str) -> String {
     if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") }
 }
 
-async fn connect(common: &Common) -> anyhow::Result<Client> {
-    Ok(Client::connect(normalize_endpoint(&common.endpoint)).await?.with_retry(RetryPolicy::default()))
+/// A command's VALUE: the argument, or standard input for `-`; decoded
+/// from base64 when asked.
+pub fn read_value(text: String, base64: bool) -> anyhow::Result<Bytes> {
+    let raw = if text == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).context("reading the value from standard input")?;
+        buf
+    } else {
+        text.into_bytes()
+    };
+    if base64 {
+        let text = std::str::from_utf8(&raw).context("VALUE is not valid base64")?;
+        Ok(Bytes::from(STANDARD.decode(text.trim()).context("VALUE is not valid base64")?))
+    } else {
+        Ok(Bytes::from(raw))
+    }
 }
 
-fn render(value: &Bytes, base64: bool) -> anyhow::Result<String> {
+/// A value as printed: UTF-8 text, or base64 when asked.
+pub fn render(value: &Bytes, base64: bool) -> anyhow::Result<String> {
     if base64 {
         Ok(STANDARD.encode(value))
     } else {
@@ -163,31 +193,19 @@ fn print_write(verb: &str, result: &WriteResult, as_json: bool) {
 pub async fn run(command: KvCommand) -> anyhow::Result<()> {
     match command {
         KvCommand::Put(args) => {
-            let raw = if args.value == "-" {
-                let mut buf = Vec::new();
-                std::io::stdin().read_to_end(&mut buf).context("reading the value from standard input")?;
-                buf
-            } else {
-                args.value.into_bytes()
-            };
-            let value = if args.common.base64 {
-                let text = std::str::from_utf8(&raw).context("VALUE is not valid base64")?;
-                Bytes::from(STANDARD.decode(text.trim()).context("VALUE is not valid base64")?)
-            } else {
-                Bytes::from(raw)
-            };
+            let value = read_value(args.value, args.common.base64)?;
             let options = write_options(&args.common, args.context, args.idempotency_key)?;
-            let client = connect(&args.common).await?;
-            let result = client.put_with(&args.common.tenant, args.key, value, options).await?;
-            print_write("ok", &result, args.common.json);
+            let client = args.common.target.connect().await?;
+            let result = client.put_with(&args.common.target.tenant, args.key, value, options).await?;
+            print_write("ok", &result, args.common.target.json);
         }
         KvCommand::Get(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.target.connect().await?;
             let options = ReadOptions { consistency: args.common.consistency };
-            let result = client.get_with(&args.common.tenant, args.key, options).await?;
+            let result = client.get_with(&args.common.target.tenant, args.key, options).await?;
             let values =
                 result.siblings.iter().map(|v| render(v, args.common.base64)).collect::<anyhow::Result<Vec<_>>>()?;
-            if args.common.json {
+            if args.common.target.json {
                 let out = json!({
                     "found": result.found(),
                     "siblings": values,
@@ -210,21 +228,21 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
             }
         }
         KvCommand::Delete(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.target.connect().await?;
             let result = if args.context.is_some() {
                 let options = write_options(&args.common, args.context, args.idempotency_key)?;
-                Some(client.delete_with(&args.common.tenant, args.key, options).await?)
+                Some(client.delete_with(&args.common.target.tenant, args.key, options).await?)
             } else {
-                client.delete(&args.common.tenant, args.key).await?
+                client.delete(&args.common.target.tenant, args.key).await?
             };
             match result {
-                Some(result) if args.common.json => {
+                Some(result) if args.common.target.json => {
                     let mut out = write_json(&result);
                     out["deleted"] = json!(true);
                     println!("{out}");
                 }
                 Some(result) => print_write("deleted", &result, false),
-                None if args.common.json => {
+                None if args.common.target.json => {
                     println!("{}", json!({"deleted": false, "context": "", "duplicate": false, "receipt": null}))
                 }
                 None => println!("not found: nothing to delete"),

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use cohort_client::{Client, LockOptions, RetryPolicy};
+use cohort_client::LockOptions;
 use serde_json::json;
 use tokio_stream::StreamExt;
 
-use crate::kv::normalize_endpoint;
+use crate::kv::Connection;
 
 /// Lock commands. A lock is held under a lease; every grant returns a
 /// fencing token, strictly greater than every earlier grant's of the same
@@ -47,20 +47,6 @@ pub enum ElectionCommand {
     Observe(NameArgs),
 }
 
-/// Flags shared by every lock and election command.
-#[derive(Args)]
-pub struct Common {
-    /// Coordinator endpoint.
-    #[arg(long, env = "COHORT_ENDPOINT", default_value = "http://127.0.0.1:7070")]
-    endpoint: String,
-    /// Tenant the lock belongs to.
-    #[arg(long, env = "COHORT_TENANT", default_value = "default")]
-    tenant: String,
-    /// Print JSON for scripts.
-    #[arg(long)]
-    json: bool,
-}
-
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 10s: {e}"))
 }
@@ -78,7 +64,7 @@ fn ttl(text: &str) -> Result<Duration, String> {
 #[derive(Args)]
 pub struct AcquireArgs {
     #[command(flatten)]
-    common: Common,
+    common: Connection,
     /// The lock's name.
     name: String,
     /// The lease's TTL (at most 5m).
@@ -94,7 +80,7 @@ pub struct AcquireArgs {
 #[derive(Args)]
 pub struct LeaseArgs {
     #[command(flatten)]
-    common: Common,
+    common: Connection,
     /// The lock's name.
     name: String,
     /// The lease the lock is held under (from `lock acquire`).
@@ -106,7 +92,7 @@ pub struct LeaseArgs {
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    common: Common,
+    common: Connection,
     /// The lock's name.
     name: String,
     /// The lease's TTL; it is renewed every third of it.
@@ -124,7 +110,7 @@ pub struct RunArgs {
 #[derive(Args)]
 pub struct CampaignArgs {
     #[command(flatten)]
-    common: Common,
+    common: Connection,
     /// The election's name.
     name: String,
     /// What the leader proclaims (e.g. its address).
@@ -139,20 +125,16 @@ pub struct CampaignArgs {
 #[derive(Args)]
 pub struct NameArgs {
     #[command(flatten)]
-    common: Common,
+    common: Connection,
     /// The election's name.
     name: String,
-}
-
-async fn connect(common: &Common) -> anyhow::Result<Client> {
-    Ok(Client::connect(normalize_endpoint(&common.endpoint)).await?.with_retry(RetryPolicy::default()))
 }
 
 /// Runs a lock command; `lock run` exits with its command's status.
 pub async fn run_lock(command: LockCommand) -> anyhow::Result<ExitCode> {
     match command {
         LockCommand::Acquire(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.connect().await?;
             let options = LockOptions { ttl: args.ttl, wait: args.wait };
             // The lease is kept alive while waiting, and no longer once
             // this prints: the lock then lasts one TTL unless renewed.
@@ -168,7 +150,7 @@ pub async fn run_lock(command: LockCommand) -> anyhow::Result<ExitCode> {
             }
         }
         LockCommand::Release(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.connect().await?;
             client.locks().release(&args.common.tenant, &args.name, args.lease).await?;
             if args.common.json {
                 println!("{}", json!({"released": true}));
@@ -177,7 +159,7 @@ pub async fn run_lock(command: LockCommand) -> anyhow::Result<ExitCode> {
             }
         }
         LockCommand::Renew(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.connect().await?;
             let ttl = client.locks().renew(&args.common.tenant, &args.name, args.lease).await?;
             if args.common.json {
                 println!("{}", json!({"lease": args.lease, "ttl_ms": ttl.as_millis() as u64}));
@@ -192,7 +174,7 @@ pub async fn run_lock(command: LockCommand) -> anyhow::Result<ExitCode> {
 
 /// `lock run`: hold the lock while the command runs.
 async fn run_holding(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.common).await?;
+    let client = args.common.connect().await?;
     let options = LockOptions { ttl: args.ttl, wait: args.wait };
     let mut guard = client.locks().acquire(&args.common.tenant, &args.name, options).await?;
     eprintln!("holding lock {:?} (token {}, lease {})", args.name, guard.token(), guard.lease());
@@ -221,7 +203,7 @@ async fn run_holding(args: RunArgs) -> anyhow::Result<ExitCode> {
 pub async fn run_election(command: ElectionCommand) -> anyhow::Result<()> {
     match command {
         ElectionCommand::Campaign(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.connect().await?;
             let options = LockOptions { ttl: args.ttl, wait: None };
             let locks = client.locks();
             let mut leadership = loop {
@@ -246,12 +228,12 @@ pub async fn run_election(command: ElectionCommand) -> anyhow::Result<()> {
             }
         }
         ElectionCommand::Leader(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.connect().await?;
             let leader = client.locks().leader(&args.common.tenant, &args.name).await?;
             print_leader(&leader, args.common.json)?;
         }
         ElectionCommand::Observe(args) => {
-            let client = connect(&args.common).await?;
+            let client = args.common.connect().await?;
             let mut changes = client.locks().observe(&args.common.tenant, &args.name).await?;
             while let Some(leader) = changes.next().await {
                 print_leader(&leader?, args.common.json)?;
