@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use cohort_client::{Client, RetryPolicy};
-use cohort_loadtest::locking::{self, LockWorkload};
+use cohort_loadtest::locking::{self, FencedStore, LockWorkload};
 use cohort_loadtest::registers::{self, CasRecorder, CasWorkload};
 use cohort_loadtest::workload::{self, Recorder, Workload};
 
@@ -53,6 +53,10 @@ pub struct VerifyArgs {
     /// The lease TTL of `--workload lock` (a stalled turn sleeps past it).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     lock_ttl: Duration,
+    /// Where `--workload lock` writes its protected key: a compare-and-set
+    /// key (`cas put --fence`) or a key-value key (`kv put --fence`).
+    #[arg(long, value_enum, default_value_t = FencedStore::Cas)]
+    lock_store: FencedStore,
 }
 
 /// What `verify` records.
@@ -147,8 +151,13 @@ async fn run_for(
 
 /// Runs the lock workload and checks its grants and fenced writes.
 async fn run_lock(args: &VerifyArgs, clients: &[Client]) -> anyhow::Result<()> {
-    let workload =
-        LockWorkload { clients: args.clients, rounds: args.operations.min(1000), ttl: args.lock_ttl, stall_every: 3 };
+    let workload = LockWorkload {
+        clients: args.clients,
+        rounds: args.operations.min(1000),
+        ttl: args.lock_ttl,
+        stall_every: 3,
+        store: args.lock_store,
+    };
     let run = format!("{:08x}", rand::random::<u32>());
     eprintln!("{} workers, {} turns each, lease {}ms", workload.clients, workload.rounds, workload.ttl.as_millis());
     let verdict =

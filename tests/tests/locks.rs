@@ -7,14 +7,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cohort_client::{CasWrite, Error, Fence, LockOptions};
-use cohort_loadtest::locking::{self, LockWorkload};
+use cohort_client::{CasWrite, Consistency, Error, Fence, LockOptions, ReadOptions, WriteOptions};
+use cohort_loadtest::locking::{self, FencedStore, LockWorkload};
 use cohort_tests::{TENANT, TestCluster, on_both_transports};
 use tokio_stream::StreamExt;
 use tonic::Code;
 
 on_both_transports!(
     a_holder_paused_past_its_lease_cannot_write_after_the_next_holder,
+    a_holder_paused_past_its_lease_cannot_write_a_kv_key_after_the_next_holder,
     election_failover_raises_the_generation_and_observers_see_each_leader,
     bad_lock_input_changes_nothing,
 );
@@ -54,6 +55,47 @@ async fn a_holder_paused_past_its_lease_cannot_write_after_the_next_holder(clust
     assert!(third.token() > first.token + 1);
     assert_eq!(cas.put_with(TENANT, "out", "third-1", 2, fence(third.token())).await.unwrap(), 3);
     third.release().await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// The same for a key-value key: every replica remembers the key's highest
+/// token per lock and refuses lower ones; the older holder's value is
+/// superseded by the newer holder's, even by a blind write.
+async fn a_holder_paused_past_its_lease_cannot_write_a_kv_key_after_the_next_holder(cluster: TestCluster) {
+    let client = cluster.client().await;
+    let locks = client.locks();
+    let fenced =
+        |token| WriteOptions { fence: Some(Fence { lock: "report".into(), token }), ..WriteOptions::default() };
+    let everywhere = ReadOptions { consistency: Some(Consistency::All) };
+    let first = locks.acquire_once(TENANT, "report", 0, options(500, None)).await.unwrap();
+    client.put_with(TENANT, "out", "first-1", fenced(first.token)).await.unwrap();
+    let second = locks.acquire(TENANT, "report", options(10_000, Some(Duration::from_secs(10)))).await.unwrap();
+    assert!(second.token() > first.token);
+    // Blind: it never read the first holder's value, yet replaces it.
+    client.put_with(TENANT, "out", "second-1", fenced(second.token())).await.unwrap();
+    let read = client.get_with(TENANT, "out", everywhere.clone()).await.unwrap();
+    assert_eq!(read.siblings, [Bytes::from("second-1")]);
+    // The first resumes: its puts and deletes are refused, with or without
+    // the context of a fresh read, and change nothing.
+    for context in [cohort_client::Context::empty(), read.context.clone()] {
+        let options = WriteOptions { context: context.clone(), ..fenced(first.token) };
+        let refused = client.put_with(TENANT, "out", "first-late", options).await.unwrap_err();
+        assert_eq!(refused.code(), Some(Code::FailedPrecondition), "{refused}");
+        assert!(refused.to_string().contains("fenced: token"), "{refused}");
+    }
+    let options = WriteOptions { context: read.context.clone(), ..fenced(first.token) };
+    let refused = client.delete_with(TENANT, "out", options).await.unwrap_err();
+    assert!(refused.to_string().contains("fenced"), "{refused}");
+    let after = client.get_with(TENANT, "out", everywhere).await.unwrap();
+    assert_eq!(after.siblings, [Bytes::from("second-1")], "refused writes left nothing behind");
+    // Unfenced writes are not the lock's business: they still pass.
+    client.put_with(TENANT, "free", "v", WriteOptions::default()).await.unwrap();
+    // Bad fences change nothing: an unknown lock, a token never issued.
+    let unknown = WriteOptions { fence: Some(Fence { lock: "nope".into(), token: 1 }), ..WriteOptions::default() };
+    assert_eq!(code(client.put_with(TENANT, "k", "v", unknown).await), Some(Code::NotFound));
+    assert_eq!(code(client.put_with(TENANT, "k", "v", fenced(999)).await), Some(Code::InvalidArgument));
+    assert!(!client.get(TENANT, "k").await.unwrap().found());
+    second.release().await.unwrap();
     cluster.shutdown().await;
 }
 
@@ -137,8 +179,8 @@ async fn bad_lock_input_changes_nothing(cluster: TestCluster) {
     cluster.shutdown().await;
 }
 
-/// Workers take turns under one lock, each writing the protected key with
-/// its token; some stall past their lease before writing (a pause), and
+/// Workers take turns under one lock, each writing the protected key (a
+/// compare-and-set key, then a key-value key) with its token; some stall past their lease before writing (a pause), and
 /// write anyway (`cohort_loadtest::locking`, as `verify --workload lock`
 /// runs it). Tokens follow real time, and the fencing checker finds no
 /// write accepted after a higher token.
@@ -146,11 +188,14 @@ async fn bad_lock_input_changes_nothing(cluster: TestCluster) {
 async fn no_write_is_accepted_with_a_stale_token_while_holders_stall() {
     let cluster = TestCluster::start().await;
     let clients = vec![cluster.client().await];
-    let workload = LockWorkload { clients: 4, rounds: 6, ttl: Duration::from_millis(300), stall_every: 3 };
-    let verdict = locking::run(workload, TENANT, "shared", "protected", &clients).await.expect("the workload runs");
-    println!("{verdict}");
-    assert!(verdict.is_ok(), "{verdict}");
-    assert!(verdict.accepted > 0 && verdict.refused > 0, "both accepted and refused writes: {verdict}");
-    assert_eq!(verdict.grants, 24);
+    for store in [FencedStore::Cas, FencedStore::Kv] {
+        let workload = LockWorkload { clients: 4, rounds: 6, ttl: Duration::from_millis(300), stall_every: 3, store };
+        let (lock, key) = (format!("shared-{store:?}"), format!("protected-{store:?}"));
+        let verdict = locking::run(workload, TENANT, &lock, &key, &clients).await.expect("the workload runs");
+        println!("{store:?}: {verdict}");
+        assert!(verdict.is_ok(), "{store:?}: {verdict}");
+        assert!(verdict.accepted > 0 && verdict.refused > 0, "both accepted and refused writes: {verdict}");
+        assert_eq!(verdict.grants, 24);
+    }
     cluster.shutdown().await;
 }

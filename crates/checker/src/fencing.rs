@@ -1,12 +1,18 @@
 //! The fencing checkers: no write carrying a lock's token is accepted after
 //! a write of the same key carried a higher token of that lock
-//! ([`check_fencing`]), and a lock's tokens follow real time
+//! ([`check_fencing`] for versioned keys, [`check_fencing_in_time`] for
+//! key-value keys), and a lock's tokens follow real time
 //! ([`check_grant_order`]).
 //!
-//! Each accepted write of one key is recorded with the version it made
-//! and the token it carried; in version order (the order the key applied
-//! them), tokens must never go down. A write that goes down is a write by
-//! a holder that had lost the lock, accepted anyway: guarantee 9 broken.
+//! Each accepted write of one compare-and-set key is recorded with the
+//! version it made and the token it carried; in version order (the order
+//! the key applied them), tokens must never go down. A write that goes
+//! down is a write by a holder that had lost the lock, accepted anyway:
+//! guarantee 9 broken.
+//!
+//! A key-value key has no version order, so its accepted writes are
+//! checked against real time: none may have been invoked after a write
+//! with a higher token was acknowledged.
 
 /// An accepted fenced write of one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +46,36 @@ pub fn check_fencing(writes: &[FencedWrite]) -> Vec<StaleWrite> {
         highest = highest.max(write.token);
     }
     stale
+}
+
+/// An accepted fenced write of a key-value key, timed on the recorder's
+/// clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedWrite {
+    /// When the write was invoked, in nanoseconds.
+    pub invoked_ns: u64,
+    /// When its acknowledgement came back.
+    pub completed_ns: u64,
+    /// The fencing token it carried.
+    pub token: u64,
+}
+
+/// The writes of `writes` (all of one key and one lock) accepted although a
+/// write with a higher token had been acknowledged before they were
+/// invoked, each with the earliest such write; empty when fencing held.
+pub fn check_fencing_in_time(writes: &[TimedWrite]) -> Vec<(TimedWrite, TimedWrite)> {
+    let mut by_completion = writes.to_vec();
+    by_completion.sort_by_key(|w| w.completed_ns);
+    writes
+        .iter()
+        .filter_map(|write| {
+            by_completion
+                .iter()
+                .take_while(|earlier| earlier.completed_ns < write.invoked_ns)
+                .find(|earlier| earlier.token > write.token)
+                .map(|earlier| (*write, *earlier))
+        })
+        .collect()
 }
 
 /// A lock grant as a client saw it: when it asked, when the grant came
@@ -103,6 +139,16 @@ mod tests {
         // A grant that came back before another was asked holds the lower token.
         assert_eq!(check_grant_order(&[g(0, 10, 5), g(20, 30, 4)]).len(), 1);
         assert_eq!(check_grant_order(&[g(0, 10, 4), g(20, 30, 4)]).len(), 1, "a token twice");
+    }
+
+    #[test]
+    fn a_key_value_write_invoked_after_a_higher_token_was_acknowledged_is_reported() {
+        let t = |invoked_ns, completed_ns, token| TimedWrite { invoked_ns, completed_ns, token };
+        // Overlapping writes may land in either order; later ones carry higher tokens.
+        assert!(check_fencing_in_time(&[t(0, 10, 1), t(5, 20, 2), t(8, 9, 1), t(30, 40, 3)]).is_empty());
+        let stale = check_fencing_in_time(&[t(0, 10, 1), t(20, 30, 4), t(40, 50, 3), t(25, 45, 2)]);
+        assert_eq!(stale, vec![(t(40, 50, 3), t(20, 30, 4))]);
+        assert!(check_fencing_in_time(&[]).is_empty());
     }
 
     #[test]

@@ -117,7 +117,9 @@ pub use causal::{CausalReport, CausalViolation, CausalViolationKind, SkipReason,
 pub use convergence::{
     ConvergenceReport, DivergentKey, ReplicaState, ReplicaStates, ReplicaView, check_convergence, same_replica_states,
 };
-pub use fencing::{FencedWrite, Grant, StaleWrite, check_fencing, check_grant_order};
+pub use fencing::{
+    FencedWrite, Grant, StaleWrite, TimedWrite, check_fencing, check_fencing_in_time, check_grant_order,
+};
 pub use history::{
     FinalState, History, HistoryError, HistoryReport, JsonLinesError, Op, OpHandle, OpKind, Outcome, Value,
     check_history,

@@ -7,7 +7,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use cohort_client::{Client, Consistency, Context, ReadOptions, Receipt, RetryPolicy, WriteOptions, WriteResult};
+use cohort_client::{
+    Client, Consistency, Context, Fence, ReadOptions, Receipt, RetryPolicy, WriteOptions, WriteResult,
+};
 use serde_json::json;
 
 /// Key-value commands.
@@ -76,6 +78,12 @@ pub struct PutArgs {
     /// A retry with the same key returns the first answer instead of writing again.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Write under a lock, as NAME:TOKEN (the token `lock acquire` printed):
+    /// every replica refuses the write once the key has seen a higher token
+    /// of that lock, so a holder whose lease lapsed cannot overwrite a newer
+    /// holder's writes.
+    #[arg(long)]
+    fence: Option<Fence>,
 }
 
 /// Flags of `kv get`.
@@ -100,6 +108,9 @@ pub struct DeleteArgs {
     /// A retry with the same key returns the first answer (with --context).
     #[arg(long, requires = "context")]
     idempotency_key: Option<String>,
+    /// Delete under a lock, as NAME:TOKEN (see `kv put --fence`).
+    #[arg(long)]
+    fence: Option<Fence>,
 }
 
 /// Adds `http://` when the endpoint has no scheme.
@@ -161,12 +172,13 @@ fn write_options(
     common: &Common,
     context: Option<String>,
     idempotency_key: Option<String>,
+    fence: Option<Fence>,
 ) -> anyhow::Result<WriteOptions> {
     let context = match context {
         Some(text) => Context::from_base64(&text)?,
         None => Context::empty(),
     };
-    Ok(WriteOptions { context, consistency: common.consistency, idempotency_key })
+    Ok(WriteOptions { context, consistency: common.consistency, idempotency_key, fence })
 }
 
 /// The JSON answer to a put or delete.
@@ -194,7 +206,7 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
     match command {
         KvCommand::Put(args) => {
             let value = read_value(args.value, args.common.base64)?;
-            let options = write_options(&args.common, args.context, args.idempotency_key)?;
+            let options = write_options(&args.common, args.context, args.idempotency_key, args.fence)?;
             let client = args.common.target.connect().await?;
             let result = client.put_with(&args.common.target.tenant, args.key, value, options).await?;
             print_write("ok", &result, args.common.target.json);
@@ -229,11 +241,15 @@ pub async fn run(command: KvCommand) -> anyhow::Result<()> {
         }
         KvCommand::Delete(args) => {
             let client = args.common.target.connect().await?;
-            let result = if args.context.is_some() {
-                let options = write_options(&args.common, args.context, args.idempotency_key)?;
-                Some(client.delete_with(&args.common.target.tenant, args.key, options).await?)
-            } else {
-                client.delete(&args.common.target.tenant, args.key).await?
+            let tenant = &args.common.target.tenant;
+            let mut options = write_options(&args.common, args.context, args.idempotency_key, args.fence)?;
+            if options.context.is_empty() {
+                // Delete what a read returns now, as the SDK's delete does.
+                options.context = client.get(tenant, args.key.clone()).await?.context;
+            }
+            let result = match options.context.is_empty() {
+                true => None,
+                false => Some(client.delete_with(tenant, args.key, options).await?),
             };
             match result {
                 Some(result) if args.common.target.json => {

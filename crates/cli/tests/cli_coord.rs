@@ -75,6 +75,7 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced_and_told_when_it_resumes() {
     // The holder writes once with its token, says so, and idles.
     let script = format!(
         "{bin} cas put report first --expect-version 0 --fence reports:$COHORT_FENCE_TOKEN --endpoint {endpoint} \
+         >/dev/null && {bin} kv put report first --fence reports:$COHORT_FENCE_TOKEN --endpoint {endpoint} \
          >/dev/null && echo \"written $COHORT_FENCE_TOKEN\" && exec sleep 60",
         bin = cohort_bin(),
         endpoint = dev.endpoint
@@ -91,6 +92,8 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced_and_told_when_it_resumes() {
     let fence = format!("reports:{second}");
     let written = with_endpoint(&dev, &["cas", "put", "report", "second", "--expect-version", "1", "--fence", &fence]);
     assert!(written.success(), "{written:?}");
+    let written = with_endpoint(&dev, &["kv", "put", "report", "second", "--fence", &fence]);
+    assert!(written.success(), "{written:?}");
     // Whatever the paused holder writes with its token is refused.
     let stale_fence = format!("reports:{first}");
     for expect in ["1", "2"] {
@@ -98,6 +101,11 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced_and_told_when_it_resumes() {
             with_endpoint(&dev, &["cas", "put", "report", "late", "--expect-version", expect, "--fence", &stale_fence]);
         let line = stale.one_line_error("FailedPrecondition");
         assert!(line.contains("fenced"), "{line}");
+    }
+    for command in [&["kv", "put", "report", "late"][..], &["kv", "delete", "report"][..]] {
+        let stale = with_endpoint(&dev, &[command, &["--fence", &stale_fence]].concat());
+        let line = stale.one_line_error("FailedPrecondition");
+        assert!(line.contains("fenced: token"), "{line}");
     }
     // Resumed, it learns that its lease is gone, stops its command and
     // exits non-zero.
@@ -109,4 +117,6 @@ fn a_lock_holder_stopped_past_its_lease_is_fenced_and_told_when_it_resumes() {
     assert!(said.contains("lost lock"), "lock run says it lost the lock: {said}");
     let read = with_endpoint(&dev, &["cas", "get", "report", "--json"]).json();
     assert_eq!(read, serde_json::json!({"found": true, "value": "second", "version": 2}));
+    let read = with_endpoint(&dev, &["kv", "get", "report", "--consistency", "all", "--json"]).json();
+    assert_eq!(read["siblings"], serde_json::json!(["second"]), "the newer holder's value alone: {read}");
 }

@@ -48,7 +48,7 @@ pub struct Fence {
 }
 
 impl Fence {
-    fn into_pb(self) -> pb::Fence {
+    pub(crate) fn into_pb(self) -> pb::Fence {
         pb::Fence { lock: self.lock, token: self.token }
     }
 }

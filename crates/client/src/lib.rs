@@ -191,6 +191,10 @@ pub struct WriteOptions {
     pub consistency: Option<Consistency>,
     /// Idempotency key; when `None` and retries are on, one is generated.
     pub idempotency_key: Option<String>,
+    /// The lock grant the write is made under (see [`Fence`]): a replica
+    /// that has seen a higher token of the lock refuses it, and the call
+    /// fails with `FailedPrecondition` ("fenced: …").
+    pub fence: Option<Fence>,
 }
 
 /// Options for a read.
@@ -369,6 +373,7 @@ impl Client {
             context: options.context.0,
             consistency: consistency_to_pb(options.consistency),
             idempotency_key,
+            fence: options.fence.map(Fence::into_pb),
         };
         let response = self
             .with_retries(true, |mut kv| {
@@ -437,6 +442,7 @@ impl Client {
             context: options.context.0,
             consistency: consistency_to_pb(options.consistency),
             idempotency_key,
+            fence: options.fence.map(Fence::into_pb),
         };
         let response = self
             .with_retries(true, |mut kv| {

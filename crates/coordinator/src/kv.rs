@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_proto::internal::v1::{
-    CoordinateRequest, Dot as PbDot, MergeRequest, Peer, ReadRequest, ReplicaSet, WriteTag,
+    CoordinateRequest, Dot as PbDot, FenceToken, MergeRequest, Peer, ReadRequest, ReplicaSet, WriteTag,
 };
-use cohort_ring::{Actor, CausalContext, Consistency, Dot, QuorumTally, SiblingSet, Verdict};
+use cohort_ring::{Actor, CausalContext, Consistency, Dot, Fence, QuorumTally, SiblingSet, Verdict};
 use cohort_transport::{Liveness, PeerPool, ReplicaFailure, within};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -271,19 +271,26 @@ impl KvEngine {
     /// `context` covers, and waits for the write quorum. With a `write` tag
     /// the replicas record the write's id, and a coordinating replica that
     /// already has it replicates the version it issued instead of a new one.
+    /// With a `fence`, a replica that has seen a higher token of its lock
+    /// refuses the write, and a write that misses its quorum for that reason
+    /// fails with the replica's `fenced: …` precondition.
     #[allow(clippy::too_many_arguments)]
     pub async fn write(
         &self,
         tenant: &Tenant,
         key: Bytes,
         value: Option<Bytes>,
+        fence: Option<&Fence>,
         context: &CausalContext,
         level: Option<Consistency>,
         limits: WriteLimits,
         write: Option<WriteTag>,
     ) -> Result<WriteOutcome, KvError> {
         let context = Bytes::from(context.encode());
-        let attempt = || self.write_once(tenant, key.clone(), value.clone(), &context, level, limits, write.clone());
+        let fence = fence.map(|f| FenceToken { lock: f.lock.clone(), token: f.token });
+        let attempt = || {
+            self.write_once(tenant, key.clone(), value.clone(), fence.clone(), &context, level, limits, write.clone())
+        };
         self.routed_again_if_stale(attempt).await
     }
 
@@ -311,6 +318,7 @@ impl KvEngine {
         tenant: &Tenant,
         key: Bytes,
         value: Option<Bytes>,
+        fence: Option<FenceToken>,
         context: &Bytes,
         level: Option<Consistency>,
         limits: WriteLimits,
@@ -383,6 +391,7 @@ impl KvEngine {
                 write: write.clone(),
                 ring_version: plan.ring_version,
                 sets: sets.clone(),
+                fence: fence.clone(),
             };
             let client = match self.peers.node(&coordinator.address) {
                 Ok(client) => client,
@@ -416,6 +425,16 @@ impl KvEngine {
                             replication,
                             fallbacks,
                         });
+                    }
+                    // A replica that has seen a newer holder's token refused
+                    // it: the write will not survive the replicas' syncing.
+                    if let Some(fenced) =
+                        response.failures.iter().find(|f| f.code == tonic::Code::FailedPrecondition as i32)
+                    {
+                        return Err(KvError::FailedPrecondition(format!(
+                            "{} (replica {})",
+                            fenced.reason, fenced.node_id
+                        )));
                     }
                     for failure in &response.failures {
                         self.suspect(&failure.node_id);

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use cohort_proto::internal::v1 as internal;
 use cohort_proto::v1 as pb;
 use cohort_proto::v1::key_value_server::KeyValue;
-use cohort_ring::{CausalContext, Consistency};
+use cohort_ring::{CausalContext, Consistency, Fence};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -100,6 +100,7 @@ struct WriteInput {
     context: Bytes,
     consistency: Option<pb::Consistency>,
     idempotency_key: String,
+    fence: Option<Fence>,
 }
 
 fn fingerprint(input: &WriteInput, level: Option<Consistency>) -> Fingerprint {
@@ -117,6 +118,13 @@ fn fingerprint(input: &WriteInput, level: Option<Consistency>) -> Fingerprint {
         None => hash.update([0]),
     }
     hash.update(level.map(|l| l.to_string()).unwrap_or_default().as_bytes());
+    // After everything else, so an unfenced write hashes as it always did.
+    if let Some(fence) = &input.fence {
+        hash.update([2]);
+        hash.update((fence.lock.len() as u64).to_be_bytes());
+        hash.update(fence.lock.as_bytes());
+        hash.update(fence.token.to_be_bytes());
+    }
     hash.finalize().into()
 }
 
@@ -192,6 +200,9 @@ impl KvService {
         }
         let tenant = c.tenants.get(&input.tenant).await?;
         tenant.replication.write_quorum(level).map_err(|e| KvError::InvalidArgument(e.to_string()))?;
+        if let Some(fence) = &input.fence {
+            crate::coord::check_fence(&self.coordinator, &tenant.id, fence).await?;
+        }
 
         if input.idempotency_key.is_empty() {
             return self.execute(&tenant, &input, &context, level, None).await;
@@ -298,7 +309,7 @@ impl KvService {
         let outcome = self
             .coordinator
             .engine
-            .write(tenant, input.key.clone(), input.value.clone(), context, level, limits, write)
+            .write(tenant, input.key.clone(), input.value.clone(), input.fence.as_ref(), context, level, limits, write)
             .await?;
         Ok(self.response(input, context, &outcome))
     }
@@ -347,6 +358,7 @@ impl KeyValue for KvService {
             context: r.context,
             consistency: r.consistency,
             idempotency_key: r.idempotency_key,
+            fence: r.fence.map(|f| Fence { lock: f.lock, token: f.token }),
         };
         let result = self.write(input).await;
         record("put", started, &result);
@@ -371,6 +383,7 @@ impl KeyValue for KvService {
             context: r.context,
             consistency: r.consistency,
             idempotency_key: r.idempotency_key,
+            fence: r.fence.map(|f| Fence { lock: f.lock, token: f.token }),
         };
         let result = self.write(input).await;
         record("delete", started, &result);

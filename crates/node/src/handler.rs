@@ -21,14 +21,14 @@ use cohort_proto::internal::v1::{
     ReadRequest, ReadResponse, ScanEntry, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
     WriteTag as PbWriteTag,
 };
-use cohort_ring::{Actor, CausalContext, Dot, QuorumTally, SiblingSet, TokenRange, Verdict};
+use cohort_ring::{Actor, CausalContext, Dot, Fence, QuorumTally, SiblingSet, TokenRange, Verdict};
 use cohort_transport::{PeerPool, ReplicaFailure, StorageHandler, within};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tonic::Status;
 
-use crate::store::{Store, StoreError, WriteLimits, WriteTag};
+use crate::store::{Replicated, Store, StoreError, WriteLimits, WriteTag};
 
 /// A replica's acknowledgement of a coordinated write: its id, and whether
 /// it holds the version durably (or why not).
@@ -117,6 +117,7 @@ fn status_from(error: StoreError) -> Status {
         StoreError::Corrupt(e) => Status::data_loss(format!("stored state unreadable: {e}")),
         StoreError::CorruptAcceptor(e) => Status::data_loss(format!("stored acceptor state unreadable: {e}")),
         StoreError::ForgedContext { .. } | StoreError::DotsExhausted(_) => Status::invalid_argument(error.to_string()),
+        StoreError::Fenced(_) => Status::failed_precondition(error.to_string()),
         StoreError::TooManySiblings { .. } | StoreError::StateTooLarge { .. } => {
             Status::failed_precondition(error.to_string())
         }
@@ -186,6 +187,12 @@ impl StorageHandler for StorageNode {
         // A hint for every peer, in the write's own batch; each peer's
         // acknowledgement clears its own.
         let targets: Vec<(&str, &str)> = request.peers.iter().map(hint_target).collect();
+        let fence = match request.fence {
+            Some(fence) if fence.lock.is_empty() || fence.token == 0 => {
+                return Err(Status::invalid_argument("a fence names a lock and a token above 0"));
+            }
+            fence => fence.map(|f| Fence { lock: f.lock, token: f.token }),
+        };
         let staged = self
             .store
             .stage_update_hinted(
@@ -193,6 +200,7 @@ impl StorageHandler for StorageNode {
                 &request.key,
                 &context,
                 request.value,
+                fence,
                 limits,
                 tag,
                 request.ring_version,
@@ -234,7 +242,7 @@ impl StorageHandler for StorageNode {
                 key: request.key.clone(),
                 state: staged.encoded.clone(),
                 write: request.write.clone(),
-                write_dot: request.write.as_ref().map(|_| write_dot.clone()),
+                write_dot: Some(write_dot.clone()),
                 ring_version: request.ring_version,
                 handoff: (!peer.hinted_for.is_empty())
                     .then(|| Handoff { node_id: peer.hinted_for.clone(), address: peer.hinted_for_address.clone() }),
@@ -307,8 +315,8 @@ impl StorageHandler for StorageNode {
         let tag = tag_from_pb(&request.write)?;
         let dot = dot_from_pb(request.write_dot.as_ref());
         let write = match (tag, &dot) {
-            (Some(tag), Some(dot)) => Some((tag, dot)),
-            (None, _) => None,
+            (tag, Some(dot)) => Some(Replicated { dot, tag }),
+            (None, None) => None,
             (Some(_), None) => return Err(Status::invalid_argument("a write tag needs the write's dot")),
         };
         self.store

@@ -82,7 +82,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cohort_paxos::AcceptorState;
 use cohort_ring::merkle::{self, key_hash};
-use cohort_ring::{Actor, CausalContext, DecodeError, Dot, SiblingSet, Token, TokenRange, token_for};
+use cohort_ring::{
+    Actor, CausalContext, DecodeError, Dot, Fence, SiblingSet, Token, TokenRange, UpdateError, token_for,
+};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
@@ -172,6 +174,9 @@ pub enum StoreError {
     /// This actor can issue no more dots for the key (a forged context).
     #[error(transparent)]
     DotsExhausted(#[from] cohort_ring::DotsExhausted),
+    /// A fenced write whose token is below the key's for its lock.
+    #[error(transparent)]
+    Fenced(#[from] cohort_ring::Fenced),
     /// The request was routed by a ring older than the node's fence: the
     /// sender must refresh its ring and route again.
     #[error(
@@ -223,6 +228,24 @@ pub struct WriteTag<'a> {
     pub id: &'a [u8],
     /// Until when (seconds since the Unix epoch) the record is kept.
     pub expires_at: u64,
+}
+
+/// A fresh write that a merge replicates from its coordinating replica.
+#[derive(Debug, Clone, Copy)]
+pub struct Replicated<'a> {
+    /// The dot the coordinating replica issued for it.
+    pub dot: &'a Dot,
+    /// Its idempotency tag, recorded with the dot, when it has one.
+    pub tag: Option<WriteTag<'a>>,
+}
+
+impl From<cohort_ring::UpdateError> for StoreError {
+    fn from(error: cohort_ring::UpdateError) -> Self {
+        match error {
+            cohort_ring::UpdateError::DotsExhausted(e) => StoreError::DotsExhausted(e),
+            cohort_ring::UpdateError::Fenced(e) => StoreError::Fenced(e),
+        }
+    }
 }
 
 /// A version staged by [`Store::stage_update`].
@@ -1121,12 +1144,13 @@ impl Store {
         write: Option<WriteTag<'_>>,
         ring_version: u64,
     ) -> Result<Staged, StoreError> {
-        self.stage_update_hinted(tenant, key, context, value, limits, write, ring_version, &[])
+        self.stage_update_hinted(tenant, key, context, value, None, limits, write, ring_version, &[])
     }
 
-    /// [`Store::stage_update`], staging in the same batch a hint for every
-    /// `(peer id, address)` of `hints` (see the module docs); the hints'
-    /// sequence number is in [`Staged::hint_seq`].
+    /// [`Store::stage_update`] under `fence` when given (refused when the
+    /// key has seen a higher token of its lock), staging in the same batch a
+    /// hint for every `(peer id, address)` of `hints` (see the module docs);
+    /// the hints' sequence number is in [`Staged::hint_seq`].
     #[allow(clippy::too_many_arguments)]
     pub fn stage_update_hinted(
         &self,
@@ -1134,6 +1158,7 @@ impl Store {
         key: &[u8],
         context: &CausalContext,
         value: Option<Bytes>,
+        fence: Option<Fence>,
         limits: WriteLimits,
         write: Option<WriteTag<'_>>,
         ring_version: u64,
@@ -1172,7 +1197,11 @@ impl Store {
         let old_bytes = current.as_ref().map_or(0, |b| b.len());
         let old_hash = current.as_ref().map(|_| key_hash(tenant, key, state.clock()));
         let was_tombstones = only_tombstones(&state);
-        let dot = state.update_above(context, &self.actor, value, floor)?;
+        let dot = state.update_above(context, &self.actor, value, floor, fence).inspect_err(|error| {
+            if matches!(error, UpdateError::Fenced(_)) {
+                metrics::counter!("cohort_node_writes_refused_total", "reason" => "fenced").increment(1);
+            }
+        })?;
         let siblings = state.siblings().len();
         if limits.max_siblings > 0 && siblings > before && siblings > limits.max_siblings as usize {
             metrics::counter!("cohort_node_writes_refused_total", "reason" => "siblings").increment(1);
@@ -1202,15 +1231,19 @@ impl Store {
     }
 
     /// Merges `incoming` into the key's local state and appends the result if
-    /// it changed, with a record of `write` (id and dot) when given. Not yet
-    /// durable: call [`Store::durable`] before acknowledging. Returns whether
-    /// the local state changed.
+    /// it changed, with a record of `write`'s id and dot when it has a tag.
+    /// Not yet durable: call [`Store::durable`] before acknowledging.
+    /// Returns whether the local state changed.
+    ///
+    /// A fenced `write` that the merge would drop, because this key has seen
+    /// a higher token of its lock, is refused and nothing is staged: its
+    /// coordinating replica must not count this replica as holding it.
     pub fn stage_merge(
         &self,
         tenant: &str,
         key: &[u8],
         incoming: &SiblingSet,
-        write: Option<(WriteTag<'_>, &Dot)>,
+        write: Option<Replicated<'_>>,
         ring_version: u64,
     ) -> Result<bool, StoreError> {
         self.check_writable()?;
@@ -1224,13 +1257,21 @@ impl Store {
             None => SiblingSet::new(),
         };
         let merged = SiblingSet::merged(&current, incoming);
+        if let Some(fence) = write
+            .and_then(|w| incoming.siblings().iter().find(|s| s.dot == *w.dot))
+            .and_then(|sibling| sibling.fence.as_ref())
+            && let Some(fenced) = merged.fenced_by(fence)
+        {
+            metrics::counter!("cohort_node_writes_refused_total", "reason" => "fenced").increment(1);
+            return Err(fenced.into());
+        }
         let changed = merged != current;
         let mut batch = self.db.batch();
         if changed {
             self.track_tombstones(&mut batch, &skey, only_tombstones(&current), &merged);
             batch.insert(&self.data, skey, merged.encode());
         }
-        if let Some((tag, dot)) = write {
+        if let Some(Replicated { dot, tag: Some(tag) }) = write {
             batch.insert(&self.writes, tag.id, encode_write_record(dot, tag.expires_at));
         }
         batch.commit()?;
@@ -1301,14 +1342,14 @@ impl Store {
         let _ = committer.await;
     }
 
-    /// Merges `incoming` (recording `write` when given) and waits until the
-    /// result is durable.
+    /// Merges `incoming` (replicating `write` when given, see
+    /// [`Store::stage_merge`]) and waits until the result is durable.
     pub async fn merge(
         &self,
         tenant: &str,
         key: &[u8],
         incoming: &SiblingSet,
-        write: Option<(WriteTag<'_>, &Dot)>,
+        write: Option<Replicated<'_>>,
         ring_version: u64,
     ) -> Result<(), StoreError> {
         self.stage_merge(tenant, key, incoming, write, ring_version)?;
@@ -1623,6 +1664,65 @@ mod tests {
         store.stage_update("t", key, context, Some(Bytes::from_static(value)), NO_LIMITS, None, 0)
     }
 
+    fn fenced_put(store: &Store, key: &[u8], value: &'static [u8], token: u64) -> Result<Staged, StoreError> {
+        let fence = Some(Fence { lock: "l".into(), token });
+        let value = Some(Bytes::from_static(value));
+        store.stage_update_hinted("t", key, &CausalContext::new(), value, fence, NO_LIMITS, None, 0, &[])
+    }
+
+    /// A fenced write below the key's token for its lock is refused and
+    /// leaves the state as it was; the same token, or a higher one, writes.
+    #[tokio::test]
+    async fn a_write_under_a_lower_token_is_refused_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+        fenced_put(&store, b"k", b"two", 2).unwrap();
+        fenced_put(&store, b"k", b"two again", 2).unwrap();
+        let before = store.read("t", b"k").unwrap();
+        let refused = fenced_put(&store, b"k", b"one", 1).unwrap_err();
+        assert!(matches!(&refused, StoreError::Fenced(f) if f.token == 1 && f.highest == 2), "{refused:?}");
+        assert!(refused.to_string().starts_with("fenced: token 1 < 2"), "{refused}");
+        assert_eq!(store.read("t", b"k").unwrap(), before, "a refused write changes nothing");
+        // A higher token supersedes the siblings written under lower ones.
+        fenced_put(&store, b"k", b"three", 3).unwrap();
+        let after = store.read("t", b"k").unwrap();
+        assert_eq!(after.values().collect::<Vec<_>>(), [&Bytes::from_static(b"three")]);
+        // Unfenced writes are not affected by the key's fences.
+        put(&store, b"k", &CausalContext::new(), b"free").unwrap();
+        assert_eq!(store.read("t", b"k").unwrap().values().count(), 2);
+    }
+
+    /// A replica that has seen a higher token refuses a replicated fenced
+    /// write, storing nothing, so its coordinating replica cannot count it;
+    /// a repair that carries the same state merges with the stale sibling
+    /// dropped.
+    #[tokio::test]
+    async fn a_replicated_write_under_a_lower_token_is_refused_and_a_repair_drops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+        fenced_put(&store, b"k", b"new holder", 5).unwrap();
+        store.durable().await.unwrap();
+        let before = store.read("t", b"k").unwrap();
+        let mut stale = SiblingSet::new();
+        let dot = stale
+            .update_above(
+                &CausalContext::new(),
+                &Actor::new("n2.1.00"),
+                Some(Bytes::from_static(b"old holder")),
+                0,
+                Some(Fence { lock: "l".into(), token: 4 }),
+            )
+            .unwrap();
+        let replicated = Replicated { dot: &dot, tag: None };
+        let refused = store.merge("t", b"k", &stale, Some(replicated), 0).await.unwrap_err();
+        assert!(matches!(&refused, StoreError::Fenced(f) if f.token == 4 && f.highest == 5), "{refused:?}");
+        assert_eq!(store.read("t", b"k").unwrap(), before, "a refused merge changes nothing");
+        store.merge("t", b"k", &stale, None, 0).await.unwrap();
+        let repaired = store.read("t", b"k").unwrap();
+        assert_eq!(repaired.values().collect::<Vec<_>>(), [&Bytes::from_static(b"new holder")]);
+        assert!(repaired.clock().covers(&dot), "the dropped write counts as seen");
+    }
+
     #[tokio::test]
     async fn update_merge_read_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1770,7 +1870,10 @@ mod tests {
         peer_state.update(&CausalContext::new(), &Actor::new("n2.1.00"), value()).unwrap();
         let peer_dot = Dot { actor: Actor::new("n2.1.00"), counter: 1 };
         let peer_tag = WriteTag { id: b"write-2", expires_at: now_secs() + 60 };
-        store.merge("t", b"k2", &peer_state, Some((peer_tag, &peer_dot)), 0).await.unwrap();
+        store
+            .merge("t", b"k2", &peer_state, Some(Replicated { dot: &peer_dot, tag: Some(peer_tag) }), 0)
+            .await
+            .unwrap();
         assert_eq!(store.write_record(b"write-2").unwrap(), Some(peer_dot));
 
         let expired = WriteTag { id: b"write-3", expires_at: now_secs().saturating_sub(1) };

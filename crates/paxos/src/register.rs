@@ -25,15 +25,9 @@ pub struct Register {
     pub fences: Vec<Fence>,
 }
 
-/// A lock's fencing token, as a write carries it and a register
-/// remembers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    /// The lock's name.
-    pub lock: String,
-    /// The token of its grant.
-    pub token: u64,
-}
+/// A lock's fencing token, as a write carries it and a register remembers
+/// it: the same type the key-value store's sibling sets use.
+pub use cohort_ring::Fence;
 
 /// A write a register remembers.
 #[derive(Debug, Clone, PartialEq, Eq)]

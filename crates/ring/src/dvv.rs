@@ -34,8 +34,28 @@
 //!
 //! Both the stored sibling set and the causal context start with a format
 //! byte: `1` when the clock has no dot cloud (the first release's layout,
-//! still written byte for byte in that case), `2` when it has one.
+//! still written byte for byte in that case), `2` when it has one. A sibling
+//! set that carries fencing tokens is format `4` (`3` is the sealed context
+//! token's): the clock with its cloud count always written, the fence table
+//! (per lock: name and highest token), then the siblings, each followed by
+//! its lock's position in the table plus one (`0`: unfenced). A state
+//! without fences is written as `1` or `2`, byte for byte as before.
 //! Decoders reject formats they do not know.
+//!
+//! # Fencing
+//!
+//! A write may carry a [`Fence`]: the name of a lock and the token of the
+//! grant its writer holds. The state remembers, per lock, the highest token
+//! any write has carried ([`SiblingSet::fences`]). A replica refuses a write
+//! whose token is below that ([`UpdateError::Fenced`]), and a sibling written
+//! under a lower token than the state has since seen for its lock is
+//! superseded: dropped like a sibling a later context covered (its dot stays
+//! in the clock). `sync` joins the fence tables (highest token per lock) and
+//! then drops what they supersede, so it stays commutative, associative and
+//! idempotent: a sibling survives a sync exactly when plain DVV sync keeps it
+//! and the joined table does not supersede it, whatever the order of syncs.
+//! Consequence: every fenced sibling carries its lock's highest token, and a
+//! write refused at one replica cannot survive at another once they sync.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -139,6 +159,17 @@ pub struct Sibling {
     pub dot: Dot,
     /// The value, or `None` when the write was a delete.
     pub value: Option<Bytes>,
+    /// The lock grant the write was made under, when it was fenced.
+    pub fence: Option<Fence>,
+}
+
+/// A lock's fencing token, as a write carries it and a state remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Fence {
+    /// The lock's name.
+    pub lock: String,
+    /// The token of the grant: strictly increasing per lock.
+    pub token: u64,
 }
 
 /// What a state or a writer has seen: a version vector, plus single dots
@@ -279,6 +310,8 @@ pub struct SiblingSet {
     clock: CausalContext,
     /// Sorted by dot; canonical so that equal states compare equal.
     siblings: Vec<Sibling>,
+    /// The highest fencing token any write of this key carried, per lock.
+    fences: BTreeMap<String, u64>,
 }
 
 impl SiblingSet {
@@ -309,7 +342,29 @@ impl SiblingSet {
 
     /// Whether this is the state of a key never written.
     pub fn is_empty(&self) -> bool {
-        self.clock.is_empty() && self.siblings.is_empty()
+        self.clock.is_empty() && self.siblings.is_empty() && self.fences.is_empty()
+    }
+
+    /// The highest fencing token a write of this key carried, per lock.
+    pub fn fences(&self) -> &BTreeMap<String, u64> {
+        &self.fences
+    }
+
+    /// Whether a write under `fence` would be refused: this state has seen
+    /// a higher token of its lock.
+    pub fn fenced_by(&self, fence: &Fence) -> Option<Fenced> {
+        let highest = self.fences.get(&fence.lock).copied().filter(|highest| *highest > fence.token)?;
+        Some(Fenced { lock: fence.lock.clone(), token: fence.token, highest })
+    }
+
+    /// Drops the siblings a higher token of their lock supersedes.
+    fn drop_fenced(&mut self) {
+        if self.fences.is_empty() {
+            return;
+        }
+        let fences = &self.fences;
+        self.siblings
+            .retain(|s| s.fence.as_ref().is_none_or(|f| fences.get(&f.lock).is_none_or(|highest| f.token >= *highest)));
     }
 
     /// Issues a new version at `actor`, which must be a replica of the key
@@ -328,10 +383,14 @@ impl SiblingSet {
         actor: &Actor,
         value: Option<Bytes>,
     ) -> Result<Dot, DotsExhausted> {
-        self.update_above(context, actor, value, 0)
+        self.update_above(context, actor, value, 0, None).map_err(|error| match error {
+            UpdateError::DotsExhausted(exhausted) => exhausted,
+            UpdateError::Fenced(_) => unreachable!("an unfenced write is never refused by a fence"),
+        })
     }
 
-    /// [`SiblingSet::update`], issuing a counter above `floor` as well.
+    /// [`SiblingSet::update`], issuing a counter above `floor` as well, and
+    /// under `fence` when given.
     ///
     /// A replica that purged a key's tombstone no longer knows which of
     /// its counters the key had used; other replicas (or a partitioned one)
@@ -340,17 +399,30 @@ impl SiblingSet {
     /// mistaken for the deleted one. The vector then covers the skipped
     /// counters too, which the key never had from this actor but for the
     /// purged, deleted writes.
+    ///
+    /// A fenced write is refused, leaving the state untouched, when the
+    /// state has seen a higher token of its lock; otherwise it raises the
+    /// lock's token to its own and supersedes the siblings written under
+    /// lower ones.
     pub fn update_above(
         &mut self,
         context: &CausalContext,
         actor: &Actor,
         value: Option<Bytes>,
         floor: u64,
-    ) -> Result<Dot, DotsExhausted> {
+        fence: Option<Fence>,
+    ) -> Result<Dot, UpdateError> {
         // Checked before anything changes: the counter must not wrap to 0,
         // which would store a state that `decode` rejects ("zero counter").
         if self.clock.max_counter(actor).max(context.max_counter(actor)).max(floor) == u64::MAX {
-            return Err(DotsExhausted(actor.clone()));
+            return Err(UpdateError::DotsExhausted(DotsExhausted(actor.clone())));
+        }
+        if let Some(fence) = &fence {
+            if let Some(fenced) = self.fenced_by(fence) {
+                return Err(fenced.into());
+            }
+            self.fences.insert(fence.lock.clone(), fence.token);
+            self.drop_fenced();
         }
         self.siblings.retain(|s| !context.covers(&s.dot));
         self.clock.merge(context);
@@ -361,7 +433,7 @@ impl SiblingSet {
         self.clock.compact();
         let dot = Dot { actor: actor.clone(), counter };
         let position = self.siblings.partition_point(|s| s.dot < dot);
-        self.siblings.insert(position, Sibling { dot: dot.clone(), value });
+        self.siblings.insert(position, Sibling { dot: dot.clone(), value, fence });
         Ok(dot)
     }
 
@@ -369,7 +441,8 @@ impl SiblingSet {
     ///
     /// A sibling survives if the other side also has it, or if the other side
     /// has not seen it; a sibling one side has seen but no longer holds was
-    /// superseded there and is dropped.
+    /// superseded there and is dropped. The fence tables join, and a sibling
+    /// a higher token of its lock supersedes is dropped too.
     pub fn sync(&mut self, other: &SiblingSet) {
         let mut merged = Vec::with_capacity(self.siblings.len() + other.siblings.len());
         let (mut i, mut j) = (0, 0);
@@ -402,6 +475,11 @@ impl SiblingSet {
         }
         self.siblings = merged;
         self.clock.merge(&other.clock);
+        for (lock, token) in &other.fences {
+            let highest = self.fences.entry(lock.clone()).or_insert(0);
+            *highest = (*highest).max(*token);
+        }
+        self.drop_fenced();
     }
 
     /// `a` synced with `b`, leaving both untouched.
@@ -416,9 +494,22 @@ impl SiblingSet {
         let mut out = Vec::with_capacity(
             16 + self.siblings.iter().map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 8).sum::<usize>(),
         );
-        out.push(if self.clock.cloud.is_empty() { FORMAT_V1 } else { FORMAT_V2 });
+        let fenced = !self.fences.is_empty();
         let actors: Vec<&Actor> = self.clock.vv.0.keys().collect();
-        encode_context(&self.clock, &mut out);
+        if fenced {
+            out.push(FORMAT_FENCED);
+            encode_clock(&self.clock.vv, &mut out);
+            encode_cloud(&self.clock.cloud, &mut out);
+            put_varint(&mut out, self.fences.len() as u64);
+            for (lock, token) in &self.fences {
+                put_varint(&mut out, lock.len() as u64);
+                out.extend_from_slice(lock.as_bytes());
+                put_varint(&mut out, *token);
+            }
+        } else {
+            out.push(if self.clock.cloud.is_empty() { FORMAT_V1 } else { FORMAT_V2 });
+            encode_context(&self.clock, &mut out);
+        }
         put_varint(&mut out, self.siblings.len() as u64);
         for sibling in &self.siblings {
             let index =
@@ -433,6 +524,16 @@ impl SiblingSet {
                     out.extend_from_slice(value);
                 }
             }
+            if fenced {
+                let position = sibling.fence.as_ref().map_or(0, |f| {
+                    self.fences
+                        .keys()
+                        .position(|lock| *lock == f.lock)
+                        .expect("well-formed: a sibling's lock is in the table")
+                        + 1
+                });
+                put_varint(&mut out, position as u64);
+            }
         }
         out
     }
@@ -442,7 +543,14 @@ impl SiblingSet {
     pub fn decode(bytes: &[u8]) -> Result<SiblingSet, DecodeError> {
         let mut reader = Reader::new(bytes);
         let format = reader.byte()?;
-        let clock = decode_context(&mut reader, format)?;
+        let (clock, fences) = if format == FORMAT_FENCED {
+            let vv = decode_clock(&mut reader)?;
+            let cloud = decode_cloud(&mut reader, &vv)?;
+            (CausalContext { vv, cloud }, decode_fences(&mut reader)?)
+        } else {
+            (decode_context(&mut reader, format)?, BTreeMap::new())
+        };
+        let locks: Vec<(&String, &u64)> = fences.iter().collect();
         let actors: Vec<&Actor> = clock.vv.0.keys().collect();
         let count = reader.varint()?;
         let mut siblings = Vec::with_capacity(count.min(1024) as usize);
@@ -462,25 +570,96 @@ impl SiblingSet {
                 }
                 _ => return Err(DecodeError::Malformed("unknown sibling kind")),
             };
+            let fence = match format {
+                FORMAT_FENCED => match reader.varint()? as usize {
+                    0 => None,
+                    position => {
+                        let (lock, token) =
+                            locks.get(position - 1).ok_or(DecodeError::Malformed("sibling lock index out of range"))?;
+                        Some(Fence { lock: (*lock).clone(), token: **token })
+                    }
+                },
+                _ => None,
+            };
             if siblings.last().is_some_and(|s: &Sibling| s.dot >= dot) {
                 return Err(DecodeError::Malformed("siblings out of order"));
             }
-            siblings.push(Sibling { dot, value });
+            siblings.push(Sibling { dot, value, fence });
         }
         reader.finish()?;
-        Ok(SiblingSet { clock, siblings })
+        Ok(SiblingSet { clock, siblings, fences })
     }
+}
+
+/// Reads a format-4 fence table: at least one lock, names in order, tokens
+/// above zero.
+fn decode_fences(reader: &mut Reader<'_>) -> Result<BTreeMap<String, u64>, DecodeError> {
+    let count = reader.varint()?;
+    if count == 0 {
+        return Err(DecodeError::Malformed("empty fence table in format 4"));
+    }
+    let mut fences = BTreeMap::new();
+    let mut previous: Option<String> = None;
+    for _ in 0..count {
+        let len = reader.varint()? as usize;
+        if len == 0 || len > MAX_LOCK_LEN {
+            return Err(DecodeError::Malformed("lock name length"));
+        }
+        let lock = std::str::from_utf8(reader.take(len)?)
+            .map_err(|_| DecodeError::Malformed("lock name is not UTF-8"))?
+            .to_string();
+        let token = reader.varint()?;
+        if token == 0 {
+            return Err(DecodeError::Malformed("zero fencing token"));
+        }
+        if previous.as_ref().is_some_and(|p| *p >= lock) {
+            return Err(DecodeError::Malformed("fence table out of order"));
+        }
+        previous = Some(lock.clone());
+        fences.insert(lock, token);
+    }
+    Ok(fences)
 }
 
 /// The first release's format: a clock without a dot cloud.
 const FORMAT_V1: u8 = 1;
 /// A clock with a dot cloud.
 const FORMAT_V2: u8 = 2;
+/// A sibling set with a fence table (`3` is the sealed context token's).
+const FORMAT_FENCED: u8 = 4;
+/// The longest lock name a stored state may hold.
+const MAX_LOCK_LEN: usize = 1024;
 
 /// No new dot can be issued for an actor whose counter is at `u64::MAX`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("dot counter of actor {0} is exhausted")]
 pub struct DotsExhausted(pub Actor);
+
+/// Why a replica refused to issue a version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    /// No counter is left for the actor.
+    #[error(transparent)]
+    DotsExhausted(#[from] DotsExhausted),
+    /// A newer holder of the write's lock has written.
+    #[error(transparent)]
+    Fenced(#[from] Fenced),
+}
+
+/// A fenced write refused: its token is below one the key has already seen
+/// for its lock, so a newer holder of the lock has written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "fenced: token {token} < {highest}, the highest this key has seen for lock {lock:?}; a newer holder has written"
+)]
+pub struct Fenced {
+    /// The lock the write named.
+    pub lock: String,
+    /// The token it carried.
+    pub token: u64,
+    /// The highest token the key has seen for that lock.
+    pub highest: u64,
+}
 
 /// Why bytes could not be read back as a sibling set or context.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -503,12 +682,17 @@ const MAX_ACTOR_LEN: usize = 255;
 pub(crate) fn encode_context(context: &CausalContext, out: &mut Vec<u8>) {
     encode_clock(&context.vv, out);
     if !context.cloud.is_empty() {
-        put_varint(out, context.cloud.len() as u64);
-        for dot in &context.cloud {
-            put_varint(out, dot.actor.0.len() as u64);
-            out.extend_from_slice(dot.actor.0.as_bytes());
-            put_varint(out, dot.counter);
-        }
+        encode_cloud(&context.cloud, out);
+    }
+}
+
+/// Writes the cloud's dot count, then each dot as actor name and counter.
+fn encode_cloud(cloud: &BTreeSet<Dot>, out: &mut Vec<u8>) {
+    put_varint(out, cloud.len() as u64);
+    for dot in cloud {
+        put_varint(out, dot.actor.0.len() as u64);
+        out.extend_from_slice(dot.actor.0.as_bytes());
+        put_varint(out, dot.counter);
     }
 }
 
@@ -519,32 +703,40 @@ pub(crate) fn decode_context(reader: &mut Reader<'_>, format: u8) -> Result<Caus
         return Err(DecodeError::UnknownFormat(format));
     }
     let vv = decode_clock(reader)?;
-    let mut cloud = BTreeSet::new();
-    match format {
-        FORMAT_V1 => {}
+    let cloud = match format {
+        FORMAT_V1 => BTreeSet::new(),
         FORMAT_V2 => {
-            let count = reader.varint()?;
-            if count == 0 {
+            let cloud = decode_cloud(reader, &vv)?;
+            if cloud.is_empty() {
                 return Err(DecodeError::Malformed("empty dot cloud in format 2"));
             }
-            let mut previous: Option<Dot> = None;
-            for _ in 0..count {
-                let actor = decode_actor(reader)?;
-                let counter = reader.varint()?;
-                let dot = Dot { actor, counter };
-                if counter <= vv.get(&dot.actor).saturating_add(1) {
-                    return Err(DecodeError::Malformed("dot cloud not compact"));
-                }
-                if previous.as_ref().is_some_and(|p| *p >= dot) {
-                    return Err(DecodeError::Malformed("dot cloud out of order"));
-                }
-                previous = Some(dot.clone());
-                cloud.insert(dot);
-            }
+            cloud
         }
         other => return Err(DecodeError::UnknownFormat(other)),
-    }
+    };
     Ok(CausalContext { vv, cloud })
+}
+
+/// Reads what [`encode_cloud`] wrote, checking that it is canonical
+/// against the vector `vv`.
+fn decode_cloud(reader: &mut Reader<'_>, vv: &VersionVector) -> Result<BTreeSet<Dot>, DecodeError> {
+    let count = reader.varint()?;
+    let mut cloud = BTreeSet::new();
+    let mut previous: Option<Dot> = None;
+    for _ in 0..count {
+        let actor = decode_actor(reader)?;
+        let counter = reader.varint()?;
+        let dot = Dot { actor, counter };
+        if counter <= vv.get(&dot.actor).saturating_add(1) {
+            return Err(DecodeError::Malformed("dot cloud not compact"));
+        }
+        if previous.as_ref().is_some_and(|p| *p >= dot) {
+            return Err(DecodeError::Malformed("dot cloud out of order"));
+        }
+        previous = Some(dot.clone());
+        cloud.insert(dot);
+    }
+    Ok(cloud)
 }
 
 fn decode_actor(reader: &mut Reader<'_>) -> Result<Actor, DecodeError> {

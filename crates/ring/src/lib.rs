@@ -32,7 +32,10 @@ pub mod tally;
 pub mod token;
 
 pub use context::{ContextKey, TokenError};
-pub use dvv::{Actor, CausalContext, DecodeError, Dot, DotsExhausted, Sibling, SiblingSet, VersionVector};
+pub use dvv::{
+    Actor, CausalContext, DecodeError, Dot, DotsExhausted, Fence, Fenced, Sibling, SiblingSet, UpdateError,
+    VersionVector,
+};
 pub use movement::{MovingRange, RangeOwners, TokenRange, moving_ranges};
 pub use quorum::{Consistency, QuorumError, ReplicationConfig};
 pub use ring::{NodeId, NodeSpec, Ring, RingError, valid_node_id};

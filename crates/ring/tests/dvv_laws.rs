@@ -3,7 +3,9 @@
 //! These protect what makes replication safe: `sync` is commutative,
 //! associative and idempotent, so replicas converge whatever order states
 //! arrive in; a write replaces exactly the siblings its context covers; no
-//! write is ever lost unless a later write's context superseded it; and the
+//! write is ever lost unless a later write's context superseded it or a
+//! later holder of its lock wrote under a higher fencing token; a fenced
+//! write below the key's token is refused and changes nothing; and the
 //! stored and client-facing encodings round-trip and never panic on garbage.
 //!
 //! The laws only hold for *well-formed* states (every sibling's dot covered by
@@ -15,7 +17,7 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use cohort_ring::{Actor, CausalContext, Dot, SiblingSet};
+use cohort_ring::{Actor, CausalContext, Dot, Fence, SiblingSet, UpdateError};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -46,8 +48,8 @@ enum Op {
     /// A client reads replica `i` and remembers its clock as a context.
     Read(usize),
     /// Replica `replica` issues a write (a tombstone when `tombstone`) with
-    /// the given context.
-    Write { replica: usize, context: Context, tombstone: bool },
+    /// the given context, fenced by `(lock, token)` when given.
+    Write { replica: usize, context: Context, tombstone: bool, fence: Option<(usize, u64)> },
     /// Replica `into` syncs the state of replica `from` into its own.
     Sync { into: usize, from: usize },
 }
@@ -61,8 +63,8 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         1 => (0usize..4).prop_map(Op::Read),
-        3 => (0usize..4, context, proptest::bool::weighted(0.2))
-            .prop_map(|(replica, context, tombstone)| Op::Write { replica, context, tombstone }),
+        3 => (0usize..4, context, proptest::bool::weighted(0.2), proptest::option::weighted(0.4, (0usize..2, 1u64..5)))
+            .prop_map(|(replica, context, tombstone, fence)| Op::Write { replica, context, tombstone, fence }),
         3 => (0usize..4, 0usize..4).prop_map(|(into, from)| Op::Sync { into, from }),
     ]
 }
@@ -76,6 +78,8 @@ struct Write {
     context: CausalContext,
     /// The value written; `None` for a tombstone.
     value: Option<Bytes>,
+    /// The lock grant it was written under.
+    fence: Option<Fence>,
     /// The dot `update` returned.
     dot: Dot,
     /// The replica's state just after the write.
@@ -100,6 +104,9 @@ struct History {
     pool: Vec<SiblingSet>,
     /// Every write, in order.
     writes: Vec<Write>,
+    /// Fenced writes a replica refused: the state it refused in, and the
+    /// write's fence.
+    refused: Vec<(SiblingSet, Fence)>,
 }
 
 fn actor(i: usize) -> Actor {
@@ -112,6 +119,7 @@ fn simulate(count: usize, ops: &[Op]) -> History {
     let mut remembered: Vec<CausalContext> = Vec::new();
     let mut pool = Vec::new();
     let mut writes: Vec<Write> = Vec::new();
+    let mut refused = Vec::new();
     for op in ops {
         match op {
             Op::Read(i) => {
@@ -119,7 +127,7 @@ fn simulate(count: usize, ops: &[Op]) -> History {
                 remembered.push(state.clock().clone());
                 pool.push(state.clone());
             }
-            Op::Write { replica, context, tombstone } => {
+            Op::Write { replica, context, tombstone, fence } => {
                 let context = match context {
                     Context::Blind => CausalContext::new(),
                     Context::Fresh(i) => replicas[i % count].clock().clone(),
@@ -127,12 +135,20 @@ fn simulate(count: usize, ops: &[Op]) -> History {
                     Context::Returned(index) if !writes.is_empty() => index.get(&writes).returned(),
                     Context::Stale(_) | Context::Returned(_) => CausalContext::new(),
                 };
-                let value = (!tombstone).then(|| Bytes::from(format!("v{}", writes.len())));
+                let value = (!tombstone).then(|| Bytes::from(format!("v{}", writes.len() + refused.len())));
+                let fence = fence.map(|(lock, token)| Fence { lock: format!("lock{lock}"), token });
                 let state = &mut replicas[replica % count];
                 let before = state.clone();
-                let dot = state.update(&context, &actor(replica % count), value.clone()).unwrap();
-                pool.push(state.clone());
-                writes.push(Write { before, context, value, dot, after: state.clone() });
+                match state.update_above(&context, &actor(replica % count), value.clone(), 0, fence.clone()) {
+                    Ok(dot) => {
+                        pool.push(state.clone());
+                        writes.push(Write { before, context, value, fence, dot, after: state.clone() });
+                    }
+                    Err(UpdateError::Fenced(_)) => {
+                        refused.push((before, fence.expect("only fenced writes are refused")))
+                    }
+                    Err(error) => panic!("honest counting never exhausts dots: {error}"),
+                }
             }
             Op::Sync { into, from } => {
                 let other = replicas[from % count].clone();
@@ -142,7 +158,7 @@ fn simulate(count: usize, ops: &[Op]) -> History {
         }
     }
     pool.extend(replicas.iter().cloned());
-    History { replicas, pool, writes }
+    History { replicas, pool, writes, refused }
 }
 
 fn histories() -> impl Strategy<Value = History> {
@@ -253,10 +269,22 @@ proptest! {
     /// the siblings are `{v's dot} ∪ {siblings of S not covered by ctx}`, the
     /// live values are `{v} ∪ {values of S not covered by ctx}`, the new dot
     /// is the actor's next counter and the clock is `S.clock ⊔ ctx` plus it.
+    /// A fenced write also replaces the siblings of its lock written under
+    /// lower tokens.
     #[test]
     fn write_replaces_exactly_what_its_context_covers(history in histories()) {
         for (n, w) in history.writes.iter().enumerate() {
-            let kept: Vec<_> = w.before.siblings().iter().filter(|s| !w.context.covers(&s.dot)).collect();
+            let superseded_by_fence = |s: &&cohort_ring::Sibling| match (&s.fence, &w.fence) {
+                (Some(old), Some(new)) => old.lock == new.lock && old.token < new.token,
+                _ => false,
+            };
+            let kept: Vec<_> = w
+                .before
+                .siblings()
+                .iter()
+                .filter(|s| !w.context.covers(&s.dot))
+                .filter(|s| !superseded_by_fence(s))
+                .collect();
             let mut expected_values: BTreeSet<Bytes> = kept.iter().filter_map(|s| s.value.clone()).collect();
             expected_values.extend(w.value.clone());
             prop_assert_eq!(values(&w.after), expected_values, "write #{}", n);
@@ -266,6 +294,10 @@ proptest! {
             prop_assert_eq!(dots(&w.after), expected_dots, "write #{}", n);
             let new = w.after.siblings().iter().find(|s| s.dot == w.dot).unwrap();
             prop_assert_eq!(&new.value, &w.value);
+            prop_assert_eq!(&new.fence, &w.fence);
+            if let Some(fence) = &w.fence {
+                prop_assert_eq!(w.after.fences().get(&fence.lock), Some(&fence.token), "write #{}", n);
+            }
 
             let mut clock = w.before.clock().clone();
             clock.merge(&w.context);
@@ -301,9 +333,11 @@ proptest! {
     }
 
     /// No write is lost: once replicas have converged, a write's dot is among
-    /// the siblings if and only if no write's context covered it. (A value
-    /// may disappear only because some later write's context — what that
-    /// client had read — included it; and a superseded write never resurfaces.)
+    /// the siblings if and only if no write's context covered it and no
+    /// write of its lock carried a higher token. (A value may disappear only
+    /// because some later write's context — what that client had read —
+    /// included it, or a newer holder of its lock wrote; and a superseded
+    /// write never resurfaces.)
     #[test]
     fn no_write_is_lost(history in histories()) {
         let mut replicas = history.replicas.clone();
@@ -313,7 +347,11 @@ proptest! {
         let mut issued = BTreeSet::new();
         for w in &history.writes {
             prop_assert!(issued.insert(w.dot.clone()), "dot {:?} issued twice", w.dot);
-            let superseded = history.writes.iter().any(|later| later.context.covers(&w.dot));
+            let fenced = |later: &Write| match (&w.fence, &later.fence) {
+                (Some(mine), Some(theirs)) => mine.lock == theirs.lock && mine.token < theirs.token,
+                _ => false,
+            };
+            let superseded = history.writes.iter().any(|later| later.context.covers(&w.dot) || fenced(later));
             prop_assert_eq!(
                 present.contains(&w.dot),
                 !superseded,
@@ -331,6 +369,32 @@ proptest! {
         for sibling in converged.siblings() {
             let w = history.writes.iter().find(|w| w.dot == sibling.dot).unwrap();
             prop_assert_eq!(&sibling.value, &w.value);
+            prop_assert_eq!(&sibling.fence, &w.fence);
+        }
+    }
+
+    /// A fenced write is refused exactly when the replica had seen a higher
+    /// token of its lock, and the converged fence table holds, per lock, the
+    /// highest token any accepted write carried.
+    #[test]
+    fn a_write_below_its_locks_token_is_refused_and_tokens_join(history in histories()) {
+        for (before, fence) in &history.refused {
+            prop_assert!(before.fenced_by(fence).is_some(), "refused without a higher token: {:?} {:?}", fence, before);
+        }
+        for w in &history.writes {
+            if let Some(fence) = &w.fence {
+                prop_assert!(w.before.fenced_by(fence).is_none(), "accepted below the key's token: {:?}", fence);
+            }
+        }
+        let mut replicas = history.replicas.clone();
+        sync_all(&mut replicas, 2);
+        let mut highest = std::collections::BTreeMap::new();
+        for fence in history.writes.iter().filter_map(|w| w.fence.as_ref()) {
+            let token = highest.entry(fence.lock.clone()).or_insert(0);
+            *token = (*token).max(fence.token);
+        }
+        for replica in &replicas {
+            prop_assert_eq!(replica.fences(), &highest);
         }
     }
 
@@ -351,8 +415,8 @@ proptest! {
     fn decoding_garbage_never_panics(bytes in vec(any::<u8>(), 0..64)) {
         check_decode(&bytes)?;
         // Also behind each valid format byte, to get past the first check
-        // (3 is the sealed token's).
-        for format in [1u8, 2, 3] {
+        // (3 is the sealed token's, 4 a fenced sibling set's).
+        for format in [1u8, 2, 3, 4] {
             let mut prefixed = vec![format];
             prefixed.extend_from_slice(&bytes);
             check_decode(&prefixed)?;

@@ -11,7 +11,7 @@ use cohort_proto::coord::v1 as pb;
 use cohort_proto::coord::v1::cas_server::Cas;
 use tonic::{Request, Response, Status};
 
-use crate::coord::{TenantRegisters, recipe_error};
+use crate::coord::check_fence;
 use crate::error::KvError;
 use crate::server::Coordinator;
 use crate::validate;
@@ -33,25 +33,6 @@ impl CasService {
     /// The service over `coordinator`.
     pub fn new(coordinator: Arc<Coordinator>) -> Self {
         CasService { coordinator }
-    }
-
-    /// A fence must name a lock that exists and a token it issued.
-    async fn check_fence(&self, tenant: &str, fence: &Fence) -> Result<(), Failed> {
-        let limits = cohort_recipes::Limits::default();
-        cohort_recipes::lock::check_name(&fence.lock, &limits).map_err(recipe_error)?;
-        let registers = TenantRegisters::new(self.coordinator.clone());
-        let bound = cohort_recipes::lock::issued_bound(&registers, tenant, &fence.lock).await.map_err(recipe_error)?;
-        if bound == 0 {
-            return Err(KvError::NotFound(format!("fence names lock {:?}, which does not exist", fence.lock)).into());
-        }
-        if fence.token == 0 || fence.token > bound {
-            return Err(KvError::InvalidArgument(format!(
-                "fence token {} was never issued by lock {:?}",
-                fence.token, fence.lock
-            ))
-            .into());
-        }
-        Ok(())
     }
 
     async fn run(&self, tenant: &str, key: Bytes, change: Change, write: Bytes) -> Result<Done, Failed> {
@@ -81,7 +62,7 @@ impl CasService {
             Change::Read => (0, None),
         };
         if let Some(fence) = &fence {
-            self.check_fence(tenant.id.as_str(), fence).await?;
+            check_fence(&self.coordinator, tenant.id.as_str(), fence).await?;
         }
         let key = keys::key(Space::Cas, &key);
         match c.registers.run(&tenant, key, change, write).await? {

@@ -13,7 +13,7 @@ pub mod recipes;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cohort_paxos::{Change, Outcome};
+use cohort_paxos::{Change, Fence, Outcome};
 use cohort_recipes::RecipeError;
 use tonic::Status;
 
@@ -51,6 +51,27 @@ fn kv_to_recipe(error: KvError) -> RecipeError {
         error if error.maybe_applied() => RecipeError::OutcomeUnknown(error.to_string()),
         error => RecipeError::Registers(error.to_string()),
     }
+}
+
+/// A fence must name a lock that exists and a token it issued: an unknown
+/// lock is `NotFound`, a token above the lock's last grant (or 0)
+/// `InvalidArgument`. Whether the token is still the newest is for the
+/// key's replicas to judge, atomically with the write.
+pub async fn check_fence(coordinator: &Arc<Coordinator>, tenant: &str, fence: &Fence) -> Result<(), KvError> {
+    let limits = cohort_recipes::Limits::default();
+    cohort_recipes::lock::check_name(&fence.lock, &limits).map_err(recipe_error)?;
+    let registers = TenantRegisters::new(coordinator.clone());
+    let bound = cohort_recipes::lock::issued_bound(&registers, tenant, &fence.lock).await.map_err(recipe_error)?;
+    if bound == 0 {
+        return Err(KvError::NotFound(format!("fence names lock {:?}, which does not exist", fence.lock)));
+    }
+    if fence.token == 0 || fence.token > bound {
+        return Err(KvError::InvalidArgument(format!(
+            "fence token {} was never issued by lock {:?}",
+            fence.token, fence.lock
+        )));
+    }
+    Ok(())
 }
 
 /// A recipe's error as the coordinator's.
