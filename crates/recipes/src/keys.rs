@@ -14,6 +14,14 @@ pub enum Space {
     Lease = b'l',
     /// Locks and elections, by name.
     Lock = b'k',
+    /// The head of a journaled map (`crate::journal`), by map name.
+    Journal = b'j',
+    /// A journaled map's entry of one key.
+    Entry = b'e',
+    /// A journaled map's archived change of one revision.
+    Archive = b'a',
+    /// A journaled map's index of keys.
+    Index = b'i',
 }
 
 /// The register key of `name` in `space`.

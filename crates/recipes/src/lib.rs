@@ -16,6 +16,10 @@
 //!   across restarts and failover. Elections are locks whose holder
 //!   proclaims a value; the token is the generation.
 //!
+//! - [`journal`]: journaled maps — keys with versions, every change
+//!   numbered by a per-map revision, and a journal of changes readable from
+//!   any retained revision (configuration, and its watch).
+//!
 //! Fencing itself is a rule of the registers (`cohort_paxos::register`): a
 //! write carrying a lock's token is refused by the key it writes once that
 //! key has seen a higher token of the same lock, atomically with the write.
@@ -24,6 +28,7 @@
 //! moment of the grant, and only by a compare-and-set on the version the
 //! granter read, so two grants can never both succeed.
 
+pub mod journal;
 pub mod keys;
 pub mod lease;
 pub mod lock;
