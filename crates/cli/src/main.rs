@@ -5,6 +5,7 @@
 
 mod admin;
 mod cas;
+mod config;
 mod dev;
 mod kv;
 mod locks;
@@ -46,6 +47,9 @@ enum Command {
     /// Linearizable compare-and-set on a key space apart from `kv`'s.
     #[command(subcommand)]
     Cas(cas::CasCommand),
+    /// Versioned configuration with history and watch.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Locks with fencing tokens, held under leases.
     #[command(subcommand)]
     Lock(locks::LockCommand),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
             Command::Coordinator(args) => servers::run_coordinator(args).await.map(|()| ExitCode::SUCCESS),
             Command::Kv(command) => kv::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Cas(command) => cas::run(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Config(command) => config::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Lock(command) => locks::run_lock(command).await,
             Command::Election(command) => locks::run_election(command).await.map(|()| ExitCode::SUCCESS),
             Command::Admin(command) => admin::run(command).await.map(|()| ExitCode::SUCCESS),

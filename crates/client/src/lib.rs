@@ -37,6 +37,7 @@
 //! settles the first attempt instead of writing the value again.
 
 pub mod cas;
+pub mod config;
 pub mod locks;
 
 use std::time::Duration;
@@ -327,6 +328,16 @@ impl Client {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// The connection, for calling the generated gRPC clients directly.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Versioned configuration and its watch on the same connection.
+    pub fn config(&self) -> config::Config {
+        config::Config::new(self.channel.clone())
     }
 
     /// Linearizable compare-and-set on the same connection.

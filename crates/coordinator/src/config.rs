@@ -177,6 +177,41 @@ impl Default for RepairConfig {
     }
 }
 
+/// Versioned configuration (`[configuration]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigurationConfig {
+    /// How many of a tenant's latest configuration revisions stay readable
+    /// by watchers; a watch from an older one is refused as compacted.
+    pub retained_revisions: u64,
+    /// How many versions of each key `config history` and `config get
+    /// --version` keep.
+    pub history_per_key: usize,
+    /// Most configuration keys with a value per tenant.
+    pub max_keys: usize,
+    /// Changes a coordinator buffers for its slowest watcher of a tenant; a
+    /// watcher further behind is cancelled (`ResourceExhausted`).
+    pub watch_buffer: usize,
+}
+
+impl Default for ConfigurationConfig {
+    fn default() -> Self {
+        ConfigurationConfig { retained_revisions: 10_000, history_per_key: 16, max_keys: 10_000, watch_buffer: 1024 }
+    }
+}
+
+impl ConfigurationConfig {
+    /// The journal bounds these settings give.
+    pub fn journal_limits(&self) -> cohort_recipes::journal::JournalLimits {
+        cohort_recipes::journal::JournalLimits {
+            retained_revisions: self.retained_revisions.max(1),
+            history_per_key: self.history_per_key.max(1),
+            max_keys: self.max_keys,
+            ..cohort_recipes::journal::JournalLimits::default()
+        }
+    }
+}
+
 /// Everything a coordinator needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -207,6 +242,8 @@ pub struct CoordinatorConfig {
     pub membership: MembershipConfig,
     /// Anti-entropy and tombstone garbage collection.
     pub repair: RepairConfig,
+    /// Versioned configuration.
+    pub configuration: ConfigurationConfig,
     /// Input limits.
     pub limits: Limits,
 }
@@ -226,6 +263,7 @@ impl Default for CoordinatorConfig {
             leader: LeaderConfig::default(),
             membership: MembershipConfig::default(),
             repair: RepairConfig::default(),
+            configuration: ConfigurationConfig::default(),
             limits: Limits::default(),
         }
     }

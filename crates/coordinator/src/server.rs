@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cohort_proto::coord::v1::cas_server::CasServer;
+use cohort_proto::coord::v1::config_server::ConfigServer;
 use cohort_proto::coord::v1::election_server::ElectionServer;
 use cohort_proto::coord::v1::leases_server::LeasesServer;
 use cohort_proto::coord::v1::locks_server::LocksServer;
@@ -18,7 +19,7 @@ use tokio::sync::{broadcast, watch};
 use crate::admin::AdminService;
 use crate::config::CoordinatorConfig;
 use crate::contexts::ContextSeals;
-use crate::coord::{CasService, ElectionService, LeaseService, LockService};
+use crate::coord::{CasService, ConfigService, ElectionService, LeaseService, LockService};
 use crate::kv::KvEngine;
 use crate::leader::{self, LeaderState};
 use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
@@ -305,6 +306,7 @@ pub async fn serve(
     health.set_serving::<LeasesServer<LeaseService>>().await;
     health.set_serving::<LocksServer<LockService>>().await;
     health.set_serving::<ElectionServer<ElectionService>>().await;
+    health.set_serving::<ConfigServer<ConfigService>>().await;
     tracing::info!(id = %coordinator.config.id, address = ?listener.local_addr().ok(), "coordinator serving");
     // Streams and waits that could outlast graceful shutdown (election
     // observers, lock waiters) end when it begins.
@@ -322,7 +324,11 @@ pub async fn serve(
         .add_service(CasServer::new(CasService::new(coordinator.clone())).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(LeasesServer::new(LeaseService::new(coordinator.clone())))
         .add_service(LocksServer::new(LockService::new(coordinator.clone(), stop.clone())))
-        .add_service(ElectionServer::new(ElectionService::new(coordinator.clone(), stop)))
+        .add_service(ElectionServer::new(ElectionService::new(coordinator.clone(), stop.clone())))
+        .add_service(
+            ConfigServer::new(ConfigService::new(coordinator.clone(), stop))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(cohort_transport::incoming(listener), shutdown)
         .await;
     // Stopping the election gives the lease up, so another coordinator

@@ -1,13 +1,14 @@
 //! The public coordination services (`cohort.coord.v1`): compare-and-set
-//! ([`cas`]) and leases, locks and election ([`recipes`], over
-//! `cohort-recipes`), all on the linearizable registers of
-//! [`crate::registers`].
+//! ([`cas`]), leases, locks and election ([`recipes`], over
+//! `cohort-recipes`) and versioned configuration with watch ([`config`]),
+//! all on the linearizable registers of [`crate::registers`].
 //!
 //! As in [`crate::service`], requests are validated while they are
 //! converted, nothing is stored for a bad one, and errors become a gRPC
 //! status once, on the way out.
 
 pub mod cas;
+pub mod config;
 pub mod recipes;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::error::KvError;
 use crate::server::Coordinator;
 
 pub use cas::CasService;
+pub use config::ConfigService;
 pub use recipes::{ElectionService, LeaseService, LockService};
 
 /// The coordinator's registers, as the recipes see them: by tenant id.

@@ -81,7 +81,8 @@ impl Recipes {
 }
 
 /// Completes once `stopping` turns true; never, if its sender is gone.
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
+/// Returns once `stopping` turns true (never, if its sender is gone).
+pub(crate) async fn stopped(stopping: &mut watch::Receiver<bool>) {
     if stopping.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
