@@ -14,6 +14,7 @@ use crate::kv::{Connection, read_value, render};
 #[derive(Subcommand)]
 pub enum ConfigCommand {
     /// Print a key's value (the latest, or a retained --version).
+    #[command(disable_version_flag = true)]
     Get(GetArgs),
     /// Write a value; with --expect-version only if the key is at that
     /// version (a mismatch exits non-zero and names the current version).
@@ -140,7 +141,7 @@ pub async fn run(command: ConfigCommand) -> anyhow::Result<()> {
                     }
                     eprintln!("version {} (revision {}, by {})", entry.version, entry.revision, entry.updated_by);
                 }
-                None => anyhow::bail!("not found: config key {:?} has no value", args.key),
+                None => anyhow::bail!("NotFound: config key {:?} has no value", args.key),
             }
         }
         ConfigCommand::Put(args) => {

@@ -1,5 +1,5 @@
-//! The `cohort cas`, `cohort lock` and `cohort election` command-line
-//! contract against a real `cohort dev` process — the JSON scripts parse,
+//! The `cohort cas`, `cohort lock`, `cohort election` and `cohort config`
+//! command-line contract against a real `cohort dev` process — the JSON scripts parse,
 //! exit codes and one-line errors — and a lock holder paused with SIGSTOP
 //! past its lease (guarantee 9): the next holder writes with its token, the
 //! paused holder's token is refused by the store, and the paused `lock run`
@@ -66,6 +66,61 @@ fn cas_lock_and_election_print_the_documented_json_and_fail_with_one_line() {
 
     let nobody = with_endpoint(&dev, &["election", "leader", "primary", "--json"]).json();
     assert_eq!(nobody, serde_json::json!({"found": false, "value": null, "generation": 0}));
+}
+
+#[test]
+fn config_commands_print_the_documented_json_and_watch_prints_a_line_per_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(&dir.path().join("data"));
+    let put = with_endpoint(&dev, &["config", "put", "app/mode", "blue", "--updated-by", "ci", "--json"]).json();
+    assert_eq!(fields(&put), BTreeSet::from(["version", "revision"]));
+    assert_eq!(put["version"].as_u64(), Some(1), "a key's first value is version 1");
+    let first = put["revision"].as_u64().unwrap();
+    // Watch from the first revision: it prints what is already committed,
+    // then what comes.
+    let from = first.to_string();
+    let watch_args =
+        ["config", "watch", "app/", "--from-revision", from.as_str(), "--json", "--endpoint", dev.endpoint.as_str()];
+    let mut watcher = Proc::spawn("cohort config watch", &watch_args, &[]);
+    let second = with_endpoint(&dev, &["config", "put", "app/mode", "green", "--expect-version", "1", "--json"]).json();
+    assert_eq!(second, serde_json::json!({"version": 2, "revision": first + 1}));
+    let got = with_endpoint(&dev, &["config", "get", "app/mode", "--json"]).json();
+    assert!(fields(&got).is_superset(&BTreeSet::from(["key", "value", "version", "revision"])), "{got}");
+    assert_eq!((got["value"].as_str(), got["version"].as_u64()), (Some("green"), Some(2)));
+    let old = with_endpoint(&dev, &["config", "get", "app/mode", "--version", "1", "--json"]).json();
+    assert_eq!((old["value"].as_str(), old["updated_by"].as_str()), (Some("blue"), Some("ci")));
+    let history = with_endpoint(&dev, &["config", "history", "app/mode", "--json"]).json();
+    assert_eq!(history.as_array().map(Vec::len), Some(2));
+    let stale = with_endpoint(&dev, &["config", "put", "app/mode", "red", "--expect-version", "1"]);
+    assert_eq!(stale.code, Some(1));
+    assert!(stale.one_line_error("FailedPrecondition").contains("version 2"));
+    let deleted = with_endpoint(&dev, &["config", "delete", "app/mode", "--json"]).json();
+    assert_eq!(deleted, serde_json::json!({"version": 3, "revision": first + 2}));
+    with_endpoint(&dev, &["config", "get", "app/mode"]).one_line_error("NotFound");
+    with_endpoint(&dev, &["config", "put", "", "v"]).one_line_error("InvalidArgument");
+
+    let lines: Vec<Value> = (0..3)
+        .map(|_| serde_json::from_str(&format!("{{{}", watcher.wait_for_line("{"))).expect("JSON lines"))
+        .collect();
+    let summary: Vec<(u64, &str, Option<&str>, Option<&str>)> = lines
+        .iter()
+        .map(|l| {
+            (l["revision"].as_u64().unwrap(), l["kind"].as_str().unwrap(), l["value"].as_str(), l["previous"].as_str())
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (first, "created", Some("blue"), None),
+            (first + 1, "updated", Some("green"), Some("blue")),
+            (first + 2, "deleted", None, Some("green"))
+        ]
+    );
+    for line in &lines {
+        assert!(fields(line).is_superset(&BTreeSet::from(["revision", "kind", "key", "value", "previous"])), "{line}");
+        assert_eq!(line["key"].as_str(), Some("app/mode"));
+    }
+    watcher.kill();
 }
 
 #[test]
