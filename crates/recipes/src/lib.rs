@@ -19,6 +19,8 @@
 //! - [`journal`]: journaled maps — keys with versions, every change
 //!   numbered by a per-map revision, and a journal of changes readable from
 //!   any retained revision (configuration, and its watch).
+//! - [`registry`]: the service registry — instances bound to leases, health
+//!   judged with hysteresis, on a journaled map of its own.
 //!
 //! Fencing itself is a rule of the registers (`cohort_paxos::register`): a
 //! write carrying a lock's token is refused by the key it writes once that
@@ -33,6 +35,7 @@ pub mod keys;
 pub mod lease;
 pub mod lock;
 pub mod memory;
+pub mod registry;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
