@@ -12,6 +12,7 @@ mod locks;
 mod migrations;
 mod repair;
 mod servers;
+mod service;
 mod settings;
 mod telemetry;
 
@@ -50,6 +51,9 @@ enum Command {
     /// Versioned configuration with history and watch.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// The service registry: register, heartbeat, discover, watch.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Locks with fencing tokens, held under leases.
     #[command(subcommand)]
     Lock(locks::LockCommand),
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
             Command::Kv(command) => kv::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Cas(command) => cas::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Config(command) => config::run(command).await.map(|()| ExitCode::SUCCESS),
+            Command::Service(command) => service::run(command).await.map(|()| ExitCode::SUCCESS),
             Command::Lock(command) => locks::run_lock(command).await,
             Command::Election(command) => locks::run_election(command).await.map(|()| ExitCode::SUCCESS),
             Command::Admin(command) => admin::run(command).await.map(|()| ExitCode::SUCCESS),

@@ -39,6 +39,7 @@
 pub mod cas;
 pub mod config;
 pub mod locks;
+pub mod registry;
 
 use std::time::Duration;
 
@@ -333,6 +334,12 @@ impl Client {
     /// The connection, for calling the generated gRPC clients directly.
     pub fn channel(&self) -> Channel {
         self.channel.clone()
+    }
+
+    /// The service registry and client-side selection on the same
+    /// connection.
+    pub fn registry(&self) -> registry::Registry {
+        registry::Registry::new(self.channel.clone())
     }
 
     /// Versioned configuration and its watch on the same connection.

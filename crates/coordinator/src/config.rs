@@ -212,6 +212,56 @@ impl ConfigurationConfig {
     }
 }
 
+/// The service registry (`[registry]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// How often the leader judges every instance (lease lapsed? checks?).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// How often an instance's active check runs.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// How long one check may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// Passing checks in a row that make a critical instance passing.
+    pub passing_after: u32,
+    /// Failing checks in a row that make a passing instance critical.
+    pub critical_after: u32,
+    /// An instance's lease TTL when it registers without one.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// How long an instance may stay critical before it is removed, when it
+    /// registers without saying: this many TTLs.
+    pub deregister_after_ttls: u32,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            sweep_interval: Duration::from_secs(1),
+            check_interval: Duration::from_secs(5),
+            check_timeout: Duration::from_secs(2),
+            passing_after: 2,
+            critical_after: 3,
+            default_ttl: Duration::from_secs(30),
+            deregister_after_ttls: 2,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The registration bounds these settings give.
+    pub fn limits(&self) -> cohort_recipes::registry::RegistryLimits {
+        cohort_recipes::registry::RegistryLimits {
+            default_ttl: self.default_ttl,
+            deregister_after_ttls: self.deregister_after_ttls.max(1),
+            ..cohort_recipes::registry::RegistryLimits::default()
+        }
+    }
+}
+
 /// Everything a coordinator needs to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -244,6 +294,8 @@ pub struct CoordinatorConfig {
     pub repair: RepairConfig,
     /// Versioned configuration.
     pub configuration: ConfigurationConfig,
+    /// The service registry.
+    pub registry: RegistryConfig,
     /// Input limits.
     pub limits: Limits,
 }
@@ -264,6 +316,7 @@ impl Default for CoordinatorConfig {
             membership: MembershipConfig::default(),
             repair: RepairConfig::default(),
             configuration: ConfigurationConfig::default(),
+            registry: RegistryConfig::default(),
             limits: Limits::default(),
         }
     }

@@ -10,6 +10,7 @@ use cohort_proto::coord::v1::config_server::ConfigServer;
 use cohort_proto::coord::v1::election_server::ElectionServer;
 use cohort_proto::coord::v1::leases_server::LeasesServer;
 use cohort_proto::coord::v1::locks_server::LocksServer;
+use cohort_proto::coord::v1::registry_server::RegistryServer;
 use cohort_proto::v1::admin_server::AdminServer;
 use cohort_proto::v1::key_value_server::KeyValueServer;
 use cohort_transport::{InProcessNodes, Liveness, PeerPool};
@@ -19,7 +20,7 @@ use tokio::sync::{broadcast, watch};
 use crate::admin::AdminService;
 use crate::config::CoordinatorConfig;
 use crate::contexts::ContextSeals;
-use crate::coord::{CasService, ConfigService, ElectionService, LeaseService, LockService};
+use crate::coord::{CasService, ConfigService, ElectionService, LeaseService, LockService, RegistryService};
 use crate::kv::KvEngine;
 use crate::leader::{self, LeaderState};
 use crate::metadata::{MetadataChange, MetadataError, MetadataStore};
@@ -280,6 +281,7 @@ fn leader_jobs(coordinator: &Arc<Coordinator>) -> leader::Jobs {
             coordinator.membership_wake.clone(),
         ));
         workers.spawn(crate::repair::AntiEntropy::new(coordinator.clone()));
+        workers.spawn(crate::coord::registry::HealthWorker::new(coordinator.clone()));
         vec![tokio::spawn(async move { workers.join().await })]
     })
 }
@@ -307,6 +309,7 @@ pub async fn serve(
     health.set_serving::<LocksServer<LockService>>().await;
     health.set_serving::<ElectionServer<ElectionService>>().await;
     health.set_serving::<ConfigServer<ConfigService>>().await;
+    health.set_serving::<RegistryServer<RegistryService>>().await;
     tracing::info!(id = %coordinator.config.id, address = ?listener.local_addr().ok(), "coordinator serving");
     // Streams and waits that could outlast graceful shutdown (election
     // observers, lock waiters) end when it begins.
@@ -326,9 +329,10 @@ pub async fn serve(
         .add_service(LocksServer::new(LockService::new(coordinator.clone(), stop.clone())))
         .add_service(ElectionServer::new(ElectionService::new(coordinator.clone(), stop.clone())))
         .add_service(
-            ConfigServer::new(ConfigService::new(coordinator.clone(), stop))
+            ConfigServer::new(ConfigService::new(coordinator.clone(), stop.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
+        .add_service(RegistryServer::new(RegistryService::new(coordinator.clone(), stop)))
         .serve_with_incoming_shutdown(cohort_transport::incoming(listener), shutdown)
         .await;
     // Stopping the election gives the lease up, so another coordinator

@@ -1,7 +1,8 @@
 //! The public coordination services (`cohort.coord.v1`): compare-and-set
 //! ([`cas`]), leases, locks and election ([`recipes`], over
-//! `cohort-recipes`) and versioned configuration with watch ([`config`]),
-//! all on the linearizable registers of [`crate::registers`].
+//! `cohort-recipes`), versioned configuration with watch ([`config`]) and
+//! the service registry ([`registry`]), all on the linearizable registers of
+//! [`crate::registers`]; [`watch`] serves the watches of both.
 //!
 //! As in [`crate::service`], requests are validated while they are
 //! converted, nothing is stored for a bad one, and errors become a gRPC
@@ -10,6 +11,8 @@
 pub mod cas;
 pub mod config;
 pub mod recipes;
+pub mod registry;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -24,6 +27,7 @@ use crate::server::Coordinator;
 pub use cas::CasService;
 pub use config::ConfigService;
 pub use recipes::{ElectionService, LeaseService, LockService};
+pub use registry::RegistryService;
 
 /// The coordinator's registers, as the recipes see them: by tenant id.
 pub struct TenantRegisters {
