@@ -11,6 +11,14 @@
 //! - `put`: a plain write (Cohort: a quorum put carrying the context of the
 //!   worker's previous one, so it replaces it), the yardstick for the CAS
 //!   latency target.
+//! - `discover`: list the passing instances of a service of ten (Cohort:
+//!   `Registry/List`; etcd: a range read of the ten keys under a prefix).
+//! - `heartbeat`: renew the worker's own registration (Cohort: a registry
+//!   heartbeat; etcd: one lease keep-alive round trip).
+//! - `watch`: `--in-flight` watchers on one prefix and one writer: each
+//!   configuration put (etcd: a put under the prefix) is timed until every
+//!   watcher has received it, and the next put follows; throughput is puts
+//!   per second.
 //!
 //! Each run prints one JSON line; `--summarise FILE` turns a file of them
 //! into a Markdown table of medians per target, operation and concurrency.
@@ -22,9 +30,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use cohort_client::config::{ConfigWrite, WatchEvent};
+use cohort_client::registry::{Filter, Registration};
 use cohort_client::{Client, Error, LockOptions, RetryPolicy, WriteOptions};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt;
 
 use crate::target::{Scheme, TargetSpec};
 use crate::verify::parse_duration;
@@ -35,7 +46,8 @@ pub struct CoordArgs {
     /// `cohort://HOST:PORT` or `etcd://HOST:PORT[,HOST:PORT…]`.
     #[arg(long, required_unless_present = "summarise")]
     target: Option<TargetSpec>,
-    /// What to measure: cas, contended, lock or put.
+    /// What to measure: cas, contended, lock, put, discover, heartbeat or
+    /// watch (then --in-flight is the number of watchers).
     #[arg(long, value_enum, default_value_t = CoordOp::Cas)]
     op: CoordOp,
     /// Concurrent workers (closed loop).
@@ -70,6 +82,12 @@ pub enum CoordOp {
     Lock,
     /// A plain write.
     Put,
+    /// Service discovery: list a service's instances.
+    Discover,
+    /// A registration's heartbeat (etcd: a lease keep-alive).
+    Heartbeat,
+    /// Watch fan-out: a put's delivery to every watcher.
+    Watch,
 }
 
 /// One run's result.
@@ -114,7 +132,13 @@ struct Worker {
     /// The context its last put returned (Cohort): each put replaces the
     /// previous one instead of piling up siblings.
     context: cohort_client::Context,
+    /// etcd's lease keep-alive channel, for `heartbeat`.
+    #[cfg(feature = "etcd")]
+    keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
 }
+
+/// The service `discover` lists and how many instances it has.
+const SERVICE_INSTANCES: u32 = 10;
 
 impl System {
     async fn connect(spec: &TargetSpec, tenant: &str) -> anyhow::Result<System> {
@@ -139,10 +163,41 @@ impl System {
         }
     }
 
+    /// Sets up what every worker of `op` shares: the service `discover`
+    /// lists.
+    async fn setup(&self, op: CoordOp, run: &str) -> anyhow::Result<()> {
+        if op != CoordOp::Discover {
+            return Ok(());
+        }
+        for id in 0..SERVICE_INSTANCES {
+            match self {
+                System::Cohort { client, tenant } => {
+                    let registration = Registration::new(&service(run), &format!("i{id}"), "10.0.0.1", 8000 + id);
+                    client.registry().register(tenant, registration, Duration::from_secs(300)).await?;
+                }
+                #[cfg(feature = "etcd")]
+                System::Etcd(etcd) => {
+                    let value = format!("{{\"host\":\"10.0.0.1\",\"port\":{}}}", 8000 + id);
+                    etcd.kv_client().put(format!("{}/i{id}", service(run)), value, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Prepares worker `id` for `op`.
     async fn prepare(&self, op: CoordOp, id: u32, run: &str) -> anyhow::Result<Worker> {
         let mut worker = Worker::default();
         match (self, op) {
+            (System::Cohort { client, tenant }, CoordOp::Heartbeat) => {
+                let registration = Registration::new(&service(run), &format!("w{id}"), "10.0.0.1", 9000);
+                client.registry().register(tenant, registration, Duration::from_secs(300)).await?;
+            }
+            #[cfg(feature = "etcd")]
+            (System::Etcd(etcd), CoordOp::Heartbeat) => {
+                let lease = etcd.lease_client().grant(300, None).await?.id();
+                worker.keeper = Some(etcd.lease_client().keep_alive(lease).await?);
+            }
             (System::Cohort { client, tenant }, CoordOp::Cas) => {
                 worker.version = client.cas().get(tenant, key(run, id)).await?.version;
             }
@@ -194,6 +249,16 @@ impl System {
                     worker.context = client.put_with(tenant, key(run, id), value, options).await?.context;
                     Ok(true)
                 }
+                CoordOp::Discover => {
+                    let (found, _) = client.registry().list(tenant, &service(run), Filter::default()).await?;
+                    anyhow::ensure!(found.len() == SERVICE_INSTANCES as usize, "found {} instances", found.len());
+                    Ok(true)
+                }
+                CoordOp::Heartbeat => {
+                    client.registry().heartbeat(tenant, &service(run), &format!("w{id}")).await?;
+                    Ok(true)
+                }
+                CoordOp::Watch => anyhow::bail!("watch runs on its own (run_watch)"),
             },
             #[cfg(feature = "etcd")]
             System::Etcd(etcd) => {
@@ -229,6 +294,19 @@ impl System {
                         etcd.kv_client().put(key(run, id).to_vec(), value.to_vec(), None).await?;
                         Ok(true)
                     }
+                    CoordOp::Discover => {
+                        let options = etcd_client::GetOptions::new().with_prefix();
+                        let found = etcd.kv_client().get(format!("{}/", service(run)), Some(options)).await?;
+                        anyhow::ensure!(found.kvs().len() == SERVICE_INSTANCES as usize, "found {}", found.kvs().len());
+                        Ok(true)
+                    }
+                    CoordOp::Heartbeat => {
+                        let (keeper, answers) = worker.keeper.as_mut().context("no lease keeper")?;
+                        keeper.keep_alive().await?;
+                        answers.message().await?.context("the keep-alive stream ended")?;
+                        Ok(true)
+                    }
+                    CoordOp::Watch => anyhow::bail!("watch runs on its own (run_watch)"),
                 }
             }
         }
@@ -247,6 +325,96 @@ fn lock_name(run: &str, id: u32) -> String {
     format!("coord-{run}-lock-{id}")
 }
 
+fn service(run: &str) -> String {
+    format!("coord-{run}-svc")
+}
+
+/// Watch fan-out: `watchers` watchers of one prefix; a writer puts, waits
+/// until every watcher has the put, and puts again. Returns each put's
+/// latency to its last watcher (microseconds) and the puts measured.
+async fn run_watch(
+    system: &System,
+    watchers: u32,
+    run: &str,
+    args: &CoordArgs,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let prefix = format!("coord-{run}-watch/");
+    let (delivered, mut all_delivered) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let mut tasks = Vec::new();
+    for _ in 0..watchers.max(1) {
+        let delivered = delivered.clone();
+        match system {
+            System::Cohort { client, tenant } => {
+                let mut events = client.config().watch(tenant, &prefix, 0);
+                // The first event is the watch's start marker: it is registered.
+                events.next().await.context("the watch ended at once")??;
+                tasks.push(tokio::spawn(async move {
+                    while let Some(Ok(event)) = events.next().await {
+                        if let WatchEvent::Change(change) = event {
+                            let seq = std::str::from_utf8(change.value.as_deref().unwrap_or_default())
+                                .ok()
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0);
+                            let _ = delivered.send(seq);
+                        }
+                    }
+                }));
+            }
+            #[cfg(feature = "etcd")]
+            System::Etcd(etcd) => {
+                let options = etcd_client::WatchOptions::new().with_prefix();
+                let mut watch = etcd.watch_client().watch(prefix.clone(), Some(options)).await?;
+                watch.message().await?; // the watch's creation
+                tasks.push(tokio::spawn(async move {
+                    while let Ok(Some(answer)) = watch.message().await {
+                        for event in answer.events() {
+                            let seq = event
+                                .kv()
+                                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok())
+                                .unwrap_or(0);
+                            let _ = delivered.send(seq);
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let started = Instant::now();
+    let (mut seq, mut measured) = (0u64, 0u64);
+    while started.elapsed() < args.warmup + args.duration {
+        seq += 1;
+        let put_at = Instant::now();
+        match system {
+            System::Cohort { client, tenant } => {
+                client.config().put(tenant, &format!("{prefix}k"), seq.to_string(), ConfigWrite::default()).await?;
+            }
+            #[cfg(feature = "etcd")]
+            System::Etcd(etcd) => {
+                etcd.kv_client().put(format!("{prefix}k"), seq.to_string(), None).await?;
+            }
+        }
+        let mut got = 0;
+        while got < watchers.max(1) {
+            let received = tokio::time::timeout(Duration::from_secs(30), all_delivered.recv())
+                .await
+                .context("a watcher went 30 s without a put")?
+                .context("the watchers ended")?;
+            if received == seq {
+                got += 1;
+            }
+        }
+        if put_at.duration_since(started) >= args.warmup {
+            let _ = latency.record(put_at.elapsed().as_micros().max(1) as u64);
+            measured += 1;
+        }
+    }
+    for task in tasks {
+        task.abort();
+    }
+    Ok((latency, measured))
+}
+
 /// Runs `coord`.
 pub async fn run(args: CoordArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.summarise {
@@ -258,6 +426,22 @@ pub async fn run(args: CoordArgs) -> anyhow::Result<()> {
     let system = System::connect(spec, &args.tenant).await?;
     // Keys of this run only: versions start where the worker finds them.
     let run = format!("{:08x}", rand::random::<u32>());
+    let label = args.label.clone().unwrap_or_else(|| spec.scheme_name().to_string());
+    if args.op == CoordOp::Watch {
+        let (latency, puts) = run_watch(&system, args.in_flight, &run, &args).await?;
+        let result = CoordResult {
+            label,
+            op: args.op,
+            in_flight: args.in_flight,
+            ops_per_sec: puts as f64 / args.duration.as_secs_f64(),
+            p50_us: latency.value_at_quantile(0.5),
+            p99_us: latency.value_at_quantile(0.99),
+            errors: 0,
+        };
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    system.setup(args.op, &run).await?;
     let mut workers = Vec::new();
     for id in 0..args.in_flight.max(1) {
         workers.push(system.prepare(args.op, id, &run).await?);
@@ -303,7 +487,7 @@ pub async fn run(args: CoordArgs) -> anyhow::Result<()> {
         errors += e;
     }
     let result = CoordResult {
-        label: args.label.clone().unwrap_or_else(|| spec.scheme_name().to_string()),
+        label,
         op: args.op,
         in_flight: args.in_flight,
         ops_per_sec: won as f64 / elapsed.as_secs_f64(),

@@ -1,5 +1,5 @@
-//! The `cohort cas`, `cohort lock`, `cohort election` and `cohort config`
-//! command-line contract against a real `cohort dev` process — the JSON scripts parse,
+//! The `cohort cas`, `cohort lock`, `cohort election`, `cohort config` and
+//! `cohort service` command-line contract against a real `cohort dev` process — the JSON scripts parse,
 //! exit codes and one-line errors — and a lock holder paused with SIGSTOP
 //! past its lease (guarantee 9): the next holder writes with its token, the
 //! paused holder's token is refused by the store, and the paused `lock run`
@@ -121,6 +121,54 @@ fn config_commands_print_the_documented_json_and_watch_prints_a_line_per_change(
         assert_eq!(line["key"].as_str(), Some("app/mode"));
     }
     watcher.kill();
+}
+
+#[test]
+fn service_commands_print_the_documented_json_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = start_dev(&dir.path().join("data"));
+    let registered = with_endpoint(
+        &dev,
+        &[
+            "service",
+            "register",
+            "api",
+            "--id",
+            "a1",
+            "--address",
+            "10.0.0.1:8080",
+            "--tag",
+            "blue",
+            "--meta",
+            "zone=eu",
+            "--json",
+        ],
+    )
+    .json();
+    assert_eq!((registered["id"].as_str(), registered["health"].as_str()), (Some("a1"), Some("passing")));
+    let listed = with_endpoint(&dev, &["service", "list", "api", "--json"]).json();
+    let instances = listed.as_array().expect("a JSON list");
+    assert_eq!(instances.len(), 1);
+    assert!(fields(&instances[0]).is_superset(&BTreeSet::from(["id", "endpoint", "health"])), "{listed}");
+    assert_eq!(
+        instances[0]["endpoint"],
+        serde_json::json!({"host": "10.0.0.1", "port": 8080, "protocol": "", "tls": false, "path": ""})
+    );
+    let none = with_endpoint(&dev, &["service", "list", "api", "--tag", "green", "--json"]).json();
+    assert_eq!(none, serde_json::json!([]));
+    let beat = with_endpoint(&dev, &["service", "heartbeat", "api", "--id", "a1", "--json"]).json();
+    assert_eq!(beat, serde_json::json!({"health": "passing"}));
+    let health = with_endpoint(&dev, &["service", "health", "api", "--json"]).json();
+    assert_eq!((health["passing"].as_u64(), health["critical"].as_u64()), (Some(1), Some(0)));
+    let port = with_endpoint(&dev, &["service", "register", "api", "--id", "a2", "--address", "h:70000"]);
+    assert!(port.one_line_error("InvalidArgument").contains("port"));
+    let scheme =
+        with_endpoint(&dev, &["service", "register", "api", "--id", "a2", "--address", "h:80", "--check", "ftp://h"]);
+    assert!(scheme.one_line_error("InvalidArgument").contains("scheme"));
+    with_endpoint(&dev, &["service", "heartbeat", "api", "--id", "nope"]).one_line_error("NotFound");
+    let gone = with_endpoint(&dev, &["service", "deregister", "api", "--id", "a1", "--json"]).json();
+    assert!(gone["revision"].as_u64().is_some(), "{gone}");
+    assert_eq!(with_endpoint(&dev, &["service", "list", "--all", "--json"]).json(), serde_json::json!([]));
 }
 
 #[test]

@@ -288,7 +288,15 @@ fn admin_cluster_status_json_has_the_documented_shape() {
     assert_eq!(keys(&status), BTreeSet::from(top), "{status}");
     let workers: Vec<&str> =
         status["workers"].as_array().expect("workers is an array").iter().filter_map(|w| w["name"].as_str()).collect();
-    let names = ["anti-entropy", "idempotency-purge", "leader-election", "membership", "node-probe", "ring-refresh"];
+    let names = [
+        "anti-entropy",
+        "idempotency-purge",
+        "leader-election",
+        "membership",
+        "node-probe",
+        "registry-health",
+        "ring-refresh",
+    ];
     assert_eq!(workers, names, "{status}");
     let live = status["ring_versions"].as_array().expect("ring_versions is an array");
     assert_eq!(live.len(), 1, "one live ring version when nothing moves: {status}");

@@ -10,8 +10,8 @@
 //!
 //! Every background loop of a Cohort process is a worker: the coordinator's
 //! ring refresh, change follower, idempotency purge, leader election and
-//! the leader's node probe, membership mover and anti-entropy (which also
-//! reaps tombstones); the storage node's health watch, write-record purge
+//! the leader's node probe, membership mover, anti-entropy (which also
+//! reaps tombstones) and registry health checks; the storage node's health watch, write-record purge
 //! and hint delivery (which also hands off a fallback's writes).
 
 use std::collections::BTreeMap;
