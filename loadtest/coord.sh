@@ -7,11 +7,13 @@
 # yardstick of the CAS latency target), lock acquire+release cycles at 1 and
 # 16 (etcd: its concurrency lock), and compare-and-set with 16 workers on
 # one key. Prints the medians and writes them to
-# loadtest/results/coordination.md (raw JSON lines beside it).
+# loadtest/results/NAME.md (raw JSON lines beside it in NAME.jsonl).
+# The registry and watch operations (discover:64 heartbeat:64 watch:100,
+# the last with 100 watchers) are measured with --ops and --name.
 #
 #   loadtest/coord.sh [--rounds 3] [--duration 5s] [--warmup 1s] [--out DIR]
 #                     [--ops "cas:1 cas:64 put:1 lock:1 lock:16 contended:16"]
-#                     [--systems "cohort etcd"]
+#                     [--systems "cohort etcd"] [--name coordination]
 #
 # Needs etcd (Debian package etcd-server), protoc (protobuf-compiler) and
 # curl: installed with apt-get when missing.
@@ -22,6 +24,7 @@ DURATION=5s
 WARMUP=1s
 OPS="cas:1 cas:64 put:1 lock:1 lock:16 contended:16"
 SYSTEMS="cohort etcd"
+NAME=coordination
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT="$ROOT/loadtest/results"
 while [ $# -gt 0 ]; do
@@ -32,7 +35,8 @@ while [ $# -gt 0 ]; do
         --out) OUT=$2; shift 2 ;;
         --ops) OPS=$2; shift 2 ;;
         --systems) SYSTEMS=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --name) NAME=$2; shift 2 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -70,7 +74,7 @@ start_cohort_procs "$COHORT" "$WORK/procs"
 log "cohort-procs: $PROCS"
 
 mkdir -p "$OUT"
-RAW="$OUT/coordination.jsonl"
+RAW="$OUT/$NAME.jsonl"
 : >"$RAW"
 # bench SYSTEM TARGET OP IN_FLIGHT: one run, its JSON line appended to $RAW.
 bench() {
@@ -95,10 +99,10 @@ done
 {
     echo "# Coordination primitives: Cohort beside etcd"
     echo
-    echo "\`loadtest/coord.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP\` (ops: $OPS), $(date -u +%Y-%m-%d),"
+    echo "\`loadtest/coord.sh --rounds $ROUNDS --duration $DURATION --warmup $WARMUP --name $NAME\` (ops: $OPS), $(date -u +%Y-%m-%d),"
     echo "commit $(cd "$ROOT" && git rev-parse --short HEAD), $(nproc) cores. Cohort: a coordinator and three"
     echo "storage nodes, each its own process (tenant N=3); etcd: three members. Medians of $ROUNDS runs."
     echo
     "$LOADTEST" coord --summarise "$RAW"
-} >"$OUT/coordination.md"
-cat "$OUT/coordination.md"
+} >"$OUT/$NAME.md"
+cat "$OUT/$NAME.md"

@@ -242,3 +242,35 @@ async fn selection_follows_the_registry() {
     assert!(pick_ids(&round_robin, 6).await.iter().all(|id| id != "s2"));
     cluster.shutdown().await;
 }
+
+/// TCP and gRPC-health checks: a listening port passes and a closed one
+/// fails (after the hysteresis); a gRPC server answering SERVING passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_grpc_health_checks_judge_their_targets() {
+    let cluster = fast_registry().await;
+    let client = cluster.client().await;
+    let registry = client.registry();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = format!("tcp://{}", listener.local_addr().unwrap());
+    let accepting = tokio::spawn(async move {
+        loop {
+            let _ = listener.accept().await;
+        }
+    });
+    registry.register(TENANT, Registration::new("tcp", "t1", "127.0.0.1", 80).check(&tcp), TTL).await.unwrap();
+    // The coordinator itself serves the gRPC health service.
+    let grpc = format!("grpc://{}", cluster.endpoint().trim_start_matches("http://"));
+    registry.register(TENANT, Registration::new("grpc", "g1", "127.0.0.1", 80).check(&grpc), TTL).await.unwrap();
+    let mut tcp_events = registry.watch(TENANT, "tcp", 1);
+    let mut grpc_events = registry.watch(TENANT, "grpc", 1);
+    assert_eq!(next_change(&mut tcp_events).await.0, "registered");
+    assert_eq!(next_change(&mut tcp_events).await.1, Some(Health::Passing), "a listening port passes");
+    assert_eq!(next_change(&mut grpc_events).await.0, "registered");
+    assert_eq!(next_change(&mut grpc_events).await.1, Some(Health::Passing), "SERVING passes");
+    accepting.abort();
+    let _ = accepting.await;
+    assert_eq!(next_change(&mut tcp_events).await.1, Some(Health::Critical), "a closed port fails");
+    let health = registry.health(TENANT, "tcp").await.unwrap();
+    assert!(health.instances[0].output.contains("TCP connect"), "{}", health.instances[0].output);
+    cluster.shutdown().await;
+}
