@@ -14,7 +14,8 @@
 //! - `discover`: list the passing instances of a service of ten (Cohort:
 //!   `Registry/List`; etcd: a range read of the ten keys under a prefix).
 //! - `heartbeat`: renew the worker's own registration (Cohort: a registry
-//!   heartbeat; etcd: one lease keep-alive round trip).
+//!   heartbeat by lease id, as the SDK's keep-alive sends it; etcd: one
+//!   lease keep-alive round trip).
 //! - `watch`: `--in-flight` watchers on one prefix and one writer: each
 //!   configuration put (etcd: a put under the prefix) is timed until every
 //!   watcher has received it, and the next put follows; throughput is puts
@@ -191,7 +192,7 @@ impl System {
         match (self, op) {
             (System::Cohort { client, tenant }, CoordOp::Heartbeat) => {
                 let registration = Registration::new(&service(run), &format!("w{id}"), "10.0.0.1", 9000);
-                client.registry().register(tenant, registration, Duration::from_secs(300)).await?;
+                worker.lease = client.registry().register(tenant, registration, Duration::from_secs(300)).await?.lease;
             }
             #[cfg(feature = "etcd")]
             (System::Etcd(etcd), CoordOp::Heartbeat) => {
@@ -255,7 +256,9 @@ impl System {
                     Ok(true)
                 }
                 CoordOp::Heartbeat => {
-                    client.registry().heartbeat(tenant, &service(run), &format!("w{id}")).await?;
+                    let registry = client.registry();
+                    worker.lease =
+                        registry.heartbeat_lease(tenant, &service(run), &format!("w{id}"), worker.lease).await?;
                     Ok(true)
                 }
                 CoordOp::Watch => anyhow::bail!("watch runs on its own (run_watch)"),

@@ -50,8 +50,10 @@ async fn registration_discovery_health_and_bad_input(cluster: TestCluster) {
     let health = registry.health(TENANT, "api").await.unwrap();
     assert_eq!((health.passing, health.critical, health.instances.len()), (3, 0, 3));
 
-    // Heartbeats take no revision; a deregistration does.
+    // Heartbeats take no revision, by name or by lease; a deregistration does.
     assert_eq!(registry.heartbeat(TENANT, "api", "a1").await.unwrap(), Health::Passing);
+    let a1 = registry.list(TENANT, "api", Filter::default()).await.unwrap().0.remove(0);
+    assert_eq!(registry.heartbeat_lease(TENANT, "api", "a1", a1.lease).await.unwrap(), a1.lease);
     assert_eq!(registry.list(TENANT, "api", Filter::default()).await.unwrap().1, revision);
     let removed = registry.deregister(TENANT, "api", "a3").await.unwrap();
     assert_eq!(removed, revision + 1);

@@ -20,14 +20,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use cohort_proto::coord::v1 as pb;
 use cohort_proto::coord::v1::config_client::ConfigClient;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::Error;
@@ -148,10 +144,6 @@ pub enum WatchEvent {
     },
 }
 
-/// How long a watch keeps reconnecting before it gives up with the last
-/// error.
-const RECONNECT_FOR: Duration = Duration::from_secs(30);
-
 /// The configuration API of a [`crate::Client`].
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -234,88 +226,34 @@ impl Config {
     ) -> tokio_stream::wrappers::ReceiverStream<Result<WatchEvent, Error>> {
         let (sender, receiver) = mpsc::channel(64);
         let (client, tenant, prefix) = (self.clone(), tenant.to_string(), prefix.to_string());
-        tokio::spawn(async move { client.follow(tenant, prefix, from, sender).await });
-        tokio_stream::wrappers::ReceiverStream::new(receiver)
-    }
-
-    async fn follow(self, tenant: String, prefix: String, from: u64, sender: mpsc::Sender<Result<WatchEvent, Error>>) {
-        let mut next = from;
-        let mut failing_since: Option<tokio::time::Instant> = None;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let request =
-                pb::ConfigWatchRequest { tenant: tenant.clone(), prefix: prefix.clone(), from_revision: next };
-            let ended = match self.config.clone().watch(request).await {
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    loop {
-                        match stream.next().await {
-                            Some(Ok(event)) => {
-                                failing_since = None;
-                                backoff = Duration::from_millis(20);
-                                let event = watch_event(event);
-                                let revision = match &event {
-                                    WatchEvent::Change(change) => change.revision,
-                                    WatchEvent::Progress(revision) => *revision,
-                                    WatchEvent::Reset { revision, .. } => *revision,
-                                };
-                                next = revision + 1;
-                                if sender.send(Ok(event)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Some(Err(status)) => break status,
-                            None => break tonic::Status::unavailable("the watch stream ended"),
-                        }
-                    }
-                }
-                Err(status) => status,
+        tokio::spawn(async move {
+            let open = |from_revision| {
+                let request = pb::ConfigWatchRequest { tenant: tenant.clone(), prefix: prefix.clone(), from_revision };
+                let mut config = client.config.clone();
+                async move { config.watch(request).await.map(tonic::Response::into_inner) }
             };
-            match ended.code() {
-                Code::OutOfRange => match self.list(&tenant, &prefix).await {
-                    Ok((entries, revision)) => {
-                        next = revision + 1;
-                        if sender.send(Ok(WatchEvent::Reset { entries, revision })).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(error) => {
-                        let _ = sender.send(Err(error)).await;
-                        return;
-                    }
-                },
-                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal => {
-                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() > RECONNECT_FOR {
-                        let _ = sender.send(Err(Error::from(ended))).await;
-                        return;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = sender.closed() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                _ => {
-                    let _ = sender.send(Err(Error::from(ended))).await;
-                    return;
-                }
-            }
-        }
+            let reset = || async {
+                let (entries, revision) = client.list(&tenant, &prefix).await?;
+                Ok((WatchEvent::Reset { entries, revision }, revision))
+            };
+            crate::resume::follow(from, open, watch_event, reset, sender).await;
+        });
+        tokio_stream::wrappers::ReceiverStream::new(receiver)
     }
 }
 
-fn watch_event(event: pb::ConfigEvent) -> WatchEvent {
+/// A server event as the SDK's, with its revision.
+fn watch_event(event: pb::ConfigEvent) -> (WatchEvent, u64) {
+    let revision = event.revision;
     let kind = match pb::ConfigEventKind::try_from(event.kind).unwrap_or(pb::ConfigEventKind::Unspecified) {
         pb::ConfigEventKind::Progress | pb::ConfigEventKind::Unspecified => {
-            return WatchEvent::Progress(event.revision);
+            return (WatchEvent::Progress(revision), revision);
         }
         pb::ConfigEventKind::Created => ChangeKind::Created,
         pb::ConfigEventKind::Updated => ChangeKind::Updated,
         pb::ConfigEventKind::Deleted => ChangeKind::Deleted,
     };
-    WatchEvent::Change(ConfigChange {
+    let change = WatchEvent::Change(ConfigChange {
         revision: event.revision,
         kind,
         key: event.key,
@@ -324,5 +262,6 @@ fn watch_event(event: pb::ConfigEvent) -> WatchEvent {
         version: event.version,
         updated_by: event.updated_by,
         updated_at_ms: event.updated_at_ms,
-    })
+    });
+    (change, revision)
 }

@@ -40,6 +40,7 @@ pub mod cas;
 pub mod config;
 pub mod locks;
 pub mod registry;
+mod resume;
 
 use std::time::Duration;
 

@@ -26,7 +26,6 @@ use cohort_proto::coord::v1 as pb;
 use cohort_proto::coord::v1::registry_client::RegistryClient;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
-use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::Error;
@@ -236,9 +235,6 @@ pub enum RegistryEvent {
     },
 }
 
-/// How long a watch keeps reconnecting before it gives up.
-const RECONNECT_FOR: Duration = Duration::from_secs(30);
-
 /// The registry API of a [`crate::Client`].
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -278,14 +274,15 @@ impl Registry {
     ) -> Result<KeepAlive, Error> {
         let instance = self.register(tenant, registration, ttl).await?;
         let (registry, tenant_id) = (self.clone(), tenant.to_string());
-        let (service, id) = (instance.service.clone(), instance.id.clone());
+        let (service, id, mut lease) = (instance.service.clone(), instance.id.clone(), instance.lease);
         let beating = tokio::spawn(async move {
             let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(10)));
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(error) = registry.heartbeat(&tenant_id, &service, &id).await {
-                    tracing::warn!(%error, service, id, "registry heartbeat failed");
+                match registry.heartbeat_lease(&tenant_id, &service, &id, lease).await {
+                    Ok(renewed) => lease = renewed,
+                    Err(error) => tracing::warn!(%error, service, id, "registry heartbeat failed"),
                 }
             }
         });
@@ -294,8 +291,17 @@ impl Registry {
 
     /// Renews the instance's lease; returns its health.
     pub async fn heartbeat(&self, tenant: &str, service: &str, id: &str) -> Result<Health, Error> {
-        let request = pb::HeartbeatRequest { tenant: tenant.into(), service: service.into(), id: id.into() };
+        let request = pb::HeartbeatRequest { tenant: tenant.into(), service: service.into(), id: id.into(), lease: 0 };
         Ok(Health::from_pb(self.registry.clone().heartbeat(request).await?.into_inner().health))
+    }
+
+    /// Renews the instance's lease by its id (as [`Registry::register`]
+    /// returned it), without the registry reading the instance's record:
+    /// the cheap heartbeat. A lapsed lease is replaced as by
+    /// [`Registry::heartbeat`]. Returns the instance's lease from now on.
+    pub async fn heartbeat_lease(&self, tenant: &str, service: &str, id: &str, lease: u64) -> Result<u64, Error> {
+        let request = pb::HeartbeatRequest { tenant: tenant.into(), service: service.into(), id: id.into(), lease };
+        Ok(self.registry.clone().heartbeat(request).await?.into_inner().lease)
     }
 
     /// Removes the instance; returns the revision of the change.
@@ -347,77 +353,21 @@ impl Registry {
     ) -> tokio_stream::wrappers::ReceiverStream<Result<RegistryEvent, Error>> {
         let (sender, receiver) = mpsc::channel(64);
         let (client, tenant, service) = (self.clone(), tenant.to_string(), service.to_string());
-        tokio::spawn(async move { client.follow(tenant, service, from, sender).await });
-        tokio_stream::wrappers::ReceiverStream::new(receiver)
-    }
-
-    async fn follow(
-        self,
-        tenant: String,
-        service: String,
-        from: u64,
-        sender: mpsc::Sender<Result<RegistryEvent, Error>>,
-    ) {
-        let mut next = from;
-        let mut failing_since: Option<tokio::time::Instant> = None;
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let request =
-                pb::RegistryWatchRequest { tenant: tenant.clone(), service: service.clone(), from_revision: next };
-            let ended = match self.registry.clone().watch(request).await {
-                Ok(response) => {
-                    let mut stream = response.into_inner();
-                    loop {
-                        match stream.next().await {
-                            Some(Ok(event)) => {
-                                failing_since = None;
-                                backoff = Duration::from_millis(20);
-                                next = event.revision + 1;
-                                if sender.send(Ok(event_from(event))).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Some(Err(status)) => break status,
-                            None => break tonic::Status::unavailable("the watch stream ended"),
-                        }
-                    }
-                }
-                Err(status) => status,
+        tokio::spawn(async move {
+            let open = |from_revision| {
+                let request =
+                    pb::RegistryWatchRequest { tenant: tenant.clone(), service: service.clone(), from_revision };
+                let mut registry = client.registry.clone();
+                async move { registry.watch(request).await.map(tonic::Response::into_inner) }
             };
-            match ended.code() {
-                Code::OutOfRange => {
-                    let filter = Filter { include_critical: true, ..Filter::default() };
-                    match self.list(&tenant, &service, filter).await {
-                        Ok((instances, revision)) => {
-                            next = revision + 1;
-                            if sender.send(Ok(RegistryEvent::Reset { instances, revision })).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(error) => {
-                            let _ = sender.send(Err(error)).await;
-                            return;
-                        }
-                    }
-                }
-                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal => {
-                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() > RECONNECT_FOR {
-                        let _ = sender.send(Err(Error::from(ended))).await;
-                        return;
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = sender.closed() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                _ => {
-                    let _ = sender.send(Err(Error::from(ended))).await;
-                    return;
-                }
-            }
-        }
+            let reset = || async {
+                let filter = Filter { include_critical: true, ..Filter::default() };
+                let (instances, revision) = client.list(&tenant, &service, filter).await?;
+                Ok((RegistryEvent::Reset { instances, revision }, revision))
+            };
+            crate::resume::follow(from, open, event_from, reset, sender).await;
+        });
+        tokio_stream::wrappers::ReceiverStream::new(receiver)
     }
 
     /// A selector of `service`'s passing instances by `strategy`, kept up to
@@ -444,23 +394,26 @@ impl Registry {
     }
 }
 
-fn event_from(event: pb::RegistryEvent) -> RegistryEvent {
+/// A server event as the SDK's, with its revision.
+fn event_from(event: pb::RegistryEvent) -> (RegistryEvent, u64) {
+    let revision = event.revision;
     let kind = match pb::RegistryEventKind::try_from(event.kind).unwrap_or(pb::RegistryEventKind::Unspecified) {
         pb::RegistryEventKind::Registered => "registered",
         pb::RegistryEventKind::Deregistered => "deregistered",
         pb::RegistryEventKind::HealthChanged => "health_changed",
         pb::RegistryEventKind::Updated => "updated",
         pb::RegistryEventKind::Progress | pb::RegistryEventKind::Unspecified => {
-            return RegistryEvent::Progress(event.revision);
+            return (RegistryEvent::Progress(revision), revision);
         }
     };
-    RegistryEvent::Change {
+    let change = RegistryEvent::Change {
         revision: event.revision,
         kind,
         service: event.service,
         id: event.id,
         instance: event.instance.map(|i| Box::new(ServiceInstance::from(i))),
-    }
+    };
+    (change, revision)
 }
 
 /// A registration kept alive by heartbeats.

@@ -32,6 +32,7 @@
 //! moment between them.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
 use prost::Message;
 
 use crate::keys::{self, Space};
@@ -232,6 +233,8 @@ pub struct Journal<'a> {
 
 /// How many times a write retries after losing the head to another.
 const MAX_ATTEMPTS: usize = 64;
+/// Entries a listing reads at once.
+const LIST_CONCURRENCY: usize = 32;
 
 impl<'a> Journal<'a> {
     /// Map `map` of `tenant`.
@@ -305,9 +308,15 @@ impl<'a> Journal<'a> {
                 keys.insert(at, change.key.clone());
             }
         }
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
+        // The entries are read concurrently, a bounded number at a time.
+        let mut entries = futures::stream::iter(keys.into_iter().map(|key| async move {
             let (entry, _) = self.entry(&key).await?;
+            Ok::<_, RecipeError>((key, entry))
+        }))
+        .buffered(LIST_CONCURRENCY);
+        let mut out = Vec::new();
+        while let Some(read) = entries.next().await {
+            let (key, entry) = read?;
             let snapshot = snapshot(entry, &head.window, &key, 1);
             if let Some(current) = snapshot.current().filter(|c| c.value.is_some()) {
                 out.push(current.clone());

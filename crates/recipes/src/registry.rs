@@ -424,6 +424,19 @@ impl<'a> Registry<'a> {
         }
     }
 
+    /// Renews lease `lease` of the instance directly, without reading its
+    /// record: its TTL when live; `None` when the lease lapsed (then
+    /// [`Registry::heartbeat`] gives it a new one).
+    pub async fn heartbeat_lease(&self, service: &str, id: &str, lease: u64) -> Result<Option<Duration>, RecipeError> {
+        check_name("service name", service, &self.limits)?;
+        check_name("instance id", id, &self.limits)?;
+        match lease::keep_alive(self.registers, self.clock, self.tenant, lease).await {
+            Ok(renewed) => Ok(Some(renewed.ttl)),
+            Err(RecipeError::NotFound(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Removes the instance and revokes its lease.
     pub async fn deregister(&self, service: &str, id: &str) -> Result<Change, RecipeError> {
         check_name("service name", service, &self.limits)?;

@@ -180,9 +180,17 @@ impl registry_server::Registry for RegistryService {
         let (started, r) = (Instant::now(), request.into_inner());
         let result = async {
             check_tenant(&r.tenant)?;
-            let instance = self.registry(&r.tenant).heartbeat(&r.service, &r.id).await.map_err(recipe_status)?;
+            let registry = self.registry(&r.tenant);
+            if r.lease != 0
+                && let Some(ttl) = registry.heartbeat_lease(&r.service, &r.id, r.lease).await.map_err(recipe_status)?
+            {
+                let health = pb::InstanceHealth::Unspecified.into();
+                return Ok(pb::HeartbeatResponse { health, ttl_ms: ttl.as_millis() as u64, lease: r.lease });
+            }
+            let instance = registry.heartbeat(&r.service, &r.id).await.map_err(recipe_status)?;
             self.feeds.wake(&r.tenant);
-            Ok(pb::HeartbeatResponse { health: health_to_pb(instance.health()).into(), ttl_ms: instance.ttl_ms })
+            let health = health_to_pb(instance.health()).into();
+            Ok(pb::HeartbeatResponse { health, ttl_ms: instance.ttl_ms, lease: instance.lease })
         }
         .await;
         record("heartbeat", started, &result);

@@ -99,7 +99,10 @@ async fn a_heartbeat_after_the_lease_lapsed_brings_the_instance_back() {
     tokio::time::advance(Duration::from_millis(1_100)).await;
     registry.sweep(&BTreeMap::new(), Hysteresis::default()).await.unwrap();
     assert_eq!(registry.get("api", "a1").await.unwrap().unwrap().0.health(), Health::Critical);
+    let lapsed = registry.get("api", "a1").await.unwrap().unwrap().0.lease;
+    assert_eq!(registry.heartbeat_lease("api", "a1", lapsed).await.unwrap(), None, "a lapsed lease is not renewed");
     let back = registry.heartbeat("api", "a1").await.unwrap();
+    assert_ne!(back.lease, lapsed, "a new lease");
     assert_eq!(back.health(), Health::Passing);
     assert!(registry.sweep(&BTreeMap::new(), Hysteresis::default()).await.unwrap().is_empty());
 }
