@@ -2,7 +2,8 @@
 //! ([`cas`]), leases, locks and election ([`recipes`], over
 //! `cohort-recipes`), versioned configuration with watch ([`config`]) and
 //! the service registry ([`registry`]), all on the linearizable registers of
-//! [`crate::registers`]; [`watch`] serves the watches of both.
+//! [`crate::registers`]; [`watch`] serves the watches of both, and [`view`]
+//! the registry's discovery from memory.
 //!
 //! As in [`crate::service`], requests are validated while they are
 //! converted, nothing is stored for a bad one, and errors become a gRPC
@@ -12,6 +13,7 @@ pub mod cas;
 pub mod config;
 pub mod recipes;
 pub mod registry;
+pub mod view;
 pub mod watch;
 
 use std::sync::Arc;

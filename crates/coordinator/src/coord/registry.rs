@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tonic::async_trait;
 use tonic::{Request, Response, Status};
 
+use crate::coord::view::Views;
 use crate::coord::watch::{EventStream, Events, Feeds};
 use crate::coord::{TenantRegisters, recipe_status};
 use crate::server::Coordinator;
@@ -33,6 +34,8 @@ pub struct RegistryService {
     journal: JournalLimits,
     limits: RegistryLimits,
     feeds: Arc<Feeds>,
+    /// Discovery from memory, kept by the feeds.
+    views: Arc<Views>,
     stopping: watch::Receiver<bool>,
 }
 
@@ -45,7 +48,8 @@ impl RegistryService {
         let buffer = coordinator.config.configuration.watch_buffer;
         let registers = Arc::new(TenantRegisters::new(coordinator));
         let feeds = Feeds::new(registers.clone(), registry::MAP, journal, buffer);
-        RegistryService { registers, journal, limits, feeds, stopping }
+        let views = Views::new(feeds.clone());
+        RegistryService { registers, journal, limits, feeds, views, stopping }
     }
 
     fn registry<'a>(&'a self, tenant: &'a str) -> Registry<'a> {
@@ -220,9 +224,21 @@ impl registry_server::Registry for RegistryService {
         let (started, r) = (Instant::now(), request.into_inner());
         let result = async {
             check_tenant(&r.tenant)?;
-            let service = (!r.service.is_empty()).then_some(r.service.as_str());
-            let (instances, revision) = self.registry(&r.tenant).list(service).await.map_err(recipe_status)?;
-            let instances = instances.iter().filter(|i| matches(i, &r)).map(instance_to_pb).collect();
+            let prefix = match r.service.is_empty() {
+                true => String::new(),
+                false => {
+                    registry::check_name("service name", &r.service, &self.limits).map_err(recipe_status)?;
+                    format!("{}/", r.service)
+                }
+            };
+            let (changes, revision) = self.views.list(&r.tenant, prefix.as_bytes()).await.map_err(recipe_status)?;
+            let mut instances = Vec::with_capacity(changes.len());
+            for value in changes.iter().filter_map(|c| c.value.as_ref()) {
+                let instance = Instance::decode_value(value).map_err(recipe_status)?;
+                if matches(&instance, &r) {
+                    instances.push(instance_to_pb(&instance));
+                }
+            }
             Ok(pb::ListInstancesResponse { instances, revision })
         }
         .await;

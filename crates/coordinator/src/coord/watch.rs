@@ -66,7 +66,7 @@ pub fn compacted_status(compacted: Compacted) -> Status {
 
 /// What a feed broadcasts.
 #[derive(Debug, Clone)]
-enum Item {
+pub(crate) enum Item {
     /// A committed change.
     Change(Arc<Change>),
     /// The feed has read the journal up to this revision and found no more.
@@ -95,7 +95,7 @@ impl Feeds {
         Arc::new(Feeds { registers, map, limits, buffer: buffer.max(1), feeds: Mutex::default() })
     }
 
-    fn journal<'a>(&'a self, tenant: &'a str) -> Journal<'a> {
+    pub(crate) fn journal<'a>(&'a self, tenant: &'a str) -> Journal<'a> {
         Journal::new(&*self.registers, &SystemClock, tenant, self.map, self.limits)
     }
 
@@ -130,7 +130,7 @@ impl Feeds {
     }
 
     /// A receiver of `tenant`'s feed, starting the feed if none runs.
-    fn subscribe(self: &Arc<Self>, tenant: &str) -> broadcast::Receiver<Item> {
+    pub(crate) fn subscribe(self: &Arc<Self>, tenant: &str) -> broadcast::Receiver<Item> {
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(feed) = feeds.get(tenant) {
             return feed.items.subscribe();
