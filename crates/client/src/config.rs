@@ -212,7 +212,8 @@ impl Config {
         Ok((response.entries.into_iter().map(ConfigEntry::from).collect(), response.revision))
     }
 
-    /// Every change under `prefix` from revision `from` on (0: from now),
+    /// Every change under `prefix` from revision `from` on (0: from when the
+    /// watch is first established),
     /// in order and once each. The stream reconnects by itself when the
     /// connection breaks or the coordinator restarts (resuming after the
     /// last revision it delivered), and answers a compacted position with

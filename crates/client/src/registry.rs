@@ -376,16 +376,37 @@ impl Registry {
         let (instances, revision) = self.list(tenant, service, Filter::default()).await?;
         let state = Arc::new(Mutex::new(Pool::default()));
         state.lock().unwrap_or_else(|p| p.into_inner()).replace(instances);
-        let mut changes = self.watch(tenant, service, revision + 1);
+        let changes = self.watch(tenant, service, revision + 1);
         let following = {
-            let state = state.clone();
+            let (state, registry) = (state.clone(), self.clone());
+            let (tenant, service) = (tenant.to_string(), service.to_string());
             tokio::spawn(async move {
-                while let Some(Ok(event)) = changes.next().await {
-                    let mut pool = state.lock().unwrap_or_else(|p| p.into_inner());
-                    match event {
-                        RegistryEvent::Change { id, instance, .. } => pool.apply(&id, instance.map(|i| *i)),
-                        RegistryEvent::Reset { instances, .. } => pool.replace(instances),
-                        RegistryEvent::Progress(_) => {}
+                let mut changes = changes;
+                loop {
+                    while let Some(event) = changes.next().await {
+                        let event = match event {
+                            Ok(event) => event,
+                            Err(error) => {
+                                tracing::warn!(%error, service, "selector: the registry watch ended; listing again");
+                                break;
+                            }
+                        };
+                        let mut pool = state.lock().unwrap_or_else(|p| p.into_inner());
+                        match event {
+                            RegistryEvent::Change { id, instance, .. } => pool.apply(&id, instance.map(|i| *i)),
+                            RegistryEvent::Reset { instances, .. } => pool.replace(instances),
+                            RegistryEvent::Progress(_) => {}
+                        }
+                    }
+                    // The watch ended (an error, or it gave up reconnecting):
+                    // list afresh and follow again, so the pool never freezes.
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if let Ok((instances, revision)) = registry.list(&tenant, &service, Filter::default()).await {
+                            state.lock().unwrap_or_else(|p| p.into_inner()).replace(instances);
+                            changes = registry.watch(&tenant, &service, revision + 1);
+                            break;
+                        }
                     }
                 }
             })

@@ -188,8 +188,13 @@ impl StorageHandler for StorageNode {
         // acknowledgement clears its own.
         let targets: Vec<(&str, &str)> = request.peers.iter().map(hint_target).collect();
         let fence = match request.fence {
-            Some(fence) if fence.lock.is_empty() || fence.token == 0 => {
-                return Err(Status::invalid_argument("a fence names a lock and a token above 0"));
+            Some(fence)
+                if fence.lock.is_empty() || fence.lock.len() > cohort_ring::dvv::MAX_LOCK_LEN || fence.token == 0 =>
+            {
+                return Err(Status::invalid_argument(format!(
+                    "a fence names a lock of 1..={} bytes and a token above 0",
+                    cohort_ring::dvv::MAX_LOCK_LEN
+                )));
             }
             fence => fence.map(|f| Fence { lock: f.lock, token: f.token }),
         };

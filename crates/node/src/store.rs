@@ -340,8 +340,12 @@ struct IndexedHint {
 }
 
 /// Whether a state holds siblings, and every one is a tombstone.
+/// Whether `state` holds nothing but tombstones, and so may one day be
+/// purged. A state that remembers fencing tokens never is: purging it would
+/// forget the highest token of its locks, and a holder paused past the
+/// grace period could then write under an older one.
 fn only_tombstones(state: &SiblingSet) -> bool {
-    !state.siblings().is_empty() && !state.has_values()
+    !state.siblings().is_empty() && !state.has_values() && state.fences().is_empty()
 }
 
 impl Store {
@@ -1177,6 +1181,11 @@ impl Store {
         if let Some(tag) = write
             && let Some(dot) = self.live_write_record(tag.id)?
         {
+            // A retry of a fenced write the key has since seen a higher
+            // token for: refused as the first attempt was (or would be).
+            if let Some(fenced) = fence.as_ref().and_then(|f| state.fenced_by(f)) {
+                return Err(fenced.into());
+            }
             metrics::counter!("cohort_node_write_replays_total").increment(1);
             let encoded = current.map_or_else(|| Bytes::from(state.encode()), |bytes| Bytes::from(bytes.to_vec()));
             let mut batch = self.db.batch();
@@ -1690,6 +1699,39 @@ mod tests {
         // Unfenced writes are not affected by the key's fences.
         put(&store, b"k", &CausalContext::new(), b"free").unwrap();
         assert_eq!(store.read("t", b"k").unwrap().values().count(), 2);
+    }
+
+    /// A retry (same write id) of a fenced write, once the key has seen a
+    /// higher token, is refused too, rather than replayed as a success.
+    #[tokio::test]
+    async fn a_retried_fenced_write_the_key_has_outgrown_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+        let tag = || Some(WriteTag { id: b"retry-me", expires_at: u64::MAX });
+        let write = |token| {
+            let fence = Some(Fence { lock: "l".into(), token });
+            let value = Some(Bytes::from_static(b"v"));
+            store.stage_update_hinted("t", b"k", &CausalContext::new(), value, fence, NO_LIMITS, tag(), 0, &[])
+        };
+        write(3).unwrap();
+        fenced_put(&store, b"k", b"newer", 4).unwrap();
+        let retried = write(3).unwrap_err();
+        assert!(matches!(&retried, StoreError::Fenced(f) if f.highest == 4), "{retried:?}");
+    }
+
+    /// A key that has seen fenced writes is never listed for purging, even
+    /// once it holds only tombstones: its tokens must outlive any pause.
+    #[tokio::test]
+    async fn a_fenced_key_holding_only_tombstones_is_never_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "n1", Durability::Fsync).unwrap();
+        let written = fenced_put(&store, b"k", b"v", 2).unwrap();
+        let context = SiblingSet::decode(&written.encoded).unwrap().clock().clone();
+        let fence = Some(Fence { lock: "l".into(), token: 2 });
+        store.stage_update_hinted("t", b"k", &context, None, fence, NO_LIMITS, None, 0, &[]).unwrap();
+        store.durable().await.unwrap();
+        assert!(!store.read("t", b"k").unwrap().has_values());
+        assert!(store.tombstones("t", EVERYTHING, 0, 10).unwrap().is_empty(), "its tokens are kept");
     }
 
     /// A replica that has seen a higher token refuses a replicated fenced

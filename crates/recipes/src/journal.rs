@@ -449,31 +449,27 @@ impl<'a> Journal<'a> {
         }
     }
 
-    /// Applies `changes` (of `key`, in revision order) to its entry, and the
-    /// index when the key gains or loses its value; changes the entry has
-    /// already are skipped.
+    /// Applies `changes` (of `key`, in revision order) to its entry, then
+    /// makes the index agree with the entry; changes the entry has already
+    /// are skipped. The index is checked even when nothing was left to
+    /// apply: whoever applied the change may have stopped before the index.
     async fn apply(&self, key: &Bytes, changes: &[Change]) -> Result<(), RecipeError> {
-        loop {
+        let has_value = loop {
             let (entry, version) = self.entry(key).await?;
             let new: Vec<&Change> = changes.iter().filter(|c| c.revision > entry.applied).collect();
-            let Some(last) = new.last() else { break };
-            let had_value = entry.history.last().is_some_and(|c| c.value.is_some());
-            let has_value = last.value.is_some();
+            let Some(last) = new.last() else {
+                break entry.history.last().is_some_and(|c| c.value.is_some());
+            };
             let mut next = entry.clone();
             next.applied = last.revision;
             next.history.extend(new.iter().map(|c| (*c).clone()));
             trim(&mut next.history, self.limits.history_per_key);
             match write_register(self.registers, self.tenant, &self.entry_key(key), version, encode(&next)).await? {
-                Written::Applied(_) => {
-                    if had_value != has_value {
-                        self.index(key, has_value).await?;
-                    }
-                    break;
-                }
+                Written::Applied(_) => break last.value.is_some(),
                 Written::Lost | Written::Unknown => continue,
             }
-        }
-        Ok(())
+        };
+        self.index(key, has_value).await
     }
 
     /// Adds `key` to the index, or removes it.

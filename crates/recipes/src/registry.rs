@@ -99,8 +99,8 @@ pub struct Instance {
     /// How long it may stay critical before it is removed, in milliseconds.
     #[prost(uint64, tag = "10")]
     pub deregister_after_ms: u64,
-    /// Its active check (`http://…`, `https://…`, `tcp://host:port`,
-    /// `grpc://host:port`), or empty for the lease alone.
+    /// Its active check (`http://…`, `tcp://host:port`, `grpc://host:port`),
+    /// or empty for the lease alone.
     #[prost(string, tag = "11")]
     pub check: String,
     /// Its health, as last judged.
@@ -235,12 +235,10 @@ pub fn check_check(check: &str) -> Result<(), RecipeError> {
         return Ok(());
     }
     let Some((scheme, rest)) = check.split_once("://") else {
-        return Err(invalid(format!(
-            "check {check:?} is not a URL (http://…, https://…, tcp://host:port, grpc://host:port)"
-        )));
+        return Err(invalid(format!("check {check:?} is not a URL (http://…, tcp://host:port, grpc://host:port)")));
     };
-    if !matches!(scheme, "http" | "https" | "tcp" | "grpc") {
-        return Err(invalid(format!("unknown check scheme {scheme:?}: use http, https, tcp or grpc")));
+    if !matches!(scheme, "http" | "tcp" | "grpc") {
+        return Err(invalid(format!("unknown check scheme {scheme:?}: use http, tcp or grpc")));
     }
     if rest.is_empty() || check.len() > 1024 {
         return Err(invalid(format!("check {check:?} names no address")));

@@ -628,7 +628,7 @@ const FORMAT_V2: u8 = 2;
 /// A sibling set with a fence table (`3` is the sealed context token's).
 const FORMAT_FENCED: u8 = 4;
 /// The longest lock name a stored state may hold.
-const MAX_LOCK_LEN: usize = 1024;
+pub const MAX_LOCK_LEN: usize = 1024;
 
 /// No new dot can be issued for an actor whose counter is at `u64::MAX`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

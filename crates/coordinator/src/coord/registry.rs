@@ -292,7 +292,9 @@ impl registry_server::Registry for RegistryService {
 /// leader starts counting afresh, which can only delay a change of health.
 pub struct HealthWorker {
     coordinator: Arc<Coordinator>,
-    streaks: HashMap<(String, Bytes), CheckState>,
+    /// By tenant, registry key, lease and check: a new registration (or a
+    /// new lease after a lapse, or another check) starts counting afresh.
+    streaks: HashMap<(String, Bytes, u64, String), CheckState>,
     http: HttpClient,
 }
 
@@ -332,7 +334,7 @@ impl HealthWorker {
             // Run the checks that are due, at once.
             let mut running = FuturesUnordered::new();
             for instance in instances.iter().filter(|i| !i.check.is_empty()) {
-                let key = (tenant.id.clone(), instance.key());
+                let key = (tenant.id.clone(), instance.key(), instance.lease, instance.check.clone());
                 live.insert(key.clone());
                 let due = self
                     .streaks
@@ -354,11 +356,15 @@ impl HealthWorker {
                 state.output = output;
                 state.last_run = Some(Instant::now());
             }
+            let current: HashMap<Bytes, (u64, &str)> =
+                instances.iter().map(|i| (i.key(), (i.lease, i.check.as_str()))).collect();
             let checks: BTreeMap<Bytes, (Streak, String)> = self
                 .streaks
                 .iter()
-                .filter(|((t, _), _)| *t == tenant.id)
-                .map(|((_, key), state)| (key.clone(), (state.streak, state.output.clone())))
+                .filter(|((t, key, lease, check), _)| {
+                    *t == tenant.id && current.get(key) == Some(&(*lease, check.as_str()))
+                })
+                .map(|((_, key, _, _), state)| (key.clone(), (state.streak, state.output.clone())))
                 .collect();
             match registry.sweep(&checks, hysteresis).await {
                 Ok(done) => {

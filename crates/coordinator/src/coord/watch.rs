@@ -35,6 +35,8 @@ const POLL: Duration = Duration::from_millis(50);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Changes read from the journal per call.
 const BATCH: usize = 256;
+/// How often an idle feed says it is still caught up.
+const CAUGHT_EVERY: Duration = Duration::from_secs(1);
 /// Response metadata of a compacted start: the oldest retained revision.
 pub const COMPACTED_HEADER: &str = "cohort-compacted-revision";
 
@@ -149,14 +151,24 @@ impl Feeds {
         }
     }
 
-    /// Reads the journal and broadcasts, until no watcher is left.
+    /// Reads the journal and broadcasts, until no watcher is left. A
+    /// "caught up" marker goes out when the head moved, and otherwise at
+    /// most every [`CAUGHT_EVERY`], so idle polls do not fill the buffer.
     async fn run(self: Arc<Self>, tenant: String, feed: Arc<Feed>) {
         let journal = self.journal(&tenant);
         let mut next = None;
+        let mut last_caught: Option<(u64, Instant)> = None;
         loop {
             match read_feed(&journal, &mut next).await {
                 Ok(items) => {
                     for item in items {
+                        if let Item::Caught(head) = item {
+                            let quiet = last_caught.is_some_and(|(h, at)| h == head && at.elapsed() < CAUGHT_EVERY);
+                            if quiet {
+                                continue;
+                            }
+                            last_caught = Some((head, Instant::now()));
+                        }
                         let _ = feed.items.send(item);
                     }
                 }

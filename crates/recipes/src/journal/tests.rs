@@ -135,6 +135,37 @@ async fn a_committed_change_its_writer_never_applied_is_seen_and_kept() {
     assert_eq!(entry.history.iter().map(|c| c.revision).collect::<Vec<_>>(), [1, 2, 3]);
 }
 
+/// A change applied to its entry by a writer that stopped before the index
+/// is indexed by whoever applies it next (here: its eviction), so it is
+/// listed once it leaves the window.
+#[tokio::test]
+async fn a_change_applied_without_its_index_is_indexed_when_evicted() {
+    let registers = MemoryRegisters::default();
+    let journal = Journal::new(&registers, &SystemClock, "t", "config", small());
+    let (mut head, version) = journal.head().await.unwrap();
+    let change = Change {
+        revision: 1,
+        key: Bytes::from_static(b"x"),
+        value: Some(Bytes::from_static(b"1")),
+        previous: None,
+        version: 1,
+        updated_by: "stopped".into(),
+        at_ms: 0,
+        id: Bytes::from_static(b"stopped"),
+    };
+    head.revision = 1;
+    head.window.push(change.clone());
+    write_register(&registers, "t", &journal.head_key(), version, encode(&head)).await.unwrap();
+    // Its entry written, its index not.
+    let entry = Entry { applied: 1, history: vec![change] };
+    write_register(&registers, "t", &journal.entry_key(b"x"), 0, encode(&entry)).await.unwrap();
+    for i in 0..6 {
+        journal.write(put(&format!("other{i}"), "v")).await.unwrap();
+    }
+    let (listed, _) = journal.list(b"x").await.unwrap();
+    assert_eq!(listed.iter().map(|c| &c.key[..]).collect::<Vec<_>>(), [&b"x"[..]]);
+}
+
 #[tokio::test]
 async fn listing_gives_the_keys_with_values_under_a_prefix() {
     let registers = MemoryRegisters::default();

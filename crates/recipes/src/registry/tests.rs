@@ -152,6 +152,7 @@ async fn bad_registrations_are_refused_and_change_nothing() {
             ..instance("x", "1")
         },
         Instance { check: "ftp://h/x".into(), ..instance("x", "1") },
+        Instance { check: "https://h/x".into(), ..instance("x", "1") },
         Instance { check: "nonsense".into(), ..instance("x", "1") },
         Instance { tags: vec![String::new()], ..instance("x", "1") },
     ];
