@@ -276,3 +276,45 @@ async fn tcp_and_grpc_health_checks_judge_their_targets() {
     assert!(health.instances[0].output.contains("TCP connect"), "{}", health.instances[0].output);
     cluster.shutdown().await;
 }
+
+/// Discovery through one coordinator sees every registration committed
+/// through another before the call (its view catches up to the head it
+/// reads first), and a configuration watch through one follows writes made
+/// through the other, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_and_watches_follow_writes_made_through_another_coordinator() {
+    let (cluster, stores) = TestCluster::start_shared(test_config(ReadRepairMode::Background)).await;
+    let second = cluster.add_coordinator().await.expect("second coordinator");
+    let (a, b) = (cluster.client().await, cohort_tests::client_for(&second.endpoint()).await);
+    // Warm the second coordinator's view, so it is followed, not rebuilt.
+    assert!(b.registry().list(TENANT, "mesh", Filter::default()).await.unwrap().0.is_empty());
+    let mut watch = b.config().watch(TENANT, "mesh/", 0);
+    assert!(matches!(watch.next().await, Some(Ok(cohort_client::config::WatchEvent::Progress(_)))));
+    for i in 0..8 {
+        let id = format!("m{i}");
+        a.registry().register(TENANT, Registration::new("mesh", &id, "10.0.0.1", 80), TTL).await.unwrap();
+        let (seen, _) = b.registry().list(TENANT, "mesh", Filter::default()).await.unwrap();
+        assert!(
+            seen.iter().any(|s| s.id == id),
+            "{id} registered through the first coordinator is listed by the second"
+        );
+        if i % 2 == 1 {
+            a.registry().deregister(TENANT, "mesh", &id).await.unwrap();
+            let (seen, _) = b.registry().list(TENANT, "mesh", Filter::default()).await.unwrap();
+            assert!(!seen.iter().any(|s| s.id == id), "{id} deregistered is gone from the second's listing");
+        }
+        a.config().put(TENANT, &format!("mesh/{i}"), id.clone(), Default::default()).await.unwrap();
+    }
+    let mut keys = Vec::new();
+    while keys.len() < 8 {
+        match tokio::time::timeout(Duration::from_secs(30), watch.next()).await.expect("within 30s") {
+            Some(Ok(cohort_client::config::WatchEvent::Change(change))) => keys.push(change.key),
+            Some(Ok(_)) => {}
+            other => panic!("the watch ended: {other:?}"),
+        }
+    }
+    assert_eq!(keys, (0..8).map(|i| format!("mesh/{i}")).collect::<Vec<_>>());
+    second.stop().await;
+    cluster.shutdown().await;
+    stores.drop_schema().await;
+}
