@@ -24,14 +24,14 @@ pub enum CasCommand {
     Delete(DeleteArgs),
 }
 
-/// Flags shared by every cas command.
+/// Flags shared by every cas and config command.
 #[derive(Args)]
 pub struct Common {
     #[command(flatten)]
-    target: Connection,
+    pub target: Connection,
     /// Values (and a put's VALUE) are base64 instead of UTF-8 text.
     #[arg(long)]
-    base64: bool,
+    pub base64: bool,
 }
 
 /// Flags of `cas get`.

@@ -5,7 +5,8 @@ use cohort_client::config::{ConfigEntry, ConfigWrite, WatchEvent};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
-use crate::kv::{Connection, read_value, render};
+use crate::cas::Common;
+use crate::kv::{read_value, render};
 
 /// Configuration commands. Keys live in the tenant's configuration, apart
 /// from `kv` and `cas` keys. A key's first value is version 1; every
@@ -29,16 +30,6 @@ pub enum ConfigCommand {
     /// with --json), from --from-revision when given; runs until
     /// interrupted, reconnecting by itself.
     Watch(WatchArgs),
-}
-
-/// Flags shared by every config command.
-#[derive(Args)]
-pub struct Common {
-    #[command(flatten)]
-    target: Connection,
-    /// Values (and a put's VALUE) are base64 instead of UTF-8 text.
-    #[arg(long)]
-    base64: bool,
 }
 
 /// Flags of `config get`.

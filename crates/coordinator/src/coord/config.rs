@@ -15,9 +15,8 @@ use tonic::{Request, Response, Status};
 
 use crate::coord::cas::CURRENT_VERSION_HEADER;
 use crate::coord::watch::{EventStream, Events, Feeds};
-use crate::coord::{TenantRegisters, recipe_status};
+use crate::coord::{TenantRegisters, check_tenant, recipe_status};
 use crate::server::Coordinator;
-use crate::validate;
 
 /// The journaled map configuration lives in.
 const MAP: &str = "config";
@@ -57,10 +56,6 @@ impl ConfigService {
         self.feeds.wake(tenant);
         Ok(pb::ConfigPutResponse { version: change.version, revision: change.revision })
     }
-}
-
-fn check_tenant(tenant: &str) -> Result<(), Status> {
-    validate::tenant_id(tenant).map_err(Status::from)
 }
 
 fn check_key(key: &str) -> Result<(), Status> {

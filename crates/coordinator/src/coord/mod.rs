@@ -82,6 +82,11 @@ pub async fn check_fence(coordinator: &Arc<Coordinator>, tenant: &str, fence: &F
     Ok(())
 }
 
+/// Checks a tenant id as a coordination request names it.
+pub(crate) fn check_tenant(id: &str) -> Result<(), Status> {
+    crate::validate::tenant_id(id).map_err(Status::from)
+}
+
 /// A recipe's error as the coordinator's.
 pub fn recipe_error(error: RecipeError) -> KvError {
     match error {

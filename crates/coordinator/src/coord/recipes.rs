@@ -16,9 +16,8 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::coord::{TenantRegisters, recipe_status};
+use crate::coord::{TenantRegisters, check_tenant as tenant, recipe_status};
 use crate::server::Coordinator;
-use crate::validate;
 
 /// How often `Observe` looks at the leader.
 const OBSERVE_EVERY: Duration = Duration::from_millis(100);
@@ -86,10 +85,6 @@ pub(crate) async fn stopped(stopping: &mut watch::Receiver<bool>) {
     if stopping.wait_for(|stop| *stop).await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-fn tenant(id: &str) -> Result<(), Status> {
-    validate::tenant_id(id).map_err(Status::from)
 }
 
 fn record<T>(op: &'static str, started: Instant, result: &Result<T, RecipeError>) {

@@ -23,9 +23,8 @@ use tonic::{Request, Response, Status};
 
 use crate::coord::view::Views;
 use crate::coord::watch::{EventStream, Events, Feeds};
-use crate::coord::{TenantRegisters, recipe_status};
+use crate::coord::{TenantRegisters, check_tenant, recipe_status};
 use crate::server::Coordinator;
-use crate::validate;
 
 /// The public service registry.
 #[derive(Clone)]
@@ -55,10 +54,6 @@ impl RegistryService {
     fn registry<'a>(&'a self, tenant: &'a str) -> Registry<'a> {
         Registry::new(&*self.registers, &SystemClock, tenant, self.journal, self.limits)
     }
-}
-
-fn check_tenant(tenant: &str) -> Result<(), Status> {
-    validate::tenant_id(tenant).map_err(Status::from)
 }
 
 /// A registration's instance as the registry keeps it.
