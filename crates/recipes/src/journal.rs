@@ -168,6 +168,17 @@ pub struct Write {
     pub id: Bytes,
 }
 
+/// A committed change, and what [`Journal::finish`] has left to do.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The change.
+    pub change: Change,
+    /// The window's changes of its key, to apply to the entry.
+    pending: Vec<Change>,
+    /// Revisions whose archives compaction passed.
+    compacted: std::ops::Range<u64>,
+}
+
 /// Why a write did not commit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
@@ -355,11 +366,34 @@ impl<'a> Journal<'a> {
 
     /// Commits `write`: the change it made.
     pub async fn write(&self, write: Write) -> Result<Change, WriteError> {
+        let committed = self.commit(write).await?;
+        self.finish(&committed).await;
+        Ok(committed.change)
+    }
+
+    /// Applies a committed change to its entry (and the index) and removes
+    /// archives compaction passed: best effort, both — readers lay the
+    /// window over the entry, and the next writer of the key or the
+    /// eviction of the change applies it if this does not; an archive left
+    /// behind is only space. [`Journal::write`] is `commit` then `finish`;
+    /// a caller that answers before `finish` answers sooner.
+    pub async fn finish(&self, committed: &Committed) {
+        let _ = self.apply(&committed.change.key, &committed.pending).await;
+        for revision in committed.compacted.clone() {
+            let _ = write_register(self.registers, self.tenant, &self.archive_key(revision), 1, None).await;
+        }
+    }
+
+    /// Commits `write` (one compare-and-set of the head, after the
+    /// evictions it needs): the change it made, and what
+    /// [`Journal::finish`] has left to do.
+    pub async fn commit(&self, write: Write) -> Result<Committed, WriteError> {
+        let done = |change: &Change| Committed { change: change.clone(), pending: Vec::new(), compacted: 0..0 };
         for _ in 0..MAX_ATTEMPTS {
             let (head, head_version) = self.head().await?;
-            if let Some(done) = head.window.iter().find(|c| !write.id.is_empty() && c.id == write.id) {
+            if let Some(committed) = head.window.iter().find(|c| !write.id.is_empty() && c.id == write.id) {
                 // A retry of a write that committed.
-                return Ok(done.clone());
+                return Ok(done(committed));
             }
             let (entry, _) = self.entry(&write.key).await?;
             let current = snapshot(entry, &head.window, &write.key, 1);
@@ -407,22 +441,15 @@ impl<'a> Journal<'a> {
             }
             match write_register(self.registers, self.tenant, &self.head_key(), head_version, encode(&next)).await? {
                 Written::Applied(_) => {
-                    let pending: Vec<Change> = next.window.iter().filter(|c| c.key == change.key).cloned().collect();
-                    // Best effort, both: readers lay the window over the
-                    // entry, and the next writer of the key or the eviction
-                    // of the change applies it if this does not; an archive
-                    // left behind is only space.
-                    let _ = self.apply(&change.key, &pending).await;
-                    for revision in head.compacted.max(1)..next.compacted {
-                        let _ = write_register(self.registers, self.tenant, &self.archive_key(revision), 1, None).await;
-                    }
-                    return Ok(change);
+                    let pending = next.window.iter().filter(|c| c.key == change.key).cloned().collect();
+                    let compacted = head.compacted.max(1)..next.compacted;
+                    return Ok(Committed { change, pending, compacted });
                 }
                 Written::Lost => continue,
                 Written::Unknown => {
                     let (head, _) = self.head().await?;
                     return match head.window.iter().find(|c| c.id == change.id) {
-                        Some(done) => Ok(done.clone()),
+                        Some(committed) => Ok(done(committed)),
                         None if head.revision < change.revision => continue,
                         None => Err(RecipeError::OutcomeUnknown(format!(
                             "the change of revision {} may or may not have committed",

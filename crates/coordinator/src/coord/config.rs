@@ -51,10 +51,16 @@ impl ConfigService {
         Journal::new(&*self.registers, &SystemClock, tenant, MAP, self.limits)
     }
 
+    /// Commits `write`, wakes the watchers' feed and answers; applying the
+    /// change to its entry finishes behind the answer (readers see it
+    /// through the journal's window meanwhile).
     async fn write(&self, tenant: &str, write: Write) -> Result<pb::ConfigPutResponse, Status> {
-        let change = self.journal(tenant).write(write).await.map_err(write_status)?;
+        let committed = self.journal(tenant).commit(write).await.map_err(write_status)?;
         self.feeds.wake(tenant);
-        Ok(pb::ConfigPutResponse { version: change.version, revision: change.revision })
+        let answer = pb::ConfigPutResponse { version: committed.change.version, revision: committed.change.revision };
+        let (service, tenant) = (self.clone(), tenant.to_string());
+        tokio::spawn(async move { service.journal(&tenant).finish(&committed).await });
+        Ok(answer)
     }
 }
 
