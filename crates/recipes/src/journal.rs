@@ -428,16 +428,16 @@ impl<'a> Journal<'a> {
             next.window.push(change.clone());
             next.compacted =
                 next.compacted.max(1).max((change.revision + 1).saturating_sub(self.limits.retained_revisions));
-            // Changes leave the window only archived and applied.
-            while next.window.len() > 1
-                && (next.window.len() > self.limits.window_changes
-                    || window_bytes(&next.window) > self.limits.window_bytes)
-            {
-                let oldest = next.window.remove(0);
-                if oldest.revision >= next.compacted {
-                    self.archive(&oldest).await?;
+            // Changes leave the window only archived and applied. A full
+            // window is halved at once, so the archiving and applying is
+            // done in one batch every half window, not one at every write.
+            if next.window.len() > self.limits.window_changes || window_bytes(&next.window) > self.limits.window_bytes {
+                let (changes, bytes) = (self.limits.window_changes / 2, self.limits.window_bytes / 2);
+                let mut evicted = Vec::new();
+                while next.window.len() > 1 && (next.window.len() > changes || window_bytes(&next.window) > bytes) {
+                    evicted.push(next.window.remove(0));
                 }
-                self.apply(&oldest.key, std::slice::from_ref(&oldest)).await?;
+                self.evict(&evicted, next.compacted).await?;
             }
             match write_register(self.registers, self.tenant, &self.head_key(), head_version, encode(&next)).await? {
                 Written::Applied(_) => {
@@ -461,6 +461,37 @@ impl<'a> Journal<'a> {
             }
         }
         Err(RecipeError::Registers(format!("a write lost the journal head {MAX_ATTEMPTS} times to others")).into())
+    }
+
+    /// Archives (when still retained, at or after `compacted`) and applies
+    /// `evicted`, oldest first: archives concurrently (at most half a
+    /// window of them), and each key's changes in one apply, keys
+    /// concurrently.
+    async fn evict(&self, evicted: &[Change], compacted: u64) -> Result<(), RecipeError> {
+        let mut archived = futures::stream::FuturesUnordered::new();
+        for change in evicted {
+            if change.revision >= compacted {
+                archived.push(self.archive(change));
+            }
+        }
+        while let Some(result) = archived.next().await {
+            result?;
+        }
+        let mut by_key: Vec<(Bytes, Vec<Change>)> = Vec::new();
+        for change in evicted {
+            match by_key.iter_mut().find(|(key, _)| *key == change.key) {
+                Some((_, changes)) => changes.push(change.clone()),
+                None => by_key.push((change.key.clone(), vec![change.clone()])),
+            }
+        }
+        let mut applied = futures::stream::FuturesUnordered::new();
+        for (key, changes) in &by_key {
+            applied.push(self.apply(key, changes));
+        }
+        while let Some(result) = applied.next().await {
+            result?;
+        }
+        Ok(())
     }
 
     /// Writes `change` to its archive register (once; a second time finds
