@@ -199,3 +199,52 @@ async fn no_write_is_accepted_with_a_stale_token_while_holders_stall() {
     }
     cluster.shutdown().await;
 }
+
+/// Fencing across replicas: a replica that was down while the newer holder
+/// wrote has not seen the newer token (until its hint arrives), yet the
+/// stale holder's write is refused whichever replica coordinates it (the
+/// others refuse to take it), and once the replicas sync, none keeps the
+/// stale value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_token_is_refused_even_where_a_replica_missed_the_newer_one() {
+    let mut cluster = TestCluster::start().await;
+    let client = cluster.client().await;
+    let locks = client.locks();
+    let fenced = |token| WriteOptions { fence: Some(Fence { lock: "job".into(), token }), ..WriteOptions::default() };
+    let first = locks.acquire_once(TENANT, "job", 0, options(60_000, None)).await.unwrap();
+    client.put_with(TENANT, "result", "first", fenced(first.token)).await.unwrap();
+    locks.release(TENANT, "job", first.lease).await.unwrap();
+    // One replica is down while the next holder writes.
+    let missed = cluster.replica_indices("result").await[0];
+    cluster.stop_node(missed).await;
+    let second = locks.acquire(TENANT, "job", options(60_000, None)).await.unwrap();
+    client.put_with(TENANT, "result", "second", fenced(second.token())).await.unwrap();
+    cluster.restart_node(missed).await.expect("restart");
+    // Its hint arrives within a sweep (a second); until then it knows only
+    // the older token. The outcome below must not depend on which it is.
+    let state = cluster.replica_state(missed, "result").await;
+    let behind = state.fences().get("job").is_some_and(|t| *t < second.token());
+    println!("the restarted replica {} the newer token", if behind { "has not yet seen" } else { "already has" });
+    // The stale holder tries again and again; every attempt is refused.
+    for attempt in 0..6 {
+        let refused =
+            client.put_with(TENANT, "result", format!("stale-{attempt}"), fenced(first.token)).await.unwrap_err();
+        assert_eq!(refused.code(), Some(Code::FailedPrecondition), "{refused}");
+        assert!(refused.to_string().contains("fenced"), "{refused}");
+    }
+    // A read at all repairs every replica: the newer holder's value alone.
+    let everywhere = ReadOptions { consistency: Some(Consistency::All) };
+    let read = client.get_with(TENANT, "result", everywhere).await.unwrap();
+    assert_eq!(read.siblings, [Bytes::from("second")]);
+    // A replica that coordinated a refused write may hold it until the
+    // replicas sync; then (repair running behind the read) every replica
+    // holds the newer holder's value alone: a refused write never survives.
+    cohort_tests::eventually("every replica holds the newer value alone", Duration::from_secs(30), || async {
+        cluster.replica_states("result").await.iter().all(|state| {
+            state.values().eq([&Bytes::from("second")]) && state.fences().get("job") == Some(&second.token())
+        })
+    })
+    .await;
+    second.release().await.unwrap();
+    cluster.shutdown().await;
+}
