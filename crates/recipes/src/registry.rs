@@ -511,6 +511,17 @@ impl<'a> Registry<'a> {
         hysteresis: Hysteresis,
     ) -> Result<Vec<(Bytes, Action)>, RecipeError> {
         let (entries, _) = self.journal().list(b"").await?;
+        self.sweep_listed(&entries, checks, hysteresis).await
+    }
+
+    /// [`Registry::sweep`] over `entries`, a listing of the registry the
+    /// caller has just read (and ran its checks from).
+    pub async fn sweep_listed(
+        &self,
+        entries: &[Change],
+        checks: &BTreeMap<Bytes, (Streak, String)>,
+        hysteresis: Hysteresis,
+    ) -> Result<Vec<(Bytes, Action)>, RecipeError> {
         let mut done = Vec::new();
         for entry in entries {
             let Some(value) = &entry.value else { continue };

@@ -322,7 +322,14 @@ impl HealthWorker {
         let mut live = std::collections::HashSet::new();
         for tenant in tenants {
             let registry = Registry::new(&registers, &SystemClock, &tenant.id, journal, settings.limits());
-            let (instances, _) = registry.list(None).await.map_err(|e| e.to_string())?;
+            // One listing serves both the checks and the sweep.
+            let (entries, _) = registry.journal().list(b"").await.map_err(|e| e.to_string())?;
+            let instances = entries
+                .iter()
+                .filter_map(|c| c.value.as_ref())
+                .map(Instance::decode_value)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
             if instances.is_empty() {
                 continue;
             }
@@ -361,7 +368,7 @@ impl HealthWorker {
                 })
                 .map(|((_, key, _, _), state)| (key.clone(), (state.streak, state.output.clone())))
                 .collect();
-            match registry.sweep(&checks, hysteresis).await {
+            match registry.sweep_listed(&entries, &checks, hysteresis).await {
                 Ok(done) => {
                     for (key, action) in done {
                         let what = match action {
