@@ -221,18 +221,6 @@ impl StorageHandler for StorageNode {
         // task: a replication once started always runs to its end.
         let replicas: Vec<String> =
             std::iter::once(self.node_id.to_string()).chain(request.peers.iter().map(|p| p.id.clone())).collect();
-        let mut pending = Replication::default();
-        {
-            let store = self.store.clone();
-            let id = self.node_id.to_string();
-            pending.0.push(Box::pin(async move {
-                let durable = store.durable().await.map_err(|e| {
-                    let status = status_from(e);
-                    ReplicaFailure::Refused { code: status.code(), message: status.message().to_string() }
-                });
-                (id, durable)
-            }));
-        }
         let hints = Arc::new(HintSettlement {
             store: self.store.clone(),
             tenant: request.tenant.clone(),
@@ -241,6 +229,7 @@ impl StorageHandler for StorageNode {
             outstanding: std::sync::atomic::AtomicUsize::new(request.peers.len()),
             failed: std::sync::Mutex::new(Vec::new()),
         });
+        let mut pending = Replication::default();
         for peer in request.peers {
             let merge = MergeRequest {
                 tenant: request.tenant.clone(),
@@ -252,15 +241,27 @@ impl StorageHandler for StorageNode {
                 handoff: (!peer.hinted_for.is_empty())
                     .then(|| Handoff { node_id: peer.hinted_for.clone(), address: peer.hinted_for_address.clone() }),
             };
-            let client = self.peers.node(&peer.address);
+            // Sent now, before the local sync below may hold this thread.
+            let call = self.peers.node(&peer.address).map(|client| within(timeout, client.merge(merge)));
             let hints = hints.clone();
             pending.0.push(Box::pin(async move {
-                let result = match client {
+                let result = match call {
                     Err(status) => Err(ReplicaFailure::NotSent(status.message().to_string())),
-                    Ok(client) => within(timeout, client.merge(merge)).await.map(drop),
+                    Ok(call) => call.await.map(drop),
                 };
                 hints.answered(&peer, result.is_ok());
                 (peer.id, result)
+            }));
+        }
+        {
+            let store = self.store.clone();
+            let id = self.node_id.to_string();
+            pending.0.push(Box::pin(async move {
+                let durable = store.durable().await.map_err(|e| {
+                    let status = status_from(e);
+                    ReplicaFailure::Refused { code: status.code(), message: status.message().to_string() }
+                });
+                (id, durable)
             }));
         }
 

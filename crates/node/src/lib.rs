@@ -5,7 +5,9 @@
 //! internal `Storage` gRPC API to coordinators and to the other nodes.
 //!
 //! - [`config`]: the node's settings.
-//! - [`store`]: the durable sibling-set store with group commit.
+//! - [`store`]: the durable sibling-set store.
+//! - [`commit`]: group commit — one journal sync, run by the first writer
+//!   that finds none running, covers every write staged before it.
 //! - [`handler`]: [`StorageNode`], the node's handling of each internal
 //!   operation, including the coordinating-replica write path that applies
 //!   a new version and fans it out to the other replicas. It implements the
@@ -26,6 +28,7 @@
 //! the group commit that covers it has completed.
 
 pub mod acceptor;
+pub mod commit;
 pub mod config;
 pub mod handler;
 pub mod hints;

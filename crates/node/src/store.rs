@@ -74,9 +74,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -86,8 +85,8 @@ use cohort_ring::{
     Actor, CausalContext, DecodeError, Dot, Fence, SiblingSet, Token, TokenRange, UpdateError, token_for,
 };
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use tokio::sync::{mpsc, oneshot};
 
+use crate::commit::GroupCommit;
 use crate::config::Durability;
 use crate::trees::RepairTrees;
 
@@ -116,10 +115,6 @@ const HANDOFFS_KEYSPACE: &str = "handoffs";
 const ACCEPTORS_KEYSPACE: &str = "paxos_acceptors";
 /// Format byte of a write record.
 const WRITE_RECORD_FORMAT: u8 = 1;
-/// Under load, how many times the group commit lets ready tasks run to
-/// gather more writes before it syncs (it stops early when a round brings
-/// none).
-const MAX_GATHER_ROUNDS: usize = 4;
 
 /// Why the store could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -208,8 +203,6 @@ impl From<fjall::Error> for StoreError {
         }
     }
 }
-
-type Waiter = oneshot::Sender<Result<(), String>>;
 
 /// Limits a new version must respect; zero means no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -309,10 +302,7 @@ pub struct Store {
     /// it grows across restarts.
     hint_seq: AtomicU64,
     fence: AtomicU64,
-    commits: mpsc::UnboundedSender<Waiter>,
-    committer: tokio::task::JoinHandle<()>,
-    poisoned: Arc<AtomicBool>,
-    failing_disk: Arc<AtomicBool>,
+    commit: GroupCommit,
     trees: RepairTrees,
     tombstones: Keyspace,
     escalations: Keyspace,
@@ -414,12 +404,8 @@ impl Store {
             hint_index.insert(item.key()?.to_vec(), IndexedHint { staged: opened, seq: 0 });
         }
 
-        let poisoned = Arc::new(AtomicBool::new(false));
-        let failing_disk = Arc::new(AtomicBool::new(false));
-        let (commits, queue) = mpsc::unbounded_channel();
-        let committer =
-            tokio::spawn(group_commit(db.clone(), durability, queue, poisoned.clone(), failing_disk.clone()));
         Ok(Store {
+            commit: GroupCommit::new(db.clone(), durability),
             db,
             data,
             writes,
@@ -431,10 +417,6 @@ impl Store {
             hint_index: Mutex::new(hint_index),
             hint_seq: AtomicU64::new(incarnation << 40),
             fence: AtomicU64::new(fence),
-            commits,
-            committer,
-            poisoned,
-            failing_disk,
             trees,
             tombstones,
             escalations,
@@ -457,12 +439,12 @@ impl Store {
     /// Fault injection: from now on every journal sync fails as a dying
     /// disk's would (an I/O error), which poisons the store. For fault tests.
     pub fn inject_disk_failure(&self) {
-        self.failing_disk.store(true, Ordering::Release);
+        self.commit.inject_disk_failure();
     }
 
     /// Whether a durability failure has poisoned the store.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Acquire)
+        self.commit.is_poisoned()
     }
 
     /// The local state of a key (empty if never written here). A poisoned
@@ -1318,37 +1300,16 @@ impl Store {
         Ok(answer)
     }
 
-    /// Waits until every write staged before this call is durable.
+    /// Waits until every write staged before this call is durable (see
+    /// [`crate::commit`]).
     pub async fn durable(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.commits.send(tx).map_err(|_| StoreError::Closed)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(StoreError::Engine(reason)),
-            Err(_) => Err(StoreError::Closed),
-        }
+        self.commit.durable().await.map_err(StoreError::Engine)
     }
 
-    /// Closes the store: stops the group-commit task and releases the
-    /// directory, so that it can be opened again (by a restarted node).
+    /// Closes the store and releases the directory, so that it can be
+    /// opened again (by a restarted node).
     pub async fn close(self) {
-        let Store {
-            db,
-            data,
-            writes,
-            meta,
-            hints,
-            tombstones,
-            escalations,
-            handoffs,
-            acceptors,
-            commits,
-            committer,
-            ..
-        } = self;
-        drop(commits);
-        drop((db, data, writes, meta, hints, tombstones, escalations, handoffs, acceptors));
-        let _ = committer.await;
+        drop(self);
     }
 
     /// Merges `incoming` (replicating `write` when given, see
@@ -1606,65 +1567,10 @@ fn convert_legacy_layout(db: &Database, legacy: &Keyspace, data: &Keyspace) -> R
     Ok(converted)
 }
 
-/// The group-commit loop: waits for a first waiter, takes every waiter that
-/// queued meanwhile, persists the journal once, and answers them all.
-async fn group_commit(
-    db: Database,
-    durability: Durability,
-    mut queue: mpsc::UnboundedReceiver<Waiter>,
-    poisoned: Arc<AtomicBool>,
-    failing_disk: Arc<AtomicBool>,
-) {
-    let mode = match durability {
-        Durability::Fsync => PersistMode::SyncData,
-        Durability::Flush => PersistMode::Buffer,
-    };
-    let mut batch = Vec::new();
-    let mut busy = false;
-    while queue.recv_many(&mut batch, 4096).await > 0 {
-        // Under load (the last sync covered several writes), let the tasks
-        // that are ready run first: some of them are about to stage a
-        // write, and one sync then covers theirs too. A lone writer does
-        // not wait for that.
-        if busy {
-            for _ in 0..MAX_GATHER_ROUNDS {
-                tokio::task::yield_now().await;
-                let before = batch.len();
-                while let Ok(waiter) = queue.try_recv() {
-                    batch.push(waiter);
-                }
-                if batch.len() == before {
-                    break;
-                }
-            }
-        }
-        busy = batch.len() > 1;
-        let db2 = db.clone();
-        let started = std::time::Instant::now();
-        let failing = failing_disk.load(Ordering::Acquire);
-        let result = tokio::task::spawn_blocking(move || {
-            if failing {
-                return Err(fjall::Error::Io(std::io::Error::other("injected disk failure")));
-            }
-            db2.persist(mode)
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| format!("{e:?}")));
-        metrics::histogram!("cohort_node_group_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("cohort_node_group_commit_batch").record(batch.len() as f64);
-        if let Err(reason) = &result {
-            tracing::error!(%reason, "journal persist failed; store is poisoned and refuses writes");
-            poisoned.store(true, Ordering::Release);
-        }
-        for waiter in batch.drain(..) {
-            let _ = waiter.send(result.clone());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     const NO_LIMITS: WriteLimits = WriteLimits { max_siblings: 0, max_state_bytes: 0 };

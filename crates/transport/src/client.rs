@@ -420,10 +420,16 @@ impl NodeClient {
             if *node.stopping.borrow() {
                 return Call::Failed(Some(NodeError::NotSent(Status::unavailable("storage node is shutting down"))));
             }
+            // A task of its own, as the node's endpoint gives every
+            // pipelined operation: the operation runs to its end even if
+            // the caller stops waiting, and a replica's journal sync (which
+            // holds its thread) never delays the other replicas' calls.
+            let task = tokio::spawn(async move { handler::run(&*node.handler, Some(op)).await });
             return Call::Slow(Box::pin(async move {
-                match handler::run(&*node.handler, Some(op)).await {
-                    Answer::Error(error) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
-                    answer => Ok(answer),
+                match task.await {
+                    Ok(Answer::Error(error)) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
+                    Ok(answer) => Ok(answer),
+                    Err(error) => Err(NodeError::Lost(Status::internal(format!("in-process call failed: {error}")))),
                 }
             }));
         }
