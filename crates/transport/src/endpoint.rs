@@ -26,6 +26,23 @@ use crate::limits::MAX_MESSAGE_BYTES;
 /// breaks the stream every other operation to this node shares.
 pub const MAX_ANSWER_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
 
+/// The pipeline message carrying `answer` to operation `id`: an answer that
+/// would not fit in one message becomes that operation's error.
+fn answer_message(id: u64, answer: Answer) -> PipelineResponse {
+    let mut response = PipelineResponse { id, result: Some(answer) };
+    if response.encoded_len() > MAX_ANSWER_BYTES {
+        let error = PipelineError {
+            code: tonic::Code::ResourceExhausted as i32,
+            message: format!(
+                "the answer takes {} bytes, more than one message carries ({MAX_ANSWER_BYTES}); resolve the key's siblings",
+                response.encoded_len()
+            ),
+        };
+        response.result = Some(Answer::Error(error));
+    }
+    response
+}
+
 /// The `Storage` gRPC service over a handler.
 pub struct StorageEndpoint<H> {
     handler: Arc<H>,
@@ -63,32 +80,43 @@ impl<H: StorageHandler> Storage for StorageEndpoint<H> {
         let handler = self.handler.clone();
         let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
-            // Each operation runs on its own task, so a slow one (a write
-            // waiting for its peers) never holds up the others. The answer
-            // stream ends only after every operation taken has answered
-            // (each holds a sender), which tells clients that a request
-            // still unanswered then was never acted on.
+            // An operation that completes without waiting (a read, or one
+            // refused at once) is answered right here. One that waits (a
+            // write waiting for its sync and its peers) moves to a task of
+            // its own, so it never holds up the others. The answer stream
+            // ends only after every operation taken has answered (each
+            // holds a sender), which tells clients that a request still
+            // unanswered then was never acted on.
             loop {
                 let request = tokio::select! {
                     request = inbound.message() => request,
                     _ = stopping.wait_for(|stop| *stop) => break,
                 };
                 let Ok(Some(PipelineRequest { id, op })) = request else { break };
-                let (handler, answers) = (handler.clone(), answers.clone());
-                tokio::spawn(async move {
-                    let mut response = PipelineResponse { id, result: Some(handler::run(&*handler, op).await) };
-                    if response.encoded_len() > MAX_ANSWER_BYTES {
-                        let error = PipelineError {
-                            code: tonic::Code::ResourceExhausted as i32,
-                            message: format!(
-                                "the answer takes {} bytes, more than one message carries ({MAX_ANSWER_BYTES}); resolve the key's siblings",
-                                response.encoded_len()
-                            ),
-                        };
-                        response.result = Some(Answer::Error(error));
+                let handler = handler.clone();
+                let mut operation = Box::pin(async move { handler::run(&*handler, op).await });
+                // Polled once here; a pending operation continues on its task.
+                let first = std::future::poll_fn(|cx| std::task::Poll::Ready(operation.as_mut().poll(cx))).await;
+                match first {
+                    std::task::Poll::Ready(answer) => match answers.try_send(Ok(answer_message(id, answer))) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(message)) => {
+                            // The stream is backed up: wait for room, which
+                            // also stops taking requests meanwhile.
+                            if answers.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    },
+                    std::task::Poll::Pending => {
+                        let answers = answers.clone();
+                        tokio::spawn(async move {
+                            let answer = operation.await;
+                            let _ = answers.send(Ok(answer_message(id, answer))).await;
+                        });
                     }
-                    let _ = answers.send(Ok(response)).await;
-                });
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(stream)))
