@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Two builds of Cohort side by side, in one run, on the separate-process
-# shape (a `cohort coordinator` and three `cohort node` processes, fsync,
-# one runtime worker each unless --workers says otherwise): for each round
+# Two builds of Cohort side by side, in one run, on one shape: `procs` (a
+# `cohort coordinator` and three `cohort node` processes, the default) or
+# `dev` (`cohort dev`, all in one process); fsync, one runtime worker per
+# process unless --workers says otherwise. For each round
 # and each build, a fresh cluster loads RECORDS records and runs YCSB A at 64
 # in flight, YCSB C at 64 in flight and YCSB A at 1 in flight. The builds
 # alternate from round to round; prints every run and the medians.
 #
 #   loadtest/ab.sh OLD_BIN_DIR NEW_BIN_DIR [--rounds 3] [--records 10000] [--duration 5s]
-#                  [--workers N|default]
+#                  [--workers N|default] [--shape procs|dev]
 #
 # Each BIN_DIR holds a `cohort` and a `cohort-loadtest` binary, e.g. a
 # worktree's target/release.
@@ -21,15 +22,18 @@ ROUNDS=3
 RECORDS=10000
 DURATION=5s
 WORKERS=1
+SHAPE=procs
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) ROUNDS=$2; shift 2 ;;
         --records) RECORDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --workers) WORKERS=$2; shift 2 ;;
+        --shape) SHAPE=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
+case "$SHAPE" in procs | dev) ;; *) echo "--shape is procs or dev, not $SHAPE" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 log() { printf '[ab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cohort-ab.XXXXXX")
@@ -44,18 +48,24 @@ one() {
     mkdir -p "$dir"
     local workers=()
     [ "$WORKERS" = default ] || workers=(TOKIO_WORKER_THREADS="$WORKERS")
-    for i in 1 2 3; do
-        start "$label$round-node$i" env "${workers[@]}" "$bin/cohort" node --id "node-$i" \
-            --data-dir "$dir/node$i" --listen 127.0.0.1:0
-        nodes+=("$(wait_line "$label$round-node$i" 'listening on' | awk '{print $NF}')")
-    done
-    start "$label$round-coordinator" env "${workers[@]}" "$bin/cohort" coordinator --id c1 \
-        --data-dir "$dir/coordinator" --metadata-backend embedded --idempotency-backend embedded \
-        --listen 127.0.0.1:0 --metrics-listen ""
-    endpoint="http://$(wait_line "$label$round-coordinator" 'listening on' | awk '{print $NF}')"
-    for i in 1 2 3; do
-        "$bin/cohort" admin node add --wait --id "node-$i" --address "${nodes[$((i - 1))]}" --endpoint "$endpoint" >/dev/null
-    done
+    if [ "$SHAPE" = dev ]; then
+        start "$label$round-dev" env "${workers[@]}" "$bin/cohort" dev --data-dir "$dir/dev" \
+            --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0
+        endpoint=$(wait_line "$label$round-dev" '^  API:' | awk '{print $2}')
+    else
+        for i in 1 2 3; do
+            start "$label$round-node$i" env "${workers[@]}" "$bin/cohort" node --id "node-$i" \
+                --data-dir "$dir/node$i" --listen 127.0.0.1:0
+            nodes+=("$(wait_line "$label$round-node$i" 'listening on' | awk '{print $NF}')")
+        done
+        start "$label$round-coordinator" env "${workers[@]}" "$bin/cohort" coordinator --id c1 \
+            --data-dir "$dir/coordinator" --metadata-backend embedded --idempotency-backend embedded \
+            --listen 127.0.0.1:0 --metrics-listen ""
+        endpoint="http://$(wait_line "$label$round-coordinator" 'listening on' | awk '{print $NF}')"
+        for i in 1 2 3; do
+            "$bin/cohort" admin node add --wait --id "node-$i" --address "${nodes[$((i - 1))]}" --endpoint "$endpoint" >/dev/null
+        done
+    fi
     "$bin/cohort" admin tenant create bench --replication 3 --endpoint "$endpoint" >/dev/null
     local target="cohort://${endpoint#http://}"
     "$bin/cohort-loadtest" run --target "$target" --tenant bench --records "$RECORDS" --workload a \
