@@ -420,15 +420,22 @@ impl NodeClient {
             if *node.stopping.borrow() {
                 return Call::Failed(Some(NodeError::NotSent(Status::unavailable("storage node is shutting down"))));
             }
-            // A task of its own, as the node's endpoint gives every
-            // pipelined operation: the operation runs to its end even if
-            // the caller stops waiting, and a replica's journal sync (which
+            let answer = |answer: Answer| match answer {
+                Answer::Error(error) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
+                answer => Ok(answer),
+            };
+            // A read answers without waiting: it runs in the caller's own
+            // task. An operation that waits gets a task of its own, as the
+            // node's endpoint gives it: it runs to its end even if the
+            // caller stops waiting, and a replica's journal sync (which
             // holds its thread) never delays the other replicas' calls.
+            if matches!(op, Op::Read(_)) {
+                return Call::Slow(Box::pin(async move { answer(handler::run(&*node.handler, Some(op)).await) }));
+            }
             let task = tokio::spawn(async move { handler::run(&*node.handler, Some(op)).await });
             return Call::Slow(Box::pin(async move {
                 match task.await {
-                    Ok(Answer::Error(error)) => Err(NodeError::Rejected(Status::new(error.code.into(), error.message))),
-                    Ok(answer) => Ok(answer),
+                    Ok(reply) => answer(reply),
                     Err(error) => Err(NodeError::Lost(Status::internal(format!("in-process call failed: {error}")))),
                 }
             }));
