@@ -122,7 +122,7 @@ fn status_from(error: StoreError) -> Status {
             Status::failed_precondition(error.to_string())
         }
         StoreError::StaleRing { .. } => Status::aborted(error.to_string()),
-        StoreError::Poisoned | StoreError::Engine(_) | StoreError::Closed | StoreError::WrongNode { .. } => {
+        StoreError::Poisoned | StoreError::Engine(_) | StoreError::WrongNode { .. } => {
             Status::unavailable(error.to_string())
         }
     }

@@ -131,9 +131,6 @@ pub enum StoreError {
     /// A stored acceptor record did not decode.
     #[error("stored acceptor state for a key is unreadable: {0}")]
     CorruptAcceptor(#[from] cohort_paxos::DecodeError),
-    /// The store is shutting down.
-    #[error("store is shutting down")]
-    Closed,
     /// The data directory was created for another node.
     #[error(
         "data directory {dir} belongs to node {stored:?}, not {given:?}; start it with --id {stored}, or give node {given} a directory of its own"
