@@ -223,6 +223,14 @@ mod tests {
         (db, keyspace)
     }
 
+    /// A flushing group commit over a fresh directory (kept alive by the
+    /// returned guard) and a keyspace to stage writes in.
+    fn flushing() -> (tempfile::TempDir, fjall::Keyspace, GroupCommit) {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, keyspace) = open(dir.path());
+        (dir, keyspace, GroupCommit::new(db, Durability::Flush))
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_all_become_durable() {
         let dir = tempfile::tempdir().unwrap();
@@ -244,9 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn writers_that_arrive_while_the_leader_gathers_share_its_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, keyspace) = open(dir.path());
-        let commit = GroupCommit::new(db, Durability::Flush);
+        let (_dir, keyspace, commit) = flushing();
         keyspace.insert(b"a", b"v").unwrap();
         keyspace.insert(b"b", b"v").unwrap();
         keyspace.insert(b"c", b"v").unwrap();
@@ -259,9 +265,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_writer_syncs_once_per_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, keyspace) = open(dir.path());
-        let commit = GroupCommit::new(db, Durability::Flush);
+        let (_dir, keyspace, commit) = flushing();
         for i in 0..3u32 {
             keyspace.insert(i.to_be_bytes(), b"v").unwrap();
             commit.durable().await.unwrap();
@@ -271,9 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_dropped_before_its_sync_hands_leadership_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, keyspace) = open(dir.path());
-        let commit = GroupCommit::new(db, Durability::Flush);
+        let (_dir, keyspace, commit) = flushing();
         keyspace.insert(b"k", b"v").unwrap();
         // Polled once, the first writer becomes leader and yields to let
         // ready tasks run; dropped there, it never syncs.
@@ -287,9 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_sync_fails_every_writer_it_did_not_cover() {
-        let dir = tempfile::tempdir().unwrap();
-        let (db, keyspace) = open(dir.path());
-        let commit = GroupCommit::new(db, Durability::Flush);
+        let (_dir, keyspace, commit) = flushing();
         keyspace.insert(b"a", b"v").unwrap();
         commit.durable().await.unwrap();
         commit.inject_disk_failure();
