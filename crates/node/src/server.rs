@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cohort_proto::internal::v1::storage_server::StorageServer;
 use cohort_transport::limits::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
-use cohort_transport::{InProcessNodes, PeerPool, StorageEndpoint, StorageHandler, incoming};
+use cohort_transport::{InProcessNodes, PeerPool, StorageEndpoint, StorageHandler, listen};
 use cohort_worker::{Periodic, Step, Worker, WorkerStatuses, Workers};
 
 use crate::hints::HintDelivery;
@@ -124,6 +124,7 @@ pub async fn serve_with(
     });
     let (stop_pipelines, stopping) = tokio::sync::watch::channel(false);
     let node = Arc::new(StorageNode::new(&config.id, store.clone(), peers.clone(), peer_timeout));
+    let local_address = listener.local_addr().ok();
     let registered = match (&in_process, listener.local_addr()) {
         (Some(nodes), Ok(address)) => {
             let address = address.to_string();
@@ -158,14 +159,18 @@ pub async fn serve_with(
     }));
 
     on_ready(NodeHandle { store: Arc::downgrade(&store) });
-    tracing::info!(node = %config.id, actor = %store.actor(), address = ?listener.local_addr().ok(), "storage node serving");
+    // Framed pipeline connections are served by the transport itself; the
+    // rest go to the gRPC server.
+    let (grpc_connections, pipelines) = listen(listener, node.clone(), stopping.clone());
+    tracing::info!(node = %config.id, actor = %store.actor(), address = ?local_address, "storage node serving");
     let result = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(health_service)
-        .add_service(StorageEndpoint::new(node, stopping).into_server())
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .add_service(StorageEndpoint::new(node).into_server())
+        .serve_with_incoming_shutdown(grpc_connections, shutdown)
         .await;
+    pipelines.closed().await;
     workers.shutdown(WORKER_EXIT_DEADLINE).await;
     if let Some((nodes, address)) = registered {
         nodes.unregister(&address);

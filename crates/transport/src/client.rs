@@ -1,13 +1,14 @@
 //! Clients of storage nodes, shared by coordinators and nodes.
 //!
-//! Every call to a node — read, merge, coordinate — travels on one
-//! long-lived bidirectional `Pipeline` stream per node, tagged with an id;
-//! answers come back on the same stream in completion order. A message on
-//! an open stream costs a few bytes of framing, where a unary call costs a
-//! new HTTP/2 stream with headers, so the per-operation cost of the replica
-//! fan-out drops, and concurrent operations to one node share frames and
-//! system calls. If the stream breaks, every call waiting on it fails with
-//! `Unavailable` and the next call opens a new one.
+//! Every call to a node on the replica path — read, merge, coordinate,
+//! prepare, accept — travels on one long-lived pipeline connection per node
+//! ([`crate::framed`]), tagged with an id; answers come back on the same
+//! connection in completion order. A message costs four bytes of framing,
+//! where a unary gRPC call costs a new HTTP/2 stream with headers, and
+//! concurrent operations to one node share buffers and system calls. If the
+//! connection breaks, every call waiting on it fails with `Unavailable` and
+//! the next call opens a new one. The rarer calls (info, fence, scans,
+//! repair) are unary gRPC calls to the same port.
 //!
 //! A pool may share an [`InProcessNodes`] directory: calls to a node that is
 //! served by this very process (as in `cohort dev`) then run the node's
@@ -28,12 +29,13 @@ use cohort_proto::internal::v1::{
     MergeResponse, PipelineRequest, PipelineResponse, PrepareRequest, PrepareResponse, PurgeRequest, PurgeResponse,
     ReadRequest, ReadResponse, ScanRequest, ScanResponse, TombstonesRequest, TombstonesResponse,
 };
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::directory::InProcessNodes;
+use crate::framed::{self, BACKLOG_BYTES, FrameReader, FrameSender, PREFACE, SendError, SharedStream};
 use crate::handler;
 use crate::limits::{CONNECTION_WINDOW_BYTES, MAX_MESSAGE_BYTES, STREAM_WINDOW_BYTES};
 
@@ -86,6 +88,7 @@ impl PeerPool {
             session: Arc::default(),
             opening: Arc::default(),
             address: address.into(),
+            connect_timeout: self.connect_timeout,
             in_process: self.in_process.clone(),
         };
         nodes.insert(address.to_string(), node.clone());
@@ -107,10 +110,12 @@ pub struct NodeClient {
     /// handle: the common call finds an open session without waiting.
     session: Arc<RwLock<Option<Arc<Session>>>>,
     /// Held while a new pipeline opens (which awaits the node), so that
-    /// concurrent callers share one stream.
+    /// concurrent callers share one connection.
     opening: Arc<tokio::sync::Mutex<()>>,
     /// `host:port` of the node.
     address: Arc<str>,
+    /// How long opening a pipeline connection may take.
+    connect_timeout: Duration,
     /// Where to look for the node in this process before using the network.
     in_process: Option<Arc<InProcessNodes>>,
 }
@@ -123,7 +128,7 @@ pub enum NodeError {
     NotSent(Status),
     /// The node answered with this error: it refused the operation.
     Rejected(Status),
-    /// The request was sent but no answer came (the stream broke): the node
+    /// The request was sent but no answer came (the connection broke): the node
     /// may or may not have acted on it.
     Lost(Status),
 }
@@ -157,28 +162,42 @@ impl From<NodeError> for Status {
     }
 }
 
-/// One open pipeline stream and the calls waiting on it.
-#[derive(Debug)]
+/// One open pipeline connection and the calls waiting on it.
 struct Session {
-    requests: mpsc::Sender<PipelineRequest>,
+    requests: Arc<FrameSender>,
     waiting: Mutex<HashMap<u64, oneshot::Sender<Result<Answer, NodeError>>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("closed", &self.closed).finish_non_exhaustive()
+    }
+}
+
 impl Session {
     /// Fails every waiting call; the session is not used again. `ended`
-    /// says the node closed the stream in order: it stops taking requests
-    /// and answers every one it took before ending, so a call still waiting
-    /// then was never acted on. Otherwise the stream broke and a waiting
-    /// call may or may not have been.
+    /// says the node closed the connection in order: it stops taking
+    /// requests and answers every one it took before ending, so a call still
+    /// waiting then was never acted on. Otherwise the connection broke and a
+    /// waiting call may or may not have been.
     fn close(&self, reason: &str, ended: bool) {
         self.closed.store(true, Ordering::Release);
+        self.requests.close();
         let waiting: Vec<_> = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (_, reply) in waiting {
             let status = Status::unavailable(reason.to_string());
             let _ = reply.send(Err(if ended { NodeError::NotSent(status) } else { NodeError::Lost(status) }));
         }
+    }
+}
+
+impl Drop for Session {
+    /// No call can use the session any more: the client's side of the
+    /// connection ends, and the node then ends its own.
+    fn drop(&mut self) {
+        self.requests.close();
     }
 }
 
@@ -199,37 +218,39 @@ type Reply = Result<Answer, NodeError>;
 
 /// One operation started by [`NodeClient::call`], as a future of its answer.
 enum Call {
-    /// Queued on a session: waits for the answer.
+    /// Sent on a session: waits for the answer.
     Sent { answer: oneshot::Receiver<Reply>, _registration: Registration },
-    /// Opening a session, waiting for room in its queue, or running on a
-    /// handler in this process.
+    /// Opening a session, or running on a handler in this process.
     Slow(std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>),
     /// Refused before it was sent.
     Failed(Option<NodeError>),
 }
 
 impl Call {
-    /// Registers the operation on `session` and queues it.
+    /// Registers the operation on `session` and sends it.
     fn send(session: Arc<Session>, op: Op) -> Call {
         let id = session.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        session.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(id, reply);
+        let alone = {
+            let mut waiting = session.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.insert(id, reply);
+            waiting.len() == 1
+        };
         let registration = Registration { session, id };
         let request = PipelineRequest { id, op: Some(op) };
-        match registration.session.requests.try_send(request) {
+        // The only call in flight is written at once; among many, the
+        // flusher batches them.
+        match registration.session.requests.send(&request, alone) {
             Ok(()) => Call::Sent { answer, _registration: registration },
-            Err(mpsc::error::TrySendError::Full(request)) => Call::Slow(Box::pin(async move {
-                if registration.session.requests.send(request).await.is_err() {
-                    return Err(closed(&registration.session));
-                }
-                Call::Sent { answer, _registration: registration }.await
-            })),
-            Err(mpsc::error::TrySendError::Closed(_)) => Call::Failed(Some(closed(&registration.session))),
+            Err(SendError::Backlogged) => Call::Failed(Some(NodeError::NotSent(Status::unavailable(format!(
+                "more than {BACKLOG_BYTES} bytes wait to be sent to the node"
+            ))))),
+            Err(SendError::Closed) => Call::Failed(Some(closed(&registration.session))),
         }
     }
 }
 
-/// Closes a session whose request queue is gone; the request was not sent.
+/// Closes a session that no longer sends; the request was not sent.
 fn closed(session: &Session) -> NodeError {
     session.close("pipeline to node closed", false);
     NodeError::NotSent(Status::unavailable("pipeline to node closed"))
@@ -409,10 +430,10 @@ impl NodeClient {
     }
 
     /// Starts one operation: in-process, or on the node's pipeline. In the
-    /// common case — a session open with room in its queue — the request is
-    /// queued before this returns and the call is a few words waiting for
-    /// its answer; only the rare paths (opening a session, a full queue, a
-    /// handler in this process) allocate a future of their own.
+    /// common case — a session open — the request is written (or queued
+    /// behind a full socket) before this returns, and the call is a few
+    /// words waiting for its answer; only the rare paths (opening a session,
+    /// a handler in this process) allocate a future of their own.
     fn call(&self, op: Op) -> Call {
         if let Some(node) = self.local() {
             // As a pipelined call would be: refused as never acted on once
@@ -440,7 +461,7 @@ impl NodeClient {
                 }
             }));
         }
-        // A message the stream cannot carry would end it, failing every
+        // A message the connection cannot carry would end it, failing every
         // other call on it: refuse it alone, before it is sent. (The id and
         // the operation's framing take at most 16 bytes more.)
         let size = op.encoded_len() + 16;
@@ -477,26 +498,38 @@ impl NodeClient {
         if let Some(session) = self.open_session() {
             return Ok(session);
         }
-        let (requests, outbound) = mpsc::channel(4096);
-        let mut raw = self.raw.clone();
-        let inbound = raw.pipeline(ReceiverStream::new(outbound)).await?.into_inner();
+        let connect = TcpStream::connect(&*self.address);
+        let stream = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| Status::unavailable(format!("connecting to node {} timed out", self.address)))?
+            .map_err(|e| Status::unavailable(format!("cannot connect to node {}: {e}", self.address)))?;
+        framed::prepare(&stream);
+        let stream = Arc::new(stream);
+        let requests = FrameSender::new(stream.clone(), Some(PREFACE));
         let session = Arc::new(Session {
-            requests,
+            requests: requests.clone(),
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
-        tokio::spawn(dispatch(inbound, Arc::downgrade(&session)));
+        let weak = Arc::downgrade(&session);
+        tokio::spawn(async move {
+            if let (Err(error), Some(session)) = (framed::flush(requests).await, weak.upgrade()) {
+                session.close(&format!("pipeline to node failed: {error}"), false);
+            }
+        });
+        tokio::spawn(dispatch(FrameReader::new(SharedStream(stream)), Arc::downgrade(&session)));
         *self.session.write().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
         Ok(session)
     }
 }
 
-/// Hands each answer to the call waiting for it; closes the session when
-/// the stream ends or fails.
-async fn dispatch(mut inbound: tonic::Streaming<PipelineResponse>, session: std::sync::Weak<Session>) {
+/// Hands each answer to the call waiting for it; closes the session (and
+/// with it the client's side of the connection) when the connection ends or
+/// fails.
+async fn dispatch(mut inbound: FrameReader<SharedStream>, session: std::sync::Weak<Session>) {
     loop {
-        let message = inbound.message().await;
+        let message = inbound.next::<PipelineResponse>().await;
         let Some(session) = session.upgrade() else { return };
         match message {
             Ok(Some(PipelineResponse { id, result })) => {
@@ -516,8 +549,8 @@ async fn dispatch(mut inbound: tonic::Streaming<PipelineResponse>, session: std:
                 session.close("node closed the pipeline", true);
                 return;
             }
-            Err(status) => {
-                session.close(&format!("pipeline to node failed: {}", status.message()), false);
+            Err(error) => {
+                session.close(&format!("pipeline to node failed: {error}"), false);
                 return;
             }
         }

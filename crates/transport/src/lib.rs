@@ -6,10 +6,14 @@
 //! - [`handler`]: the [`StorageHandler`] trait a storage node implements;
 //!   the transport calls it, the node never calls the transport back to
 //!   answer.
-//! - [`endpoint`]: the internal `Storage` gRPC service over a handler,
-//!   including the pipelined stream, and the listener settings.
-//! - [`client`]: [`PeerPool`] and [`NodeClient`], one long-lived pipelined
-//!   stream per node, and [`NodeError`] (not sent, refused, lost).
+//! - [`endpoint`]: a node's listener, which serves framed pipeline
+//!   connections and hands the others to the internal `Storage` gRPC
+//!   service over a handler; the listener settings.
+//! - [`framed`]: the pipeline's wire, length-prefixed protobuf frames on a
+//!   TCP connection, written by the sending task on a quiet connection and
+//!   in batches on a busy one.
+//! - [`client`]: [`PeerPool`] and [`NodeClient`], one long-lived pipeline
+//!   connection per node, and [`NodeError`] (not sent, refused, lost).
 //! - [`directory`]: [`InProcessNodes`], the handlers served by this process,
 //!   called without the network.
 //! - [`fanout`]: calls under a deadline, classified once as a typed
@@ -25,13 +29,14 @@ pub mod client;
 pub mod directory;
 pub mod endpoint;
 pub mod fanout;
+pub mod framed;
 pub mod handler;
 pub mod limits;
 pub mod liveness;
 
 pub use client::{NodeClient, NodeError, PeerPool};
 pub use directory::InProcessNodes;
-pub use endpoint::{StorageEndpoint, incoming};
+pub use endpoint::{GrpcConnections, PipelineConnections, StorageEndpoint, incoming, listen};
 pub use fanout::{ReplicaFailure, within};
 pub use handler::StorageHandler;
 pub use liveness::Liveness;
