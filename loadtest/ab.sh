@@ -82,8 +82,9 @@ import json, sys
 busy, single, label = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
 reads = json.load(open(sys.argv[4]))
 update = single["operations"].get("update", {})
+read = single["operations"].get("read", {})
 print(f"{label}: A@64 {busy['ops_per_sec']:.0f} ops/s; C@64 {reads['ops_per_sec']:.0f} ops/s; "
-      f"A@1 {single['ops_per_sec']:.0f} ops/s, update p50 {update.get('p50_us', 0)} us")
+      f"A@1 {single['ops_per_sec']:.0f} ops/s, update p50 {update.get('p50_us', 0)} us, read p50 {read.get('p50_us', 0)} us")
 PY
 }
 
@@ -103,7 +104,9 @@ for label in ("old", "new"):
     reads = [json.load(open(f))["ops_per_sec"] for f in glob.glob(os.path.join(work, f"{label}-*-c64.json"))]
     single = [json.load(open(f)) for f in glob.glob(os.path.join(work, f"{label}-*-1.json"))]
     p50 = [s["operations"].get("update", {}).get("p50_us", 0) for s in single]
+    read_p50 = [s["operations"].get("read", {}).get("p50_us", 0) for s in single]
     print(f"{label}: median A@64 {statistics.median(busy):.0f} ops/s over {len(busy)} runs {sorted(round(b) for b in busy)}; "
           f"median C@64 {statistics.median(reads):.0f} ops/s {sorted(round(r) for r in reads)}; "
-          f"median update p50 at 1 in flight {statistics.median(p50):.0f} us {sorted(p50)}")
+          f"median update p50 at 1 in flight {statistics.median(p50):.0f} us {sorted(p50)}; "
+          f"median read p50 at 1 in flight {statistics.median(read_p50):.0f} us {sorted(read_p50)}")
 PY

@@ -617,9 +617,41 @@ impl KvEngine {
             mode: self.read_repair,
             liveness: self.liveness.clone(),
         };
-        tokio::spawn(round.run(reply));
-        answer.await.map_err(|_| KvError::Internal("read task ended without an answer".into()))?
+        answered_then_detached(round.run(reply), answer)
+            .await
+            .map_err(|_| KvError::Internal("read task ended without an answer".into()))?
     }
+}
+
+/// Runs `work` in the caller's task until `answer` arrives, and whatever is
+/// left of it then (waiting for slower replicas, repairing) on a task of its
+/// own; all of what is left, too, if the caller stops waiting first. A read
+/// whose replicas answer at once (in-process, as in `cohort dev`) thus costs
+/// no task and no wake-up of another thread, and one over the network is
+/// answered without a hand-off between tasks.
+async fn answered_then_detached<T, W>(work: W, mut answer: oneshot::Receiver<T>) -> Result<T, oneshot::error::RecvError>
+where
+    W: std::future::Future<Output = ()> + Send + 'static,
+{
+    /// The unfinished work, moved to a task of its own when dropped.
+    struct Detached<W: std::future::Future<Output = ()> + Send + 'static>(Option<std::pin::Pin<Box<W>>>);
+    impl<W: std::future::Future<Output = ()> + Send + 'static> Drop for Detached<W> {
+        fn drop(&mut self) {
+            if let Some(rest) = self.0.take() {
+                tokio::spawn(rest);
+            }
+        }
+    }
+    let mut work = Detached(Some(Box::pin(work)));
+    std::future::poll_fn(|cx| {
+        if let Some(running) = work.0.as_mut()
+            && running.as_mut().poll(cx).is_ready()
+        {
+            work.0 = None;
+        }
+        std::pin::Pin::new(&mut answer).poll(cx)
+    })
+    .await
 }
 
 /// One read: asks every replica, answers after `required`, then repairs.
@@ -785,6 +817,47 @@ impl ReadRound {
 mod tests {
     use super::*;
     use cohort_ring::{Actor, CausalContext};
+
+    /// Work that answers, then waits for `go` before it records `done`.
+    fn answers_then_waits(
+        go: oneshot::Receiver<()>,
+        done: oneshot::Sender<()>,
+    ) -> (impl std::future::Future<Output = ()> + Send + 'static, oneshot::Receiver<u32>) {
+        let (reply, answer) = oneshot::channel();
+        let work = async move {
+            let _ = reply.send(7);
+            let _ = go.await;
+            let _ = done.send(());
+        };
+        (work, answer)
+    }
+
+    #[tokio::test]
+    async fn a_read_answers_in_place_and_what_is_left_finishes_on_its_own() {
+        let (go, wait) = oneshot::channel();
+        let (finished, done) = oneshot::channel();
+        let (work, answer) = answers_then_waits(wait, finished);
+        assert_eq!(answered_then_detached(work, answer).await.unwrap(), 7);
+        go.send(()).unwrap();
+        done.await.expect("the rest of the work ran to its end after the answer");
+    }
+
+    #[tokio::test]
+    async fn a_read_its_caller_abandons_still_finishes() {
+        let (go, wait) = oneshot::channel();
+        let (finished, done) = oneshot::channel();
+        let (reply, answer) = oneshot::channel::<u32>();
+        let work = async move {
+            let _ = wait.await;
+            let _ = reply.send(7);
+            let _ = finished.send(());
+        };
+        let mut caller = Box::pin(answered_then_detached(work, answer));
+        assert!(futures::poll!(caller.as_mut()).is_pending());
+        drop(caller);
+        go.send(()).unwrap();
+        done.await.expect("the abandoned work ran to its end");
+    }
 
     fn replica(id: &str) -> Replica {
         Replica { id: id.into(), address: format!("{id}:1") }
