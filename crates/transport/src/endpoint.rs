@@ -114,15 +114,9 @@ async fn serve_operations<H: StorageHandler, R: AsyncRead + Unpin>(
         let first = std::future::poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await;
         match first {
             Poll::Ready(answer) => {
-                // Answers to requests that arrived together leave together:
-                // the last one read writes them all, from this task.
-                let answer = answer_message(id, answer);
-                let sent = match requests.has_frame() {
-                    true => answers.queue(&answer),
-                    false => answers.send(&answer, true),
-                };
+                let queued = answers.queue(&answer_message(id, answer));
                 open.fetch_sub(1, Ordering::AcqRel);
-                if sent.is_err() {
+                if queued.is_err() {
                     // The client stopped reading or the connection failed.
                     break;
                 }
@@ -136,6 +130,12 @@ async fn serve_operations<H: StorageHandler, R: AsyncRead + Unpin>(
                     drop(in_flight);
                 });
             }
+        }
+        // Answers to requests that arrived together leave together: once the
+        // requests read so far are all taken, this task writes the answers
+        // it gave in one call.
+        if !requests.has_frame() && answers.send_queued().is_err() {
+            break;
         }
     }
 }

@@ -224,6 +224,41 @@ impl FrameSender {
             self.wake.notify_one();
             return Ok(());
         }
+        self.write_backlog(&mut out)
+    }
+
+    /// Adds `message` to the backlog without writing it: the caller sends
+    /// more right after, and [`FrameSender::send_queued`] (or a `send`)
+    /// writes them all in one call.
+    pub fn queue(&self, message: &impl Message) -> Result<(), SendError> {
+        let mut out = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if out.closing {
+            return Err(SendError::Closed);
+        }
+        let len = 4 + message.encoded_len();
+        if !out.backlog.is_empty() && out.backlog.len() + len > BACKLOG_BYTES {
+            return Err(SendError::Backlogged);
+        }
+        encode_frame(message, &mut out.backlog);
+        Ok(())
+    }
+
+    /// Writes what [`FrameSender::queue`] left in the backlog, now, unless
+    /// the flusher already owns it.
+    pub fn send_queued(&self) -> Result<(), SendError> {
+        let mut out = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if out.closing {
+            return Err(SendError::Closed);
+        }
+        if out.flushing || out.backlog.is_empty() {
+            return Ok(());
+        }
+        self.write_backlog(&mut out)
+    }
+
+    /// Writes the backlog from this thread as far as the socket takes it;
+    /// hands the rest to the flusher.
+    fn write_backlog(&self, out: &mut Outgoing) -> Result<(), SendError> {
         match write_some(&self.stream, &mut out.backlog) {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -239,22 +274,6 @@ impl FrameSender {
                 Err(SendError::Closed)
             }
         }
-    }
-
-    /// Adds `message` to the backlog without writing it: the caller sends
-    /// more right after, and the last of them (`send` with `now`) writes
-    /// them all in one call.
-    pub fn queue(&self, message: &impl Message) -> Result<(), SendError> {
-        let mut out = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if out.closing {
-            return Err(SendError::Closed);
-        }
-        let len = 4 + message.encoded_len();
-        if !out.backlog.is_empty() && out.backlog.len() + len > BACKLOG_BYTES {
-            return Err(SendError::Backlogged);
-        }
-        encode_frame(message, &mut out.backlog);
-        Ok(())
     }
 
     /// Takes no more messages; the flusher writes what waits, then ends

@@ -152,3 +152,30 @@ async fn a_connection_with_a_bad_preface_is_closed_and_others_are_served() {
     let _ = stop.send(true);
     in_time(server).await.unwrap();
 }
+
+/// An answer given in place leaves at once, even when a request that arrived
+/// with it is still waiting (its answer must not hold the first one back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_at_once_is_not_held_back_by_a_waiting_neighbour() {
+    use bytes::BytesMut;
+    use cohort_proto::internal::v1::pipeline_request::Op;
+    use cohort_transport::framed::{FrameReader, PREFACE, encode_frame};
+    use tokio::io::AsyncWriteExt;
+    let stand = Arc::new(Stand::default());
+    let (address, stop, server) = serve(stand.clone()).await;
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // One write: the read, then a merge that waits for the gate.
+    let mut wire = BytesMut::from(&PREFACE[..]);
+    encode_frame(&PipelineRequest { id: 1, op: Some(Op::Read(read("first"))) }, &mut wire);
+    encode_frame(&PipelineRequest { id: 2, op: Some(Op::Merge(MergeRequest::default())) }, &mut wire);
+    stream.write_all(&wire).await.unwrap();
+    let mut answers = FrameReader::new(stream);
+    let first = in_time(answers.next::<PipelineResponse>()).await.unwrap().expect("an answer");
+    assert_eq!(first.id, 1, "the read is answered while the merge still waits");
+    stand.gate.notify_one();
+    let second = in_time(answers.next::<PipelineResponse>()).await.unwrap().expect("an answer");
+    assert_eq!(second.id, 2);
+    drop(answers);
+    let _ = stop.send(true);
+    in_time(server).await.unwrap();
+}
