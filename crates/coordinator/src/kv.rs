@@ -637,8 +637,11 @@ where
     struct Detached<W: std::future::Future<Output = ()> + Send + 'static>(Option<std::pin::Pin<Box<W>>>);
     impl<W: std::future::Future<Output = ()> + Send + 'static> Drop for Detached<W> {
         fn drop(&mut self) {
-            if let Some(rest) = self.0.take() {
-                tokio::spawn(rest);
+            // Without a runtime (the process is shutting down) the rest is
+            // dropped; the replicas it would have repaired are healed by
+            // anti-entropy.
+            if let (Some(rest), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+                runtime.spawn(rest);
             }
         }
     }

@@ -61,10 +61,24 @@ pub fn encode_frame(message: &impl Message, buffer: &mut BytesMut) {
     message.encode(buffer).expect("the buffer was reserved for the whole message");
 }
 
+/// One frame off the wire.
+#[derive(Debug, PartialEq)]
+pub enum Frame<M> {
+    /// A message.
+    Message(M),
+    /// The closing frame (length zero): the sender has sent everything it
+    /// will send on this connection.
+    End,
+}
+
+/// The closing frame: a length of zero, which no message has (every message
+/// carries an id or an operation).
+const END: [u8; 4] = [0; 4];
+
 /// Takes the first whole frame off `buffer`, if it holds one. A frame that
 /// claims more than [`MAX_MESSAGE_BYTES`] or does not decode is an error:
 /// the connection is then unusable.
-pub fn decode_frame<M: Message + Default>(buffer: &mut BytesMut) -> io::Result<Option<M>> {
+pub fn decode_frame<M: Message + Default>(buffer: &mut BytesMut) -> io::Result<Option<Frame<M>>> {
     if buffer.len() < 4 {
         return Ok(None);
     }
@@ -80,9 +94,12 @@ pub fn decode_frame<M: Message + Default>(buffer: &mut BytesMut) -> io::Result<O
         return Ok(None);
     }
     buffer.advance(4);
+    if len == 0 {
+        return Ok(Some(Frame::End));
+    }
     // Decoded from a frozen slice: the message's byte fields share it.
     let frame = buffer.split_to(len).freeze();
-    M::decode(frame).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    M::decode(frame).map(|m| Some(Frame::Message(m))).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Reads frames off one direction of a connection.
@@ -97,21 +114,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader { io, buffer: BytesMut::with_capacity(64 * 1024) }
     }
 
-    /// The next message; `None` when the peer ended its side between frames.
-    /// An end in the middle of a frame is an error.
+    /// The next message; `None` once the peer sent its closing frame. A
+    /// connection that ends without one (cut, or its peer died) is an
+    /// error, as is one that ends inside a frame: only the closing frame
+    /// says that nothing more was sent.
     pub async fn next<M: Message + Default>(&mut self) -> io::Result<Option<M>> {
         loop {
-            if let Some(message) = decode_frame(&mut self.buffer)? {
-                return Ok(Some(message));
+            match decode_frame(&mut self.buffer)? {
+                Some(Frame::Message(message)) => return Ok(Some(message)),
+                Some(Frame::End) => return Ok(None),
+                None => {}
             }
             if self.buffer.capacity() - self.buffer.len() < 4096 {
                 self.buffer.reserve(64 * 1024);
             }
             if self.io.read_buf(&mut self.buffer).await? == 0 {
-                return match self.buffer.is_empty() {
-                    true => Ok(None),
-                    false => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended inside a frame")),
+                let what = match self.buffer.is_empty() {
+                    true => "the connection ended without its closing frame",
+                    false => "the connection ended inside a frame",
                 };
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, what));
             }
         }
     }
@@ -276,10 +298,13 @@ impl FrameSender {
         }
     }
 
-    /// Takes no more messages; the flusher writes what waits, then ends
-    /// this side of the connection.
+    /// Takes no more messages; the flusher writes what waits and the
+    /// closing frame, then ends this side of the connection.
     pub fn close(&self) {
         let mut out = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !out.closing {
+            out.backlog.extend_from_slice(&END);
+        }
         out.closing = true;
         out.flushing = true;
         self.wake.notify_one();
@@ -352,11 +377,13 @@ mod tests {
         let mut decoded = Vec::new();
         for byte in whole.iter() {
             buffer.put_u8(*byte);
-            if let Some(message) = decode_frame::<PipelineRequest>(&mut buffer).unwrap() {
-                decoded.push((message, buffer.is_empty()));
+            if let Some(frame) = decode_frame::<PipelineRequest>(&mut buffer).unwrap() {
+                decoded.push((frame, buffer.is_empty()));
             }
         }
-        assert_eq!(decoded, vec![(request(1, "a"), true), (request(2, "b"), true)]);
+        assert_eq!(decoded, vec![(Frame::Message(request(1, "a")), true), (Frame::Message(request(2, "b")), true)]);
+        let mut end = BytesMut::from(&END[..]);
+        assert_eq!(decode_frame::<PipelineRequest>(&mut end).unwrap(), Some(Frame::End));
     }
 
     #[tokio::test]
@@ -440,6 +467,18 @@ mod tests {
         }
         assert_eq!(reader.next::<PipelineRequest>().await.unwrap(), None);
         flusher.await.unwrap().unwrap();
+    }
+
+    /// Only the closing frame says the peer sent everything: a connection
+    /// that merely ends (a proxy or the kernel cut it) is an error.
+    #[tokio::test]
+    async fn an_end_without_the_closing_frame_is_an_error() {
+        let mut wire = BytesMut::new();
+        encode_frame(&request(1, "a"), &mut wire);
+        let mut reader = FrameReader::new(&wire[..]);
+        assert_eq!(reader.next::<PipelineRequest>().await.unwrap(), Some(request(1, "a")));
+        let error = reader.next::<PipelineRequest>().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]

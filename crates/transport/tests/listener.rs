@@ -179,3 +179,31 @@ async fn an_answer_given_at_once_is_not_held_back_by_a_waiting_neighbour() {
     let _ = stop.send(true);
     in_time(server).await.unwrap();
 }
+
+/// A connection that ends without the node's closing frame — a proxy or a
+/// crash cut it — leaves the calls waiting on it lost, never "not sent": the
+/// node may have acted on them, and a coordinator that took such a write
+/// as never applied would apply it again through another replica (the fault
+/// suite's flapping node then read one value twice in one answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_without_its_closing_frame_leaves_its_calls_lost() {
+    use cohort_transport::framed::{FrameReader, PREFACE};
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let node = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut preface = [0u8; 8];
+        stream.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, PREFACE);
+        let mut requests = FrameReader::new(stream);
+        requests.next::<PipelineRequest>().await.unwrap().expect("the merge arrives");
+        // Dropped here: the connection ends with no closing frame.
+    });
+    let client = PeerPool::new(Duration::from_secs(2)).node(&address).unwrap();
+    match in_time(client.merge(MergeRequest::default())).await {
+        Err(NodeError::Lost(status)) => assert_eq!(status.code(), tonic::Code::Unavailable),
+        other => panic!("a call on a cut connection may have been applied: it is lost, got {other:?}"),
+    }
+    node.await.unwrap();
+}
