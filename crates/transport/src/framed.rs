@@ -14,8 +14,10 @@
 //! a full socket buffer makes messages wait, to be written together.
 //!
 //! A node that stops closes a connection in order: it stops reading, answers
-//! every operation it took, then ends its side (FIN). A client that reads
-//! that end knows every request still unanswered was never acted on.
+//! every operation it took, then sends the closing frame and ends its side.
+//! A client that reads the closing frame knows every request still
+//! unanswered was never acted on; a connection that ends without it was cut,
+//! and those requests may have been.
 
 use std::io;
 use std::pin::Pin;
