@@ -125,8 +125,8 @@ pub async fn serve_with(
     let (stop_pipelines, stopping) = tokio::sync::watch::channel(false);
     let node = Arc::new(StorageNode::new(&config.id, store.clone(), peers.clone(), peer_timeout));
     let local_address = listener.local_addr().ok();
-    let registered = match (&in_process, listener.local_addr()) {
-        (Some(nodes), Ok(address)) => {
+    let registered = match (&in_process, local_address) {
+        (Some(nodes), Some(address)) => {
             let address = address.to_string();
             nodes.register(&address, node.clone() as Arc<dyn StorageHandler>, stopping.clone());
             Some((nodes.clone(), address))

@@ -217,6 +217,22 @@ struct Outgoing {
     closing: bool,
 }
 
+impl Outgoing {
+    /// Adds `message` to the backlog, unless the sender is closing or the
+    /// backlog is full.
+    fn append(&mut self, message: &impl Message) -> Result<(), SendError> {
+        if self.closing {
+            return Err(SendError::Closed);
+        }
+        let len = 4 + message.encoded_len();
+        if !self.backlog.is_empty() && self.backlog.len() + len > BACKLOG_BYTES {
+            return Err(SendError::Backlogged);
+        }
+        encode_frame(message, &mut self.backlog);
+        Ok(())
+    }
+}
+
 impl FrameSender {
     /// A sender on `stream`; `preface` goes out before the first message.
     pub fn new(stream: Arc<TcpStream>, preface: Option<&[u8]>) -> Arc<FrameSender> {
@@ -232,14 +248,7 @@ impl FrameSender {
     /// wants.
     pub fn send(&self, message: &impl Message, now: bool) -> Result<(), SendError> {
         let mut out = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if out.closing {
-            return Err(SendError::Closed);
-        }
-        let len = 4 + message.encoded_len();
-        if !out.backlog.is_empty() && out.backlog.len() + len > BACKLOG_BYTES {
-            return Err(SendError::Backlogged);
-        }
-        encode_frame(message, &mut out.backlog);
+        out.append(message)?;
         if out.flushing {
             return Ok(());
         }
@@ -255,16 +264,7 @@ impl FrameSender {
     /// more right after, and [`FrameSender::send_queued`] (or a `send`)
     /// writes them all in one call.
     pub fn queue(&self, message: &impl Message) -> Result<(), SendError> {
-        let mut out = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if out.closing {
-            return Err(SendError::Closed);
-        }
-        let len = 4 + message.encoded_len();
-        if !out.backlog.is_empty() && out.backlog.len() + len > BACKLOG_BYTES {
-            return Err(SendError::Backlogged);
-        }
-        encode_frame(message, &mut out.backlog);
-        Ok(())
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).append(message)
     }
 
     /// Writes what [`FrameSender::queue`] left in the backlog, now, unless
