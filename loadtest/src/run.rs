@@ -452,9 +452,9 @@ async fn closed_loop(ctx: &Ctx, generator: &OpGenerator) -> anyhow::Result<(Stat
 /// operation. The scheduling thread sleeps until an operation's start, then
 /// sends it and every later one due within this window, so that it wakes at
 /// most a thousand times a second whatever the rate. Waking once per
-/// operation cost the client about 50 µs of CPU each on two shared cores
-/// (110 against 60 µs an operation in a closed loop at the same rate) and
-/// took that CPU from the server under test.
+/// operation cost the client about 110 µs of CPU per operation on two
+/// shared cores, twice a closed loop's, and took that CPU from the server
+/// under test.
 const RELEASE_AHEAD: Duration = Duration::from_millis(1);
 
 /// How long the scheduling thread sleeps before sending the operation
